@@ -1,0 +1,151 @@
+"""Settings from command-line flags and environment variables (the flag wins), as one typed object."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class Settings:
+    conf_dir: str = "/etc/nginx/conf.d"
+    webroot: str = "/var/www/letsencrypt"
+    certs_dir: str = "/etc/letsencrypt"
+    http_port: int = 80
+    https_port: int = 443
+    reload: str = "docker"
+    nginx_test: str = "docker"
+    nginx_container: str = ""
+    default_email: str = ""
+    acme_server: str = LETSENCRYPT_PRODUCTION
+    ca_bundle: str = ""
+    key_type: str = "ecdsa"
+    rsa_key_size: int = 2048
+    renew_before_days: float = 0.0  # 0 = when a third of the lifetime is left
+    acme_concurrency: int = 1
+    allowed_domains: tuple[str, ...] = ()
+    self_check: bool = True
+    heartbeat_file: str = "/tmp/companion.heartbeat"
+    log_level: str = "INFO"
+
+    @property
+    def docker_mode(self) -> bool:
+        """True when nginx runs in a container that we exec into and signal."""
+        return self.reload == "docker" or self.nginx_test == "docker"
+
+
+# flag, env, field, help
+OPTIONS: tuple[tuple[str, str, str, str], ...] = (
+    ("--conf-dir", "CONF_DIR", "conf_dir", "where generated nginx files go"),
+    ("--webroot", "ACME_WEBROOT", "webroot", "folder nginx serves /.well-known/acme-challenge/ from"),
+    ("--certs-dir", "CERTS_DIR", "certs_dir", "certificate store (certbot's config dir layout)"),
+    ("--http-port", "HTTP_PORT", "http_port", "port nginx listens on for HTTP"),
+    ("--https-port", "HTTPS_PORT", "https_port", "port nginx listens on for HTTPS"),
+    ("--reload", "NGINX_RELOAD", "reload", "'docker' to SIGHUP the nginx container(s), else a host command"),
+    (
+        "--nginx-test",
+        "NGINX_TEST",
+        "nginx_test",
+        "'docker' to exec nginx -t in nginx's container, else a host command",
+    ),
+    ("--nginx-container", "NGINX_PROXY_CONTAINER", "nginx_container", "name or id of the nginx container"),
+    ("--default-email", "DEFAULT_EMAIL", "default_email", "ACME account email when a container names none"),
+    ("--acme-server", "ACME_CA_URI", "acme_server", "ACME directory URL"),
+    ("--ca-bundle", "CA_BUNDLE", "ca_bundle", "CA file to trust the ACME server's TLS"),
+    ("--key-type", "KEY_TYPE", "key_type", "ecdsa or rsa"),
+    ("--rsa-key-size", "RSA_KEY_SIZE", "rsa_key_size", "2048, 3072 or 4096"),
+    ("--renew-before", "RENEW_BEFORE_DAYS", "renew_before_days", "renew when fewer days are left"),
+    ("--acme-concurrency", "ACME_CONCURRENCY", "acme_concurrency", "certbot runs at once (separate stores)"),
+    ("--allowed-domains", "ALLOWED_DOMAINS", "allowed_domains", "comma list of glob patterns names must match"),
+    ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
+    ("--heartbeat-file", "HEARTBEAT_FILE", "heartbeat_file", "touched by every loop pass, read by 'check'"),
+    ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
+)
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A flag or environment value that does not fit its setting."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Every setting as a flag; unset flags stay None so the environment can fill them in."""
+    for flag, env, name, text in OPTIONS:
+        parser.add_argument(flag, dest=name, default=None, help=f"{text} (env {env})")
+
+
+def _convert(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            if raw.strip().lower() not in _TRUE | _FALSE:
+                raise ValueError(raw)
+            return raw.strip().lower() in _TRUE
+        if kind == "tuple[str, ...]":
+            return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise SettingsError(f"{name}: {raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Merge flags over environment over defaults, then validate."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for _flag, var, name, _text in OPTIONS:
+        raw = getattr(args, name, None)
+        if raw is None:
+            raw = env.get(var)
+        if raw is not None:
+            values[name] = _convert(name, raw)
+    if "acme_server" not in values and env.get("LETSENCRYPT_TEST", "").lower() in _TRUE:
+        values["acme_server"] = LETSENCRYPT_STAGING
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    for port in (s.http_port, s.https_port):
+        if not 1 <= port <= 65535:
+            raise SettingsError(f"port {port} out of range 1-65535")
+    if s.key_type not in ("ecdsa", "rsa"):
+        raise SettingsError(f"key type {s.key_type!r} must be ecdsa or rsa")
+    if s.rsa_key_size not in (2048, 3072, 4096):
+        raise SettingsError(f"RSA key size {s.rsa_key_size} must be 2048, 3072 or 4096")
+    if s.acme_concurrency < 1:
+        raise SettingsError("acme concurrency must be at least 1")
+    if s.renew_before_days < 0:
+        raise SettingsError("renew-before must not be negative")
+    for path in (s.conf_dir, s.webroot, s.certs_dir):
+        if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
+            raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")
+
+
+def parse_nginx_version(text: str) -> tuple[int, ...]:
+    """'nginx version: nginx/1.22.1' -> (1, 22, 1)."""
+    for word in text.split():
+        if word.startswith("nginx/"):
+            return tuple(int(p) for p in word.split("/", 1)[1].split(".") if p.isdigit())
+    raise SettingsError(f"cannot read an nginx version from {text.strip()!r}")
+
+
+def environment_table(rows: Sequence[tuple[str, str, str, str]] = OPTIONS) -> str:
+    """The settings table for README.md, so the docs follow the code."""
+    defaults = Settings()
+    lines = ["| flag | env | meaning | default |", "| --- | --- | --- | --- |"]
+    for flag, env, name, text in rows:
+        default = getattr(defaults, name)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        lines.append(f"| `{flag}` | `{env}` | {text} | `{shown}` |")
+    return "\n".join(lines)

@@ -1,0 +1,218 @@
+"""The loop that ties the edges to the pure core: wake (debounced), snapshot, plan, render, apply.
+
+Events only wake the loop; every pass starts from a fresh snapshot, so a missed event or a daemon
+restart costs one pass, never correctness. Problems are logged when they appear and when they go
+away, not on every pass.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import certs, plan
+from .config import Settings
+from .docker import DockerEdge, DockerUnavailable, Snapshot
+from .model import CertRequest
+from .nginx import ApplyResult, NginxControl, apply
+from .render import RenderOptions, render
+
+log = logging.getLogger(__name__)
+
+IDLE_GAP = 2.0  # seconds without a pass after which the next event is applied at once
+FIRST_QUIET, FIRST_MAX = 0.02, 0.1
+BURST_QUIET, BURST_MAX_CAP = 0.5, 16.0
+HEARTBEAT_EVERY = 30.0
+NO_NGINX = "no nginx container found (label com.github.nginx-proxy.nginx or NGINX_PROXY_CONTAINER); waiting"
+
+
+class CertificateManager(Protocol):
+    def update(self, requests: tuple[CertRequest, ...], statuses: dict[str, certs.CertStatus]) -> None: ...
+
+    def seconds_until_due(self) -> float | None: ...
+
+
+@dataclass
+class PassReport:
+    desired: plan.Desired | None = None
+    result: ApplyResult | None = None
+    skipped: str = ""
+
+
+class Debouncer:
+    """Decides how long to wait for a burst to settle: quick after a quiet spell, patient in a burst."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last_pass = float("-inf")
+        self.burst_passes = 0
+
+    def windows(self) -> tuple[float, float]:
+        """(quiet period, longest wait) for the wake that just arrived."""
+        if self.clock() - self.last_pass >= IDLE_GAP:
+            self.burst_passes = 0
+            return FIRST_QUIET, FIRST_MAX
+        self.burst_passes += 1
+        return BURST_QUIET, min(2.0**self.burst_passes, BURST_MAX_CAP)
+
+    def passed(self) -> None:
+        self.last_pass = self.clock()
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        docker: DockerEdge,
+        control: NginxControl,
+        acme: CertificateManager | None = None,
+    ) -> None:
+        self.settings = settings
+        self.docker = docker
+        self.control = control
+        self.acme = acme
+        self.certs_dir = Path(settings.certs_dir)
+        self.conf_dir = Path(settings.conf_dir)
+        self._wake = threading.Event()
+        self._last_wake = 0.0
+        self._reported: set[str] = set()
+        self._reload_pending = False
+        self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+        self.debouncer = Debouncer()
+        self.passes = 0
+
+    def wake(self, reason: str = "") -> None:
+        log.debug("wake: %s", reason)
+        self._last_wake = time.monotonic()
+        self._wake.set()
+
+    # -- one pass -------------------------------------------------------------------------------
+
+    def desired_state(self, snapshot: Snapshot) -> tuple[plan.Desired, dict[str, certs.CertStatus]]:
+        """Pure apart from reading the certs dir; writes nothing (used by `companion render` too)."""
+        statuses = certs.scan(self.certs_dir)
+        placeholder = certs.placeholder_files(self.certs_dir)
+        nginx_networks = None
+        if self.settings.docker_mode:
+            nginx_networks = sorted({n for info in snapshot.nginx for n in info.networks})
+        desired = plan.build(
+            snapshot.containers,
+            certs.usable(statuses, self.certs_dir),
+            placeholder,
+            nginx_networks=nginx_networks,
+            default_email=self.settings.default_email,
+            allowed_domains=self.settings.allowed_domains,
+        )
+        return desired, statuses
+
+    def render_files(self, desired: plan.Desired) -> dict[str, str]:
+        options = RenderOptions(
+            conf_dir=self.settings.conf_dir,
+            webroot=self.settings.webroot,
+            http_port=self.settings.http_port,
+            https_port=self.settings.https_port,
+            nginx_version=self.nginx_version(),
+        )
+        return render(desired, options)
+
+    def nginx_version(self) -> tuple[int, ...]:
+        key = tuple(self.control.containers)
+        if self._nginx_version is None or self._nginx_version[0] != key:
+            self._nginx_version = (key, self.control.version())
+        return self._nginx_version[1]
+
+    def run_pass(self) -> PassReport:
+        """Converge once. Docker being unreachable keeps everything as it is."""
+        try:
+            snapshot = self.docker.snapshot()
+        except DockerUnavailable as exc:
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self._report({f"cannot reach the Docker daemon ({reason}); keeping the current configuration"})
+            return PassReport(skipped="docker unavailable")
+        self.control.containers = [info.id for info in snapshot.nginx]
+        if self.settings.docker_mode and not snapshot.nginx:
+            self._report({NO_NGINX})
+            return PassReport(skipped="no nginx")
+        certs.ensure_placeholder(self.certs_dir)
+        desired, statuses = self.desired_state(snapshot)
+        cert_problems = {
+            f"certificate {name}: {status.problem}; its sites fall back to the placeholder"
+            for name, status in statuses.items()
+            if status.problem
+        }
+        files = self.render_files(desired)
+        result = apply(self.conf_dir, files, self.control)
+        if result.ok and not result.changed and self._reload_pending:
+            result = self._retry_reload()
+        self._reload_pending = bool(result.changed) and not result.ok
+        if result.changed and result.ok:
+            log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
+        problems = set(desired.problems) | cert_problems
+        if result.error:
+            problems.add(result.error)
+        self._report(problems)
+        if self.acme is not None and result.ok:
+            self.acme.update(desired.certificates, statuses)
+        self.passes += 1
+        return PassReport(desired=desired, result=result)
+
+    def _retry_reload(self) -> ApplyResult:
+        try:
+            self.control.reload()
+        except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
+            return ApplyResult(changed=("reload",), error=f"nginx reload failed: {exc}")
+        return ApplyResult(changed=("reload",))
+
+    def _report(self, problems: set[str]) -> None:
+        for line in sorted(problems - self._reported):
+            log.warning("%s", line)
+        for line in sorted(self._reported - problems):
+            log.info("resolved: %s", line)
+        self._reported = problems
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
+        stop_waker.start()
+        self.wake("start")
+        while not stop.is_set():
+            timeout = HEARTBEAT_EVERY
+            if self.acme is not None:
+                due = self.acme.seconds_until_due()
+                if due is not None:
+                    timeout = max(0.05, min(timeout, due))
+            woke = self._wake.wait(timeout)
+            if stop.is_set():
+                break
+            if woke:
+                self._settle(stop)
+            self._wake.clear()
+            try:
+                self.run_pass()
+            except Exception:  # noqa: BLE001 - the loop must survive any single pass
+                log.exception("pass failed; the current configuration stays in place")
+            self.debouncer.passed()
+            self.heartbeat()
+
+    def _settle(self, stop: threading.Event) -> None:
+        quiet, longest = self.debouncer.windows()
+        start = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            since_last = now - self._last_wake
+            if since_last >= quiet or now - start >= longest:
+                return
+            stop.wait(min(quiet - since_last, longest - (now - start)))
+
+    def heartbeat(self) -> None:
+        try:
+            Path(self.settings.heartbeat_file).write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
+        except OSError as exc:
+            log.debug("heartbeat not written: %s", exc)

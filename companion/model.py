@@ -1,0 +1,297 @@
+"""Typed sites parsed from container labels and environment (pure).
+
+Every value that can reach an nginx file passes through a parser here and becomes a typed value
+(hostname, port, path, enum) or a `Rejection` naming the container, the variable and the reason.
+Templates only ever see what these parsers return, so no character of a label can add a directive.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
+from typing import TypeVar
+
+MAX_HOSTNAME = 253
+MAX_LABEL = 63
+MAX_PATH = 512
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# RFC 3986 unreserved characters plus "/" and "%XX" escapes: nothing nginx treats as syntax.
+_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*$")
+_HSTS_RE = re.compile(r"^max-age=[0-9]{1,9}(?:; ?includeSubDomains)?(?:; ?preload)?$")
+_CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$")
+
+VARIABLES = (
+    "VIRTUAL_HOST",
+    "VIRTUAL_PORT",
+    "VIRTUAL_PROTO",
+    "VIRTUAL_PATH",
+    "VIRTUAL_DEST",
+    "HTTPS_METHOD",
+    "HSTS",
+    "CERT_NAME",
+    "LETSENCRYPT_HOST",
+    "LETSENCRYPT_EMAIL",
+)
+DEFAULT_HSTS = "max-age=31536000"
+E = TypeVar("E", bound="Enum")
+
+
+class Proto(StrEnum):
+    HTTP = "http"
+    HTTPS = "https"
+
+
+class HttpsMethod(StrEnum):
+    REDIRECT = "redirect"
+    NOREDIRECT = "noredirect"
+    NOHTTP = "nohttp"
+    NOHTTPS = "nohttps"
+
+
+class InvalidValue(ValueError):
+    """A label or environment value that does not fit its type."""
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    """What the Docker edge tells us about one running container, as plain data."""
+
+    id: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+    networks: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
+    exposed_ports: tuple[int, ...] = ()
+    created: str = ""
+    health: str = ""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One container's answer to a host: where to send the traffic and how."""
+
+    container: str
+    host: str
+    path: str
+    address: str
+    port: int
+    proto: Proto
+    dest: str
+
+
+@dataclass(frozen=True)
+class CertRequest:
+    """A certificate the container asks for (LETSENCRYPT_HOST)."""
+
+    name: str
+    domains: tuple[str, ...]
+    email: str
+
+
+@dataclass(frozen=True)
+class Site:
+    """Everything one container asks of the proxy, fully validated."""
+
+    container: str
+    hosts: tuple[str, ...]
+    port: int
+    proto: Proto
+    path: str
+    dest: str
+    https_method: HttpsMethod
+    hsts: str
+    cert_name: str
+    cert: CertRequest | None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a container (or one of its values) was left out; `message` is the one log line."""
+
+    container: str
+    variable: str
+    value: str
+    reason: str
+
+    @property
+    def message(self) -> str:
+        shown = self.value if len(self.value) <= 80 else self.value[:80] + "..."
+        return (
+            f"container {self.container}: {self.variable}={shown.encode('unicode_escape').decode('ascii')!r} "
+            f"rejected: {self.reason}"
+        )
+
+
+def parse_hostname(value: str, *, wildcard: bool = True) -> str:
+    """Return the canonical (lowercase, punycode) form of a hostname or raise InvalidValue."""
+    raw = value.strip()
+    if not raw:
+        raise InvalidValue("empty hostname")
+    if raw.startswith("~"):
+        raise InvalidValue("regular-expression hosts are not supported")
+    prefix = ""
+    if raw.startswith("*."):
+        if not wildcard:
+            raise InvalidValue("wildcard names cannot be validated over HTTP-01")
+        prefix, raw = "*.", raw[2:]
+    raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
+    try:
+        ascii_name = raw.encode("idna").decode("ascii") if not raw.isascii() else raw
+    except UnicodeError as exc:
+        raise InvalidValue(f"not a valid internationalised hostname ({exc})") from None
+    name = ascii_name.lower()
+    if len(prefix + name) > MAX_HOSTNAME:
+        raise InvalidValue(f"hostname longer than {MAX_HOSTNAME} characters")
+    labels = name.split(".")
+    for label in labels:
+        if len(label) > MAX_LABEL:
+            raise InvalidValue(f"hostname label longer than {MAX_LABEL} characters")
+        if not _LABEL_RE.match(label):
+            raise InvalidValue("hostname must be letters, digits and hyphens separated by dots (RFC 1123)")
+    if labels[-1].isdigit():
+        raise InvalidValue("IP addresses are not hostnames")
+    return prefix + name
+
+
+def parse_host_list(value: str, *, wildcard: bool = True) -> tuple[str, ...]:
+    """Parse a comma list of hostnames, dropping duplicates but keeping order."""
+    hosts: list[str] = []
+    for part in value.split(","):
+        if not part.strip():
+            continue
+        host = parse_hostname(part, wildcard=wildcard)
+        if host not in hosts:
+            hosts.append(host)
+    if not hosts:
+        raise InvalidValue("no hostname given")
+    return tuple(hosts)
+
+
+def parse_port(value: str) -> int:
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 5:
+        raise InvalidValue("port must be a number from 1 to 65535")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise InvalidValue("port must be a number from 1 to 65535")
+    return port
+
+
+def parse_path(value: str) -> str:
+    text = value.strip()
+    if len(text) > MAX_PATH:
+        raise InvalidValue(f"path longer than {MAX_PATH} characters")
+    if not _PATH_RE.match(text):
+        raise InvalidValue("path must start with / and use only letters, digits, . _ ~ - / and %XX escapes")
+    if "/../" in text + "/" or "/./" in text + "/" or "//" in text:
+        raise InvalidValue("path must not contain empty, . or .. segments")
+    return text
+
+
+def parse_enum(value: str, enum: type[E]) -> E:
+    text = value.strip().lower()
+    try:
+        return enum(text)
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in enum)
+        raise InvalidValue(f"must be one of {choices}") from None
+
+
+def parse_hsts(value: str) -> str:
+    """HSTS header value, or "" when switched off."""
+    text = value.strip()
+    if text.lower() == "off":
+        return ""
+    if not _HSTS_RE.match(text):
+        raise InvalidValue('must be "off" or "max-age=<seconds>[; includeSubDomains][; preload]"')
+    return text
+
+
+def parse_cert_name(value: str) -> str:
+    text = value.strip()
+    if not _CERT_NAME_RE.match(text) or ".." in text:
+        raise InvalidValue("certificate name must be letters, digits, . _ - (at most 128)")
+    return text
+
+
+def parse_email(value: str) -> str:
+    text = value.strip()
+    if not _EMAIL_RE.match(text):
+        raise InvalidValue("not a plain email address")
+    return text
+
+
+def domain_allowed(host: str, patterns: Sequence[str]) -> bool:
+    """True when no allow-list is set or the host matches one of its glob patterns."""
+    return not patterns or any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
+
+
+def settings_of(info: ContainerInfo) -> dict[str, str]:
+    """The companion's variables for one container: environment first, labels win."""
+    values = {name: info.env[name] for name in VARIABLES if name in info.env}
+    values.update({name: info.labels[name] for name in VARIABLES if name in info.labels})
+    return values
+
+
+def parse_site(
+    info: ContainerInfo,
+    *,
+    default_email: str = "",
+    allowed_domains: Sequence[str] = (),
+) -> Site | Rejection | None:
+    """Turn one container into a validated Site, a Rejection, or None when it asks for nothing."""
+    values = settings_of(info)
+    if "VIRTUAL_HOST" not in values and "LETSENCRYPT_HOST" not in values:
+        return None
+    if "VIRTUAL_HOST" not in values:
+        return Rejection(info.name, "LETSENCRYPT_HOST", values["LETSENCRYPT_HOST"], "needs VIRTUAL_HOST as well")
+    current = "VIRTUAL_HOST"
+
+    def get(name: str) -> str:
+        nonlocal current
+        current = name
+        return values.get(name, "")
+
+    try:
+        hosts = parse_host_list(get("VIRTUAL_HOST"))
+        for host in hosts:
+            if not domain_allowed(host, allowed_domains):
+                raise InvalidValue(f"{host} is not in the allowed domains ({', '.join(allowed_domains)})")
+        port = parse_port(get("VIRTUAL_PORT")) if get("VIRTUAL_PORT") else _default_port(info)
+        proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
+        path = parse_path(get("VIRTUAL_PATH") or "/")
+        dest = parse_path(get("VIRTUAL_DEST")) if get("VIRTUAL_DEST") else ""
+        method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
+        hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
+        cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
+        cert = None
+        if get("LETSENCRYPT_HOST"):
+            domains = parse_host_list(get("LETSENCRYPT_HOST"), wildcard=False)
+            outside = [d for d in domains if d not in hosts]
+            if outside:
+                raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
+            email = parse_email(get("LETSENCRYPT_EMAIL")) if get("LETSENCRYPT_EMAIL") else default_email
+            cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email)
+    except InvalidValue as exc:
+        return Rejection(info.name, current, values.get(current, ""), str(exc))
+    return Site(
+        container=info.name,
+        hosts=hosts,
+        port=port,
+        proto=proto,
+        path=path,
+        dest=dest,
+        https_method=method,
+        hsts=hsts,
+        cert_name=cert_name,
+        cert=cert,
+    )
+
+
+def _default_port(info: ContainerInfo) -> int:
+    """The single exposed port, else 80, as nginx-proxy does."""
+    return info.exposed_ports[0] if len(info.exposed_ports) == 1 else 80

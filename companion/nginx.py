@@ -1,0 +1,169 @@
+"""Apply rendered files safely: atomic writes, the real `nginx -t`, reload, rollback on failure."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import SettingsError, parse_nginx_version
+from .render import MAIN_FILE
+
+log = logging.getLogger(__name__)
+COMMAND_TIMEOUT = 60
+OLDEST_ASSUMED = (1, 22, 0)
+
+
+class NginxError(RuntimeError):
+    """nginx could not be tested or reloaded; the message is nginx's own words."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    changed: tuple[str, ...]  # files written (and kept)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class NginxControl:
+    """Test and reload nginx, either on this host (shell commands) or in containers (docker exec/kill)."""
+
+    def __init__(
+        self,
+        test_command: str,
+        reload_command: str,
+        exec_in: Callable[[str, list[str]], tuple[int, str]] | None = None,
+        signal: Callable[[str], None] | None = None,
+    ) -> None:
+        self.test_command = test_command
+        self.reload_command = reload_command
+        self._exec = exec_in
+        self._signal = signal
+        self.containers: Sequence[str] = ()  # ids of nginx containers, refreshed every pass
+        self.reloads = 0
+
+    def _need_containers(self) -> Sequence[str]:
+        if not self.containers:
+            raise NginxError("no nginx container found (label com.github.nginx-proxy.nginx or NGINX_PROXY_CONTAINER)")
+        return self.containers
+
+    def test(self) -> None:
+        if self.test_command == "docker":
+            assert self._exec is not None
+            code, output = self._exec(self._need_containers()[0], ["nginx", "-t"])
+        else:
+            code, output = _shell(self.test_command)
+        if code != 0:
+            raise NginxError(_nginx_error(output))
+
+    def reload(self) -> None:
+        if self.reload_command == "docker":
+            assert self._signal is not None
+            for container in self._need_containers():
+                self._signal(container)
+        else:
+            code, output = _shell(self.reload_command)
+            if code != 0:
+                raise NginxError(_nginx_error(output))
+        self.reloads += 1
+
+    def version(self) -> tuple[int, ...]:
+        """nginx's version decides between `http2 on;` and `listen ... http2`; unknown means old."""
+        try:
+            if self.test_command == "docker":
+                assert self._exec is not None
+                _, output = self._exec(self._need_containers()[0], ["nginx", "-v"])
+            else:
+                _, output = _shell("nginx -v")
+            return parse_nginx_version(output)
+        except (NginxError, SettingsError, OSError) as exc:
+            log.warning("cannot tell nginx's version (%s); assuming %s", exc, OLDEST_ASSUMED)
+            return OLDEST_ASSUMED
+
+
+def _shell(command: str) -> tuple[int, str]:
+    try:
+        done = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        return 124, f"{command!r} timed out after {COMMAND_TIMEOUT}s"
+    return done.returncode, (done.stderr + done.stdout).strip()
+
+
+def _nginx_error(output: str) -> str:
+    """nginx's [emerg]/[error] lines, without the 'test failed' trailer."""
+    lines = [line for line in output.splitlines() if "[emerg]" in line or "[error]" in line or "[crit]" in line]
+    return "; ".join(lines or output.splitlines()[-3:] or ["nginx test failed with no output"])
+
+
+def read_current(conf_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
+    current: dict[str, str | None] = {}
+    for name in names:
+        try:
+            current[name] = (conf_dir / name).read_text()
+        except FileNotFoundError:
+            current[name] = None
+    return current
+
+
+def write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
+    """Write beside the target under a name nginx never includes, fsync, then rename over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _restore(conf_dir: Path, previous: Mapping[str, str | None]) -> None:
+    # The main file first: it must never include a snippet that is about to disappear.
+    for name in sorted(previous, key=lambda n: n != MAIN_FILE):
+        old = previous[name]
+        try:
+            if old is None:
+                (conf_dir / name).unlink(missing_ok=True)
+            else:
+                write_atomic(conf_dir / name, old)
+        except OSError as exc:
+            log.error("could not restore %s: %s", conf_dir / name, exc)
+
+
+def apply(conf_dir: Path, files: Mapping[str, str], control: NginxControl) -> ApplyResult:
+    """Make the conf dir hold `files`; nothing changes on disk or in nginx when they already match."""
+    current = read_current(conf_dir, list(files))
+    changed = [name for name, content in files.items() if current[name] != content]
+    if not changed:
+        return ApplyResult(changed=())
+    # Snippets before the main file, so the main file never refers to something not yet there.
+    changed.sort(key=lambda n: n == MAIN_FILE)
+    written: dict[str, str | None] = {}
+    try:
+        conf_dir.mkdir(parents=True, exist_ok=True)
+        for name in changed:
+            write_atomic(conf_dir / name, files[name])
+            written[name] = current[name]
+    except OSError as exc:
+        _restore(conf_dir, written)
+        return ApplyResult(changed=(), error=f"cannot write {conf_dir}: {exc.strerror or exc}")
+    try:
+        control.test()
+    except NginxError as exc:
+        _restore(conf_dir, written)
+        return ApplyResult(changed=(), error=f"nginx rejected the new configuration: {exc}")
+    try:
+        control.reload()
+    except NginxError as exc:
+        return ApplyResult(changed=tuple(changed), error=f"nginx reload failed: {exc}")
+    return ApplyResult(changed=tuple(changed))

@@ -1,0 +1,70 @@
+"""Render the desired state into nginx files with jinja2 (pure: same input, byte-identical output)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import PurePosixPath
+
+import jinja2
+
+from .plan import Desired
+
+MAIN_FILE = "companion.conf"
+# Included by the main file only; their names do not end in .conf so nginx's conf.d glob skips them.
+SNIPPETS = {
+    "acme": ("companion-acme.inc", "acme-challenge.inc.j2"),
+    "tls": ("companion-tls.inc", "tls.inc.j2"),
+    "proxy": ("companion-proxy.inc", "proxy.inc.j2"),
+}
+DHPARAM_FILE = "companion-ffdhe2048.pem"
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    conf_dir: str
+    webroot: str
+    http_port: int = 80
+    https_port: int = 443
+    nginx_version: tuple[int, ...] = (1, 25, 1)
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("companion", "templates"),
+    autoescape=False,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=False,
+)
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
+    """Return every file the companion owns in the conf dir, by file name."""
+    conf_dir = PurePosixPath(options.conf_dir)
+    files = {key: str(conf_dir / name) for key, (name, _) in SNIPPETS.items()}
+    files["dhparam"] = str(conf_dir / DHPARAM_FILE)
+    names = len(desired.servers) + 1
+    context = {
+        "files": files,
+        "webroot": options.webroot,
+        "http_port": options.http_port,
+        "https_port": options.https_port,
+        "https_port_suffix": "" if options.https_port == 443 else f":{options.https_port}",
+        "http2_directive": options.nginx_version >= HTTP2_DIRECTIVE_SINCE,
+        "http2_in_listen": options.nginx_version < HTTP2_DIRECTIVE_SINCE,
+        # A bucket must hold the longest name plus nginx's per-entry overhead.
+        "hash_bucket_size": max(64, _next_power_of_two(desired.longest_name + 32)),
+        "hash_max_size": max(512, _next_power_of_two(names * 2)),
+        "servers": desired.servers,
+        "upstreams": desired.upstreams,
+    }
+    out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
+    for name, template in SNIPPETS.values():
+        out[name] = _ENV.get_template(template).render(context)
+    out[DHPARAM_FILE] = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
+    return out
