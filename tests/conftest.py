@@ -1,0 +1,80 @@
+"""Fixtures that expose the real parts from tests/infra: dockerd, the app image, nginx and Pebble."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+# make ``tests.infra`` importable however pytest was started (plain ``pytest`` does not add the cwd)
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
+from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
+from tests.infra.nginx import HostNginx  # noqa: E402
+from tests.infra.pebble import Pebble  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def docker_daemon() -> DockerDaemon:
+    """A Docker daemon that answers (started with --live-restore if none did)."""
+    return ensure_dockerd()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_daemon: DockerDaemon) -> Iterator[docker.DockerClient]:
+    """A docker-py client for the session's daemon."""
+    client = docker_daemon.client()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def app_image(docker_client: docker.DockerClient) -> str:
+    """Name of the busybox HTTP app image (``companion-test-app:latest``), built once and cached."""
+    return ensure_app_image(docker_client)
+
+
+@pytest.fixture
+def apps(docker_client: docker.DockerClient, app_image: str) -> Iterator[AppRunner]:
+    """``apps(name, labels=None, environment=None, **kw)`` runs app containers; all are removed after."""
+    runner = AppRunner(docker_client)
+    yield runner
+    runner.cleanup()
+
+
+@pytest.fixture
+def host_nginx(tmp_path: Path) -> Iterator[HostNginx]:
+    """A started private nginx including ``tmp_path/nginx/conf.d/*.conf`` (empty at start)."""
+    nginx = HostNginx(conf_dir=tmp_path / "nginx" / "conf.d", prefix=tmp_path / "nginx")
+    nginx.start()
+    yield nginx
+    nginx.stop()
+
+
+@pytest.fixture
+def make_pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
+    """Factory ``make_pebble(http_port, validity=..., nonce_reject=0|None, ...)``; all are stopped after."""
+    made: list[Pebble] = []
+
+    def make(http_port: int, **kw: Any) -> Pebble:
+        kw.setdefault("workdir", tmp_path / f"pebble{len(made)}")
+        pebble = Pebble(http_port, **kw)
+        made.append(pebble)
+        return pebble
+
+    yield make
+    for pebble in made:
+        pebble.stop()
+
+
+@pytest.fixture
+def pebble(make_pebble: Callable[..., Pebble], host_nginx: HostNginx) -> Pebble:
+    """Pebble (nonce rejection off, 90-day certs) validating HTTP-01 on ``host_nginx.http_port``."""
+    return make_pebble(host_nginx.http_port)

@@ -1,0 +1,263 @@
+"""The host's real nginx, run in a private prefix on loopback ports chosen per instance."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from email.message import Message
+from pathlib import Path
+
+from .ports import free_port
+
+NGINX = "/usr/sbin/nginx"
+
+CONF_TEMPLATE = """\
+user root root;
+daemon on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log info;
+
+events {{ worker_connections 1024; }}
+
+http {{
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    access_log {prefix}/access.log;
+    client_body_temp_path {prefix}/tmp/client_body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    include {conf_dir}/*.conf;
+}}
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+class HostNginx:
+    """``/usr/sbin/nginx`` with its own prefix, pid file and logs; it includes ``conf_dir/*.conf``.
+
+    It listens on nothing by itself: the config under test adds ``listen`` directives, typically on
+    ``127.0.0.1:{http_port}`` and ``127.0.0.1:{https_port}``, two free ports chosen at construction.
+    """
+
+    def __init__(
+        self, conf_dir: str | os.PathLike[str] | None = None, prefix: str | os.PathLike[str] | None = None
+    ) -> None:
+        if not Path(NGINX).exists():
+            raise RuntimeError(f"{NGINX} is missing: apt-get install nginx")
+        self.prefix = Path(prefix) if prefix else Path(tempfile.mkdtemp(prefix="ctest-nginx-"))
+        self.conf_dir = Path(conf_dir) if conf_dir else self.prefix / "conf.d"
+        self.http_port = free_port()
+        self.https_port = free_port()
+        while self.https_port == self.http_port:
+            self.https_port = free_port()
+        self.conf_path = self.prefix / "nginx.conf"
+        self.pid_path = self.prefix / "nginx.pid"
+        self.error_log = self.prefix / "error.log"
+        self.access_log = self.prefix / "access.log"
+        self.conf_dir.mkdir(parents=True, exist_ok=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(CONF_TEMPLATE.format(prefix=self.prefix, conf_dir=self.conf_dir))
+
+    # -- commands ----------------------------------------------------------------------------------
+    @property
+    def base_argv(self) -> list[str]:
+        """nginx with this instance's prefix, config and startup error log."""
+        return [NGINX, "-p", f"{self.prefix}/", "-c", str(self.conf_path), "-e", str(self.error_log)]
+
+    @property
+    def test_command(self) -> str:
+        """Shell command that checks the config (for the companion's ``--nginx-test``)."""
+        return shlex.join([*self.base_argv, "-t", "-q"])
+
+    @property
+    def reload_command(self) -> str:
+        """Shell command that reloads this nginx (for the companion's ``--nginx-reload``)."""
+        return shlex.join([*self.base_argv, "-s", "reload"])
+
+    def check(self) -> subprocess.CompletedProcess[str]:
+        """Run ``nginx -t`` on the current config; the result carries stderr for assertions."""
+        return subprocess.run([*self.base_argv, "-t", "-q"], capture_output=True, text=True, check=False)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the master (it daemonizes) and wait for its pid file and first worker."""
+        proc = subprocess.run(self.base_argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nginx failed to start: {proc.stderr}\n{self.error_log_text()}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid = self.master_pid()
+            if pid and self.worker_pids():
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nginx did not come up within {timeout}s:\n{self.error_log_text()}")
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Run the reload command and wait until a new generation of workers runs."""
+        before = set(self.worker_pids())
+        proc = subprocess.run(shlex.split(self.reload_command), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"nginx reload failed: {proc.stderr}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if set(self.worker_pids()) - before:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"nginx did not start new workers within {timeout}s:\n{self.error_log_text()}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the master (SIGTERM, then SIGKILL) and its workers; no-op when not running."""
+        pid = self.master_pid()
+        if pid is None:
+            return
+        workers = self.worker_pids()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (_alive(pid) or any(_alive(w) for w in workers)):
+            time.sleep(0.02)
+        for p in [pid, *workers]:
+            if _alive(p):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p, signal.SIGKILL)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+
+    def cleanup(self) -> None:
+        """Stop and delete the prefix directory."""
+        self.stop()
+        shutil.rmtree(self.prefix, ignore_errors=True)
+
+    # -- inspection --------------------------------------------------------------------------------
+    def master_pid(self) -> int | None:
+        """Pid of the running master, from the pid file, or None."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def worker_pids(self) -> list[int]:
+        """Pids of the master's live children (workers, cache helpers), from /proc."""
+        master = self.master_pid()
+        if master is None:
+            return []
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) == master and fields[0] not in ("Z", "X"):
+                pids.append(int(entry.name))
+        return sorted(pids)
+
+    def error_log_text(self) -> str:
+        """Contents of the error log ('' if none yet)."""
+        try:
+            return self.error_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def access_log_text(self) -> str:
+        """Contents of the access log ('' if none yet)."""
+        try:
+            return self.access_log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # -- requests ----------------------------------------------------------------------------------
+    def get(
+        self,
+        host: str,
+        path: str = "/",
+        https: bool = False,
+        timeout: float = 2,
+        context: ssl.SSLContext | None = None,
+        port: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Message, bytes]:
+        """GET ``path`` from 127.0.0.1 with ``Host: host``; return (status, headers, body).
+
+        With ``https`` the TLS SNI is ``host``; without a ``context`` the server certificate is not
+        verified (pass a context that trusts Pebble's root to verify it).
+        """
+        return http_get(
+            "127.0.0.1",
+            port or (self.https_port if https else self.http_port),
+            host,
+            path,
+            https=https,
+            timeout=timeout,
+            context=context,
+            headers=headers,
+        )
+
+
+def http_get(
+    address: str,
+    port: int,
+    host: str,
+    path: str = "/",
+    https: bool = False,
+    timeout: float = 2,
+    context: ssl.SSLContext | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Message, bytes]:
+    """GET from ``address:port`` with ``Host: host`` (and SNI ``host`` over TLS); no redirects followed."""
+    if https:
+        if context is None:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        conn: http.client.HTTPConnection = _SNIConnection(
+            address, port, sni=host, context=context, timeout=timeout
+        )
+    else:
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", host)
+        for k, v in (headers or {}).items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, resp.headers, body
+    finally:
+        conn.close()
+
+
+class _SNIConnection(http.client.HTTPSConnection):
+    """HTTPS connection to an address whose TLS server name (SNI, hostname check) is another name."""
+
+    def __init__(self, address: str, port: int, sni: str, context: ssl.SSLContext, timeout: float):
+        super().__init__(address, port, timeout=timeout, context=context)
+        self._sni = sni
+        self._ctx = context
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._ctx.wrap_socket(sock, server_hostname=self._sni)
