@@ -193,9 +193,15 @@ def run_app(
     full_name = f"{NAME_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
     all_labels = {CONTAINER_LABEL: "1", **(labels or {})}
     image = kw.pop("image", IMAGE)
-    container = client.containers.run(
-        image, name=full_name, labels=all_labels, environment=environment or {}, detach=True, **kw
-    )
+    try:
+        container = client.containers.run(
+            image, name=full_name, labels=all_labels, environment=environment or {}, detach=True, **kw
+        )
+    except docker.errors.APIError:
+        # run = create + start: a failed start leaves a created container behind
+        with contextlib.suppress(docker.errors.APIError):
+            client.containers.get(full_name).remove(force=True, v=True)
+        raise
     if wait and kw.get("network_mode") not in ("none", "host"):
         port = int((environment or {}).get("APP_PORT", 80))
         wait_app(container, port=port)
