@@ -158,3 +158,10 @@ def ensure_placeholder(certs_dir: Path) -> CertFiles:
     write_atomic(folder / "privkey.pem", key_pem.decode(), mode=0o600)
     write_atomic(folder / "fullchain.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
     return files
+
+
+def tighten(certs_dir: Path, name: str) -> None:
+    """Keys stay private: certbot leaves a lineage's own folders 0755, we make them 0700."""
+    for folder in (certs_dir / "live" / name, certs_dir / "archive" / name):
+        if folder.is_dir():
+            os.chmod(folder, 0o700)

@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from . import config
+from . import certs, config
+from .acme import AcmeManager, CertState, certbot_command, certbot_reason, due_reason, load_state
 from .controller import Controller
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from .model import CertRequest
 from .nginx import NginxControl
 from .render import MAIN_FILE
+from .watch import watch_certs
 
 log = logging.getLogger("companion")
 HEARTBEAT_MAX_AGE = 120.0
@@ -27,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="watch Docker and keep nginx and certificates in line (the service)")
     render = sub.add_parser("render", help="print the nginx configuration for the running containers")
     render.add_argument("--all", action="store_true", help="print the included snippets too")
+    sub.add_parser("certs", help="list managed certificates and their state")
+    renew = sub.add_parser("renew", help="renew certificates now (the running service reloads nginx)")
+    renew.add_argument("--force", action="store_true", help="renew even when not due")
+    renew.add_argument("name", nargs="?", default="", help="only this certificate")
     sub.add_parser("check", help="exit 0 when the running service's loop is alive (for HEALTHCHECK)")
     return parser
 
@@ -53,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    handler = {"run": cmd_run, "render": cmd_render, "check": cmd_check}[args.command]
+    handler = {"run": cmd_run, "render": cmd_render, "check": cmd_check, "certs": cmd_certs, "renew": cmd_renew}[
+        args.command
+    ]
     return handler(args, settings)
 
 
@@ -92,8 +103,15 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
     controller = Controller(settings, edge, make_control(settings, edge))
+    acme = AcmeManager(settings, controller.wake, controller.self_check_url)
+    controller.acme = acme
+    observer = watch_certs(Path(settings.certs_dir), controller.wake)
     edge.watch_events(controller.wake, stop)
-    controller.run(stop)
+    try:
+        controller.run(stop)
+    finally:
+        acme.stop()
+        observer.stop()
     log.info("stopped")
     return 0
 
@@ -110,3 +128,72 @@ def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"companion: last loop pass {age:.0f}s ago", file=sys.stderr)
         return 1
     return 0
+
+
+def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:
+    """One row per certificate on disk or ordered: name, names, issuer, not-after, days left, state."""
+    certs_dir = Path(settings.certs_dir)
+    statuses = certs.scan(certs_dir)
+    state = load_state(certs_dir)
+    rows = []
+    for name in sorted(set(statuses) | set(state)):
+        status = statuses.get(name)
+        entry = state.get(name, CertState())
+        if entry.in_progress:
+            shown = "renewing"
+        elif entry.failures:
+            retry = dt.datetime.fromtimestamp(entry.next_try, dt.UTC)
+            shown = f"failing ({entry.failures}x), next try {retry:%Y-%m-%d %H:%M} UTC: {entry.last_error[:80]}"
+        elif status is None or status.problem:
+            shown = "placeholder" + (f" ({status.problem})" if status and status.problem else "")
+        else:
+            shown = "valid"
+        if status is not None and status.not_after is not None:
+            expiry = f"{status.not_after:%Y-%m-%d %H:%M}"
+            days = f"{(status.not_after - now).total_seconds() / 86400:.1f}"
+            names = ",".join(status.domains)
+        else:
+            expiry, days, names = "-", "-", ",".join(entry.domains)
+        rows.append((name, names, status.issuer if status and status.issuer else "-", expiry, days, shown))
+    return rows
+
+
+def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
+    rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
+    rows += cert_rows(settings, dt.datetime.now(dt.UTC))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Renew lineages on disk now, one certbot at a time; the service's watcher reloads nginx."""
+    certs_dir = Path(settings.certs_dir)
+    statuses = certs.scan(certs_dir)
+    names = [args.name] if args.name else sorted(n for n in statuses if not n.startswith("companion"))
+    failed = 0
+    now = dt.datetime.now(dt.UTC)
+    for name in names:
+        status = statuses.get(name)
+        if status is None or not status.domains:
+            print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
+            failed += 1
+            continue
+        request = CertRequest(name, status.domains, settings.default_email)
+        if not args.force and not due_reason(request, status, now, settings.renew_before_days):
+            print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
+            continue
+        env = dict(os.environ)
+        if settings.ca_bundle:
+            env["REQUESTS_CA_BUNDLE"] = settings.ca_bundle
+        done = subprocess.run(
+            certbot_command(settings, request, force=True), capture_output=True, text=True, env=env, check=False
+        )
+        if done.returncode:
+            print(f"{name}: renewal failed: {certbot_reason(done.stdout + done.stderr)}", file=sys.stderr)
+            failed += 1
+        else:
+            certs.tighten(certs_dir, name)
+            print(f"{name}: renewed")
+    return 1 if failed else 0

@@ -27,7 +27,7 @@ class Settings:
     key_type: str = "ecdsa"
     rsa_key_size: int = 2048
     renew_before_days: float = 0.0  # 0 = when a third of the lifetime is left
-    acme_concurrency: int = 1
+    acme_retry_base: float = 300.0
     allowed_domains: tuple[str, ...] = ()
     self_check: bool = True
     heartbeat_file: str = "/tmp/companion.heartbeat"
@@ -60,7 +60,7 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--key-type", "KEY_TYPE", "key_type", "ecdsa or rsa"),
     ("--rsa-key-size", "RSA_KEY_SIZE", "rsa_key_size", "2048, 3072 or 4096"),
     ("--renew-before", "RENEW_BEFORE_DAYS", "renew_before_days", "renew when fewer days are left"),
-    ("--acme-concurrency", "ACME_CONCURRENCY", "acme_concurrency", "certbot runs at once (separate stores)"),
+    ("--acme-retry-base", "ACME_RETRY_BASE", "acme_retry_base", "seconds before the first retry of a failed order"),
     ("--allowed-domains", "ALLOWED_DOMAINS", "allowed_domains", "comma list of glob patterns names must match"),
     ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
     ("--heartbeat-file", "HEARTBEAT_FILE", "heartbeat_file", "touched by every loop pass, read by 'check'"),
@@ -123,8 +123,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"key type {s.key_type!r} must be ecdsa or rsa")
     if s.rsa_key_size not in (2048, 3072, 4096):
         raise SettingsError(f"RSA key size {s.rsa_key_size} must be 2048, 3072 or 4096")
-    if s.acme_concurrency < 1:
-        raise SettingsError("acme concurrency must be at least 1")
+    if s.acme_retry_base <= 0:
+        raise SettingsError("acme retry base must be positive")
     if s.renew_before_days < 0:
         raise SettingsError("renew-before must not be negative")
     for path in (s.conf_dir, s.webroot, s.certs_dir):

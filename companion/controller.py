@@ -86,6 +86,11 @@ class Controller:
         self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
         self.debouncer = Debouncer()
         self.passes = 0
+        self._nginx_address = "127.0.0.1"
+
+    def self_check_url(self) -> str:
+        """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
+        return f"http://{self._nginx_address}:{self.settings.http_port}"
 
     def wake(self, reason: str = "") -> None:
         log.debug("wake: %s", reason)
@@ -136,6 +141,9 @@ class Controller:
             self._report({f"cannot reach the Docker daemon ({reason}); keeping the current configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
+        addresses = [ip for info in snapshot.nginx for _, ip in sorted(info.networks.items()) if ip]
+        if self.settings.docker_mode and addresses:
+            self._nginx_address = addresses[0]
         if self.settings.docker_mode and not snapshot.nginx:
             self._report({NO_NGINX})
             return PassReport(skipped="no nginx")

@@ -17,12 +17,13 @@ from typing import TypeVar
 MAX_HOSTNAME = 253
 MAX_LABEL = 63
 MAX_PATH = 512
-_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+# Patterns end in \Z, not $: "$" also matches before a final "\n", which let "a\n.com" through.
+_LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # RFC 3986 unreserved characters plus "/" and "%XX" escapes: nothing nginx treats as syntax.
-_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*$")
-_HSTS_RE = re.compile(r"^max-age=[0-9]{1,9}(?:; ?includeSubDomains)?(?:; ?preload)?$")
-_CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}$")
+_PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*\Z")
+_HSTS_RE = re.compile(r"^max-age=[0-9]{1,9}(?:; ?includeSubDomains)?(?:; ?preload)?\Z")
+_CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\Z")
 
 VARIABLES = (
     "VIRTUAL_HOST",
@@ -37,6 +38,9 @@ VARIABLES = (
     "LETSENCRYPT_EMAIL",
 )
 DEFAULT_HSTS = "max-age=31536000"
+# Every server block includes `location ^~ /.well-known/acme-challenge/`; a VIRTUAL_PATH there would be
+# a duplicate location (nginx -t fails for every site) or could never be reached.
+ACME_PATH = "/.well-known/acme-challenge/"
 E = TypeVar("E", bound="Enum")
 
 
@@ -264,6 +268,8 @@ def parse_site(
         port = parse_port(get("VIRTUAL_PORT")) if get("VIRTUAL_PORT") else _default_port(info)
         proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
         path = parse_path(get("VIRTUAL_PATH") or "/")
+        if path.startswith(ACME_PATH):
+            raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
         dest = parse_path(get("VIRTUAL_DEST")) if get("VIRTUAL_DEST") else ""
         method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
