@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    for noisy in ("urllib3", "docker", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {"run": cmd_run, "render": cmd_render, "check": cmd_check, "certs": cmd_certs, "renew": cmd_renew}[
         args.command
     ]

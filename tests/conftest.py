@@ -16,6 +16,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
+from tests.infra.companion import Companion  # noqa: E402
 from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
 from tests.infra.nginx import HostNginx  # noqa: E402
 from tests.infra.pebble import Pebble  # noqa: E402
@@ -78,3 +79,21 @@ def make_pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
 def pebble(make_pebble: Callable[..., Pebble], host_nginx: HostNginx) -> Pebble:
     """Pebble (nonce rejection off, 90-day certs) validating HTTP-01 on ``host_nginx.http_port``."""
     return make_pebble(host_nginx.http_port)
+
+
+@pytest.fixture
+def make_companion(host_nginx: HostNginx, tmp_path: Path) -> Iterator[Callable[..., Companion]]:
+    """Factory ``make_companion(**ENV_SETTINGS)``: a started `companion run` in host mode beside host_nginx.
+
+    Every companion made shares one work folder (conf, certs, webroot), so a second one is a restart.
+    """
+    made: list[Companion] = []
+
+    def make(**settings: str) -> Companion:
+        companion = Companion(host_nginx, tmp_path / "companion", **settings).start()
+        made.append(companion)
+        return companion
+
+    yield make
+    for companion in made:
+        companion.stop()
