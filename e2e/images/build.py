@@ -393,11 +393,12 @@ def ensure_base(client: docker.DockerClient, mirror: str | None = None) -> docke
 
 
 def context_hash(context: Path, *extra: str) -> str:
-    """sha256 over the build context's paths, modes and contents, plus ``extra`` strings."""
+    """sha256 over the build context's paths, exec bits and contents, plus ``extra`` strings."""
     digest = hashlib.sha256(f"schema {SCHEMA}\n".encode())
     for path in sorted(p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         rel = path.relative_to(context).as_posix()
-        digest.update(f"{rel}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        executable = "x" if path.stat().st_mode & 0o111 else "-"  # not the rest: umask differs per checkout
+        digest.update(f"{rel}\0{executable}\0".encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     for item in extra:
         digest.update(f"\0{item}".encode())
