@@ -1,0 +1,208 @@
+"""Settings: flags over environment over defaults; nginx version parsing; the loop's Debouncer."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+
+import pytest
+
+from companion import config
+from companion.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, Settings, SettingsError
+from companion.controller import BURST_MAX_CAP, BURST_QUIET, FIRST_MAX, FIRST_QUIET, IDLE_GAP, Debouncer
+from tests.nginxcheck import nginx_binary
+
+
+def load(argv: list[str] | None = None, env: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.load(parser.parse_args(argv or []), env or {})
+
+
+def test_defaults() -> None:
+    assert load() == Settings()
+    assert Settings().acme_server == LETSENCRYPT_PRODUCTION
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "expected"),
+    [
+        ({"HTTP_PORT": "8080"}, "http_port", 8080),
+        ({"HTTPS_PORT": "8443"}, "https_port", 8443),
+        ({"CONF_DIR": "/srv/conf.d"}, "conf_dir", "/srv/conf.d"),
+        ({"DEFAULT_EMAIL": "ops@example.com"}, "default_email", "ops@example.com"),
+        ({"ACME_CA_URI": "https://ca.test/dir"}, "acme_server", "https://ca.test/dir"),
+        ({"NGINX_PROXY_CONTAINER": "proxy"}, "nginx_container", "proxy"),
+        ({"KEY_TYPE": "rsa", "RSA_KEY_SIZE": "4096"}, "rsa_key_size", 4096),
+        ({"RENEW_BEFORE_DAYS": "30.5"}, "renew_before_days", 30.5),
+        ({"ACME_SELF_CHECK": "no"}, "self_check", False),
+        ({"ACME_SELF_CHECK": "TRUE"}, "self_check", True),
+        ({"ACME_SELF_CHECK": ""}, "self_check", False),
+        ({"ALLOWED_DOMAINS": "*.Example.com, b.org,"}, "allowed_domains", ("*.example.com", "b.org")),
+    ],
+)
+def test_environment_over_defaults(env: dict[str, str], field: str, expected: object) -> None:
+    assert getattr(load(env=env), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "field", "expected"),
+    [
+        (["--http-port", "9090"], {"HTTP_PORT": "8080"}, "http_port", 9090),
+        (["--conf-dir", "/flag"], {"CONF_DIR": "/env"}, "conf_dir", "/flag"),
+        (["--self-check", "on"], {"ACME_SELF_CHECK": "off"}, "self_check", True),
+        (["--acme-server", "https://flag/dir"], {"ACME_CA_URI": "https://env/dir"}, "acme_server", "https://flag/dir"),
+        (["--allowed-domains", "a.com"], {"ALLOWED_DOMAINS": "b.com"}, "allowed_domains", ("a.com",)),
+    ],
+)
+def test_flags_over_environment(argv: list[str], env: dict[str, str], field: str, expected: object) -> None:
+    assert getattr(load(argv, env), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {"LETSENCRYPT_TEST": "true"}, LETSENCRYPT_STAGING),
+        ([], {"LETSENCRYPT_TEST": "1"}, LETSENCRYPT_STAGING),
+        ([], {"LETSENCRYPT_TEST": "false"}, LETSENCRYPT_PRODUCTION),
+        ([], {}, LETSENCRYPT_PRODUCTION),
+        ([], {"LETSENCRYPT_TEST": "true", "ACME_CA_URI": "https://pebble:14000/dir"}, "https://pebble:14000/dir"),
+        (["--acme-server", "https://x/dir"], {"LETSENCRYPT_TEST": "true"}, "https://x/dir"),
+    ],
+)
+def test_letsencrypt_test_selects_staging(argv: list[str], env: dict[str, str], expected: str) -> None:
+    assert load(argv, env).acme_server == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"HTTP_PORT": "http"}, ["http_port", "'http'"]),
+        ({"HTTP_PORT": "0"}, ["port 0", "1-65535"]),
+        ({"HTTPS_PORT": "70000"}, ["port 70000"]),
+        ({"ACME_SELF_CHECK": "maybe"}, ["self_check", "'maybe'"]),
+        ({"RENEW_BEFORE_DAYS": "soon"}, ["renew_before_days", "'soon'"]),
+        ({"RENEW_BEFORE_DAYS": "-1"}, ["negative"]),
+        ({"KEY_TYPE": "dsa"}, ["'dsa'", "ecdsa or rsa"]),
+        ({"RSA_KEY_SIZE": "1024"}, ["1024", "2048, 3072 or 4096"]),
+        ({"CONF_DIR": "relative/conf.d"}, ["relative/conf.d", "absolute"]),
+        ({"WEBROOT": "/ok", "ACME_WEBROOT": "/var/www/a b"}, ["'/var/www/a b'"]),
+        ({"CERTS_DIR": "/etc/le;"}, ["'/etc/le;'"]),
+        ({"CONF_DIR": "/etc/nginx/conf.d\n"}, ["must be absolute and free of spaces"]),
+    ],
+)
+def test_bad_values_raise_settings_error(env: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(env=env)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_bad_flag_value_raises_settings_error() -> None:
+    with pytest.raises(SettingsError, match="https_port"):
+        load(["--https-port", "x"])
+
+
+def test_environment_table_lists_every_option() -> None:
+    table = config.environment_table()
+    for flag, env, _name, _text in config.OPTIONS:
+        assert f"`{flag}`" in table and f"`{env}`" in table
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("nginx version: nginx/1.22.1", (1, 22, 1)),
+        ("nginx version: nginx/1.27.0\n", (1, 27, 0)),
+        ("nginx version: nginx/1.25.1 (Ubuntu)", (1, 25, 1)),
+        ("  nginx version: nginx/1.19.10  ", (1, 19, 10)),
+    ],
+)
+def test_parse_nginx_version(text: str, expected: tuple[int, ...]) -> None:
+    assert config.parse_nginx_version(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "nginx: command not found", "nginx version: openresty/1.21.4.1", "1.22.1"])
+def test_parse_nginx_version_rejects(text: str) -> None:
+    with pytest.raises(SettingsError, match="cannot read an nginx version"):
+        config.parse_nginx_version(text)
+
+
+def test_parse_nginx_version_of_the_real_nginx() -> None:
+    done = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=False)
+    version = config.parse_nginx_version(done.stderr + done.stdout)
+    assert len(version) == 3 and version >= (1, 18, 0)
+
+
+# -- Debouncer ---------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_debouncer_first_wake_is_quick() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(clock)
+    assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
+    assert FIRST_QUIET <= FIRST_MAX < BURST_QUIET
+
+
+def test_debouncer_burst_backs_off_up_to_the_cap() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(clock)
+    assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
+    debouncer.passed()
+    waits = []
+    for _ in range(8):
+        clock.now += IDLE_GAP / 4  # events keep coming shortly after each pass
+        quiet, longest = debouncer.windows()
+        assert quiet == BURST_QUIET
+        waits.append(longest)
+        clock.now += longest
+        debouncer.passed()
+    assert waits == [2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0]
+    assert max(waits) == BURST_MAX_CAP
+
+
+def test_debouncer_resets_after_an_idle_gap() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(clock)
+    debouncer.windows()
+    debouncer.passed()
+    clock.now += 0.1
+    assert debouncer.windows()[0] == BURST_QUIET
+    debouncer.passed()
+    clock.now += IDLE_GAP - 0.001
+    assert debouncer.windows() == (BURST_QUIET, 4.0)
+    debouncer.passed()
+    clock.now += IDLE_GAP
+    assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
+    assert debouncer.burst_passes == 0
+    debouncer.passed()
+    clock.now += 0.1
+    assert debouncer.windows() == (BURST_QUIET, 2.0)
+
+
+def test_debouncer_counts_from_the_last_pass_not_the_last_wake() -> None:
+    clock = FakeClock()
+    debouncer = Debouncer(clock)
+    debouncer.passed()
+    for _ in range(5):  # many wakes without a pass: still measured from the one pass
+        clock.now += 0.3
+        debouncer.windows()
+    clock.now = 1000.0 + IDLE_GAP
+    assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
+
+
+@pytest.mark.xfail(
+    reason="companion/config.py bug: float('nan') passes `renew_before_days < 0`, so NaN is accepted", strict=True
+)
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_renew_before_must_be_a_finite_number(value: str) -> None:
+    with pytest.raises(SettingsError):
+        load(env={"RENEW_BEFORE_DAYS": value})

@@ -1,0 +1,280 @@
+"""plan.build: containers and certificates on disk in, server blocks, upstreams and cert requests out."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from companion import plan
+from companion.model import CertRequest, ContainerInfo, HttpsMethod, Proto
+from companion.plan import CertFiles, Location, Server, Upstream
+
+PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
+REAL = CertFiles("/certs/live/a.com/fullchain.pem", "/certs/live/a.com/privkey.pem", ocsp=True)
+
+
+def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
+    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={network: ip} if ip else {}, health=health)
+
+
+def build(*containers: ContainerInfo, certs: dict[str, CertFiles] | None = None, **kw: object) -> plan.Desired:
+    return plan.build(list(containers), certs or {}, PLACEHOLDER, **kw)  # type: ignore[arg-type]
+
+
+def server(desired: plan.Desired, host: str) -> Server:
+    (found,) = [s for s in desired.servers if s.host == host]
+    return found
+
+
+def test_single_site() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com", VIRTUAL_PORT="3000"))
+    assert desired.upstreams == (Upstream("companion-a.com", (("10.0.0.2", 3000),)),)
+    assert desired.servers == (
+        Server(
+            host="a.com",
+            https_method=HttpsMethod.REDIRECT,
+            hsts="max-age=31536000",
+            locations=(Location("/", "companion-a.com", Proto.HTTP, ""),),
+            cert=None,
+            placeholder=False,
+        ),
+    )
+    assert desired.certificates == () and desired.problems == ()
+    assert not desired.servers[0].redirect and desired.servers[0].serves_http
+
+
+def test_containers_without_virtual_host_are_ignored_silently() -> None:
+    desired = build(c("db"), c("web", VIRTUAL_HOST="a.com"))
+    assert [s.host for s in desired.servers] == ["a.com"] and desired.problems == ()
+
+
+def test_two_containers_same_host_share_one_upstream() -> None:
+    desired = build(
+        c("web2", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
+        c("web1", ip="10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
+    )
+    assert desired.upstreams == (Upstream("companion-a.com", (("10.0.0.2", 8080), ("10.0.0.3", 8080))),)
+    assert len(desired.servers) == 1 and desired.problems == ()
+
+
+def test_multiple_hosts_per_container() -> None:
+    desired = build(c("web", VIRTUAL_HOST="b.com,a.com"))
+    assert [s.host for s in desired.servers] == ["a.com", "b.com"]
+    assert [u.name for u in desired.upstreams] == ["companion-a.com", "companion-b.com"]
+
+
+def test_different_paths_get_separate_locations_and_upstreams() -> None:
+    desired = build(
+        c("api", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/", VIRTUAL_DEST="/", VIRTUAL_PROTO="https"),
+        c("front", ip="10.0.0.2", VIRTUAL_HOST="a.com"),
+    )
+    api = plan.upstream_name("a.com", "/api/")
+    assert api != "companion-a.com" and api.startswith("companion-a.com-")
+    assert server(desired, "a.com").locations == (
+        Location("/", "companion-a.com", Proto.HTTP, ""),
+        Location("/api/", api, Proto.HTTPS, "/"),
+    )
+    assert {u.name: u.servers for u in desired.upstreams} == {
+        "companion-a.com": (("10.0.0.2", 80),),
+        api: (("10.0.0.3", 80),),
+    }
+    assert desired.problems == ()
+
+
+def test_upstream_names_are_stable_and_safe() -> None:
+    assert plan.upstream_name("a.com", "/") == "companion-a.com"
+    assert plan.upstream_name("*.a.com", "/") == "companion-_wildcard_.a.com"
+    assert plan.upstream_name("a.com", "/x") == plan.upstream_name("a.com", "/x")
+    assert plan.upstream_name("a.com", "/x") != plan.upstream_name("a.com", "/y")
+    assert all(ch.isalnum() or ch in "-._" for ch in plan.upstream_name("*.a.com", "/a%7B~"))
+
+
+def test_conflict_first_container_name_wins_and_warns() -> None:
+    desired = build(
+        c("zeta", ip="10.0.0.3", VIRTUAL_HOST="a.com", HTTPS_METHOD="noredirect", VIRTUAL_PROTO="https", HSTS="off"),
+        c("alpha", ip="10.0.0.2", VIRTUAL_HOST="a.com"),
+    )
+    s = server(desired, "a.com")
+    assert s.https_method is HttpsMethod.REDIRECT and s.hsts == "max-age=31536000"
+    assert s.locations == (Location("/", "companion-a.com", Proto.HTTP, ""),)
+    assert desired.upstreams[0].servers == (("10.0.0.2", 80), ("10.0.0.3", 80))
+    (warning,) = desired.problems
+    assert "alpha" in warning and "zeta" in warning and "a.com" in warning
+    assert "HTTPS_METHOD" in warning and "HSTS" in warning and "VIRTUAL_PROTO" in warning
+
+
+def test_conflict_on_other_path_does_not_warn_about_proto() -> None:
+    desired = build(
+        c("alpha", VIRTUAL_HOST="a.com"),
+        c("beta", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/b", VIRTUAL_PROTO="https"),
+    )
+    assert desired.problems == ()
+    assert server(desired, "a.com").locations[1].proto is Proto.HTTPS
+
+
+def test_rejected_container_is_left_out_with_a_problem() -> None:
+    desired = build(c("bad", VIRTUAL_HOST="a.com;evil"), c("good", VIRTUAL_HOST="b.com"))
+    assert [s.host for s in desired.servers] == ["b.com"]
+    (problem,) = desired.problems
+    assert problem.startswith("container bad: VIRTUAL_HOST=")
+
+
+def test_container_without_shared_network_is_left_out() -> None:
+    desired = build(
+        c("lonely", ip="10.1.0.2", network="other", VIRTUAL_HOST="a.com"),
+        c("web", ip="10.0.0.2", network="proxy", VIRTUAL_HOST="b.com"),
+        c("shared", ip="10.0.0.3", network="proxy", VIRTUAL_HOST="a.com"),
+        nginx_networks=["proxy"],
+    )
+    assert [s.host for s in desired.servers] == ["a.com", "b.com"]
+    assert {u.name: u.servers for u in desired.upstreams} == {
+        "companion-a.com": (("10.0.0.3", 80),),
+        "companion-b.com": (("10.0.0.2", 80),),
+    }
+    (problem,) = desired.problems
+    assert "lonely" in problem and "shared with nginx" in problem
+
+
+def test_container_with_no_address_at_all() -> None:
+    desired = build(c("noip", ip="", VIRTUAL_HOST="a.com"))
+    assert desired.servers == () and "noip" in desired.problems[0]
+
+
+def test_pick_address_prefers_shared_network_sorted_by_name() -> None:
+    info = ContainerInfo(id="x", name="x", networks={"zz": "10.9.0.2", "bb": "10.8.0.2", "aa": ""})
+    assert plan.pick_address(info, None) == "10.8.0.2"
+    assert plan.pick_address(info, ["zz"]) == "10.9.0.2"
+    assert plan.pick_address(info, ["aa"]) is None
+    assert plan.pick_address(info, []) is None
+
+
+def test_unhealthy_container_left_out() -> None:
+    desired = build(
+        c("sick", ip="10.0.0.3", health="unhealthy", VIRTUAL_HOST="a.com"),
+        c("well", ip="10.0.0.2", health="healthy", VIRTUAL_HOST="a.com"),
+        c("starting", ip="10.0.0.4", health="starting", VIRTUAL_HOST="a.com"),
+    )
+    assert desired.upstreams[0].servers == (("10.0.0.2", 80), ("10.0.0.4", 80))
+    assert any("sick" in p and "unhealthy" in p for p in desired.problems)
+
+
+def test_certificate_on_disk_gives_redirect_and_https_server() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com"), certs={"a.com": REAL})
+    s = server(desired, "a.com")
+    assert s.cert == REAL and not s.placeholder and s.redirect and s.serves_http
+
+
+def test_letsencrypt_host_without_certificate_uses_placeholder_and_no_redirect() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com", LETSENCRYPT_EMAIL="me@a.com"))
+    s = server(desired, "a.com")
+    assert s.cert == PLACEHOLDER and s.placeholder and not s.redirect and s.serves_http
+    assert desired.certificates == (CertRequest("a.com", ("a.com",), "me@a.com"),)
+
+
+def test_letsencrypt_host_with_certificate_issued() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), certs={"a.com": REAL})
+    s = server(desired, "a.com")
+    assert s.cert == REAL and not s.placeholder and s.redirect
+
+
+def test_cert_name_selects_the_certificate() -> None:
+    desired = build(
+        c("web", VIRTUAL_HOST="a.com,b.com", CERT_NAME="shared"),
+        certs={"shared": REAL, "a.com": PLACEHOLDER},
+    )
+    assert server(desired, "a.com").cert == REAL and server(desired, "b.com").cert == REAL
+    missing = build(c("web", VIRTUAL_HOST="a.com", CERT_NAME="shared"))
+    assert server(missing, "a.com").placeholder and missing.certificates == ()
+
+
+def test_default_email_fills_requests() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), default_email="ops@x.io")
+    assert desired.certificates[0].email == "ops@x.io"
+
+
+def test_same_certificate_requested_with_different_names_warns() -> None:
+    desired = build(
+        c("one", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com", CERT_NAME="shared"),
+        c("two", VIRTUAL_HOST="b.com", LETSENCRYPT_HOST="b.com", CERT_NAME="shared"),
+    )
+    assert desired.certificates == (CertRequest("shared", ("a.com",), ""),)
+    assert any("two" in p and "shared" in p for p in desired.problems)
+
+
+@pytest.mark.parametrize(
+    ("method", "cert", "has_cert", "placeholder", "redirect", "serves_http"),
+    [
+        # no certificate anywhere: plain HTTP whatever the method (except the cert is never invented)
+        ("redirect", None, False, False, False, True),
+        ("noredirect", None, False, False, False, True),
+        ("nohttp", None, False, False, False, True),
+        ("nohttps", None, False, False, False, True),
+        # real certificate
+        ("redirect", "real", True, False, True, True),
+        ("noredirect", "real", True, False, False, True),
+        ("nohttp", "real", True, False, False, False),
+        ("nohttps", "real", False, False, False, True),
+        # LETSENCRYPT_HOST set, not issued yet: placeholder, HTTP stays up for the challenge
+        ("redirect", "pending", True, True, False, True),
+        ("noredirect", "pending", True, True, False, True),
+        ("nohttp", "pending", True, True, False, True),
+        ("nohttps", "pending", False, False, False, True),
+    ],
+)
+def test_https_methods(
+    method: str, cert: str | None, has_cert: bool, placeholder: bool, redirect: bool, serves_http: bool
+) -> None:
+    labels = {"VIRTUAL_HOST": "a.com", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    desired = build(c("web", **labels), certs={"a.com": REAL} if cert == "real" else {})
+    s = server(desired, "a.com")
+    assert (s.cert is not None, s.placeholder, s.redirect, s.serves_http) == (
+        has_cert,
+        placeholder,
+        redirect,
+        serves_http,
+    )
+    assert s.https_method is HttpsMethod(method)
+
+
+def test_wildcard_host() -> None:
+    desired = build(c("web", VIRTUAL_HOST="*.a.com"))
+    assert desired.servers[0].host == "*.a.com"
+    assert desired.upstreams[0].name == "companion-_wildcard_.a.com"
+
+
+def test_longest_name() -> None:
+    assert build().longest_name == 1
+    assert build(c("web", VIRTUAL_HOST="a.com,abcdefgh.com")).longest_name == len("abcdefgh.com")
+
+
+def _fleet() -> list[ContainerInfo]:
+    return [
+        c("w1", ip="10.0.0.11", VIRTUAL_HOST="a.com,b.com", LETSENCRYPT_HOST="a.com"),
+        c("w2", ip="10.0.0.12", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api", HTTPS_METHOD="nohttp"),
+        c("w3", ip="10.0.0.13", VIRTUAL_HOST="b.com", VIRTUAL_PORT="9000"),
+        c("w4", ip="10.0.0.14", VIRTUAL_HOST="*.c.com", HSTS="off"),
+        c("w5", ip="10.0.0.15", VIRTUAL_HOST="bad host"),
+        c("w6", ip="10.0.0.16", network="elsewhere", VIRTUAL_HOST="d.com"),
+        c("w7", ip="10.0.0.9", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api", CERT_NAME="x"),
+        c("w8", ip="10.0.0.8", VIRTUAL_HOST="e.com", LETSENCRYPT_HOST="e.com", CERT_NAME="a.com"),
+    ]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_deterministic_regardless_of_input_order(seed: int) -> None:
+    fleet = _fleet()
+    kw = {"certs": {"a.com": REAL}, "nginx_networks": ["proxy"], "default_email": "ops@x.io"}
+    expected = build(*fleet, **kw)  # type: ignore[arg-type]
+    shuffled = fleet[:]
+    random.Random(seed).shuffle(shuffled)
+    assert build(*shuffled, **kw) == expected  # type: ignore[arg-type]
+
+
+def test_every_permutation_of_a_conflict_gives_the_same_result() -> None:
+    fleet = _fleet()[:3] + _fleet()[6:7]
+    results = {build(*perm) for perm in itertools.permutations(fleet)}
+    assert len(results) == 1

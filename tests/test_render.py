@@ -1,0 +1,336 @@
+"""render: deterministic text, version-dependent syntax, and proof by the real `nginx -t`."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from companion import plan
+from companion.model import ContainerInfo
+from companion.plan import CertFiles
+from companion.render import DHPARAM_FILE, MAIN_FILE, SNIPPETS, RenderOptions, render
+from tests.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
+
+OPTIONS = RenderOptions(conf_dir="/etc/nginx/conf.d", webroot="/var/www/acme", nginx_version=(1, 22, 1))
+PLACEHOLDER = CertFiles("/certs/default/fullchain.pem", "/certs/default/privkey.pem")
+REAL = CertFiles("/certs/live/a/fullchain.pem", "/certs/live/a/privkey.pem")
+REAL_OCSP = CertFiles("/certs/live/o/fullchain.pem", "/certs/live/o/privkey.pem", ocsp=True)
+OLD, NEW = (1, 22, 1), (1, 27, 0)
+
+
+def c(name: str, ip: str, **labels: str) -> ContainerInfo:
+    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
+
+
+def fleet() -> list[ContainerInfo]:
+    """Many sites covering every feature: paths, dest, wildcard, IDN, every HTTPS method, conflicts."""
+    out = [
+        c("app", "10.0.0.2", VIRTUAL_HOST="a.example.com,www.a.example.com", LETSENCRYPT_HOST="a.example.com"),
+        c("app2", "10.0.0.3", VIRTUAL_HOST="a.example.com", VIRTUAL_PORT="8080"),
+        c("api", "10.0.0.4", VIRTUAL_HOST="a.example.com", VIRTUAL_PATH="/api/", VIRTUAL_DEST="/v2/"),
+        c("tls-backend", "10.0.0.5", VIRTUAL_HOST="b.example.com", VIRTUAL_PROTO="https", VIRTUAL_PORT="443"),
+        c("wild", "10.0.0.6", VIRTUAL_HOST="*.wild.example.com", HSTS="max-age=60; includeSubDomains; preload"),
+        c("idn", "10.0.0.7", VIRTUAL_HOST="bücher.example.com"),
+        c("noredirect", "10.0.0.8", VIRTUAL_HOST="nr.example.com", HTTPS_METHOD="noredirect"),
+        c("nohttp", "10.0.0.9", VIRTUAL_HOST="nh.example.com", HTTPS_METHOD="nohttp"),
+        c(
+            "nohttps",
+            "10.0.0.10",
+            VIRTUAL_HOST="ns.example.com",
+            HTTPS_METHOD="nohttps",
+            LETSENCRYPT_HOST="ns.example.com",
+        ),
+        c(
+            "pending",
+            "10.0.0.11",
+            VIRTUAL_HOST="p.example.com",
+            LETSENCRYPT_HOST="p.example.com",
+            HTTPS_METHOD="nohttp",
+        ),
+        c("hsts-off", "10.0.0.12", VIRTUAL_HOST="off.example.com", HSTS="off"),
+        c("shared", "10.0.0.13", VIRTUAL_HOST="s1.example.com,s2.example.com", CERT_NAME="shared"),
+        c("ocsp", "10.0.0.14", VIRTUAL_HOST="o.example.com"),
+        c("deep", "10.0.0.15", VIRTUAL_HOST="b.example.com", VIRTUAL_PATH="/a/b/c%20d", VIRTUAL_DEST="/x"),
+        c("rejected", "10.0.0.16", VIRTUAL_HOST="x.example.com;"),
+    ]
+    out += [c(f"bulk{i:03}", f"10.1.{i // 250}.{i % 250 + 2}", VIRTUAL_HOST=f"site{i}.example.org") for i in range(60)]
+    return out
+
+
+def fleet_certs(real: CertFiles = REAL, ocsp: CertFiles = REAL_OCSP) -> dict[str, CertFiles]:
+    return {
+        name: real
+        for name in ("a.example.com", "b.example.com", "*.wild.example.com", "nr.example.com", "nh.example.com")
+    } | {"ns.example.com": real, "off.example.com": real, "shared": real, "o.example.com": ocsp}
+
+
+def render_fleet(options: RenderOptions = OPTIONS, containers: list[ContainerInfo] | None = None, **kw: object):  # noqa: ANN201
+    certs = kw.pop("certs", fleet_certs())
+    placeholder = kw.pop("placeholder", PLACEHOLDER)
+    desired = plan.build(containers if containers is not None else fleet(), certs, placeholder)  # type: ignore[arg-type]
+    return desired, render(desired, options)
+
+
+def server_blocks(text: str) -> list[tuple[str, bool, Directive]]:
+    """(server_name, listens with ssl, block) for every server block in the main file."""
+    out = []
+    for directive in parse_conf(text):
+        if directive.name == "server":
+            (name,) = directive.find("server_name")
+            https = any("ssl" in listen.args for listen in directive.find("listen"))
+            out.append((name.args[0], https, directive))
+    return out
+
+
+def block_of(text: str, host: str, https: bool) -> Directive:
+    (found,) = [b for name, ssl, b in server_blocks(text) if name == host and ssl == https]
+    return found
+
+
+# -- pure text properties ---------------------------------------------------------------------------
+
+
+def test_files_owned() -> None:
+    _, files = render_fleet()
+    assert set(files) == {MAIN_FILE, DHPARAM_FILE, *(name for name, _ in SNIPPETS.values())}
+    assert [n for n in files if n.endswith(".conf")] == [MAIN_FILE]  # snippets are never included by the glob
+    assert files[DHPARAM_FILE].startswith("-----BEGIN DH PARAMETERS-----")
+    assert "include /etc/nginx/conf.d/companion-proxy.inc;" in files[MAIN_FILE]
+    assert "root /var/www/acme;" in files["companion-acme.inc"]
+    assert "ssl_dhparam /etc/nginx/conf.d/companion-ffdhe2048.pem;" in files["companion-tls.inc"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_byte_identical_for_shuffled_input(seed: int) -> None:
+    _, expected = render_fleet()
+    containers = fleet()
+    random.Random(seed).shuffle(containers)
+    certs = dict(reversed(list(fleet_certs().items())))
+    _, got = render_fleet(containers=containers, certs=certs)
+    assert list(got) == list(expected)
+    for name in expected:
+        assert got[name].encode() == expected[name].encode(), name
+
+
+def test_empty_state_renders_default_servers_only() -> None:
+    files = render(plan.build([], {}, PLACEHOLDER), OPTIONS)
+    assert [(name, https) for name, https, _ in server_blocks(files[MAIN_FILE])] == [("_", False), ("_", True)]
+    assert "upstream" not in files[MAIN_FILE]
+
+
+@pytest.mark.parametrize(
+    ("version", "in_listen", "directive"),
+    [((1, 22, 1), True, False), ((1, 25, 0), True, False), ((1, 25, 1), False, True), ((1, 27, 0), False, True)],
+)
+def test_http2_syntax_by_version(version: tuple[int, ...], in_listen: bool, directive: bool) -> None:
+    _, files = render_fleet(RenderOptions(conf_dir="/c", webroot="/w", nginx_version=version))
+    text = files[MAIN_FILE]
+    https = [b for name, ssl, b in server_blocks(text) if ssl and name != "_"]
+    assert https
+    for block in https:
+        (listen,) = block.find("listen")
+        assert ("http2" in listen.args) is in_listen
+        assert bool(block.find("http2")) is directive
+        if directive:
+            assert block.find("http2")[0].args == ("on",)
+    assert ("http2 on;" in text) is directive
+    assert ("ssl http2;" in text) is in_listen
+
+
+@pytest.mark.parametrize(
+    ("https_port", "target"), [(443, "https://$host$request_uri"), (8443, "https://$host:8443$request_uri")]
+)
+def test_redirect_carries_https_port(https_port: int, target: str) -> None:
+    options = RenderOptions(conf_dir="/c", webroot="/w", http_port=8080, https_port=https_port, nginx_version=OLD)
+    _, files = render_fleet(options)
+    text = files[MAIN_FILE]
+    block = block_of(text, "a.example.com", https=False)
+    assert block.find("listen")[0].args == ("8080",)
+    (location,) = block.find("location")
+    assert location.find("return")[0].args == ("301", target)
+    assert block_of(text, "a.example.com", https=True).find("listen")[0].args[0] == str(https_port)
+    assert text.count("return 301 ") == sum(
+        1 for s in plan.build(fleet(), fleet_certs(), PLACEHOLDER).servers if s.redirect
+    )
+
+
+def test_hsts_only_on_https_with_real_cert_and_redirect_or_nohttp() -> None:
+    desired, files = render_fleet()
+    text = files[MAIN_FILE]
+    seen = 0
+    for server in desired.servers:
+        for name, https, block in server_blocks(text):
+            if name != server.host:
+                continue
+            headers = [h for h in block.find("add_header") if h.args[0] == "Strict-Transport-Security"]
+            expected = (
+                https
+                and not server.placeholder
+                and server.hsts != ""
+                and server.https_method.value in ("redirect", "nohttp")
+            )
+            assert bool(headers) is expected, (server.host, https)
+            if headers:
+                seen += 1
+                assert headers[0].args == ("Strict-Transport-Security", server.hsts, "always")
+    assert seen >= 3
+    assert 'add_header Strict-Transport-Security "max-age=60; includeSubDomains; preload" always;' in text
+    assert "off.example.com" in text and "Strict" not in str(block_of(text, "off.example.com", True))
+    assert "Strict" not in str(block_of(text, "nr.example.com", True))  # noredirect
+    assert "Strict" not in str(block_of(text, "p.example.com", True))  # placeholder
+
+
+def test_ocsp_stapling_only_with_ocsp_responder() -> None:
+    _, files = render_fleet()
+    text = files[MAIN_FILE]
+    for name, https, block in server_blocks(text):
+        stapling = block.find("ssl_stapling") + block.find("ssl_stapling_verify")
+        assert len(stapling) == (2 if name == "o.example.com" and https else 0), name
+    assert text.count("ssl_stapling on;") == 1
+
+
+def test_placeholder_and_real_certificate_paths() -> None:
+    _, files = render_fleet()
+    text = files[MAIN_FILE]
+    assert block_of(text, "p.example.com", True).find("ssl_certificate")[0].args == (PLACEHOLDER.fullchain,)
+    assert block_of(text, "a.example.com", True).find("ssl_certificate_key")[0].args == (REAL.privkey,)
+    # nohttps: no HTTPS server even though a certificate exists; nohttp with a real cert: no HTTP server
+    assert [https for name, https, _ in server_blocks(text) if name == "ns.example.com"] == [False]
+    assert [https for name, https, _ in server_blocks(text) if name == "nh.example.com"] == [True]
+    # pending nohttp keeps HTTP for the challenge but proxies nothing there
+    pending_http = block_of(text, "p.example.com", False)
+    assert pending_http.find("location")[0].find("return")[0].args == ("503",)
+
+
+def test_locations_paths_and_dest() -> None:
+    _, files = render_fleet()
+    block = block_of(files[MAIN_FILE], "a.example.com", True)
+    locations = {loc.args[0]: loc.find("proxy_pass")[0].args[0] for loc in block.find("location")}
+    api = plan.upstream_name("a.example.com", "/api/")
+    assert locations == {"/": "http://companion-a.example.com", "/api/": f"http://{api}/v2/"}
+    b = block_of(files[MAIN_FILE], "b.example.com", True)
+    assert b.find("location")[0].find("proxy_pass")[0].args == ("https://companion-b.example.com",)
+    assert any(loc.args == ("/a/b/c%20d",) for loc in b.find("location"))
+
+
+def test_upstreams() -> None:
+    _, files = render_fleet()
+    upstreams = {d.args[0]: d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"}
+    assert [s.args for s in upstreams["companion-a.example.com"].find("server")] == [
+        ("10.0.0.2:80",),
+        ("10.0.0.3:8080",),
+    ]
+    assert "companion-_wildcard_.wild.example.com" in upstreams
+    assert "companion-xn--bcher-kva.example.com" in upstreams
+    assert all("x.example.com" not in name for name in upstreams)  # the rejected container
+
+
+@pytest.mark.parametrize(
+    ("hosts", "bucket", "max_size"),
+    [
+        (["a.com"], 64, 512),
+        (["a" * 32 + ".com"], 128, 512),  # 36 + 32 > 64
+        (["a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61], 512, 512),
+        ([f"s{i}.com" for i in range(300)], 64, 1024),
+        ([f"s{i}.com" for i in range(1000)], 64, 2048),
+    ],
+)
+def test_server_names_hash_sizes(hosts: list[str], bucket: int, max_size: int) -> None:
+    containers = [
+        c(f"c{i}", f"10.{i // 60000}.{i // 250 % 240}.{i % 250 + 2}", VIRTUAL_HOST=h) for i, h in enumerate(hosts)
+    ]
+    files = render(plan.build(containers, {}, PLACEHOLDER), OPTIONS)
+    top = {d.name: d.args for d in parse_conf(files[MAIN_FILE])}
+    assert top["server_names_hash_bucket_size"] == (str(bucket),)
+    assert top["server_names_hash_max_size"] == (str(max_size),)
+
+
+def _sizes(hosts: list[str]) -> tuple[int, int]:
+    containers = [c(f"c{i}", f"10.0.{i // 250}.{i % 250 + 2}", VIRTUAL_HOST=h) for i, h in enumerate(hosts)]
+    top = {d.name: d.args for d in parse_conf(render(plan.build(containers, {}, PLACEHOLDER), OPTIONS)[MAIN_FILE])}
+    return int(top["server_names_hash_bucket_size"][0]), int(top["server_names_hash_max_size"][0])
+
+
+def test_hash_sizes_grow_monotonically() -> None:
+    def name(length: int) -> str:  # labels of at most 63 characters
+        text = ".".join("x" * 60 for _ in range(5))[: length - 4].strip(".")
+        return text + ".com"
+
+    assert len(name(253)) == 253
+    buckets = [_sizes([name(length)])[0] for length in range(5, 254, 7)]
+    assert buckets == sorted(buckets) and buckets[0] == 64 and buckets[-1] >= 253 + 32
+    max_sizes = [_sizes([f"s{i}.com" for i in range(n)])[1] for n in (1, 100, 300, 700, 1500)]
+    assert max_sizes == sorted(max_sizes) and max_sizes[0] == 512 and max_sizes[-1] >= 2 * 1500
+
+
+# -- the real nginx -t --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> NginxLayout:
+    return make_layout(tmp_path / "nginx")
+
+
+def _assert_valid(layout: NginxLayout, files: dict[str, str]) -> None:
+    ok, output = layout.check(files)
+    assert ok, output
+    assert "[emerg]" not in output
+
+
+def test_nginx_accepts_empty_state(layout: NginxLayout) -> None:
+    _assert_valid(layout, render(plan.build([], {}, layout.cert()), layout.options()))
+
+
+@pytest.mark.parametrize(("http_port", "https_port"), [(80, 443), (8080, 8443)])
+def test_nginx_accepts_full_fleet(layout: NginxLayout, http_port: int, https_port: int) -> None:
+    real, ocsp = layout.cert(), layout.cert(ocsp=True)
+    desired, files = render_fleet(
+        layout.options(http_port=http_port, https_port=https_port),
+        certs=fleet_certs(real, ocsp),
+        placeholder=real,
+    )
+    assert len(desired.servers) > 70
+    _assert_valid(layout, files)
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "real", "pending"])
+def test_nginx_accepts_every_https_method(layout: NginxLayout, method: str, cert: str) -> None:
+    labels = {"VIRTUAL_HOST": "a.com,*.b.com", "HTTPS_METHOD": method, "VIRTUAL_PATH": "/p/", "VIRTUAL_DEST": "/"}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    certs = {"a.com": layout.cert(), "*.b.com": layout.cert()} if cert == "real" else {}
+    desired = plan.build([c("web", "10.0.0.2", **labels)], certs, layout.cert())
+    _assert_valid(layout, render(desired, layout.options()))
+
+
+def test_nginx_accepts_longest_and_most_names(layout: NginxLayout) -> None:
+    longest = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61
+    hosts = [longest, "*." + longest[2:]] + [f"{i}-{'x' * 50}.example.com" for i in range(700)]
+    containers = [c(f"c{i:04}", f"10.2.{i // 250}.{i % 250 + 2}", VIRTUAL_HOST=h) for i, h in enumerate(hosts)]
+    desired = plan.build(containers, {longest: layout.cert()}, layout.cert())
+    assert desired.problems == ()
+    _assert_valid(layout, render(desired, layout.options()))
+
+
+def test_nginx_rejects_broken_config(layout: NginxLayout) -> None:
+    """The checker itself is not a rubber stamp."""
+    files = render(plan.build([], {}, layout.cert()), layout.options())
+    files[MAIN_FILE] += "\nserver { listen 80; server_name x; bogus_directive on; }\n"
+    ok, output = layout.check(files)
+    assert not ok and "[emerg]" in output and "bogus_directive" in output
+
+
+def test_new_version_syntax_text_only(layout: NginxLayout) -> None:
+    """The local nginx is 1.22, so the 1.25+ variant can only be checked as text (and parsed)."""
+    kw = {"certs": fleet_certs(layout.cert(), layout.cert()), "placeholder": layout.cert()}
+    _, old = render_fleet(layout.options(nginx_version=OLD), **kw)
+    _, new = render_fleet(layout.options(nginx_version=NEW), **kw)
+    _assert_valid(layout, old)
+    assert old[MAIN_FILE].replace(" http2;", ";").replace("\n    http2 on;", "") == new[MAIN_FILE].replace(
+        "\n    http2 on;", ""
+    )
+    parse_conf(new[MAIN_FILE])
+    assert new[MAIN_FILE].count("http2 on;") == old[MAIN_FILE].count("ssl http2;") > 0
