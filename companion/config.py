@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -51,7 +53,7 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--nginx-test",
         "NGINX_TEST",
         "nginx_test",
-        "'docker' to exec nginx -t in nginx's container, else a host command",
+        "'docker' to exec nginx -t in the nginx container, else a host command",
     ),
     ("--nginx-container", "NGINX_PROXY_CONTAINER", "nginx_container", "name or id of the nginx container"),
     ("--default-email", "DEFAULT_EMAIL", "default_email", "ACME account email when a container names none"),
@@ -59,7 +61,12 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--ca-bundle", "CA_BUNDLE", "ca_bundle", "CA file to trust the ACME server's TLS"),
     ("--key-type", "KEY_TYPE", "key_type", "ecdsa or rsa"),
     ("--rsa-key-size", "RSA_KEY_SIZE", "rsa_key_size", "2048, 3072 or 4096"),
-    ("--renew-before", "RENEW_BEFORE_DAYS", "renew_before_days", "renew when fewer days are left"),
+    (
+        "--renew-before",
+        "RENEW_BEFORE_DAYS",
+        "renew_before_days",
+        "renew when fewer days are left (0: when a third of the lifetime is left)",
+    ),
     ("--acme-retry-base", "ACME_RETRY_BASE", "acme_retry_base", "seconds before the first retry of a failed order"),
     ("--allowed-domains", "ALLOWED_DOMAINS", "allowed_domains", "comma list of glob patterns names must match"),
     ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
@@ -84,6 +91,8 @@ def _convert(name: str, raw: str) -> object:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
         if kind == "int":
+            if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
+                raise ValueError(raw)
             return int(raw)
         if kind == "float":
             return float(raw)
@@ -125,8 +134,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"RSA key size {s.rsa_key_size} must be 2048, 3072 or 4096")
     if s.acme_retry_base <= 0:
         raise SettingsError("acme retry base must be positive")
-    if s.renew_before_days < 0:
-        raise SettingsError("renew-before must not be negative")
+    if not math.isfinite(s.renew_before_days) or s.renew_before_days < 0:
+        raise SettingsError("renew-before must be a finite, non-negative number of days")
     for path in (s.conf_dir, s.webroot, s.certs_dir):
         if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
             raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")
@@ -146,6 +155,8 @@ def environment_table(rows: Sequence[tuple[str, str, str, str]] = OPTIONS) -> st
     lines = ["| flag | env | meaning | default |", "| --- | --- | --- | --- |"]
     for flag, env, name, text in rows:
         default = getattr(defaults, name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
-        lines.append(f"| `{flag}` | `{env}` | {text} | `{shown}` |")
+        if isinstance(default, bool):
+            default = str(default).lower()
+        shown = f"`{default}`" if default not in ("", ()) else "(none)"
+        lines.append(f"| `{flag}` | `{env}` | {text} | {shown} |")
     return "\n".join(lines)

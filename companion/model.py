@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TypeVar
 
+import idna
+
 MAX_HOSTNAME = 253
 MAX_LABEL = 63
 MAX_PATH = 512
@@ -144,8 +146,9 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
         prefix, raw = "*.", raw[2:]
     raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
     try:
-        ascii_name = raw.encode("idna").decode("ascii") if not raw.isascii() else raw
-    except UnicodeError as exc:
+        # IDNA 2008 with UTS 46 mapping, as browsers resolve names (Python's own codec is IDNA 2003).
+        ascii_name = raw if raw.isascii() else idna.encode(raw, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
         raise InvalidValue(f"not a valid internationalised hostname ({exc})") from None
     name = ascii_name.lower()
     if len(prefix + name) > MAX_HOSTNAME:

@@ -142,7 +142,10 @@ def _restore(conf_dir: Path, previous: Mapping[str, str | None]) -> None:
 
 def apply(conf_dir: Path, files: Mapping[str, str], control: NginxControl) -> ApplyResult:
     """Make the conf dir hold `files`; nothing changes on disk or in nginx when they already match."""
-    current = read_current(conf_dir, list(files))
+    try:
+        current = read_current(conf_dir, list(files))
+    except OSError as exc:
+        return ApplyResult(changed=(), error=f"cannot read {conf_dir}: {exc.strerror or exc}")
     changed = [name for name, content in files.items() if current[name] != content]
     if not changed:
         return ApplyResult(changed=())

@@ -97,3 +97,6 @@ def make_companion(host_nginx: HostNginx, tmp_path: Path) -> Iterator[Callable[.
     yield make
     for companion in made:
         companion.stop()
+    if made:
+        # Shown by pytest when the test failed.
+        print("---- companion log (tail) ----\n" + made[-1].log()[-6000:])

@@ -199,9 +199,6 @@ def test_debouncer_counts_from_the_last_pass_not_the_last_wake() -> None:
     assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
 
 
-@pytest.mark.xfail(
-    reason="companion/config.py bug: float('nan') passes `renew_before_days < 0`, so NaN is accepted", strict=True
-)
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_renew_before_must_be_a_finite_number(value: str) -> None:
     with pytest.raises(SettingsError):
