@@ -3,13 +3,14 @@
 The only Docker API calls the companion makes (README lists them for socket proxies):
 GET /_ping, GET /containers/json, GET /containers/{id}/json, GET /events,
 POST /containers/{id}/exec + POST /exec/{id}/start + GET /exec/{id}/json (nginx -t, nginx -v),
-POST /containers/{id}/kill?signal=SIGHUP (reload).
+POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wait for the reload).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from .model import ContainerInfo
 log = logging.getLogger(__name__)
 
 NGINX_LABEL = "com.github.nginx-proxy.nginx"
+RELOAD_WAIT = 5.0  # seconds to wait for nginx to start new workers after SIGHUP
 WAKING_EVENTS = {
     "container": ["start", "stop", "die", "destroy", "health_status", "pause", "unpause"],
     "network": ["connect", "disconnect"],
@@ -82,7 +84,38 @@ class DockerEdge:
         return int(code if code is not None else 1), output
 
     def signal(self, container_id: str, sig: str = "SIGHUP") -> None:
+        """Send ``sig``; for SIGHUP (nginx reload) also wait until nginx runs the new configuration.
+
+        nginx handles SIGHUP asynchronously: it reads the files, starts new workers and retires the
+        old ones. Returning before that let the ACME self-check, run right after the first apply,
+        reach the old configuration (HTTP 404) and back a fresh install's first order off for
+        minutes. The wait ends when a new worker PID shows up (GET /containers/{id}/top), or after
+        RELOAD_WAIT seconds; without `top` (e.g. a socket proxy that denies it) it is skipped.
+        """
+        before = self._workers(container_id) if sig == "SIGHUP" else None
         self.api.kill(container_id, signal=sig)
+        if not before:
+            return
+        deadline = time.monotonic() + RELOAD_WAIT
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._workers(container_id)
+            if now is None or now - before:  # new workers run the new configuration
+                return
+        log.warning("nginx in %s still runs its old workers %.0fs after SIGHUP", container_id[:12], RELOAD_WAIT)
+
+    def _workers(self, container_id: str) -> set[str] | None:
+        """PIDs of nginx's worker processes in the container, or None when they cannot be listed."""
+        try:
+            top = self.api.top(container_id)
+        except DockerUnavailable:
+            return None
+        try:
+            column = top["Titles"].index("CMD")
+        except (KeyError, ValueError):
+            return None
+        pid = top["Titles"].index("PID") if "PID" in top["Titles"] else 1
+        return {row[pid] for row in top.get("Processes") or [] if row[column].startswith("nginx: worker process")}
 
     def watch_events(self, wake: Callable[[str], None], stop: threading.Event) -> threading.Thread:
         """Start a daemon thread that wakes the loop on every relevant event and reconnects forever."""
