@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .config import SettingsError, parse_nginx_version
 from .render import MAIN_FILE
@@ -16,6 +17,7 @@ from .render import MAIN_FILE
 log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 60
 OLDEST_ASSUMED = (1, 22, 0)
+T = TypeVar("T")
 
 
 class NginxError(RuntimeError):
@@ -57,7 +59,7 @@ class NginxControl:
     def test(self) -> None:
         if self.test_command == "docker":
             assert self._exec is not None
-            code, output = self._exec(self._need_containers()[0], ["nginx", "-t"])
+            code, output = _docker("nginx -t", self._exec, self._need_containers()[0], ["nginx", "-t"])
         else:
             code, output = _shell(self.test_command)
         if code != 0:
@@ -67,7 +69,7 @@ class NginxControl:
         if self.reload_command == "docker":
             assert self._signal is not None
             for container in self._need_containers():
-                self._signal(container)
+                _docker("SIGHUP", self._signal, container)
         else:
             code, output = _shell(self.reload_command)
             if code != 0:
@@ -86,6 +88,16 @@ class NginxControl:
         except (NginxError, SettingsError, OSError) as exc:
             log.warning("cannot tell nginx's version (%s); assuming %s", exc, OLDEST_ASSUMED)
             return OLDEST_ASSUMED
+
+
+def _docker(what: str, call: Callable[..., T], *args: object) -> T:
+    """Docker API errors (nginx's container gone, restarting, paused) become NginxError, so that apply()
+    restores the previous files instead of leaving untested ones behind that no later pass would test."""
+    try:
+        return call(*args)
+    except Exception as exc:  # noqa: BLE001 - docker-py, requests and OS errors alike
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise NginxError(f"{what} in the nginx container failed: {first}") from exc
 
 
 def _shell(command: str) -> tuple[int, str]:
