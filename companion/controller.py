@@ -29,6 +29,7 @@ IDLE_GAP = 2.0  # seconds without a pass after which the next event is applied a
 FIRST_QUIET, FIRST_MAX = 0.02, 0.1
 BURST_QUIET, BURST_MAX_CAP = 0.5, 16.0
 HEARTBEAT_EVERY = 30.0
+RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 NO_NGINX = "no nginx container found (label com.github.nginx-proxy.nginx or NGINX_PROXY_CONTAINER); waiting"
 
 
@@ -138,14 +139,14 @@ class Controller:
             snapshot = self.docker.snapshot()
         except DockerUnavailable as exc:
             reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-            self._report({f"cannot reach the Docker daemon ({reason}); keeping the current configuration"})
+            self._report(self._reported | {f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
         addresses = [ip for info in snapshot.nginx for _, ip in sorted(info.networks.items()) if ip]
         if self.settings.docker_mode and addresses:
             self._nginx_address = addresses[0]
         if self.settings.docker_mode and not snapshot.nginx:
-            self._report({NO_NGINX})
+            self._report(self._reported | {NO_NGINX})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
         desired, statuses = self.desired_state(snapshot)
@@ -189,9 +190,12 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
         stop_waker.start()
+        remove_stale_temporaries(self.conf_dir)
         self.wake("start")
+        retry = 0.0
         while not stop.is_set():
-            timeout = HEARTBEAT_EVERY
+            # After a failed pass (nginx refused, disk full, Docker away) look again soon, backing off.
+            timeout = retry or HEARTBEAT_EVERY
             if self.acme is not None:
                 due = self.acme.seconds_until_due()
                 if due is not None:
@@ -203,9 +207,12 @@ class Controller:
                 self._settle(stop)
             self._wake.clear()
             try:
-                self.run_pass()
+                report = self.run_pass()
+                failed = bool(report.skipped) or (report.result is not None and not report.result.ok)
             except Exception:  # noqa: BLE001 - the loop must survive any single pass
                 log.exception("pass failed; the current configuration stays in place")
+                failed = True
+            retry = min(max(retry * 2, RETRY_FIRST), RETRY_MAX) if failed else 0.0
             self.debouncer.passed()
             self.heartbeat()
 
@@ -224,3 +231,9 @@ class Controller:
             Path(self.settings.heartbeat_file).write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
         except OSError as exc:
             log.debug("heartbeat not written: %s", exc)
+
+
+def remove_stale_temporaries(conf_dir: Path) -> None:
+    """Temporary files left by a killed companion; nginx never included them (no .conf suffix)."""
+    for stale in conf_dir.glob(".companion*.tmp"):
+        stale.unlink(missing_ok=True)

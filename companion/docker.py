@@ -140,7 +140,8 @@ class DockerEdge:
                 except DockerUnavailable as exc:
                     log.warning("docker event stream unavailable (%s); retrying in %.1fs", _short(exc), delay)
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+                # Capped low: a container started right after the daemon returns must be routed quickly.
+                delay = min(delay * 2, 1.0)
 
         thread = threading.Thread(target=run, name="docker-events", daemon=True)
         thread.start()
@@ -214,5 +215,5 @@ def wait_for_daemon(edge_factory: Callable[[], DockerEdge], stop: threading.Even
                 log.error("cannot reach the Docker daemon (%s); retrying", reason)
                 last = reason
         stop.wait(delay)
-        delay = min(delay * 2, 5.0)
+        delay = min(delay * 2, 2.0)
     return None

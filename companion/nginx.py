@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,10 +134,19 @@ def write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
+        _pause_for_tests()
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _pause_for_tests() -> None:
+    """Test hook: COMPANION_TEST_APPLY_PAUSE=<seconds> holds each write between temp file and rename,
+    so a fault-injection test can kill the companion in the middle of an apply."""
+    pause = os.environ.get("COMPANION_TEST_APPLY_PAUSE")
+    if pause:
+        time.sleep(float(pause))
 
 
 def _restore(conf_dir: Path, previous: Mapping[str, str | None]) -> None:
