@@ -99,4 +99,5 @@ def make_companion(host_nginx: HostNginx, tmp_path: Path) -> Iterator[Callable[.
         companion.stop()
     if made:
         # Shown by pytest when the test failed.
-        print("---- companion log (tail) ----\n" + made[-1].log()[-6000:])
+        lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
+        print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-120:]))

@@ -230,3 +230,29 @@ def test_self_check_failure_orders_nothing(tmp_path: Path, host_nginx: HostNginx
     assert "did not serve the webroot for nowhere.example.test (HTTP 404)" in error
     assert pebble.orders_seen() == 0
     assert list((tmp_path / "webroot" / ".well-known" / "acme-challenge").iterdir()) == []
+
+
+def test_changed_names_reissue_the_certificate(
+    apps: AppRunner,
+    host_nginx: HostNginx,
+    pebble: Pebble,
+    make_companion: Callable[..., Companion],
+) -> None:
+    make_companion(**acme_env(pebble))
+    first, second = unique_host("one"), unique_host("two")
+    both = f"{first},{second}"
+    app = apps("names", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": first, "CERT_NAME": "shared"})
+    context = verified_context(pebble)
+    cert = wait_for(lambda: served_cert(host_nginx, first, context), timeout=60, what="first certificate")
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    ) == [first]
+    app.remove(force=True)
+    apps("names2", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": both, "CERT_NAME": "shared"})
+
+    def covers_both() -> bool:
+        leaf = served_cert(host_nginx, second, context)
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return sorted(names.get_values_for_type(x509.DNSName)) == sorted([first, second])
+
+    assert wait_for(covers_both, timeout=60, interval=0.3, what="certificate expanded to both names")
