@@ -1,0 +1,215 @@
+"""Time the pure core (plan.build + render.render) for synthetic sites, and the real `nginx -t` on its output.
+
+No Docker is involved. Sites are server blocks (one per hostname); containers carry one to three
+hostnames, every seventh adds a VIRTUAL_PATH location to its neighbour's hosts, every fourth asks for a
+certificate (most of which already exist on disk, the rest get the placeholder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import shutil
+import subprocess
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+from _common import ROOT, median, ms, percentile, verdict  # noqa: F401 - sets sys.path for companion/tests
+
+from companion import certs, plan
+from companion.config import parse_nginx_version
+from companion.model import ContainerInfo
+from companion.render import RenderOptions, render
+from tests.infra.nginx import HostNginx
+
+TARGET_RENDER_1000 = 0.050  # seconds: plan + render for 1,000 sites
+CERT_POOL = 16  # distinct certificate files the existing CertFiles point at
+
+
+def synthetic(sites: int) -> tuple[list[ContainerInfo], list[str]]:
+    """Containers whose hostnames add up to exactly `sites` server blocks; also the certificate names."""
+    containers: list[ContainerInfo] = []
+    cert_names: list[str] = []
+    hosts_made = 0
+    i = 0
+    previous: dict[str, str] = {}
+    while hosts_made < sites:
+        address = f"172.{16 + i // 65000 % 16}.{i // 250 % 256}.{i % 250 + 2}"
+        env = {"APP_ID": f"app{i}"}
+        if i % 7 == 3 and previous:
+            # The previous container's hosts (and certificate) under a path: a second location, not a new site.
+            labels = {**previous, "VIRTUAL_PATH": "/api/v1/"}
+        else:
+            count = min(1 + i % 3, sites - hosts_made)
+            hosts = tuple(f"site{i}-{j}.bench{i % 50}.example.test" for j in range(count))
+            hosts_made += count
+            labels = {"VIRTUAL_HOST": ",".join(hosts)}
+            if i % 5 == 1:
+                labels["VIRTUAL_PORT"] = "8080"
+            if i % 4 == 0:
+                labels["LETSENCRYPT_HOST"] = ",".join(hosts)
+                cert_names.append(hosts[0])
+            previous = {k: v for k, v in labels.items() if k != "VIRTUAL_PORT"}
+        containers.append(
+            ContainerInfo(
+                id=f"{i:064x}",
+                name=f"app-{i:06d}",
+                labels=labels,
+                env=env,
+                networks={"bridge": address},
+                exposed_ports=(80,),
+            )
+        )
+        i += 1
+    return containers, cert_names
+
+
+def make_cert_pool(certs_dir: Path) -> list[plan.CertFiles]:
+    """A few real self-signed lineages so that nginx -t loads real files (it parses every one it names)."""
+    pool = []
+    for n in range(CERT_POOL):
+        folder = certs_dir / f"pool{n}"
+        files = certs.ensure_placeholder(folder)
+        pool.append(files)
+    return pool
+
+
+def cert_map(names: list[str], pool: list[plan.CertFiles]) -> dict[str, plan.CertFiles]:
+    """Nine in ten requested certificates already exist; the rest are served the placeholder."""
+    return {name: pool[k % len(pool)] for k, name in enumerate(names) if k % 10 != 9}
+
+
+def nginx_version() -> tuple[int, ...]:
+    done = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return parse_nginx_version(done.stderr + done.stdout)
+
+
+def measure(sites: int, reps: int, work: Path, pool: list[plan.CertFiles], version: tuple[int, ...]) -> dict:
+    containers, names = synthetic(sites)
+    certmap = cert_map(names, pool)
+    placeholder = certs.ensure_placeholder(work / "placeholder")
+    # A private nginx (not started yet) whose loopback ports the rendered files listen on.
+    nginx = HostNginx(conf_dir=work / f"conf-{sites}" / "conf.d", prefix=work / f"conf-{sites}")
+    options = RenderOptions(
+        conf_dir=str(nginx.conf_dir),
+        webroot=str(work / "webroot"),
+        http_port=nginx.http_port,
+        https_port=nginx.https_port,
+        nginx_version=version,
+    )
+    plan_times, render_times = [], []
+    files: dict[str, str] = {}
+    desired = None
+    for _ in range(reps):
+        gc.collect()
+        t0 = time.perf_counter()
+        desired = plan.build(containers, certmap, placeholder)
+        t1 = time.perf_counter()
+        files = render(desired, options)
+        t2 = time.perf_counter()
+        plan_times.append(t1 - t0)
+        render_times.append(t2 - t1)
+    assert desired is not None
+    gc.collect()
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    before, _ = tracemalloc.get_traced_memory()
+    render(plan.build(containers, certmap, placeholder), options)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    totals = [p + r for p, r in zip(plan_times, render_times, strict=True)]
+    return {
+        "sites": len(desired.servers),
+        "containers": len(containers),
+        "upstreams": len(desired.upstreams),
+        "tls": sum(1 for s in desired.servers if s.cert and not s.placeholder),
+        "placeholder": sum(1 for s in desired.servers if s.placeholder),
+        "problems": len(desired.problems),
+        "plan": plan_times,
+        "render": render_times,
+        "total": totals,
+        "bytes": sum(len(c.encode()) for c in files.values()),
+        "main_bytes": len(files["companion.conf"].encode()),
+        "peak": peak - before,
+        "files": files,
+        "nginx": nginx,
+    }
+
+
+def nginx_check(result: dict, reload: bool) -> dict:
+    """Write the rendered files where the private nginx includes them and time `nginx -t` (and a reload)."""
+    nginx: HostNginx = result["nginx"]
+    for name, content in result["files"].items():
+        (nginx.conf_dir / name).write_text(content)
+    out: dict = {}
+    t0 = time.perf_counter()
+    done = nginx.check()
+    out["test"] = time.perf_counter() - t0
+    out["ok"] = done.returncode == 0
+    out["stderr"] = done.stderr.strip()
+    if out["ok"] and reload:
+        try:
+            t0 = time.perf_counter()
+            nginx.start(timeout=60)
+            out["start"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            nginx.reload(timeout=60)
+            out["reload"] = time.perf_counter() - t0
+        finally:
+            nginx.stop()
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000", help="comma list of site counts (default 1000,10000)")
+    parser.add_argument("--reps", type=int, default=7, help="repetitions per size (default 7)")
+    parser.add_argument("--no-nginx", action="store_true", help="skip the real nginx -t")
+    parser.add_argument("--no-reload", action="store_true", help="skip starting nginx and timing one reload")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (rendered files) for a look")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    work = Path(tempfile.mkdtemp(prefix="cbench-render-"))
+    try:
+        version = nginx_version()
+        pool = make_cert_pool(work / "pool")
+        print(f"nginx {'.'.join(map(str, version))}; {args.reps} repetitions per size; work dir {work}")
+        print(f"target: 1,000 sites plan+render < {TARGET_RENDER_1000 * 1000:.0f} ms\n")
+        failed = False
+        for sites in sizes:
+            r = measure(sites, args.reps, work, pool, version)
+            print(
+                f"== {r['sites']} sites ({r['containers']} containers, {r['upstreams']} upstreams, "
+                f"{r['tls']} with certificates, {r['placeholder']} on the placeholder, {r['problems']} problems)"
+            )
+            for key in ("plan", "render", "total"):
+                values = r[key]
+                line = f"   {key:<7} median {ms(median(values))}   p95 {ms(percentile(values, 95))}"
+                line += f"   min {ms(min(values))}"
+                if key == "total" and sites == 1000:
+                    line += f"   target < 50 ms: {verdict(median(values), TARGET_RENDER_1000)}"
+                print(line)
+            print(f"   output  {r['bytes']:,} bytes ({r['main_bytes']:,} in companion.conf)")
+            print(f"   peak    {r['peak'] / 1e6:.1f} MB traced (tracemalloc, one plan+render)")
+            if not args.no_nginx:
+                n = nginx_check(r, reload=not args.no_reload)
+                status = "passes" if n["ok"] else "FAILS"
+                print(f"   nginx -t {status}: {ms(n['test'])}")
+                if "start" in n:
+                    print(f"   nginx start {ms(n['start'])}, reload (until new workers run) {ms(n['reload'])}")
+                if not n["ok"]:
+                    print("   " + n["stderr"].replace("\n", "\n   "))
+                    failed = failed or sites == 1000
+            print()
+        return 1 if failed else 0
+    finally:
+        if args.keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
