@@ -1,0 +1,212 @@
+"""Pure decisions of the certificate side: when to order, backoff, certbot's command and reason, and
+reading certificates from disk with cryptography (made here, so nothing is mocked)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+from companion import certs
+from companion.acme import (
+    BACKOFF_CAP,
+    CertState,
+    backoff,
+    certbot_command,
+    certbot_reason,
+    due_reason,
+    load_state,
+    save_state,
+)
+from companion.config import Settings
+from companion.model import CertRequest
+
+NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+
+
+def make_lineage(
+    certs_dir: Path,
+    name: str,
+    domains: list[str],
+    *,
+    days: int = 90,
+    age_days: int = 0,
+    ocsp: bool = False,
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> ec.EllipticCurvePrivateKey:
+    """A live/<name> lineage with a real certificate and key."""
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    start = NOW - dt.timedelta(days=age_days)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Issuer")]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+    )
+    if ocsp:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://o"))]
+            ),
+            critical=False,
+        )
+    cert = builder.sign(key, hashes.SHA256())
+    live = certs_dir / "live" / name
+    live.mkdir(parents=True, exist_ok=True)
+    (live / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (live / "privkey.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return key
+
+
+def request(name: str = "a.test", *domains: str) -> CertRequest:
+    return CertRequest(name, domains or (name,), "")
+
+
+def test_reading_a_lineage_gives_names_expiry_issuer_and_ocsp(tmp_path: Path) -> None:
+    make_lineage(tmp_path, "a.test", ["a.test", "b.test"], ocsp=True)
+    status = certs.read_lineage(tmp_path, "a.test")
+    assert status.problem == ""
+    assert status.domains == ("a.test", "b.test")
+    assert status.issuer == "Test Issuer"
+    assert status.not_after == NOW + dt.timedelta(days=90)
+    assert status.ocsp is True
+    assert certs.usable({"a.test": status}, tmp_path)["a.test"].fullchain.endswith("live/a.test/fullchain.pem")
+
+
+@pytest.mark.parametrize(
+    ("breakage", "problem"),
+    [
+        (lambda live: (live / "fullchain.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n"), "unreadable"),
+        (lambda live: (live / "privkey.pem").write_bytes(b""), "unreadable"),
+        (lambda live: (live / "privkey.pem").unlink(), "No such file"),
+        (
+            lambda live: (live / "privkey.pem").write_bytes(
+                ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            ),
+            "does not match",
+        ),
+    ],
+    ids=["truncated-chain", "empty-key", "missing-key", "mismatched-key"],
+)
+def test_broken_lineages_are_reported_and_not_usable(tmp_path: Path, breakage, problem: str) -> None:
+    make_lineage(tmp_path, "bad.test", ["bad.test"])
+    make_lineage(tmp_path, "good.test", ["good.test"])
+    breakage(tmp_path / "live" / "bad.test")
+    statuses = certs.scan(tmp_path)
+    assert problem in statuses["bad.test"].problem
+    assert set(certs.usable(statuses, tmp_path)) == {"good.test"}
+
+
+def test_placeholder_is_made_once_with_a_private_key(tmp_path: Path) -> None:
+    files = certs.ensure_placeholder(tmp_path)
+    key = Path(files.privkey)
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert oct(key.parent.stat().st_mode & 0o777) == "0o700"
+    before = Path(files.fullchain).read_bytes()
+    assert certs.ensure_placeholder(tmp_path) == files
+    assert Path(files.fullchain).read_bytes() == before
+    Path(files.fullchain).write_text("garbage")
+    certs.ensure_placeholder(tmp_path)
+    assert Path(files.fullchain).read_bytes() != b"garbage"
+
+
+@pytest.mark.parametrize(
+    ("domains", "days", "age", "renew_before", "expected"),
+    [
+        (["a.test"], 90, 0, 0.0, ""),
+        (["a.test"], 90, 59, 0.0, ""),  # 31 days left, window is 30
+        (["a.test"], 90, 61, 0.0, "expires"),  # 29 days left
+        (["a.test"], 90, 50, 45.0, "expires"),  # explicit window
+        (["a.test", "b.test"], 90, 0, 0.0, "names changed"),
+    ],
+)
+def test_due_reason(
+    tmp_path: Path, domains: list[str], days: int, age: int, renew_before: float, expected: str
+) -> None:
+    make_lineage(tmp_path, "a.test", domains, days=days, age_days=age)
+    status = certs.read_lineage(tmp_path, "a.test")
+    reason = due_reason(request("a.test"), status, NOW, renew_before)
+    assert (expected in reason) if expected else reason == ""
+
+
+def test_due_reason_without_or_with_broken_certificate(tmp_path: Path) -> None:
+    assert due_reason(request(), None, NOW, 0.0) == "no certificate yet"
+    broken = certs.CertStatus("a.test", problem="private key does not match the certificate")
+    assert "unusable" in due_reason(request(), broken, NOW, 0.0)
+
+
+def test_backoff_doubles_and_stays_inside_lets_encrypts_failed_validation_limit() -> None:
+    assert [backoff(n, 300) for n in range(1, 6)] == [300, 600, 1200, 2400, 4800]
+    assert backoff(40, 300) == BACKOFF_CAP
+    # With the default base, at most 5 failures fit in any hour (Let's Encrypt: 5 per name per hour).
+    times = [0.0]
+    for n in range(1, 10):
+        times.append(times[-1] + backoff(n, 300))
+    assert max(sum(1 for t in times if start <= t < start + 3600) for start in times) <= 5
+
+
+def test_certbot_reason_is_one_line_from_the_ca() -> None:
+    output = """Saving debug log to /x/letsencrypt.log
+Requesting a certificate for bad.test
+
+Certbot failed to authenticate some domains (authenticator: webroot). The Certificate Authority reported these problems:
+  Domain: bad.test
+  Type:   dns
+  Detail: DNS problem: NXDOMAIN looking up A for bad.test
+
+Hint: The Certificate Authority failed to download the temporary challenge files created by Certbot.
+
+Some challenges have failed.
+Ask for help or search for solutions at https://community.letsencrypt.org. See the logfile /x for more details.
+"""
+    assert certbot_reason(output) == "dns; DNS problem: NXDOMAIN looking up A for bad.test"
+    unexpected = "Saving debug log to /x\nAn unexpected error occurred:\nConnectionError: refused\nAsk for help\n"
+    assert certbot_reason(unexpected) == "ConnectionError: refused"
+    assert "\n" not in certbot_reason(output)
+
+
+def test_certbot_command_carries_every_setting() -> None:
+    settings = Settings(certs_dir="/c", webroot="/w", acme_server="https://ca/dir", key_type="rsa", rsa_key_size=4096)
+    cmd = certbot_command(settings, CertRequest("n", ("a.test", "b.test"), "me@example.com"), force=True)
+    joined = " ".join(cmd)
+    for part in (
+        "certonly --webroot --webroot-path /w --cert-name n --config-dir /c",
+        "--work-dir /c/companion/work --logs-dir /c/companion/logs --server https://ca/dir",
+        "--non-interactive --agree-tos",
+        "--no-random-sleep-on-renew",
+        "--key-type rsa --rsa-key-size 4096",
+        "--email me@example.com",
+        "--force-renewal",
+        "-d a.test -d b.test",
+    ):
+        assert part in joined
+    anonymous = certbot_command(Settings(), CertRequest("n", ("a.test",), ""), force=False)
+    assert "--register-unsafely-without-email" in anonymous
+    assert "--force-renewal" not in anonymous
+    assert "--elliptic-curve" in anonymous
+
+
+def test_state_survives_a_round_trip_and_bad_files(tmp_path: Path) -> None:
+    state = {"a.test": CertState(domains=["a.test"], failures=2, next_try=123.0, last_error="dns")}
+    save_state(tmp_path, state)
+    path = tmp_path / "companion" / "acme-state.json"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert load_state(tmp_path) == state
+    path.write_text("{not json")
+    assert load_state(tmp_path) == {}
+    path.write_text(json.dumps({"a.test": {"unknown": 1}}))
+    assert load_state(tmp_path) == {}
