@@ -9,6 +9,7 @@ POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wai
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -212,7 +213,9 @@ def wait_for_daemon(edge_factory: Callable[[], DockerEdge], stop: threading.Even
         except DockerUnavailable as exc:
             reason = _short(exc)
             if reason != last:
-                log.error("cannot reach the Docker daemon (%s); retrying", reason)
+                # docker-py's reason ("No such file or directory") does not say where it looked.
+                address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+                log.error("cannot reach the Docker daemon at %s (%s); retrying", address, reason)
                 last = reason
         stop.wait(delay)
         delay = min(delay * 2, 2.0)
