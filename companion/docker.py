@@ -87,11 +87,12 @@ class DockerEdge:
     def signal(self, container_id: str, sig: str = "SIGHUP") -> None:
         """Send ``sig``; for SIGHUP (nginx reload) also wait until nginx runs the new configuration.
 
-        nginx handles SIGHUP asynchronously: it reads the files, starts new workers and retires the
-        old ones. Returning before that let the ACME self-check, run right after the first apply,
-        reach the old configuration (HTTP 404) and back a fresh install's first order off for
-        minutes. The wait ends when a new worker PID shows up (GET /containers/{id}/top), or after
-        RELOAD_WAIT seconds; without `top` (e.g. a socket proxy that denies it) it is skipped.
+        nginx handles SIGHUP asynchronously: it reads the files, starts new workers, then tells the
+        old ones to stop accepting. Returning before that let the ACME self-check, run right after
+        the first apply, reach an old worker (HTTP 404) and back a fresh install's first order off
+        for minutes. The wait ends when only new workers accept (the old ones are gone or titled
+        "worker process is shutting down", per GET /containers/{id}/top), or after RELOAD_WAIT
+        seconds; without `top` (e.g. a socket proxy that denies it) it is skipped.
         """
         before = self._workers(container_id) if sig == "SIGHUP" else None
         self.api.kill(container_id, signal=sig)
@@ -101,12 +102,12 @@ class DockerEdge:
         while time.monotonic() < deadline:
             time.sleep(0.05)
             now = self._workers(container_id)
-            if now is None or now - before:  # new workers run the new configuration
+            if now is None or (now and not now & before):  # only new workers accept connections
                 return
         log.warning("nginx in %s still runs its old workers %.0fs after SIGHUP", container_id[:12], RELOAD_WAIT)
 
     def _workers(self, container_id: str) -> set[str] | None:
-        """PIDs of nginx's worker processes in the container, or None when they cannot be listed."""
+        """PIDs of nginx's accepting workers in the container, or None when they cannot be listed."""
         try:
             top = self.api.top(container_id)
         except DockerUnavailable:
@@ -116,7 +117,7 @@ class DockerEdge:
         except (KeyError, ValueError):
             return None
         pid = top["Titles"].index("PID") if "PID" in top["Titles"] else 1
-        return {row[pid] for row in top.get("Processes") or [] if row[column].startswith("nginx: worker process")}
+        return {row[pid] for row in top.get("Processes") or [] if row[column].strip() == "nginx: worker process"}
 
     def watch_events(self, wake: Callable[[str], None], stop: threading.Event) -> threading.Thread:
         """Start a daemon thread that wakes the loop on every relevant event and reconnects forever."""
