@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import ROOT, RUN_LABEL, Fleet, median, ms, percentile, sigterm_as_exit, verdict
+from _common import RUN_LABEL, Fleet, median, ms, percentile, sigterm_as_exit, verdict
 
 from companion import controller
 from tests.infra.appimage import ensure_app_image
@@ -40,44 +37,6 @@ TARGET_P50, TARGET_P95 = 0.250, 0.750
 TARGET_BURST_RELOADS = 3
 POLL = 0.005
 APPLIED_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO companion\.controller: applied ", re.M)
-
-
-# An experiment, never the product: a pass that changed nothing (e.g. woken by the `network:connect` event
-# Docker sends ~0.25 s before `container:start`) does not count as a pass for the debouncer, so the start
-# event that follows is still treated as the first event after an idle spell.
-WHAT_IF = """
-import sys
-from companion import controller
-from companion.cli import main
-
-_run_pass, _passed = controller.Controller.run_pass, controller.Debouncer.passed
-
-def run_pass(self):
-    report = _run_pass(self)
-    self.debouncer.skip_next = not (report.result and report.result.changed)
-    return report
-
-def passed(self):
-    if getattr(self, "skip_next", False):
-        self.skip_next = False
-        return
-    _passed(self)
-
-controller.Controller.run_pass, controller.Debouncer.passed = run_pass, passed
-sys.exit(main(["run"]))
-"""
-
-
-class PatchedCompanion(Companion):
-    """`companion run` with the WHAT_IF patch applied in its own process (for --what-if-... only)."""
-
-    def start(self) -> PatchedCompanion:
-        env = {**os.environ, **self.env}
-        with open(self.log_path, "ab") as handle:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", WHAT_IF], stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT
-            )
-        return self
 
 
 class StartEvents:
@@ -169,12 +128,6 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=100, help="containers in the burst test (100, 0 to skip)")
     parser.add_argument("--threads", type=int, default=8, help="threads starting burst containers (8)")
     parser.add_argument("--log-level", default="INFO", help="the companion's LOG_LEVEL (INFO; DEBUG shows wakes)")
-    parser.add_argument(
-        "--what-if-noop-passes-stay-idle",
-        action="store_true",
-        help="experiment, not the product: run the companion with a patch that keeps a pass which changed "
-        "nothing from starting a burst window (see WHAT_IF in this file)",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (companion log, nginx conf)")
     args = parser.parse_args()
     sigterm_as_exit()
@@ -190,16 +143,15 @@ def main() -> int:
     events: StartEvents | None = None
     try:
         nginx.start()
-        kind = PatchedCompanion if args.what_if_noop_passes_stay_idle else Companion
-        companion = kind(nginx, work / "companion", LOG_LEVEL=args.log_level, ALLOWED_DOMAINS=f"*.{domain}")
+        companion = Companion(nginx, work / "companion", LOG_LEVEL=args.log_level, ALLOWED_DOMAINS=f"*.{domain}")
         companion.start()
         companion.wait_log("connected to the Docker daemon")
         events = StartEvents(client, fleet.run_id)
         print(f"run {fleet.run_id}: nginx on 127.0.0.1:{nginx.http_port}, work dir {work}")
         print(
             f"controller debounce: idle gap {controller.IDLE_GAP}s; after idle quiet {controller.FIRST_QUIET}s "
-            f"max {controller.FIRST_MAX}s; in a burst quiet {controller.BURST_QUIET}s, max 2^n s up to "
-            f"{controller.BURST_MAX_CAP}s"
+            f"max {controller.FIRST_MAX}s; in a burst quiet {controller.BURST_QUIET}s, "
+            f"max {controller.BURST_FIRST_MAX}s growing x{controller.BURST_GROWTH} up to {controller.BURST_MAX_CAP}s"
         )
 
         background = {f"bg{i}.{domain}": f"bg{i}" for i in range(args.background)}

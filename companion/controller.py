@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 IDLE_GAP = 2.0  # seconds without a pass after which the next event is applied at once
 FIRST_QUIET, FIRST_MAX = 0.02, 0.1
-BURST_QUIET, BURST_MAX_CAP = 0.5, 16.0
+# In a burst the longest wait grows 4, 16, 30 s: a 100-container start (~16 s here) costs 3 reloads.
+BURST_QUIET, BURST_FIRST_MAX, BURST_GROWTH, BURST_MAX_CAP = 0.5, 4.0, 4.0, 30.0
 HEARTBEAT_EVERY = 30.0
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 NO_NGINX = "no nginx container found (label com.github.nginx-proxy.nginx or NGINX_PROXY_CONTAINER); waiting"
@@ -47,23 +48,27 @@ class PassReport:
 
 
 class Debouncer:
-    """Decides how long to wait for a burst to settle: quick after a quiet spell, patient in a burst."""
+    """Decides how long to wait for a burst to settle: quick after a quiet spell, patient in a burst.
+
+    Only passes that changed something count: a no-op pass (say, woken by the network event Docker
+    sends just before a container starts) must not make the next real change wait as if in a burst.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self.last_pass = float("-inf")
+        self.last_change = float("-inf")
         self.burst_passes = 0
 
     def windows(self) -> tuple[float, float]:
         """(quiet period, longest wait) for the wake that just arrived."""
-        if self.clock() - self.last_pass >= IDLE_GAP:
+        if self.clock() - self.last_change >= IDLE_GAP:
             self.burst_passes = 0
             return FIRST_QUIET, FIRST_MAX
         self.burst_passes += 1
-        return BURST_QUIET, min(2.0**self.burst_passes, BURST_MAX_CAP)
+        return BURST_QUIET, min(BURST_FIRST_MAX * BURST_GROWTH ** (self.burst_passes - 1), BURST_MAX_CAP)
 
-    def passed(self) -> None:
-        self.last_pass = self.clock()
+    def changed(self) -> None:
+        self.last_change = self.clock()
 
 
 class Controller:
@@ -209,11 +214,12 @@ class Controller:
             try:
                 report = self.run_pass()
                 failed = bool(report.skipped) or (report.result is not None and not report.result.ok)
+                if report.result is not None and report.result.changed:
+                    self.debouncer.changed()
             except Exception:  # noqa: BLE001 - the loop must survive any single pass
                 log.exception("pass failed; the current configuration stays in place")
                 failed = True
             retry = min(max(retry * 2, RETRY_FIRST), RETRY_MAX) if failed else 0.0
-            self.debouncer.passed()
             self.heartbeat()
 
     def _settle(self, stop: threading.Event) -> None:

@@ -156,7 +156,7 @@ def test_debouncer_burst_backs_off_up_to_the_cap() -> None:
     clock = FakeClock()
     debouncer = Debouncer(clock)
     assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
-    debouncer.passed()
+    debouncer.changed()
     waits = []
     for _ in range(8):
         clock.now += IDLE_GAP / 4  # events keep coming shortly after each pass
@@ -164,8 +164,8 @@ def test_debouncer_burst_backs_off_up_to_the_cap() -> None:
         assert quiet == BURST_QUIET
         waits.append(longest)
         clock.now += longest
-        debouncer.passed()
-    assert waits == [2.0, 4.0, 8.0, 16.0, 16.0, 16.0, 16.0, 16.0]
+        debouncer.changed()
+    assert waits == [4.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0, 30.0]
     assert max(waits) == BURST_MAX_CAP
 
 
@@ -173,26 +173,26 @@ def test_debouncer_resets_after_an_idle_gap() -> None:
     clock = FakeClock()
     debouncer = Debouncer(clock)
     debouncer.windows()
-    debouncer.passed()
+    debouncer.changed()
     clock.now += 0.1
     assert debouncer.windows()[0] == BURST_QUIET
-    debouncer.passed()
+    debouncer.changed()
     clock.now += IDLE_GAP - 0.001
-    assert debouncer.windows() == (BURST_QUIET, 4.0)
-    debouncer.passed()
+    assert debouncer.windows() == (BURST_QUIET, 16.0)
+    debouncer.changed()
     clock.now += IDLE_GAP
     assert debouncer.windows() == (FIRST_QUIET, FIRST_MAX)
     assert debouncer.burst_passes == 0
-    debouncer.passed()
+    debouncer.changed()
     clock.now += 0.1
-    assert debouncer.windows() == (BURST_QUIET, 2.0)
+    assert debouncer.windows() == (BURST_QUIET, 4.0)
 
 
-def test_debouncer_counts_from_the_last_pass_not_the_last_wake() -> None:
+def test_debouncer_counts_from_the_last_change_not_the_last_wake() -> None:
     clock = FakeClock()
     debouncer = Debouncer(clock)
-    debouncer.passed()
-    for _ in range(5):  # many wakes without a pass: still measured from the one pass
+    debouncer.changed()
+    for _ in range(5):  # many wakes without a change: still measured from the one change
         clock.now += 0.3
         debouncer.windows()
     clock.now = 1000.0 + IDLE_GAP
