@@ -192,6 +192,7 @@ class AcmeManager:
         now = self.clock()
         now_dt = dt.datetime.fromtimestamp(now, dt.UTC)
         upcoming: list[float] = []
+        queued = False
         with self.lock:
             for request in requests_:
                 status = statuses.get(request.name)
@@ -211,8 +212,11 @@ class AcmeManager:
                     continue
                 log.info("certificate %s (%s): ordering, %s", request.name, ", ".join(request.domains), reason)
                 entry.in_progress = True
+                queued = True
                 self.queue.put((request, status is not None))
             self.next_due = min(upcoming) if upcoming else None
+            if queued:
+                self._save()  # so `companion certs` shows "renewing" while certbot runs
 
     def seconds_until_due(self) -> float | None:
         return None if self.next_due is None else max(0.0, self.next_due - self.clock())
