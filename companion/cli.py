@@ -26,17 +26,19 @@ HEARTBEAT_MAX_AGE = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="companion", description=__doc__)
-    config.add_arguments(parser)
+    """Settings flags work before or after the command (`companion --conf-dir X run` or `run --conf-dir X`)."""
+    settings = argparse.ArgumentParser(add_help=False)
+    config.add_arguments(settings)
+    parser = argparse.ArgumentParser(prog="companion", description=__doc__, parents=[settings])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="watch Docker and keep nginx and certificates in line (the service)")
-    render = sub.add_parser("render", help="print the nginx configuration for the running containers")
+    sub.add_parser("run", parents=[settings], help="watch Docker and keep nginx and certificates in line")
+    render = sub.add_parser("render", parents=[settings], help="print the nginx configuration it would write")
     render.add_argument("--all", action="store_true", help="print the included snippets too")
-    sub.add_parser("certs", help="list managed certificates and their state")
-    renew = sub.add_parser("renew", help="renew certificates now (the running service reloads nginx)")
+    sub.add_parser("certs", parents=[settings], help="list managed certificates and their state")
+    renew = sub.add_parser("renew", parents=[settings], help="renew now (the running service reloads nginx)")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("name", nargs="?", default="", help="only this certificate")
-    sub.add_parser("check", help="exit 0 when the running service's loop is alive (for HEALTHCHECK)")
+    sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
     return parser
 
 

@@ -82,9 +82,9 @@ class SettingsError(ValueError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every setting as a flag; unset flags stay None so the environment can fill them in."""
+    """Every setting as a flag; unset flags are left out of the namespace so the environment fills them in."""
     for flag, env, name, text in OPTIONS:
-        parser.add_argument(flag, dest=name, default=None, help=f"{text} (env {env})")
+        parser.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=f"{text} (env {env})")
 
 
 def _convert(name: str, raw: str) -> object:
@@ -134,6 +134,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"RSA key size {s.rsa_key_size} must be 2048, 3072 or 4096")
     if s.acme_retry_base <= 0:
         raise SettingsError("acme retry base must be positive")
+    if s.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise SettingsError(f"log level {s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
     if not math.isfinite(s.renew_before_days) or s.renew_before_days < 0:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
     for path in (s.conf_dir, s.webroot, s.certs_dir):

@@ -203,3 +203,16 @@ def test_debouncer_counts_from_the_last_change_not_the_last_wake() -> None:
 def test_renew_before_must_be_a_finite_number(value: str) -> None:
     with pytest.raises(SettingsError):
         load(env={"RENEW_BEFORE_DAYS": value})
+
+
+def test_flags_work_before_and_after_the_command() -> None:
+    from companion.cli import build_parser
+
+    args = build_parser().parse_args(["--conf-dir", "/before", "run", "--http-port", "8080"])
+    settings = config.load(args, {"HTTP_PORT": "9090", "CERTS_DIR": "/env"})
+    assert (settings.conf_dir, settings.http_port, settings.certs_dir) == ("/before", 8080, "/env")
+
+
+def test_unknown_log_level_is_refused() -> None:
+    with pytest.raises(SettingsError, match="log level"):
+        load(env={"LOG_LEVEL": "LOUD"})
