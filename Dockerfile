@@ -1,0 +1,53 @@
+# The companion image: Debian's python3 with the package and certbot in a venv, run as `companion run`.
+#
+#   docker build -t companion:local .
+#
+# Two stages: the venv is built with pip in the first and copied into a clean runtime stage, so pip's
+# cache, python3-venv and apt lists never reach the final image. No compiler is needed: every
+# dependency ships a wheel. Nothing user-specific is baked in: configure with environment variables
+# (see README.md) and mount the Docker socket, the certs dir and the ACME webroot.
+FROM debian:bookworm-slim AS build
+
+# A CA bundle already in the base image (e.g. with a TLS-intercepting proxy's CA) is kept for pip:
+# installing python3 pulls in ca-certificates, which rewrites that file.
+RUN set -eux; \
+    if [ -s /etc/ssl/certs/ca-certificates.crt ]; then cp /etc/ssl/certs/ca-certificates.crt /build-ca.pem; fi; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv; \
+    rm -rf /var/lib/apt/lists/*; \
+    python3 -m venv /opt/companion
+
+COPY pyproject.toml /src/
+COPY companion /src/companion
+# pyproject.toml names README.md as the long description; the image does not need its text.
+RUN set -eux; \
+    touch /src/README.md; \
+    if [ -s /build-ca.pem ]; then export PIP_CERT=/build-ca.pem; fi; \
+    /opt/companion/bin/pip install --no-cache-dir --disable-pip-version-check /src; \
+    /opt/companion/bin/pip uninstall -y --disable-pip-version-check pip setuptools; \
+    /opt/companion/bin/companion --help >/dev/null; \
+    /opt/companion/bin/python -c "import certbot.main"
+
+FROM debian:bookworm-slim
+
+RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3; \
+    rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
+
+COPY --from=build /opt/companion /opt/companion
+
+ENV PATH=/opt/companion/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Shared with nginx at the same paths (the generated config names them): certificates and the webroot
+# that answers /.well-known/acme-challenge/. The generated nginx config goes to /etc/nginx/conf.d,
+# which the compose file mounts from a volume nginx shares.
+VOLUME ["/etc/letsencrypt", "/var/www/letsencrypt"]
+
+# `companion check` fails when the loop has not finished a pass for two minutes (heartbeat file age).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["companion", "check"]
+
+ENTRYPOINT ["companion"]
+CMD ["run"]
