@@ -5,6 +5,8 @@
 * ``nginx:latest``: pulled if possible, else built from Debian's nginx, laid out like the official image.
 * ``companion-pebble:local``: Debian's pebble + pebble-challtestsrv with an entrypoint that creates a
   per-volume CA for Pebble's listener in ``/pebble-ca``.
+* ``companion:local`` and ``companion-demo:local`` (:func:`ensure_quickstart_images`, ``--quickstart``):
+  the top-level Dockerfile and ``examples/quickstart/demo``, tagged as the compose files name them.
 
 Builds are labelled with a hash of their context (and base image) and skipped when such an image exists.
 Run ``python e2e/images/build.py`` or call :func:`ensure_images`. Environment: ``E2E_IMAGES_NO_PULL=1``
@@ -32,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import docker
+import docker.utils.build
 from docker.errors import APIError, DockerException, ImageNotFound
 
 HERE = Path(__file__).resolve().parent
@@ -39,6 +42,9 @@ SUITE = "bookworm"
 BASE_IMAGE = "debian:bookworm-slim"
 NGINX_IMAGE = "nginx:latest"
 PEBBLE_IMAGE = "companion-pebble:local"
+REPO = HERE.parents[1]
+COMPANION_IMAGE = "companion:local"  # the top-level Dockerfile, as docker-compose.yml tags it
+DEMO_IMAGE = "companion-demo:local"  # examples/quickstart/demo, as the quickstart tags it
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LABEL_STANDIN = "io.companion.e2e.standin"
 LABEL_HASH = "io.companion.e2e.context-hash"
@@ -392,10 +398,21 @@ def ensure_base(client: docker.DockerClient, mirror: str | None = None) -> docke
 # Dockerfile builds
 
 
+def _context_files(context: Path) -> list[Path]:
+    """The files Docker sends as the build context: all of them, or those ``.dockerignore`` keeps."""
+    ignore = context / ".dockerignore"
+    if not ignore.is_file():
+        return [p for p in context.rglob("*") if p.is_file()]
+    patterns = [line.strip() for line in ignore.read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    kept = docker.utils.build.exclude_paths(str(context), patterns, dockerfile="Dockerfile")
+    return [context / rel for rel in kept if (context / rel).is_file()]
+
+
 def context_hash(context: Path, *extra: str) -> str:
     """sha256 over the build context's paths, exec bits and contents, plus ``extra`` strings."""
     digest = hashlib.sha256(f"schema {SCHEMA}\n".encode())
-    for path in sorted(p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in sorted(p for p in _context_files(context) if "__pycache__" not in p.parts):
         rel = path.relative_to(context).as_posix()
         executable = "x" if path.stat().st_mode & 0o111 else "-"  # not the rest: umask differs per checkout
         digest.update(f"{rel}\0{executable}\0".encode())
@@ -518,11 +535,36 @@ def ensure_images(client: docker.DockerClient) -> dict[str, str]:
     return {"base": BASE_IMAGE, "nginx": NGINX_IMAGE, "pebble": PEBBLE_IMAGE}
 
 
+def ensure_quickstart_images(client: docker.DockerClient) -> dict[str, str]:
+    """ensure_images plus the companion image (top-level Dockerfile) and the quickstart's demo app.
+
+    Both are built here with the classic builder under the tags the compose files use, so
+    ``docker compose up --no-build`` finds them; a changed package or Dockerfile changes the context
+    hash and triggers a rebuild, an unchanged one costs a hash of a few files.
+    """
+    refs = ensure_images(client)
+    with _lock():
+        network: list[str | None] = []
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+
+        def net() -> str | None:
+            if not network:
+                network.append(build_network_mode(client, mirror))
+            return network[0]
+
+        build_image(client, REPO, COMPANION_IMAGE, "companion", net)
+        build_image(client, REPO / "examples/quickstart/demo", DEMO_IMAGE, "demo", net)
+    return {**refs, "companion": COMPANION_IMAGE, "demo": DEMO_IMAGE}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: build missing images and print their references as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show build output")
     parser.add_argument("--no-pull", action="store_true", help="do not try the registry first")
+    parser.add_argument(
+        "--quickstart", action="store_true", help="also build the companion and demo images of the quickstart"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%X"
@@ -534,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["E2E_IMAGES_NO_PULL"] = "1"
     started = time.monotonic()
     client = docker_client()
-    refs = ensure_images(client)
+    refs = ensure_quickstart_images(client) if args.quickstart else ensure_images(client)
     for ref in refs.values():
         image = client.images.get(ref)
         log.info(
