@@ -182,6 +182,7 @@ class AcmeManager:
         self.queue: queue.Queue[tuple[CertRequest, bool]] = queue.Queue()
         self.next_due: float | None = None
         self.process: subprocess.Popen[str] | None = None
+        self.process_lock = threading.Lock()  # starting certbot vs. stop(): none may start after stop()
         self.stopping = threading.Event()
         self.orders = 0
         self.worker = threading.Thread(target=self._work, name="acme", daemon=True)
@@ -223,9 +224,10 @@ class AcmeManager:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the worker; a running certbot is terminated so none is left orphaned."""
-        self.stopping.set()
+        with self.process_lock:  # run_certbot starts no certbot once this is set
+            self.stopping.set()
+            process = self.process
         self.queue.put_nowait((CertRequest("", (), ""), False))
-        process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
             try:
@@ -233,6 +235,12 @@ class AcmeManager:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.worker.join(timeout)
+        # Orders still queued were saved as in progress; none is any more.
+        with self.lock:
+            if any(entry.in_progress for entry in self.state.values()):
+                for entry in self.state.values():
+                    entry.in_progress = False
+                self._save()
 
     def _work(self) -> None:
         while not self.stopping.is_set():
@@ -309,14 +317,17 @@ class AcmeManager:
             env["REQUESTS_CA_BUNDLE"] = self.settings.ca_bundle
         self.orders += 1
         try:
-            self.process = subprocess.Popen(
-                certbot_command(self.settings, request, force=force),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=env,
-                start_new_session=True,
-            )
+            with self.process_lock:
+                if self.stopping.is_set():
+                    return "stopped before certbot ran"
+                self.process = subprocess.Popen(
+                    certbot_command(self.settings, request, force=force),
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    start_new_session=True,
+                )
             output, _ = self.process.communicate(timeout=CERTBOT_TIMEOUT)
             code = self.process.returncode
         except subprocess.TimeoutExpired:
