@@ -36,6 +36,7 @@ STATE_FILE = "companion/acme-state.json"
 CERTBOT_TIMEOUT = 600
 BACKOFF_CAP = 24 * 3600.0
 SELF_CHECK_TIMEOUT = 5.0
+SELF_CHECK_SETTLE = 3.0  # seconds a just-reloaded nginx gets to serve the token
 # certbot 5 has no __main__ module; run its entry point with our own interpreter.
 CERTBOT = (sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())")
 
@@ -293,22 +294,31 @@ class AcmeManager:
             return f"self-check: cannot write to the webroot {self.settings.webroot}: {exc.strerror or exc}"
         try:
             base = self.self_check_url()
-            for domain in request.domains:
-                url = f"{base}/.well-known/acme-challenge/{token}"
-                try:
-                    answer = requests.get(
-                        url, headers={"Host": domain}, timeout=SELF_CHECK_TIMEOUT, allow_redirects=False
-                    )
-                except requests.RequestException as exc:
-                    return f"self-check: nginx at {base} did not answer for {domain} ({type(exc).__name__})"
-                if answer.status_code != 200 or answer.text.strip() != body:
-                    return (
-                        f"self-check: nginx at {base} did not serve the webroot for {domain} "
-                        f"(HTTP {answer.status_code}); is {self.settings.webroot} shared with nginx?"
-                    )
-            return ""
+            # The order is queued by the pass that just reloaded nginx, and a reload is asynchronous
+            # (`nginx -s reload` returns before the new listeners and workers exist): right after a
+            # first apply the port was still closed. Ask again for a moment before calling it failed.
+            deadline = time.monotonic() + SELF_CHECK_SETTLE
+            while True:
+                error = self._fetch_token(base, token, body, request.domains)
+                if not error or time.monotonic() >= deadline or self.stopping.is_set():
+                    return error
+                time.sleep(0.1)
         finally:
             (folder / token).unlink(missing_ok=True)
+
+    def _fetch_token(self, base: str, token: str, body: str, domains: tuple[str, ...]) -> str:
+        for domain in domains:
+            url = f"{base}/.well-known/acme-challenge/{token}"
+            try:
+                answer = requests.get(url, headers={"Host": domain}, timeout=SELF_CHECK_TIMEOUT, allow_redirects=False)
+            except requests.RequestException as exc:
+                return f"self-check: nginx at {base} did not answer for {domain} ({type(exc).__name__})"
+            if answer.status_code != 200 or answer.text.strip() != body:
+                return (
+                    f"self-check: nginx at {base} did not serve the webroot for {domain} "
+                    f"(HTTP {answer.status_code}); is {self.settings.webroot} shared with nginx?"
+                )
+        return ""
 
     def run_certbot(self, request: CertRequest, *, force: bool) -> str:
         """Run certbot for one certificate; '' on success, certbot's reason otherwise."""
