@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,12 @@ def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     ) != leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         return CertStatus(name, problem="private key does not match the certificate")
+    # cryptography skips a PEM block cut off before its END line; OpenSSL (nginx) refuses the whole file,
+    # and nginx -t would then fail for every site. Load the pair as nginx does, with OpenSSL itself.
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(chain, key_path)
+    except (OSError, ssl.SSLError) as exc:
+        return CertStatus(name, problem=f"unreadable certificate or key (OpenSSL: {exc})")
     return CertStatus(
         name=name,
         domains=_domains(leaf),
