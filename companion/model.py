@@ -265,9 +265,7 @@ def parse_site(
 
     try:
         hosts = parse_host_list(get("VIRTUAL_HOST"))
-        for host in hosts:
-            if not domain_allowed(host, allowed_domains):
-                raise InvalidValue(f"{host} is not in the allowed domains ({', '.join(allowed_domains)})")
+        _check_allowed(hosts, allowed_domains)
         port = parse_port(get("VIRTUAL_PORT")) if get("VIRTUAL_PORT") else _default_port(info)
         proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
         path = parse_path(get("VIRTUAL_PATH") or "/")
@@ -280,6 +278,9 @@ def parse_site(
         cert = None
         if get("LETSENCRYPT_HOST"):
             domains = parse_host_list(get("LETSENCRYPT_HOST"), wildcard=False)
+            # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
+            # so the message says why a certificate will never be ordered for it.
+            _check_allowed(domains, allowed_domains)
             outside = [d for d in domains if d not in hosts]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
@@ -299,6 +300,12 @@ def parse_site(
         cert_name=cert_name,
         cert=cert,
     )
+
+
+def _check_allowed(hosts: Sequence[str], allowed_domains: Sequence[str]) -> None:
+    for host in hosts:
+        if not domain_allowed(host, allowed_domains):
+            raise InvalidValue(f"{host} is not in the allowed domains ({', '.join(allowed_domains)})")
 
 
 def _default_port(info: ContainerInfo) -> int:
