@@ -125,6 +125,7 @@ class DockerEdge:
         def run() -> None:
             delay = 0.2
             connected_before = False
+            last_failure = ""
             while not stop.is_set():
                 try:
                     stream = _client(timeout=None).events(decode=True, filters={"type": list(WAKING_EVENTS)})
@@ -132,7 +133,7 @@ class DockerEdge:
                         log.info("docker event stream reconnected")
                     # A reconnect may have missed events: a full pass makes up for them.
                     wake("events-connected")
-                    connected_before, delay = True, 0.2
+                    connected_before, delay, last_failure = True, 0.2, ""
                     for event in stream:
                         if stop.is_set():
                             return
@@ -140,7 +141,11 @@ class DockerEdge:
                             wake(f"{event.get('Type')}:{event.get('Action')}")
                     log.warning("docker event stream ended; reconnecting")
                 except DockerUnavailable as exc:
-                    log.warning("docker event stream unavailable (%s); retrying in %.1fs", _short(exc), delay)
+                    # Once per outage (and per new reason), not every second while the daemon is away.
+                    reason = _short(exc)
+                    level = logging.DEBUG if reason == last_failure else logging.WARNING
+                    log.log(level, "docker event stream unavailable (%s); retrying", reason)
+                    last_failure = reason
                 stop.wait(delay)
                 # Capped low: a container started right after the daemon returns must be routed quickly.
                 delay = min(delay * 2, 1.0)
