@@ -99,6 +99,8 @@ class Pebble:
 
     ``http_port`` is where Pebble's VA sends HTTP-01 validations (the port nginx serves HTTP on).
     ``nonce_reject`` sets PEBBLE_WFE_NONCEREJECT (percent); ``None`` keeps Pebble's default of 5.
+    ``va_sleep`` keeps Pebble's random pause before each validation (PEBBLE_VA_NOSLEEP is not set), so
+    an order stays in flight for seconds.
     The constructor starts both processes; ``stop()``/``start()`` take them down and up again on the
     same ports (a fresh Pebble has a new issuing root and forgets accounts and orders).
     """
@@ -112,6 +114,7 @@ class Pebble:
         tls_port: int | None = None,
         default_ipv4: str = "127.0.0.1",
         start: bool = True,
+        va_sleep: bool = False,
     ) -> None:
         for exe in (PEBBLE, CHALLTESTSRV):
             if not Path(exe).exists():
@@ -122,6 +125,7 @@ class Pebble:
         self.tls_port = tls_port or free_port()
         self.validity = validity
         self.nonce_reject = nonce_reject
+        self.va_sleep = va_sleep
         self.default_ipv4 = default_ipv4
         self.acme_port = free_port()
         self.mgmt_port = free_port()
@@ -204,7 +208,7 @@ class Pebble:
                 self.chall_log_path,
                 timeout,
             )
-        env = {"PEBBLE_VA_NOSLEEP": "1"}
+        env = {} if self.va_sleep else {"PEBBLE_VA_NOSLEEP": "1"}
         if self.nonce_reject is not None:
             env["PEBBLE_WFE_NONCEREJECT"] = str(self.nonce_reject)
         self._pebble = self._spawn(
