@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import http.client
 import importlib.util
 import io
@@ -33,6 +34,8 @@ from typing import TypeVar
 
 import docker
 import pytest
+import requests
+import urllib3
 from cryptography import x509
 from docker.models.containers import Container
 
@@ -104,6 +107,24 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, diagnose:
         time.sleep(0.3)
 
 
+def docker_retry(fn: Callable[..., T]) -> Callable[..., T]:
+    """Retry a helper's Docker API calls for a while when the daemon is briefly away (a dockerd restart
+    with --live-restore keeps the stack running, but the socket vanishes for a moment)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    return wrapper
+
+
 @dataclass
 class Response:
     status: int
@@ -142,6 +163,7 @@ class Stack:
             pytest.fail(f"{' '.join(cmd[3:])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
 
+    @docker_retry
     def container(self, service: str) -> Container:
         found = self.client.containers.list(
             all=True,
@@ -162,6 +184,7 @@ class Stack:
     def diagnose(self) -> str:
         return "\n".join(f"---- {svc} (tail) ----\n{self.logs(svc)}" for svc in ("companion", "nginx", "pebble"))
 
+    @docker_retry
     def orders(self) -> int:
         """New orders Pebble accepted since its container started (it logs `Added order` for each)."""
         return self.container("pebble").logs().decode(errors="replace").count("Added order")
@@ -205,6 +228,7 @@ class Stack:
 
         return wait_for(f"https://{host}/ to serve {text!r} with a Pebble certificate", probe, timeout, self.diagnose)
 
+    @docker_retry
     def nginx_state(self) -> tuple[str, frozenset[str]]:
         """(conf.d file names, mtimes, sizes and sha256 sums; nginx's worker PIDs)."""
         nginx = self.container("nginx")
@@ -223,6 +247,7 @@ class Stack:
         assert workers, top
         return out.decode(), workers
 
+    @docker_retry
     def read_file(self, service: str, path: str) -> bytes:
         stream, _ = self.container(service).get_archive(path)
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -378,6 +403,7 @@ def test_a_started_container_gets_its_site_and_loses_it_when_stopped(stack: Stac
     assert stack.orders() == orders
 
 
+@docker_retry
 def _heartbeat(stack: Stack) -> dt.datetime | None:
     code, out = stack.container("companion").exec_run(["cat", "/tmp/companion.heartbeat"])
     return dt.datetime.fromisoformat(out.decode().strip()) if code == 0 and out.strip() else None
@@ -395,7 +421,7 @@ def test_restarting_the_companion_orders_nothing_and_changes_nothing(stack: Stac
 
     wait_for("the restarted companion's first loop pass", passed, 60, stack.diagnose)
     time.sleep(3)  # room for anything the first pass might have started (an order, a reload)
-    logs = stack.container("companion").logs().decode(errors="replace")
+    logs = docker_retry(lambda: stack.container("companion").logs().decode(errors="replace"))()
     since = logs.rsplit("connected to the Docker daemon", 1)[-1]  # this run's lines only
     assert "ordering" not in since and "applied" not in since, since
     assert stack.orders() == orders
