@@ -20,7 +20,7 @@ from . import certs, plan
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot
 from .model import CertRequest
-from .nginx import ApplyResult, NginxControl, apply
+from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
 from .render import RenderOptions, render
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,14 @@ class Controller:
         return render(desired, options)
 
     def nginx_version(self) -> tuple[int, ...]:
+        """Asked once per set of nginx containers; an unknown version is asked again next pass."""
         key = tuple(self.control.containers)
         if self._nginx_version is None or self._nginx_version[0] != key:
-            self._nginx_version = (key, self.control.version())
+            version = self.control.version()
+            if version is None:
+                log.debug("nginx's version unknown; rendering for %s", OLDEST_ASSUMED)
+                return OLDEST_ASSUMED
+            self._nginx_version = (key, version)
         return self._nginx_version[1]
 
     def run_pass(self) -> PassReport:
@@ -147,9 +152,15 @@ class Controller:
             self._report(self._reported | {f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
-        addresses = [ip for info in snapshot.nginx for _, ip in sorted(info.networks.items()) if ip]
+        # The self-check reaches nginx on a network we share with it, when we run in a container.
+        addresses = sorted(
+            (name not in snapshot.own_networks, name, ip)
+            for info in snapshot.nginx
+            for name, ip in info.networks.items()
+            if ip
+        )
         if self.settings.docker_mode and addresses:
-            self._nginx_address = addresses[0]
+            self._nginx_address = addresses[0][2]
         if self.settings.docker_mode and not snapshot.nginx:
             self._report(self._reported | {NO_NGINX})
             return PassReport(skipped="no nginx")

@@ -37,6 +37,7 @@ DockerUnavailable = (docker.errors.DockerException, requests.exceptions.RequestE
 class Snapshot:
     containers: tuple[ContainerInfo, ...]
     nginx: tuple[ContainerInfo, ...]  # the nginx container(s), found by label or name
+    own_networks: tuple[str, ...] = ()  # the companion's own networks when it runs in a container
 
 
 class DockerEdge:
@@ -69,8 +70,9 @@ class DockerEdge:
         for gone in set(self._inspected) - seen:
             del self._inspected[gone]
         nginx = tuple(i for i in infos if self._is_nginx(i))
-        others = tuple(i for i in infos if i not in nginx and not i.id.startswith(self.self_id or "-"))
-        return Snapshot(containers=others, nginx=nginx)
+        own = [i for i in infos if self.self_id and i.id.startswith(self.self_id)]
+        others = tuple(i for i in infos if i not in nginx and i not in own)
+        return Snapshot(containers=others, nginx=nginx, own_networks=tuple(n for i in own for n in i.networks))
 
     def _is_nginx(self, info: ContainerInfo) -> bool:
         if self.nginx_name:

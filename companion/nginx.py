@@ -77,8 +77,8 @@ class NginxControl:
                 raise NginxError(_nginx_error(output))
         self.reloads += 1
 
-    def version(self) -> tuple[int, ...]:
-        """nginx's version decides between `http2 on;` and `listen ... http2`; unknown means old."""
+    def version(self) -> tuple[int, ...] | None:
+        """nginx's version decides between `http2 on;` and `listen ... http2`; None when it cannot be told."""
         try:
             if self.test_command == "docker":
                 assert self._exec is not None
@@ -87,8 +87,8 @@ class NginxControl:
                 _, output = _shell("nginx -v")
             return parse_nginx_version(output)
         except (NginxError, SettingsError, OSError) as exc:
-            log.warning("cannot tell nginx's version (%s); assuming %s", exc, OLDEST_ASSUMED)
-            return OLDEST_ASSUMED
+            log.debug("cannot tell nginx's version: %s", exc)
+            return None
 
 
 def _docker(what: str, call: Callable[..., T], *args: object) -> T:
