@@ -53,6 +53,9 @@ class Companion:
             "NGINX_TEST": nginx.test_command,
             "NGINX_RELOAD": f"echo x >> {self.reload_counter} && {nginx.reload_command}",
             "HEARTBEAT_FILE": str(workdir / "heartbeat"),
+            # Never the real Let's Encrypt from a test: a labelled container of anything else on the
+            # daemon would otherwise send an order to the internet. Tests that issue pass Pebble's URL.
+            "ACME_CA_URI": "https://127.0.0.1:9/directory",
             "LOG_LEVEL": "DEBUG",
         }
         self.env.update(settings)
