@@ -32,11 +32,12 @@ class CertStatus:
     not_before: dt.datetime | None = None
     not_after: dt.datetime | None = None
     ocsp: bool = False
+    serial: str = ""
     problem: str = ""
 
     def files(self, certs_dir: Path) -> CertFiles:
         live = certs_dir / "live" / self.name
-        return CertFiles(str(live / "fullchain.pem"), str(live / "privkey.pem"), self.ocsp)
+        return CertFiles(str(live / "fullchain.pem"), str(live / "privkey.pem"), self.ocsp, self.serial)
 
     def remaining(self, now: dt.datetime) -> dt.timedelta:
         assert self.not_after is not None
@@ -95,6 +96,7 @@ def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         ocsp=_has_ocsp(leaf),
+        serial=f"{leaf.serial_number:x}",
     )
 
 

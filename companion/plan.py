@@ -17,11 +17,16 @@ from .model import CertRequest, ContainerInfo, HttpsMethod, Proto, Rejection, Si
 
 @dataclass(frozen=True)
 class CertFiles:
-    """A certificate nginx can load: paths on disk and whether it names an OCSP responder."""
+    """A certificate nginx can load: paths on disk, whether it names an OCSP responder, and its serial.
+
+    The serial is rendered as a comment: a renewed certificate keeps its paths, and the changed
+    serial is what makes the rendered files differ, so the apply step reloads nginx.
+    """
 
     fullchain: str
     privkey: str
     ocsp: bool = False
+    serial: str = ""
 
 
 @dataclass(frozen=True)

@@ -334,3 +334,14 @@ def test_new_version_syntax_text_only(layout: NginxLayout) -> None:
     )
     parse_conf(new[MAIN_FILE])
     assert new[MAIN_FILE].count("http2 on;") == old[MAIN_FILE].count("ssl http2;") > 0
+
+
+def test_a_renewed_certificate_changes_the_rendered_file() -> None:
+    """Renewal keeps the paths; the serial comment is what makes apply reload nginx."""
+    from dataclasses import replace
+
+    _, before = render_fleet(certs=fleet_certs(real=replace(REAL, serial="1a2b")))
+    _, after = render_fleet(certs=fleet_certs(real=replace(REAL, serial="3c4d")))
+    assert before[MAIN_FILE] != after[MAIN_FILE]
+    assert before[MAIN_FILE].replace("1a2b", "3c4d") == after[MAIN_FILE]
+    assert "# certificate serial 3c4d: a renewal changes it" in after[MAIN_FILE]
