@@ -213,10 +213,14 @@ def main() -> int:
             values = [r[key] for r in rows if r[key] is not None]
             if values:
                 print(stats_line(label, values))
-        print(
-            f"  targets: p50 < {TARGET_P50 * 1000:.0f} ms: {verdict(median(total), TARGET_P50)}; "
-            f"p95 < {TARGET_P95 * 1000:.0f} ms: {verdict(percentile(total, 95), TARGET_P95)}"
-        )
+        started = [r["event_to_end"] for r in rows if r["event_to_end"] is not None]
+        for label, values in (("container started (`start` event)", started), ("create call, incl. Docker", total)):
+            if values:
+                print(
+                    f"  targets from {label}: p50 < {TARGET_P50 * 1000:.0f} ms: "
+                    f"{verdict(median(values), TARGET_P50)}; "
+                    f"p95 < {TARGET_P95 * 1000:.0f} ms: {verdict(percentile(values, 95), TARGET_P95)}"
+                )
         non200 = {key: sum(r["polls"][key] for r in rows) for key in ("503", "502", "other")}
         print(f"  non-200 polls seen before routable (all starts): {non200}")
 
