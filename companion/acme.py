@@ -185,7 +185,6 @@ class AcmeManager:
         self.process: subprocess.Popen[str] | None = None
         self.process_lock = threading.Lock()  # starting certbot vs. stop(): none may start after stop()
         self.stopping = threading.Event()
-        self.orders = 0
         self.worker = threading.Thread(target=self._work, name="acme", daemon=True)
         self.worker.start()
 
@@ -325,7 +324,6 @@ class AcmeManager:
         env = dict(os.environ)
         if self.settings.ca_bundle:
             env["REQUESTS_CA_BUNDLE"] = self.settings.ca_bundle
-        self.orders += 1
         try:
             with self.process_lock:
                 if self.stopping.is_set():

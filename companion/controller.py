@@ -42,7 +42,6 @@ class CertificateManager(Protocol):
 
 @dataclass
 class PassReport:
-    desired: plan.Desired | None = None
     result: ApplyResult | None = None
     skipped: str = ""
 
@@ -91,7 +90,6 @@ class Controller:
         self._reload_pending = False
         self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
         self.debouncer = Debouncer()
-        self.passes = 0
         self._nginx_address = "127.0.0.1"
 
     def self_check_url(self) -> str:
@@ -184,8 +182,7 @@ class Controller:
         self._report(problems)
         if self.acme is not None and result.ok:
             self.acme.update(desired.certificates, statuses)
-        self.passes += 1
-        return PassReport(desired=desired, result=result)
+        return PassReport(result=result)
 
     def _retry_reload(self) -> ApplyResult:
         try:

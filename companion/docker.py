@@ -1,7 +1,7 @@
 """Docker edge: snapshots of running containers, the event stream with reconnect, exec and signals.
 
 The only Docker API calls the companion makes (README lists them for socket proxies):
-GET /_ping, GET /containers/json, GET /containers/{id}/json, GET /events,
+GET /_ping, GET /version, GET /containers/json, GET /containers/{id}/json, GET /events,
 POST /containers/{id}/exec + POST /exec/{id}/start + GET /exec/{id}/json (nginx -t, nginx -v),
 POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wait for the reload).
 """
@@ -193,7 +193,6 @@ def _info(item: dict, env: dict[str, str], ports: tuple[int, ...]) -> ContainerI
         env=env,
         networks=networks,
         exposed_ports=ports,
-        created=str(item.get("Created", "")),
         health=health,
     )
 

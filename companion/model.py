@@ -72,7 +72,6 @@ class ContainerInfo:
     env: Mapping[str, str] = field(default_factory=dict)
     networks: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
     exposed_ports: tuple[int, ...] = ()
-    created: str = ""
     health: str = ""
 
 

@@ -50,7 +50,6 @@ class NginxControl:
         self._exec = exec_in
         self._signal = signal
         self.containers: Sequence[str] = ()  # ids of nginx containers, refreshed every pass
-        self.reloads = 0
 
     def _need_containers(self) -> Sequence[str]:
         if not self.containers:
@@ -75,7 +74,6 @@ class NginxControl:
             code, output = _shell(self.reload_command)
             if code != 0:
                 raise NginxError(_nginx_error(output))
-        self.reloads += 1
 
     def version(self) -> tuple[int, ...] | None:
         """nginx's version decides between `http2 on;` and `listen ... http2`; None when it cannot be told."""
