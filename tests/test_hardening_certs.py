@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-import socket
 import ssl
 import stat
 import time
@@ -30,6 +29,7 @@ from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx
 from tests.infra.pebble import Pebble
+from tests.infra.tls import https_body, served_cert
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -45,28 +45,8 @@ def acme_env(pebble: Pebble, allowed: str, **extra: str) -> dict[str, str]:
     }
 
 
-def served_cert(nginx: HostNginx, host: str, context: ssl.SSLContext | None = None) -> x509.Certificate:
-    """The leaf nginx serves for SNI `host`; verified when a context is given, else taken as is."""
-    if context is None:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    with (
-        socket.create_connection(("127.0.0.1", nginx.https_port), timeout=3) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
 def common_name(cert: x509.Certificate) -> str:
     return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
-
-def https_body(nginx: HostNginx, host: str, context: ssl.SSLContext) -> tuple[int, str]:
-    status, _, data = nginx.get(host, https=True, context=context)
-    return status, data.decode().strip()
 
 
 # -- 3. broken certificate files ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx
 from tests.infra.pebble import Pebble
+from tests.infra.tls import https_body, served_cert
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -45,24 +46,6 @@ def acme_env(pebble: Pebble, **extra: str) -> dict[str, str]:
 def verified_context(pebble: Pebble) -> ssl.SSLContext:
     """Trust only Pebble's issuing root, fetched from its management port: no -k anywhere."""
     return ssl.create_default_context(cadata=pebble.roots_pem())
-
-
-def served_cert(nginx: HostNginx, host: str, context: ssl.SSLContext) -> x509.Certificate:
-    """The leaf nginx serves for host, after a full chain and hostname verification."""
-    import socket
-
-    with (
-        socket.create_connection(("127.0.0.1", nginx.https_port), timeout=3) as raw,
-        context.wrap_socket(raw, server_hostname=host) as tls,
-    ):
-        der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der)
-
-
-def https_body(nginx: HostNginx, host: str, context: ssl.SSLContext) -> tuple[int, str]:
-    status, _, data = nginx.get(host, https=True, context=context)
-    return status, data.decode().strip()
 
 
 def test_labelled_container_gets_a_verified_certificate_and_redirect(
