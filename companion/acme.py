@@ -79,6 +79,9 @@ def certbot_reason(output: str) -> str:
     details = [m.strip() for m in re.findall(r"^\s*(?:Type|Detail):\s*(.+)$", output, re.MULTILINE)]
     if details:
         return "; ".join(dict.fromkeys(details))[:500]
+    unexpected = re.search(r"An unexpected error occurred:\s*\n\s*(\S.*)", output)
+    if unexpected:  # certbot puts the reason on the line after this one
+        return unexpected.group(1).strip()[:500]
     lines = [
         line.strip()
         for line in output.splitlines()

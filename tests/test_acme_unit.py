@@ -176,6 +176,8 @@ Ask for help or search for solutions at https://community.letsencrypt.org. See t
     assert certbot_reason(output) == "dns; DNS problem: NXDOMAIN looking up A for bad.test"
     unexpected = "Saving debug log to /x\nAn unexpected error occurred:\nConnectionError: refused\nAsk for help\n"
     assert certbot_reason(unexpected) == "ConnectionError: refused"
+    nonce = "An unexpected error occurred:\nJWS has an invalid anti-replay nonce: 0cO0\nAsk for help or search\n"
+    assert certbot_reason(nonce) == "JWS has an invalid anti-replay nonce: 0cO0"
     assert "\n" not in certbot_reason(output)
 
 
