@@ -7,6 +7,8 @@
 # dependency ships a wheel. Nothing user-specific is baked in: configure with environment variables
 # (see README.md) and mount the Docker socket, the certs dir and the ACME webroot.
 FROM debian:bookworm-slim AS build
+# The classic builder keeps this stage as an untagged image; the label lets a build script remove it.
+LABEL io.companion.build-stage="true"
 
 # A CA bundle already in the base image (e.g. with a TLS-intercepting proxy's CA) is kept for pip:
 # installing python3 pulls in ca-certificates, which rewrites that file.

@@ -492,8 +492,10 @@ def build_image(
 
 
 def _remove_stale(client: docker.DockerClient, role: str, keep: str) -> None:
-    """Remove untagged older stand-ins of ``role`` (ignoring ones still in use)."""
-    for image in client.images.list(filters={"label": f"{LABEL_STANDIN}={role}", "dangling": True}):
+    """Remove untagged older stand-ins of ``role`` and the companion's left-over build stages."""
+    stale = client.images.list(filters={"label": f"{LABEL_STANDIN}={role}", "dangling": True})
+    stale += client.images.list(filters={"label": "io.companion.build-stage=true", "dangling": True})
+    for image in stale:
         if image.id != keep:
             with contextlib.suppress(APIError):
                 client.images.remove(image.id)
