@@ -62,7 +62,7 @@ def test_labelled_container_gets_a_verified_certificate_and_redirect(
     # Graceful reload: a worker of the previous generation may still take a connection for a moment.
     status, headers, _ = wait_for(lambda: (r := host_nginx.get(host, "/some/path?q=1"))[0] == 301 and r, timeout=3)
     assert headers["Location"] == f"https://{host}:{host_nginx.https_port}/some/path?q=1"
-    _, https_headers, _ = host_nginx.get(host, https=True, context=context)
+    _, https_headers, _ = wait_for(lambda: host_nginx.get(host, https=True, context=context), timeout=3)
     assert https_headers["Strict-Transport-Security"] == "max-age=31536000"
 
     live = companion.certs_dir / "live" / host
