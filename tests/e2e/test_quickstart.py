@@ -243,7 +243,8 @@ class Stack:
         assert code == 0, out
         top = nginx.top()
         cmd, pid = top["Titles"].index("CMD"), top["Titles"].index("PID")
-        workers = frozenset(row[pid] for row in top["Processes"] if row[cmd].startswith("nginx: worker process"))
+        # Only accepting workers: an older generation titled "... is shutting down" may still drain connections.
+        workers = frozenset(row[pid] for row in top["Processes"] if row[cmd].strip() == "nginx: worker process")
         assert workers, top
         return out.decode(), workers
 
