@@ -49,7 +49,7 @@ class CertStatus:
         return self.not_after - self.not_before
 
 
-_cache: dict[tuple[str, ...], CertStatus] = {}
+_cache: dict[str, tuple[tuple[str, str], CertStatus]] = {}
 
 
 def _stamp(path: Path) -> str:
@@ -58,18 +58,22 @@ def _stamp(path: Path) -> str:
 
 
 def read_lineage(certs_dir: Path, name: str) -> CertStatus:
-    """Read one lineage; parsing is cached by the files' inode, mtime and size."""
     live = certs_dir / "live" / name
-    chain, key = live / "fullchain.pem", live / "privkey.pem"
+    return _read_pair(name, live / "fullchain.pem", live / "privkey.pem")
+
+
+def _read_pair(name: str, chain: Path, key: Path) -> CertStatus:
+    """Parse a certificate and its key, cached per folder by the files' inode, mtime and size: a pass
+    that finds nothing new on disk parses nothing, and a renewal replaces its folder's entry."""
     try:
-        stamp = (str(live), _stamp(chain), _stamp(key))
+        stamp = (_stamp(chain), _stamp(key))
     except OSError as exc:
         return CertStatus(name, problem=f"{exc.filename}: {exc.strerror}")
-    cached = _cache.get(stamp)
-    if cached is None:
-        cached = _parse(name, chain, key)
-        _cache[stamp] = cached
-    return cached
+    cached = _cache.get(str(chain.parent))
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, _parse(name, chain, key))
+        _cache[str(chain.parent)] = cached
+    return cached[1]
 
 
 def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
@@ -144,7 +148,7 @@ def ensure_placeholder(certs_dir: Path) -> CertFiles:
     """A self-signed certificate that lets nginx serve :443 before a real certificate exists."""
     folder = certs_dir / PLACEHOLDER_DIR
     files = placeholder_files(certs_dir)
-    if not _parse("placeholder", Path(files.fullchain), Path(files.privkey)).problem:
+    if not _read_pair("placeholder", Path(files.fullchain), Path(files.privkey)).problem:
         return files
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
