@@ -38,6 +38,9 @@ _ENV = jinja2.Environment(
     trim_blocks=False,
 )
 
+# Shipped, never generated: RFC 7919's ffdhe2048 group. Read once, not on every pass.
+_DHPARAM = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
+
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
@@ -66,5 +69,5 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for name, template in SNIPPETS.values():
         out[name] = _ENV.get_template(template).render(context)
-    out[DHPARAM_FILE] = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
+    out[DHPARAM_FILE] = _DHPARAM
     return out
