@@ -19,18 +19,13 @@ import pytest
 
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
-from tests.infra.nginx import HostNginx
+from tests.infra.nginx import HostNginx, body
 
 pytestmark = pytest.mark.integration
 
 
 def unique_host(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.hardening.test"
-
-
-def body(nginx: HostNginx, host: str, path: str = "/") -> tuple[int, str]:
-    status, _, data = nginx.get(host, path)
-    return status, data.decode(errors="replace").strip()
 
 
 def conf_snapshot(conf_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:

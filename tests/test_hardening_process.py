@@ -27,7 +27,7 @@ import pytest
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.dockerd import DockerDaemon
-from tests.infra.nginx import HostNginx
+from tests.infra.nginx import HostNginx, body
 from tests.infra.pebble import Pebble
 from tests.infra.socketproxy import DockerSocketProxy, allowlist_from_readme
 
@@ -39,11 +39,6 @@ TEMP_GLOB = ".companion*.tmp"
 
 def unique_zone() -> str:
     return f"h{uuid.uuid4().hex[:10]}.example.test"
-
-
-def body(nginx: HostNginx, host: str, path: str = "/") -> tuple[int, str]:
-    status, _, data = nginx.get(host, path)
-    return status, data.decode(errors="replace").strip()
 
 
 def conf_state(conf_dir: Path) -> dict[str, tuple[bytes, int]]:

@@ -216,6 +216,12 @@ class HostNginx:
         )
 
 
+def body(nginx: HostNginx, host: str, path: str = "/") -> tuple[int, str]:
+    """Status and stripped text of a plain-HTTP GET through nginx with ``Host: host``."""
+    status, _, data = nginx.get(host, path)
+    return status, data.decode(errors="replace").strip()
+
+
 def http_get(
     address: str,
     port: int,
@@ -232,9 +238,7 @@ def http_get(
             context = ssl.create_default_context()
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
-        conn: http.client.HTTPConnection = _SNIConnection(
-            address, port, sni=host, context=context, timeout=timeout
-        )
+        conn: http.client.HTTPConnection = _SNIConnection(address, port, sni=host, context=context, timeout=timeout)
     else:
         conn = http.client.HTTPConnection(address, port, timeout=timeout)
     try:
