@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,16 @@ def test_a_renewed_certificate_changes_the_rendered_file() -> None:
     assert before[MAIN_FILE] != after[MAIN_FILE]
     assert before[MAIN_FILE].replace("1a2b", "3c4d") == after[MAIN_FILE]
     assert "# certificate serial 3c4d: a renewal changes it" in after[MAIN_FILE]
+
+
+def test_challenge_regex_ends_at_the_true_end() -> None:
+    """PCRE's "$" also matches before a final newline; "\\z" only at the end (tok%0a must not match)."""
+
+    snippet = render(plan.build([], {}, PLACEHOLDER), OPTIONS)["companion-acme.inc"]
+    (pattern,) = re.findall(r'location ~ "([^"]+)"', snippet)
+    assert pattern == r"^/\.well-known/acme-challenge/[A-Za-z0-9_-]+\z"
+    assert "$" not in pattern
+    python_pattern = re.compile(pattern.replace(r"\z", r"\Z"))  # Python spells PCRE's \z as \Z
+    assert python_pattern.match("/.well-known/acme-challenge/Tok_en-1")
+    for path in ("tok\n", "tok\r\n", "tok.txt", "../x", ".htpasswd", ""):
+        assert not python_pattern.match("/.well-known/acme-challenge/" + path), path
