@@ -4,6 +4,8 @@ Real nginx, dockerd and companion process; nothing is mocked."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +13,12 @@ from pathlib import Path
 import pytest
 
 from companion import plan
+from companion.acme import certbot_command
+from companion.config import Settings
+from companion.model import CertRequest
 from companion.render import RenderOptions, render
-from tests.infra.companion import wait_for
+from tests.infra.appimage import AppRunner
+from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
 
 pytestmark = pytest.mark.integration
@@ -72,3 +78,50 @@ def test_challenge_location_does_not_serve_a_file_named_with_a_trailing_newline(
     status, headers, data = host_nginx.get("any.inputs.test", CHALLENGE + token)
     assert (status, data.decode()) == (200, token_body)
     assert headers.get_content_type() == "text/plain"
+
+
+# -- 2. an email certbot would read as an option -------------------------------------------------------
+
+
+def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_served(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion], tmp_path: Path
+) -> None:
+    # Why: the real certbot, given the command the companion builds, reads "-x@example.com" as an option
+    # and stops at its arguments (before any network traffic), so such a certificate never came.
+    (tmp_path / "certbot-webroot").mkdir()
+    settings = Settings(
+        certs_dir=str(tmp_path / "certbot-certs"),
+        webroot=str(tmp_path / "certbot-webroot"),
+        acme_server="https://127.0.0.1:9/directory",
+    )
+    command = certbot_command(settings, CertRequest("x.inputs.test", ("x.inputs.test",), "-x@example.com"), force=False)
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "argument -m/--email: expected one argument" in refused.stderr
+
+    companion = make_companion()
+    dash_host, good_host = unique_host("dash"), unique_host("beside")
+    dash = apps(
+        "dash",
+        environment={
+            "VIRTUAL_HOST": dash_host,
+            "LETSENCRYPT_HOST": dash_host,
+            "LETSENCRYPT_EMAIL": "-x@example.com",
+            "APP_ID": "dash",
+        },
+    )
+    apps("beside", environment={"VIRTUAL_HOST": good_host, "APP_ID": "beside"})
+    assert wait_for(lambda: body(host_nginx, good_host) == (200, "beside"), what="the neighbour served")
+    warning = (
+        rf"WARNING [^\n]*container {re.escape(dash.name)}: LETSENCRYPT_EMAIL='-x@example\.com' rejected: "
+        r"must not start with - \(certbot would read it as an option, so no certificate\)\n"
+    )
+    companion.wait_log(warning)
+    companion.wait_idle()
+    assert companion.count(warning) == 1
+    assert companion.count(re.escape(dash.name)) == 1, "one warning, and nothing else about that container"
+    assert not re.search(rf"ordering[^\n]*{re.escape(dash_host)}", companion.log()), "no certbot run for it"
+    assert dash_host not in (host_nginx.conf_dir / "companion.conf").read_text()
+    assert host_nginx.get(dash_host)[0] == 503
+    assert body(host_nginx, good_host) == (200, "beside")
+    assert companion.alive
