@@ -125,3 +125,34 @@ def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_serve
     assert host_nginx.get(dash_host)[0] == 503
     assert body(host_nginx, good_host) == (200, "beside")
     assert companion.alive
+
+
+# -- 3. other programs' words are logged without terminal control characters -----------------------
+
+
+def test_nginx_refusal_quoting_a_control_character_is_logged_escaped_on_one_line(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
+) -> None:
+    companion = make_companion()
+    live = unique_host("esc-live")
+    apps("esc-live", environment={"VIRTUAL_HOST": live, "APP_ID": "live"})
+    assert wait_for(lambda: body(host_nginx, live) == (200, "live"), what="first site routed")
+    companion.wait_idle()
+
+    # A user's file in conf.d whose directive name carries an ANSI colour: the real nginx -t echoes it raw.
+    user = host_nginx.conf_dir / "zz-user.conf"
+    user.write_bytes(b"bogus\x1b[31mdirective on;\n")
+    check = host_nginx.check()
+    assert check.returncode != 0 and 'unknown directive "bogus\x1b[31mdirective"' in check.stderr, check.stderr
+    blocked = unique_host("esc-blocked")
+    apps("esc-blocked", environment={"VIRTUAL_HOST": blocked, "APP_ID": "blocked"})
+    line = companion.wait_log(r"WARNING [^\n]*nginx rejected the new configuration: [^\n]*\n", timeout=20)
+    assert '[emerg] unknown directive "bogus\\x1b[31mdirective" in ' in line and "zz-user.conf:1" in line, line
+    assert b"\x1b" not in companion.log_path.read_bytes(), "a raw ESC reached the log"
+    assert body(host_nginx, live) == (200, "live"), "the last good configuration keeps serving"
+
+    user.unlink()
+    assert wait_for(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=40, what="pending change applied")
+    companion.wait_log(r"resolved: nginx rejected the new configuration: [^\n]*bogus\\x1b\[31mdirective")
+    assert b"\x1b" not in companion.log_path.read_bytes()
+    assert companion.count(r"WARNING [^\n]*nginx rejected the new configuration") == 1
