@@ -24,10 +24,24 @@ from tests.infra.nginx import HostNginx, body
 pytestmark = pytest.mark.integration
 
 CHALLENGE = "/.well-known/acme-challenge/"
+# Containers other tests run on the shared daemon stay out of this file's companions (and their nginx -t).
+ALLOWED = "*.inputs.test"
 
 
 def unique_host(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.inputs.test"
+
+
+def more_passes(companion: Companion, count: int = 2) -> None:
+    """Wake the loop and wait until it has run `count` more passes (each one rewrites the heartbeat).
+
+    Used instead of waiting for a quiet log, which other tests' containers on the shared daemon may
+    never allow: their events keep the loop (and its DEBUG lines) busy."""
+    heartbeat = Path(companion.env["HEARTBEAT_FILE"])
+    for i in range(count):
+        stamp = heartbeat.stat().st_mtime_ns
+        (companion.certs_dir / "live" / f"nudge-{uuid.uuid4().hex[:6]}-{i}.txt").write_text("wake up\n")
+        wait_for(lambda s=stamp: heartbeat.stat().st_mtime_ns != s, timeout=40, what="another loop pass")
 
 
 # -- 1. the challenge regex is anchored at the true end ------------------------------------------------
@@ -99,7 +113,7 @@ def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_serve
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "argument -m/--email: expected one argument" in refused.stderr
 
-    companion = make_companion()
+    companion = make_companion(ALLOWED_DOMAINS=ALLOWED)
     dash_host, good_host = unique_host("dash"), unique_host("beside")
     dash = apps(
         "dash",
@@ -111,13 +125,13 @@ def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_serve
         },
     )
     apps("beside", environment={"VIRTUAL_HOST": good_host, "APP_ID": "beside"})
-    assert wait_for(lambda: body(host_nginx, good_host) == (200, "beside"), what="the neighbour served")
+    assert wait_for(lambda: body(host_nginx, good_host) == (200, "beside"), timeout=60, what="the neighbour served")
     warning = (
         rf"WARNING [^\n]*container {re.escape(dash.name)}: LETSENCRYPT_EMAIL='-x@example\.com' rejected: "
         r"must not start with - \(certbot would read it as an option, so no certificate\)\n"
     )
-    companion.wait_log(warning)
-    companion.wait_idle()
+    companion.wait_log(warning, timeout=30)
+    more_passes(companion)
     assert companion.count(warning) == 1
     assert companion.count(re.escape(dash.name)) == 1, "one warning, and nothing else about that container"
     assert not re.search(rf"ordering[^\n]*{re.escape(dash_host)}", companion.log()), "no certbot run for it"
@@ -133,11 +147,10 @@ def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_serve
 def test_nginx_refusal_quoting_a_control_character_is_logged_escaped_on_one_line(
     apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
 ) -> None:
-    companion = make_companion()
+    companion = make_companion(ALLOWED_DOMAINS=ALLOWED)
     live = unique_host("esc-live")
     apps("esc-live", environment={"VIRTUAL_HOST": live, "APP_ID": "live"})
-    assert wait_for(lambda: body(host_nginx, live) == (200, "live"), what="first site routed")
-    companion.wait_idle()
+    assert wait_for(lambda: body(host_nginx, live) == (200, "live"), timeout=60, what="first site routed")
 
     # A user's file in conf.d whose directive name carries an ANSI colour: the real nginx -t echoes it raw.
     user = host_nginx.conf_dir / "zz-user.conf"
@@ -156,3 +169,44 @@ def test_nginx_refusal_quoting_a_control_character_is_logged_escaped_on_one_line
     companion.wait_log(r"resolved: nginx rejected the new configuration: [^\n]*bogus\\x1b\[31mdirective")
     assert b"\x1b" not in companion.log_path.read_bytes()
     assert companion.count(r"WARNING [^\n]*nginx rejected the new configuration") == 1
+
+
+# -- 4. a host whose containers claim only sub-paths -------------------------------------------------
+
+
+def test_host_with_only_a_sub_path_answers_404_at_root_not_nginx_default_page(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
+) -> None:
+    # nginx's default root is html/ under its prefix: a page there is what the host answered at `/`.
+    default_page = "NGINX-DEFAULT-ROOT-" + uuid.uuid4().hex
+    (host_nginx.prefix / "html").mkdir(exist_ok=True)
+    (host_nginx.prefix / "html" / "index.html").write_text(default_page + "\n")
+    companion = make_companion(ALLOWED_DOMAINS=ALLOWED)
+    host = unique_host("subpath")
+    # CERT_NAME without a certificate on disk: an HTTPS server with the placeholder, and no ACME order.
+    apps(
+        "subpath",
+        labels={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "CERT_NAME": "inputs-" + uuid.uuid4().hex[:8]},
+        environment={"APP_ID": "api-app", "APP_PATHS": "/api"},
+    )
+    assert wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api-app"), timeout=60, what="/api/ routed")
+    for https in (False, True):
+        status, _, data = host_nginx.get(host, "/api/", https=https)
+        assert (status, data.decode().strip()) == (200, "api-app"), https
+        for path in ("/", "/index.html", "/other", "/apix"):
+            status, _, data = host_nginx.get(host, path, https=https)
+            assert status == 404 and default_page.encode() not in data, (https, path, status, data[:200])
+    check = host_nginx.check()
+    assert check.returncode == 0, check.stderr
+    conf = (host_nginx.conf_dir / "companion.conf").read_text()
+    ours = [block for block in conf.split("\nserver {") if f"server_name {host};" in block]
+    assert len(ours) == 2 and all("location / {\n        return 404;\n    }" in block for block in ours), ours
+
+    # The hole, with the same real parts: without that location nginx serves its default page at `/`.
+    companion.stop()
+    without = conf.replace("    location / {\n        return 404;\n    }\n", "")
+    (host_nginx.conf_dir / "companion.conf").write_text(without)
+    before = set(host_nginx.worker_pids())
+    host_nginx.reload()
+    wait_for(lambda: not before & set(host_nginx.worker_pids()), timeout=10, what="the old nginx workers to exit")
+    assert body(host_nginx, host, "/") == (200, default_page)

@@ -216,6 +216,68 @@ def test_locations_paths_and_dest() -> None:
     assert any(loc.args == ("/a/b/c%20d",) for loc in b.find("location"))
 
 
+def root_answers(block: Directive) -> list[tuple[str, ...]]:
+    """What `location /` does in a server block: its return or proxy_pass arguments."""
+    (root,) = [loc for loc in block.find("location") if loc.args == ("/",)]
+    return [d.args for d in root.find("return")] or [d.args for d in root.find("proxy_pass")]
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "real", "pending"])
+def test_server_without_a_root_location_answers_404_at_root(method: str, cert: str) -> None:
+    """Only VIRTUAL_PATH=/api/: `/` (and any other path) is a 404 of ours, never nginx's own html root."""
+    labels = {"VIRTUAL_HOST": "a.com", "VIRTUAL_PATH": "/api/", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    desired = plan.build([c("api", "10.0.0.2", **labels)], {"a.com": REAL} if cert == "real" else {}, PLACEHOLDER)
+    (server,) = desired.servers
+    assert not server.has_root
+    text = render(desired, OPTIONS)[MAIN_FILE]
+    blocks = {https: block for name, https, block in server_blocks(text) if name == "a.com"}
+    assert blocks, text
+    for https, block in blocks.items():
+        paths = [loc.args[0] for loc in block.find("location")]
+        if not https and server.redirect:
+            assert paths == ["/"] and root_answers(block)[0][0] == "301"
+        elif not https and method == "nohttp":
+            assert paths == ["/"] and root_answers(block) == [("503",)]
+        else:
+            assert sorted(paths) == ["/", "/api/"], (https, paths)
+            assert root_answers(block) == [("404",)], https
+            (api,) = [loc for loc in block.find("location") if loc.args == ("/api/",)]
+            assert api.find("proxy_pass")[0].args == (f"http://{plan.upstream_name('a.com', '/api/')}",)
+    assert text.count("return 404;") == sum(
+        1 for https in blocks if https or not (server.redirect or method == "nohttp")
+    )
+
+
+def test_server_with_a_root_location_gets_no_404() -> None:
+    desired, files = render_fleet()
+    text = files[MAIN_FILE]
+    assert all(server.has_root for server in desired.servers)
+    assert "return 404;" not in text
+    assert root_answers(block_of(text, "a.example.com", True)) == [("http://companion-a.example.com",)]
+    # A second container at `/` beside the /api/ one takes the 404's place.
+    desired = plan.build(
+        [c("api", "10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/"), c("web", "10.0.0.3", VIRTUAL_HOST="a.com")],
+        {},
+        PLACEHOLDER,
+    )
+    assert "return 404;" not in render(desired, OPTIONS)[MAIN_FILE]
+
+
+def test_root_404_is_rendered_byte_identically() -> None:
+    containers = [
+        c("api", "10.0.0.2", VIRTUAL_HOST="a.com,b.com", VIRTUAL_PATH="/api/", LETSENCRYPT_HOST="a.com"),
+        c("static", "10.0.0.3", VIRTUAL_HOST="b.com", VIRTUAL_PATH="/static/"),
+    ]
+    first = render(plan.build(containers, {}, PLACEHOLDER), OPTIONS)
+    again = render(plan.build(list(reversed(containers)), {}, PLACEHOLDER), OPTIONS)
+    assert first == again
+    # HTTP and HTTPS (placeholder) for both: b.com's owner is "api", whose LETSENCRYPT_HOST asks for TLS.
+    assert first[MAIN_FILE].count("return 404;") == 4
+
+
 def test_upstreams() -> None:
     _, files = render_fleet()
     upstreams = {d.args[0]: d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"}
