@@ -18,7 +18,7 @@ from typing import Protocol
 
 from . import certs, owners, plan
 from .config import Settings
-from .docker import DockerEdge, DockerUnavailable, Snapshot
+from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
 from .render import RenderOptions, render
@@ -158,7 +158,7 @@ class Controller:
         try:
             snapshot = self.docker.snapshot()
         except DockerUnavailable as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            reason = short_reason(exc)
             self._report(self._reported | {f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
