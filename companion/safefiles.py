@@ -90,8 +90,10 @@ def chmod_dir(path: Path, mode: int) -> None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise UnsafeFile(path, "is a symbolic link, not a directory") from None
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):  # what O_NOFOLLOW|O_DIRECTORY says of a link
+            found = os.lstat(path).st_mode
+            if not stat.S_ISDIR(found):
+                raise UnsafeFile(path, f"is {kind(found)}, not a directory") from None
         raise
     try:
         os.fchmod(fd, mode)
