@@ -17,7 +17,7 @@ import pytest
 from companion import certs, safefiles
 from companion.acme import _STATE_FIELDS, CertState, load_state, save_state
 from companion.nginx import read_current
-from tests.test_acme_unit import make_lineage
+from tests.test_acme_unit import certbot_layout
 
 pytestmark = pytest.mark.timeout(30)  # a FIFO opened by mistake would block for ever
 
@@ -146,16 +146,6 @@ def test_read_current_counts_a_planted_entry_as_absent(
 
 
 # -- certificates ------------------------------------------------------------------------------------
-
-
-def certbot_layout(certs_dir: Path, name: str) -> None:
-    """Move a lineage's files into archive/<name>/ and link them from live/<name>/, as certbot does."""
-    make_lineage(certs_dir, name, [name])
-    archive = certs_dir / "archive" / name
-    archive.mkdir(parents=True)
-    for pem in ("fullchain", "privkey"):
-        (certs_dir / "live" / name / f"{pem}.pem").rename(archive / f"{pem}1.pem")
-        (certs_dir / "live" / name / f"{pem}.pem").symlink_to(f"../../archive/{name}/{pem}1.pem")
 
 
 def test_certbots_links_into_its_archive_are_accepted(tmp_path: Path) -> None:
