@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -29,7 +30,7 @@ from .certs import CertStatus, tighten
 from .config import Settings
 from .logsafe import printable
 from .model import CertRequest
-from .nginx import write_atomic
+from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +154,66 @@ class CertState:
     in_progress: bool = False
 
 
+STATE_MAX_BYTES = 16 * 1024 * 1024
+# What each field of a saved CertState must hold (JSON true/false are ints to Python: not counts or times).
+_STATE_FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {
+    "domains": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v)),
+    "failures": ("a count", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "next_try": ("a unix time", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)),
+    "last_error": ("a text", lambda v: isinstance(v, str)),
+    "in_progress": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def parse_state(raw: object) -> dict[str, CertState]:
+    """The state file's JSON as CertStates; ValueError naming the first part of the wrong shape, so that a
+    bad file is refused as a whole here instead of raising later on every pass."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected an object of certificate names, found {type(raw).__name__}")
+    state: dict[str, CertState] = {}
+    for name, value in raw.items():
+        if not isinstance(value, dict):
+            raise ValueError(f"{name!r}: expected an object, found {type(value).__name__}")
+        if set(value) != set(_STATE_FIELDS):
+            missing, unknown = sorted(set(_STATE_FIELDS) - set(value)), sorted(set(value) - set(_STATE_FIELDS))
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unknown {', '.join(unknown)}"] if unknown else []
+            )
+            raise ValueError(f"{name!r}: {'; '.join(parts)}")
+        for key, (what, valid) in _STATE_FIELDS.items():
+            if not valid(value[key]):
+                raise ValueError(f"{name!r}: {key} must be {what}, not {value[key]!r:.60}")
+        state[name] = CertState(**{**value, "next_try": float(value["next_try"])})
+    return state
+
+
 def load_state(certs_dir: Path) -> dict[str, CertState]:
+    """The state saved by the last run. A file that is not a regular file or has the wrong shape is moved
+    aside (kept for a look) with one warning and the state starts empty: never fatal, and one bad file must
+    not stop every later order."""
+    path = certs_dir / STATE_FILE
     try:
-        raw = json.loads((certs_dir / STATE_FILE).read_text())
-        return {name: CertState(**value) for name, value in raw.items()}
+        return parse_state(json.loads(read_regular(path, STATE_MAX_BYTES)))
     except FileNotFoundError:
         return {}
-    except (ValueError, TypeError) as exc:
-        log.warning("ignoring unreadable %s: %s", certs_dir / STATE_FILE, exc)
+    except (UnsafeFile, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+        reason = exc.strerror if isinstance(exc, UnsafeFile) else str(exc)
+    except OSError as exc:
+        log.warning("cannot read %s (%s); starting with an empty ACME state", path, exc.strerror or exc)
         return {}
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    try:
+        os.replace(path, aside)  # the entry itself: a link is moved, not what it points to
+    except OSError as exc:
+        log.warning("ignoring %s (%s); cannot move it aside: %s", path, reason, exc.strerror or exc)
+    else:
+        log.warning("ignoring %s (%s); moved it aside to %s and starting with an empty ACME state", path, reason, aside)
+    return {}
 
 
 def save_state(certs_dir: Path, state: dict[str, CertState]) -> None:
     path = certs_dir / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    real_dir(certs_dir, str(Path(STATE_FILE).parent))
     write_atomic(path, json.dumps({k: asdict(v) for k, v in sorted(state.items())}, indent=1) + "\n", mode=0o600)
 
 

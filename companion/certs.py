@@ -8,6 +8,7 @@ not handed to nginx, so that one broken certificate never stops nginx from loadi
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import ssl
 from dataclasses import dataclass
@@ -18,8 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
-from .nginx import write_atomic
+from . import safefiles
 from .plan import CertFiles
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDER_DIR = "companion/placeholder"
 
@@ -57,36 +60,46 @@ class CertStatus:
 
 
 _cache: dict[str, tuple[tuple[str, str], CertStatus]] = {}
-
-
-def _stamp(path: Path) -> str:
-    st = os.stat(path)
-    return f"{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+PEM_MAX_BYTES = 1024 * 1024
 
 
 def read_lineage(certs_dir: Path, name: str) -> CertStatus:
     live = certs_dir / "live" / name
-    return _read_pair(name, live / "fullchain.pem", live / "privkey.pem")
+    real = Path(os.path.realpath(certs_dir))
+    # certbot's live/<name>/*.pem are links into archive/<name>/; nothing may lead anywhere else.
+    folders = (real / "live" / name, real / "archive" / name)
+    return _read_pair(name, live / "fullchain.pem", live / "privkey.pem", folders)
 
 
-def _read_pair(name: str, chain: Path, key: Path) -> CertStatus:
-    """Parse a certificate and its key, cached per folder by the files' inode, mtime and size: a pass
-    that finds nothing new on disk parses nothing, and a renewal replaces its folder's entry."""
-    try:
-        stamp = (_stamp(chain), _stamp(key))
-    except OSError as exc:
-        return CertStatus(name, problem=f"{exc.filename}: {exc.strerror}")
+def _read_pair(name: str, chain: Path, key: Path, folders: tuple[Path, ...]) -> CertStatus:
+    """Parse a certificate and its key, cached per folder by the files' path, inode, mtime and size: a pass
+    that finds nothing new on disk parses nothing, and a renewal replaces its folder's entry.
+
+    Each file must be a regular file, or lead by links to one, inside `folders`: a FIFO (whose open would
+    block the loop), a device, a directory or a link elsewhere makes the pair unusable, with the reason."""
+    found: list[Path] = []
+    stamps: list[str] = []
+    for path in (chain, key):
+        try:
+            real = safefiles.resolve_inside(path, folders)
+            st = safefiles.regular_lstat(real)
+        except OSError as exc:
+            return CertStatus(name, problem=f"{path}: {exc.strerror}")
+        found.append(real)
+        stamps.append(f"{real}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}")
+    stamp = (stamps[0], stamps[1])
     cached = _cache.get(str(chain.parent))
     if cached is None or cached[0] != stamp:
-        cached = (stamp, _parse(name, chain, key))
+        cached = (stamp, _parse(name, found[0], found[1]))
         _cache[str(chain.parent)] = cached
     return cached[1]
 
 
 def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
+    """`chain` and `key_path` are the checked regular files themselves (no links left to follow)."""
     try:
-        certs = x509.load_pem_x509_certificates(chain.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        certs = x509.load_pem_x509_certificates(safefiles.read_regular(chain, PEM_MAX_BYTES))
+        key = serialization.load_pem_private_key(safefiles.read_regular(key_path, PEM_MAX_BYTES), password=None)
     except (OSError, ValueError, TypeError) as exc:
         return CertStatus(name, problem=f"unreadable certificate or key ({type(exc).__name__}: {exc})")
     leaf = certs[0]
@@ -95,7 +108,8 @@ def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
     ) != leaf.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo):
         return CertStatus(name, problem="private key does not match the certificate")
     # cryptography skips a PEM block cut off before its END line; OpenSSL (nginx) refuses the whole file,
-    # and nginx -t would then fail for every site. Load the pair as nginx does, with OpenSSL itself.
+    # and nginx -t would then fail for every site. Load the pair as nginx does, with OpenSSL itself
+    # (it opens the files by name: only the checked regular files, never the links or anything unchecked).
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(chain, key_path)
     except (OSError, ssl.SSLError) as exc:
@@ -152,13 +166,15 @@ def placeholder_files(certs_dir: Path) -> CertFiles:
 
 
 def ensure_placeholder(certs_dir: Path) -> CertFiles:
-    """A self-signed certificate that lets nginx serve :443 before a real certificate exists."""
-    folder = certs_dir / PLACEHOLDER_DIR
+    """A self-signed certificate that lets nginx serve :443 before a real certificate exists.
+
+    Its folder must be our own real directory: a link planted there would have us chmod and write the key
+    outside the certs dir, so it is removed (the link only) and a real 0700 folder made in its place."""
     files = placeholder_files(certs_dir)
-    if not _read_pair("placeholder", Path(files.fullchain), Path(files.privkey)).problem:
+    placeholder = (Path(os.path.realpath(certs_dir)) / PLACEHOLDER_DIR,)
+    if not _read_pair("placeholder", Path(files.fullchain), Path(files.privkey), placeholder).problem:
         return files
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, 0o700)
+    folder = safefiles.real_dir(certs_dir, PLACEHOLDER_DIR, 0o700)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "companion placeholder certificate")])
     now = dt.datetime.now(dt.UTC)
@@ -175,13 +191,18 @@ def ensure_placeholder(certs_dir: Path) -> CertFiles:
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    write_atomic(folder / "privkey.pem", key_pem.decode(), mode=0o600)
-    write_atomic(folder / "fullchain.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
+    safefiles.write_atomic(folder / "privkey.pem", key_pem.decode(), mode=0o600)
+    safefiles.write_atomic(folder / "fullchain.pem", cert.public_bytes(serialization.Encoding.PEM).decode())
     return files
 
 
 def tighten(certs_dir: Path, name: str) -> None:
-    """Keys stay private: certbot leaves a lineage's own folders 0755, we make them 0700."""
+    """Keys stay private: certbot leaves a lineage's own folders 0755, we make them 0700. Only real
+    directories: a link there is left alone, so no folder outside the certs dir is ever chmod-ed."""
     for folder in (certs_dir / "live" / name, certs_dir / "archive" / name):
-        if folder.is_dir():
-            os.chmod(folder, 0o700)
+        try:
+            safefiles.chmod_dir(folder, 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning("not tightening %s: %s", folder, exc.strerror or exc)

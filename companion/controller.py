@@ -279,6 +279,10 @@ class Controller:
 
 
 def remove_stale_temporaries(conf_dir: Path) -> None:
-    """Temporary files left by a killed companion; nginx never included them (no .conf suffix)."""
+    """Temporary files left by a killed companion; nginx never included them (no .conf suffix). unlink removes
+    the entry itself (a link, never its target); something it cannot remove is reported, not fatal."""
     for stale in conf_dir.glob(".companion*.tmp"):
-        stale.unlink(missing_ok=True)
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", stale, exc.strerror or exc)

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import tempfile
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +12,7 @@ from typing import TypeVar
 from .config import SettingsError, parse_nginx_version
 from .logsafe import printable
 from .render import MAIN_FILE
+from .safefiles import UnsafeFile, read_regular, write_atomic
 
 log = logging.getLogger(__name__)
 COMMAND_TIMEOUT = 60
@@ -116,38 +114,23 @@ def _nginx_error(output: str) -> str:
     return printable("; ".join(lines or output.splitlines()[-3:] or ["nginx test failed with no output"]))
 
 
+CONF_MAX_BYTES = 64 * 1024 * 1024
+
+
 def read_current(conf_dir: Path, names: Sequence[str]) -> dict[str, str | None]:
+    """Our files as they are now, None when absent. A link, FIFO or anything but a regular file in place of
+    one counts as absent: never read through (a refused nginx -t would copy its target into the conf dir),
+    and replaced by the rename that writes our file, or removed again by the restore."""
     current: dict[str, str | None] = {}
     for name in names:
         try:
-            current[name] = (conf_dir / name).read_text()
+            current[name] = read_regular(conf_dir / name, CONF_MAX_BYTES).decode("utf-8", "surrogateescape")
         except FileNotFoundError:
             current[name] = None
+        except UnsafeFile as exc:
+            log.warning("%s; treated as absent and replaced by the companion's own file", exc)
+            current[name] = None
     return current
-
-
-def write_atomic(path: Path, content: str, mode: int = 0o644) -> None:
-    """Write beside the target under a name nginx never includes, fsync, then rename over it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        _pause_for_tests()
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _pause_for_tests() -> None:
-    """Test hook: COMPANION_TEST_APPLY_PAUSE=<seconds> holds each write between temp file and rename,
-    so a fault-injection test can kill the companion in the middle of an apply."""
-    pause = os.environ.get("COMPANION_TEST_APPLY_PAUSE")
-    if pause:
-        time.sleep(float(pause))
 
 
 def _restore(conf_dir: Path, previous: Mapping[str, str | None]) -> None:

@@ -70,6 +70,16 @@ def make_lineage(
     return key
 
 
+def certbot_layout(certs_dir: Path, name: str) -> None:
+    """Move a lineage's files into archive/<name>/ and link them from live/<name>/, as certbot does."""
+    make_lineage(certs_dir, name, [name])
+    archive = certs_dir / "archive" / name
+    archive.mkdir(parents=True)
+    for pem in ("fullchain", "privkey"):
+        (certs_dir / "live" / name / f"{pem}.pem").rename(archive / f"{pem}1.pem")
+        (certs_dir / "live" / name / f"{pem}.pem").symlink_to(f"../../archive/{name}/{pem}1.pem")
+
+
 def request(name: str = "a.test", *domains: str) -> CertRequest:
     return CertRequest(name, domains or (name,), "")
 

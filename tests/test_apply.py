@@ -200,3 +200,24 @@ def test_disk_full_part_way_restores_written_files(rig: Rig, tmp_path: Path) -> 
         assert "cannot write" in result.error and "No space left on device" in result.error
         assert {p.name: p.read_bytes() for p in conf_dir.iterdir()} == before
         assert rig.reloads == 1
+
+
+def test_a_link_in_place_of_our_file_is_never_read_through_nor_restored(rig: Rig, tmp_path: Path) -> None:
+    """A refused nginx -t restores what was there: a planted link counts as absent, so its target's content
+    never lands in the conf dir; our file is removed again and the target is untouched."""
+    assert rig.apply(rig.files(BASE)).ok
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-" + os.urandom(8).hex())
+    (rig.conf_dir / MAIN_FILE).unlink()
+    (rig.conf_dir / MAIN_FILE).symlink_to(secret)
+    (rig.conf_dir / "broken.conf").write_text("this_is_not_a_directive on;\n")
+    result = rig.apply(rig.files(BASE))
+    assert not result.ok and "nginx rejected the new configuration" in result.error
+    assert not (rig.conf_dir / MAIN_FILE).exists() and not (rig.conf_dir / MAIN_FILE).is_symlink()
+    leaked = [p.name for p in rig.conf_dir.iterdir() if secret.read_text() in p.read_text()]
+    assert leaked == [] and secret.read_text().startswith("SECRET-")
+    # nginx accepts it again: the link's place now holds our regular file.
+    (rig.conf_dir / "broken.conf").unlink()
+    files = rig.files(BASE)
+    assert rig.apply(files).changed == (MAIN_FILE,)
+    assert not (rig.conf_dir / MAIN_FILE).is_symlink() and (rig.conf_dir / MAIN_FILE).read_text() == files[MAIN_FILE]
