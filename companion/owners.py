@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .nginx import write_atomic
+from .safefiles import read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,7 @@ def load(certs_dir: Path) -> dict[str, Claim]:
     """The remembered claims; an unreadable or malformed file is reported and ignored, never fatal."""
     path = certs_dir / OWNERS_FILE
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-        if len(data) > MAX_BYTES:
-            raise ValueError(f"larger than {MAX_BYTES} bytes")
-        raw = json.loads(data)
+        raw = json.loads(read_regular(path, MAX_BYTES))
         return {
             host: Claim(str(entry["container"]), float(entry["seen"]))
             for host, entry in raw.items()
@@ -71,7 +67,7 @@ def save(certs_dir: Path, claims: Mapping[str, Claim]) -> None:
     path = certs_dir / OWNERS_FILE
     content = {host: {"container": c.container, "seen": round(c.seen, 3)} for host, c in sorted(claims.items())}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        real_dir(certs_dir, "companion")
         write_atomic(path, json.dumps(content, indent=1) + "\n", mode=0o600)
     except OSError as exc:
         log.error("cannot save %s: %s", path, exc)

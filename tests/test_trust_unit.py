@@ -367,3 +367,10 @@ def test_owners_file_round_trips_and_a_broken_one_is_ignored(tmp_path: Path) -> 
     for broken in ("[1, 2]", '{"a.com": "web"}', '{"a.com": {"container": 1, "seen": 2}}', "{", ""):
         (tmp_path / owners.OWNERS_FILE).write_text(broken)
         assert owners.load(tmp_path) == {}
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"a.com": {"container": "evil", "seen": 1}}')
+    (tmp_path / owners.OWNERS_FILE).unlink()
+    (tmp_path / owners.OWNERS_FILE).symlink_to(secret)
+    assert owners.load(tmp_path) == {}  # never read through a link
+    owners.save(tmp_path, claims)
+    assert not (tmp_path / owners.OWNERS_FILE).is_symlink() and "evil" in secret.read_text()
