@@ -15,7 +15,7 @@ from pathlib import Path
 
 import docker
 
-from .appimage import CMD, _rootfs_tar, ensure_app_image, ensure_busybox
+from .appimage import CMD, RECIPE_LABEL, _rootfs_tar, ensure_app_image, ensure_busybox
 
 DERIVED_REPO = "companion-test-derived"
 DERIVED_LABEL = "companion.test.derived"
@@ -45,7 +45,7 @@ def derived_image(
         "labels": dict(labels or {}),
         "env": dict(env or {}),
         "expose": list(expose) if expose is not None else None,
-        "schema": 1,
+        "schema": 2,
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     tag = f"{DERIVED_REPO}:{digest}"
@@ -58,6 +58,9 @@ def derived_image(
     lines += [f"ENV {k}={_quoted(v)}" for k, v in sorted((env or {}).items())]
     lines.append(f"LABEL {DERIVED_LABEL}={digest}")
     if expose is None:
+        # Blank the inherited recipe label: ensure_app_image finds companion-test-app by that label, and
+        # must never take (and tag as the app image) one of these.
+        lines.append(f'LABEL {RECIPE_LABEL}=""')
         dockerfile = "\n".join([f"FROM {base}", *lines]) + "\n"
         client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, forcerm=True, pull=False)
     else:
@@ -67,6 +70,6 @@ def derived_image(
             _rootfs_tar(ensure_busybox().read_bytes(), tar_path)
             client.api.import_image(src=str(tar_path), repository=DERIVED_REPO, tag=digest, changes=changes)
     image = client.images.get(tag)  # raises when the build did not produce it
-    config = image.attrs["Config"]
-    assert (config.get("Labels") or {}).get(DERIVED_LABEL) == digest, config
+    image_labels = image.attrs["Config"].get("Labels") or {}
+    assert image_labels.get(DERIVED_LABEL) == digest and not image_labels.get(RECIPE_LABEL), image_labels
     return tag
