@@ -59,7 +59,7 @@ def synthetic(sites: int) -> tuple[list[ContainerInfo], list[str]]:
                 labels=labels,
                 env=env,
                 networks={"bridge": address},
-                exposed_ports=(80,),
+                exposed_ports=("80/tcp",),
             )
         )
         i += 1

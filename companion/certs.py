@@ -37,7 +37,14 @@ class CertStatus:
 
     def files(self, certs_dir: Path) -> CertFiles:
         live = certs_dir / "live" / self.name
-        return CertFiles(str(live / "fullchain.pem"), str(live / "privkey.pem"), self.ocsp, self.serial)
+        return CertFiles(
+            str(live / "fullchain.pem"),
+            str(live / "privkey.pem"),
+            self.ocsp,
+            self.serial,
+            domains=self.domains,
+            not_after=self.not_after.timestamp() if self.not_after else 0.0,
+        )
 
     def remaining(self, now: dt.datetime) -> dt.timedelta:
         assert self.not_after is not None

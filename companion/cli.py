@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def edge_for(settings: config.Settings) -> DockerEdge:
+    return DockerEdge(settings.nginx_container, settings.conf_dir, settings.image_trust)
+
+
 def make_control(settings: config.Settings, edge: DockerEdge | None) -> NginxControl:
     return NginxControl(
         settings.nginx_test,
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
-        edge = DockerEdge(settings.nginx_container)
+        edge = edge_for(settings)
         snapshot = edge.snapshot()
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
@@ -101,7 +105,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    edge = wait_for_daemon(lambda: DockerEdge(settings.nginx_container), stop)
+    edge = wait_for_daemon(lambda: edge_for(settings), stop)
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)

@@ -9,6 +9,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from .trust import ImageTrust, OwnerRule, parse_owner_rules
+
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
@@ -31,6 +33,8 @@ class Settings:
     renew_before_days: float = 0.0  # 0 = when a third of the lifetime is left
     acme_retry_base: float = 300.0
     allowed_domains: tuple[str, ...] = ()
+    image_trust: ImageTrust = ImageTrust.ROUTING
+    domain_owners: tuple[OwnerRule, ...] = ()
     self_check: bool = True
     heartbeat_file: str = "/tmp/companion.heartbeat"
     log_level: str = "INFO"
@@ -69,6 +73,18 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ),
     ("--acme-retry-base", "ACME_RETRY_BASE", "acme_retry_base", "seconds before the first retry of a failed order"),
     ("--allowed-domains", "ALLOWED_DOMAINS", "allowed_domains", "comma list of glob patterns names must match"),
+    (
+        "--trust-image-labels",
+        "TRUST_IMAGE_LABELS",
+        "image_trust",
+        "what a container's image may set: 'routing' (only VIRTUAL_HOST/PORT/PROTO/PATH/DEST), 'all' or 'none'",
+    ),
+    (
+        "--domain-owners",
+        "DOMAIN_OWNERS",
+        "domain_owners",
+        "comma list of PATTERN=project:NAME or PATTERN=label:KEY=VALUE: only those containers may claim the names",
+    ),
     ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
     ("--heartbeat-file", "HEARTBEAT_FILE", "heartbeat_file", "touched by every loop pass, read by 'check'"),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
@@ -102,7 +118,15 @@ def _convert(name: str, raw: str) -> object:
             return raw.strip().lower() in _TRUE
         if kind == "tuple[str, ...]":
             return tuple(p.strip().lower() for p in raw.split(",") if p.strip())
-    except ValueError:
+        if kind == "ImageTrust":
+            return ImageTrust(raw.strip().lower())
+        if kind == "tuple[OwnerRule, ...]":
+            return parse_owner_rules(raw)
+    except ValueError as exc:
+        if kind == "ImageTrust":
+            raise SettingsError(f"{name}: {raw!r} must be one of routing, all, none") from None
+        if kind == "tuple[OwnerRule, ...]":
+            raise SettingsError(f"{name}: {exc}") from None
         raise SettingsError(f"{name}: {raw!r} is not a valid {kind}") from None
     return raw
 

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import certs, plan
+from . import certs, owners, plan
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot
-from .model import CertRequest
+from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
 from .render import RenderOptions, render
+from .trust import NGINX_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,10 @@ FIRST_QUIET, FIRST_MAX = 0.02, 0.1
 BURST_QUIET, BURST_FIRST_MAX, BURST_GROWTH, BURST_MAX_CAP = 0.5, 4.0, 4.0, 30.0
 HEARTBEAT_EVERY = 30.0
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
-NO_NGINX = "no nginx container found (label com.github.nginx-proxy.nginx or NGINX_PROXY_CONTAINER); waiting"
+NO_NGINX = (
+    "no nginx container found (the label com.github.nginx-proxy.nginx on a container that mounts the conf dir, "
+    "or NGINX_PROXY_CONTAINER); waiting"
+)
 
 
 class CertificateManager(Protocol):
@@ -91,6 +95,13 @@ class Controller:
         self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
         self.debouncer = Debouncer()
         self._nginx_address = "127.0.0.1"
+        self.policy = Policy(
+            default_email=settings.default_email,
+            allowed_domains=settings.allowed_domains,
+            image_trust=settings.image_trust,
+            owners=settings.domain_owners,
+        )
+        self.owners = owners.load(self.certs_dir)
 
     def self_check_url(self) -> str:
         """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
@@ -115,8 +126,8 @@ class Controller:
             certs.usable(statuses, self.certs_dir),
             placeholder,
             nginx_networks=nginx_networks,
-            default_email=self.settings.default_email,
-            allowed_domains=self.settings.allowed_domains,
+            policy=self.policy,
+            owners=self.owners,
         )
         return desired, statuses
 
@@ -159,8 +170,14 @@ class Controller:
         )
         if self.settings.docker_mode and addresses:
             self._nginx_address = addresses[0][2]
+        impostors = set()
+        if self.settings.docker_mode:
+            impostors = {
+                f"container {info.name}: has the label {NGINX_LABEL} but {reason}; not used as nginx"
+                for info, reason in snapshot.impostors
+            }
         if self.settings.docker_mode and not snapshot.nginx:
-            self._report(self._reported | {NO_NGINX})
+            self._report(self._reported | {NO_NGINX} | impostors)
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
         desired, statuses = self.desired_state(snapshot)
@@ -176,10 +193,13 @@ class Controller:
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
             log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
-        problems = set(desired.problems) | cert_problems
+        problems = set(desired.problems) | cert_problems | impostors
         if result.error:
             problems.add(result.error)
         self._report(problems)
+        if result.ok and dict(desired.owners) != self.owners:
+            self.owners = dict(desired.owners)
+            owners.save(self.certs_dir, self.owners)
         if self.acme is not None and result.ok:
             self.acme.update(desired.certificates, statuses)
         return PassReport(result=result)

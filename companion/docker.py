@@ -1,7 +1,7 @@
 """Docker edge: snapshots of running containers, the event stream with reconnect, exec and signals.
 
 The only Docker API calls the companion makes (README lists them for socket proxies):
-GET /_ping, GET /version, GET /containers/json, GET /containers/{id}/json, GET /events,
+GET /_ping, GET /version, GET /containers/json, GET /containers/{id}/json, GET /images/{id}/json, GET /events,
 POST /containers/{id}/exec + POST /exec/{id}/start + GET /exec/{id}/json (nginx -t, nginx -v),
 POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wait for the reload).
 """
@@ -20,11 +20,12 @@ import docker.errors
 import docker.utils
 import requests.exceptions
 
+from . import trust
 from .model import ContainerInfo
+from .trust import NGINX_LABEL, ImageTrust
 
 log = logging.getLogger(__name__)
 
-NGINX_LABEL = "com.github.nginx-proxy.nginx"
 RELOAD_WAIT = 5.0  # seconds to wait for nginx to start new workers after SIGHUP
 WAKING_EVENTS = {
     "container": ["start", "stop", "die", "destroy", "health_status", "pause", "unpause"],
@@ -36,24 +37,46 @@ DockerUnavailable = (docker.errors.DockerException, requests.exceptions.RequestE
 @dataclass(frozen=True)
 class Snapshot:
     containers: tuple[ContainerInfo, ...]
-    nginx: tuple[ContainerInfo, ...]  # the nginx container(s), found by label or name
+    nginx: tuple[ContainerInfo, ...]  # the nginx container(s): by name, or by label and the shared conf dir
     own_networks: tuple[str, ...] = ()  # the companion's own networks when it runs in a container
+    # containers carrying the nginx label that do not qualify, with the reason; routed like any other
+    impostors: tuple[tuple[ContainerInfo, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What inspecting a container tells us once for its lifetime."""
+
+    env: dict[str, str]
+    ports: tuple[str, ...]
+    image_labels: frozenset[str]
+    image_env: frozenset[str]
 
 
 class DockerEdge:
     """Everything the companion asks of the Docker daemon, through docker-py's low-level client."""
 
-    def __init__(self, nginx_name: str = "", timeout: int = 10) -> None:
+    def __init__(
+        self,
+        nginx_name: str = "",
+        conf_dir: str = "/etc/nginx/conf.d",
+        image_trust: ImageTrust = ImageTrust.ROUTING,
+        timeout: int = 10,
+    ) -> None:
         self.api = _client(timeout)
         self.nginx_name = nginx_name.lstrip("/")
-        self._inspected: dict[str, tuple[dict[str, str], tuple[int, ...]]] = {}
+        self.conf_dir = conf_dir
+        self.image_trust = image_trust
+        self._inspected: dict[str, _Facts] = {}
+        self._images: dict[str, tuple[dict[str, str], dict[str, str]]] = {}
         self.self_id = _own_container_id()
 
     def ping(self) -> None:
         self.api.ping()
 
     def snapshot(self) -> Snapshot:
-        """List running containers afresh; env and exposed ports come from a per-id inspect cache."""
+        """List running containers afresh; env, exposed ports and what came from the image are cached
+        per container id (fixed for its lifetime), image configs per image id."""
         listed = self.api.containers(filters={"status": "running"})
         seen = set()
         infos = []
@@ -62,22 +85,71 @@ class DockerEdge:
             seen.add(cid)
             if cid not in self._inspected:
                 try:
-                    self._inspected[cid] = _static_facts(self.api.inspect_container(cid))
+                    self._inspected[cid] = self._facts(self.api.inspect_container(cid))
                 except docker.errors.NotFound:
                     continue
-            env, ports = self._inspected[cid]
-            infos.append(_info(item, env, ports))
+            infos.append(_info(item, self._inspected[cid]))
         for gone in set(self._inspected) - seen:
             del self._inspected[gone]
-        nginx = tuple(i for i in infos if self._is_nginx(i))
-        own = [i for i in infos if self.self_id and i.id.startswith(self.self_id)]
-        others = tuple(i for i in infos if i not in nginx and i not in own)
-        return Snapshot(containers=others, nginx=nginx, own_networks=tuple(n for i in own for n in i.networks))
+        used = {item.get("ImageID") for item in listed}
+        for image in set(self._images) - used:
+            del self._images[image]
+        own = next((i for i in infos if self.self_id and i.id.startswith(self.self_id)), None)
+        nginx, impostors = self._nginx_among([i for i in infos if i is not own], own)
+        others = tuple(i for i in infos if i is not own and i not in nginx)
+        return Snapshot(
+            containers=others,
+            nginx=nginx,
+            own_networks=tuple(own.networks) if own else (),
+            impostors=impostors,
+        )
 
-    def _is_nginx(self, info: ContainerInfo) -> bool:
+    def _nginx_among(
+        self, infos: list[ContainerInfo], own: ContainerInfo | None
+    ) -> tuple[tuple[ContainerInfo, ...], tuple[tuple[ContainerInfo, str], ...]]:
+        """nginx is the container NGINX_PROXY_CONTAINER names, else every container that carries the label
+        and mounts our conf dir; labelled containers that do not qualify come back with the reason."""
         if self.nginx_name:
-            return info.name == self.nginx_name or info.id.startswith(self.nginx_name)
-        return NGINX_LABEL in info.labels
+            named = tuple(i for i in infos if i.name == self.nginx_name or i.id.startswith(self.nginx_name))
+            return named, ()
+        if self.self_id and own is None:
+            source = None  # we run in a container we cannot see: no mount to compare with
+        else:
+            source = trust.conf_dir_source(self.conf_dir if own else os.path.realpath(self.conf_dir), own)
+        nginx, impostors = [], []
+        for info in infos:
+            if NGINX_LABEL not in info.labels:
+                continue
+            reason = trust.nginx_verdict(info, source, self.image_trust)
+            if reason:
+                impostors.append((info, reason))
+            else:
+                nginx.append(info)
+        return tuple(nginx), tuple(impostors)
+
+    def _facts(self, inspect: dict) -> _Facts:
+        """Environment, exposed ports, and which labels and variables the image set rather than the container."""
+        config = inspect.get("Config") or {}
+        env = _env_dict(config.get("Env"))
+        image_labels: dict[str, str] = {}
+        image_env: dict[str, str] = {}
+        image_id = inspect.get("Image") or ""
+        if image_id:
+            if image_id not in self._images:
+                try:
+                    image_config = self.api.inspect_image(image_id).get("Config") or {}
+                except docker.errors.NotFound:
+                    image_config = {}  # the image is gone (rmi -f): nothing can be told apart
+                self._images[image_id] = (image_config.get("Labels") or {}, _env_dict(image_config.get("Env")))
+            image_labels, image_env = self._images[image_id]
+        labels = config.get("Labels") or {}
+        return _Facts(
+            env=env,
+            ports=tuple(sorted(config.get("ExposedPorts") or {})),
+            # The same value on container and image is the image's: the container did not change it.
+            image_labels=frozenset(k for k, v in labels.items() if image_labels.get(k) == v),
+            image_env=frozenset(k for k, v in env.items() if image_env.get(k) == v),
+        )
 
     def exec(self, container_id: str, cmd: list[str]) -> tuple[int, str]:
         """Run a command in a container; return its exit code and combined output."""
@@ -167,19 +239,16 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
-def _static_facts(inspect: dict) -> tuple[dict[str, str], tuple[int, ...]]:
-    """Environment and exposed TCP ports: fixed for a container's lifetime, so cached by id."""
-    config = inspect.get("Config") or {}
+def _env_dict(entries: list[str] | None) -> dict[str, str]:
     env = {}
-    for entry in config.get("Env") or []:
+    for entry in entries or []:
         key, sep, value = entry.partition("=")
         if sep:
             env[key] = value
-    ports = sorted(int(spec.split("/")[0]) for spec in (config.get("ExposedPorts") or {}) if spec.endswith("/tcp"))
-    return env, tuple(ports)
+    return env
 
 
-def _info(item: dict, env: dict[str, str], ports: tuple[int, ...]) -> ContainerInfo:
+def _info(item: dict, facts: _Facts) -> ContainerInfo:
     networks = {
         name: net.get("IPAddress") or ""
         for name, net in ((item.get("NetworkSettings") or {}).get("Networks") or {}).items()
@@ -190,10 +259,13 @@ def _info(item: dict, env: dict[str, str], ports: tuple[int, ...]) -> ContainerI
         id=item["Id"],
         name=(item.get("Names") or ["/" + item["Id"][:12]])[0].lstrip("/"),
         labels=item.get("Labels") or {},
-        env=env,
+        env=facts.env,
         networks=networks,
-        exposed_ports=ports,
+        exposed_ports=facts.ports,
         health=health,
+        image_labels=facts.image_labels,
+        image_env=facts.image_env,
+        mounts=tuple((m.get("Source") or "", m.get("Destination") or "") for m in item.get("Mounts") or []),
     )
 
 

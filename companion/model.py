@@ -16,9 +16,14 @@ from typing import TypeVar
 
 import idna
 
+from . import trust
+
 MAX_HOSTNAME = 253
 MAX_LABEL = 63
 MAX_PATH = 512
+# One container's labels must not be able to make every pass (or nginx -t) slow for everyone.
+MAX_HOSTS = 100
+MAX_VALUE_BYTES = 32 * 1024
 # Patterns end in \Z, not $: "$" also matches before a final "\n", which let "a\n.com" through.
 _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # RFC 3986 unreserved characters plus "/" and "%XX" escapes: nothing nginx treats as syntax.
@@ -71,8 +76,21 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     networks: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
-    exposed_ports: tuple[int, ...] = ()
+    exposed_ports: tuple[str, ...] = ()  # ExposedPorts keys as Docker reports them: "80/tcp", "81", "53/udp"
     health: str = ""
+    image_labels: frozenset[str] = frozenset()  # label keys whose value the image set, not the container
+    image_env: frozenset[str] = frozenset()  # environment names whose value the image set
+    mounts: tuple[tuple[str, str], ...] = ()  # (source on the Docker host, destination) per mount
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The operator's rules every container is parsed under."""
+
+    default_email: str = ""
+    allowed_domains: tuple[str, ...] = ()
+    image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING
+    owners: tuple[trust.OwnerRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,17 +182,14 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
 
 
 def parse_host_list(value: str, *, wildcard: bool = True) -> tuple[str, ...]:
-    """Parse a comma list of hostnames, dropping duplicates but keeping order."""
-    hosts: list[str] = []
-    for part in value.split(","):
-        if not part.strip():
-            continue
-        host = parse_hostname(part, wildcard=wildcard)
-        if host not in hosts:
-            hosts.append(host)
+    """Parse a comma list of at most MAX_HOSTS hostnames, dropping duplicates but keeping order."""
+    parts = [part for part in value.split(",") if part.strip()]
+    if len(parts) > MAX_HOSTS:
+        raise InvalidValue(f"more than {MAX_HOSTS} host names")
+    hosts = tuple(dict.fromkeys(parse_hostname(part, wildcard=wildcard) for part in parts))
     if not hosts:
         raise InvalidValue("no hostname given")
-    return tuple(hosts)
+    return hosts
 
 
 def parse_port(value: str) -> int:
@@ -236,21 +251,40 @@ def domain_allowed(host: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
 
 
-def settings_of(info: ContainerInfo) -> dict[str, str]:
-    """The companion's variables for one container: environment first, labels win."""
-    values = {name: info.env[name] for name in VARIABLES if name in info.env}
-    values.update({name: info.labels[name] for name in VARIABLES if name in info.labels})
+def settings_of(info: ContainerInfo, image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING) -> dict[str, str]:
+    """The companion's variables for one container that count: environment first, labels win; a value
+    the image set counts only where `image_trust` lets it."""
+    values = {
+        name: info.env[name] for name in VARIABLES if name in info.env and _counts(name, info.image_env, image_trust)
+    }
+    values.update(
+        {
+            name: info.labels[name]
+            for name in VARIABLES
+            if name in info.labels and _counts(name, info.image_labels, image_trust)
+        }
+    )
     return values
 
 
-def parse_site(
-    info: ContainerInfo,
-    *,
-    default_email: str = "",
-    allowed_domains: Sequence[str] = (),
-) -> Site | Rejection | None:
+def ignored_from_image(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[str, ...]:
+    """Variables the image sets that do not count and that the container does not set itself."""
+    counted = settings_of(info, image_trust)
+    inherited = {name for name in VARIABLES if name in info.image_labels or name in info.image_env}
+    return tuple(sorted(name for name in inherited if name not in counted))
+
+
+def _counts(name: str, inherited: frozenset[str], image_trust: trust.ImageTrust) -> bool:
+    return name not in inherited or trust.image_may_set(name, image_trust)
+
+
+DEFAULT_POLICY = Policy()
+
+
+def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | Rejection | None:
     """Turn one container into a validated Site, a Rejection, or None when it asks for nothing."""
-    values = settings_of(info)
+    values = settings_of(info, policy.image_trust)
+    allowed_domains = policy.allowed_domains
     if "VIRTUAL_HOST" not in values and "LETSENCRYPT_HOST" not in values:
         return None
     if "VIRTUAL_HOST" not in values:
@@ -260,12 +294,20 @@ def parse_site(
     def get(name: str) -> str:
         nonlocal current
         current = name
-        return values.get(name, "")
+        value = values.get(name, "")
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+            raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
+        return value
 
     try:
         hosts = parse_host_list(get("VIRTUAL_HOST"))
         _check_allowed(hosts, allowed_domains)
-        port = parse_port(get("VIRTUAL_PORT")) if get("VIRTUAL_PORT") else _default_port(info)
+        _check_owner(info, hosts, policy.owners)
+        if get("VIRTUAL_PORT"):
+            port = parse_port(get("VIRTUAL_PORT"))
+        else:
+            current = "EXPOSE"
+            port = _default_port(info)
         proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
         path = parse_path(get("VIRTUAL_PATH") or "/")
         if path.startswith(ACME_PATH):
@@ -274,6 +316,10 @@ def parse_site(
         method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
+        if cert_name:
+            # A certificate name is a name too: it may not point outside what the operator allows.
+            _check_allowed((cert_name.lower(),), allowed_domains)
+            _check_owner(info, (cert_name.lower(),), policy.owners)
         cert = None
         if get("LETSENCRYPT_HOST"):
             domains = parse_host_list(get("LETSENCRYPT_HOST"), wildcard=False)
@@ -283,10 +329,11 @@ def parse_site(
             outside = [d for d in domains if d not in hosts]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
-            email = parse_email(get("LETSENCRYPT_EMAIL")) if get("LETSENCRYPT_EMAIL") else default_email
+            email = parse_email(get("LETSENCRYPT_EMAIL")) if get("LETSENCRYPT_EMAIL") else policy.default_email
             cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email)
     except InvalidValue as exc:
-        return Rejection(info.name, current, values.get(current, ""), str(exc))
+        shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
+        return Rejection(info.name, current, shown, str(exc))
     return Site(
         container=info.name,
         hosts=hosts,
@@ -307,6 +354,17 @@ def _check_allowed(hosts: Sequence[str], allowed_domains: Sequence[str]) -> None
             raise InvalidValue(f"{host} is not in the allowed domains ({', '.join(allowed_domains)})")
 
 
+def _check_owner(info: ContainerInfo, names: Sequence[str], rules: Sequence[trust.OwnerRule]) -> None:
+    for name in names:
+        rule = trust.owner_of(name, rules)
+        if rule is not None and not rule.satisfied_by(info):
+            raise InvalidValue(f"{name} belongs to {rule.owner} (DOMAIN_OWNERS)")
+
+
 def _default_port(info: ContainerInfo) -> int:
-    """The single exposed port, else 80, as nginx-proxy does."""
-    return info.exposed_ports[0] if len(info.exposed_ports) == 1 else 80
+    """The single exposed TCP port (validated like VIRTUAL_PORT: it comes from the image), else 80, as
+    nginx-proxy does. A bare key ("81", as compose sends `expose:`) is TCP, as the Engine treats it."""
+    tcp = [spec for spec in info.exposed_ports if spec.partition("/")[2] in ("", "tcp")]
+    if len(tcp) != 1:
+        return 80
+    return parse_port(tcp[0].partition("/")[0])

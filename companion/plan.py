@@ -1,18 +1,34 @@
 """Desired state: from validated sites to server blocks, upstreams and certificate requests (pure).
 
-Conflict rule (documented in README): when several containers claim the same host, the one whose
-container name sorts first decides the host's settings (HTTPS_METHOD, HSTS, certificate) and, per
+Conflict rule (documented in README): when several containers claim the same host, the container
+that already decided for the host keeps deciding (remembered by name, see `owners`), else the one
+whose name sorts first; it decides the host's settings (HTTPS_METHOD, HSTS, certificate) and, per
 path, VIRTUAL_PROTO and VIRTUAL_DEST; every container still joins the upstream as a backend. A
 warning names the containers whose settings were overruled.
+
+Certificates belong to names: a lineage is presented only for hosts its names cover, and an order
+never rewrites a lineage that holds names the request does not (it gets a lineage of its own).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .model import CertRequest, ContainerInfo, HttpsMethod, Proto, Rejection, Site, parse_site
+from .model import (
+    DEFAULT_POLICY,
+    CertRequest,
+    ContainerInfo,
+    HttpsMethod,
+    Policy,
+    Proto,
+    Rejection,
+    Site,
+    ignored_from_image,
+    parse_site,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +43,8 @@ class CertFiles:
     privkey: str
     ocsp: bool = False
     serial: str = ""
+    domains: tuple[str, ...] = ()  # the names the certificate is valid for
+    not_after: float = 0.0  # unix time; the fresher of two covering certificates wins
 
 
 @dataclass(frozen=True)
@@ -68,6 +86,7 @@ class Desired:
     upstreams: tuple[Upstream, ...]
     certificates: tuple[CertRequest, ...]
     problems: tuple[str, ...] = field(default=())
+    owners: tuple[tuple[str, str], ...] = ()  # (host, container that decides for it), sorted
 
     @property
     def longest_name(self) -> int:
@@ -75,9 +94,24 @@ class Desired:
 
 
 def upstream_name(host: str, path: str) -> str:
-    """A stable upstream name; the path is hashed so it never needs escaping."""
-    suffix = "" if path == "/" else "-" + hashlib.sha1(path.encode()).hexdigest()[:10]
-    return "companion-" + host.replace("*", "_wildcard_") + suffix
+    """A stable upstream name that no other (host, path) can produce.
+
+    The path's hash is always there and always 16 hex digits, so the name splits back into exactly one
+    host and hash: a host that ends in "-<hash>" cannot pose as another host's path. "_" never occurs
+    in a valid host name, so the wildcard's stand-in cannot collide either.
+    """
+    return f"companion-{host.replace('*', '_wildcard_')}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+
+def covers(names: Sequence[str], host: str) -> bool:
+    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
+    if host in names:
+        return True
+    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
+
+
+def lineage_digest(domains: Sequence[str]) -> str:
+    return hashlib.sha256(",".join(sorted(domains)).encode()).hexdigest()[:8]
 
 
 def pick_address(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str | None:
@@ -94,14 +128,24 @@ def build(
     placeholder: CertFiles,
     *,
     nginx_networks: Sequence[str] | None = None,
-    default_email: str = "",
-    allowed_domains: Sequence[str] = (),
+    policy: Policy = DEFAULT_POLICY,
+    owners: Mapping[str, str] | None = None,
 ) -> Desired:
-    """Compute the whole desired state from a snapshot of containers and the certificates on disk."""
+    """Compute the whole desired state from a snapshot of containers and the certificates on disk.
+
+    `certs` are the usable lineages by name; `owners` the containers that decided for each host
+    before (by name), so that a newcomer cannot take over a host's settings.
+    """
     problems: list[str] = []
     located: list[tuple[Site, str]] = []
     for info in sorted(containers, key=lambda c: (c.name, c.id)):
-        site = parse_site(info, default_email=default_email, allowed_domains=allowed_domains)
+        ignored = ignored_from_image(info, policy.image_trust)
+        if ignored:
+            problems.append(
+                f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
+                f"set them on the container, or TRUST_IMAGE_LABELS=all"
+            )
+        site = parse_site(info, policy)
         if site is None:
             continue
         if isinstance(site, Rejection):
@@ -119,10 +163,15 @@ def build(
 
     servers: list[Server] = []
     upstreams: dict[str, Upstream] = {}
-    requests: dict[str, CertRequest] = {}
+    index = _cert_index(certs)
+    decided: dict[str, str] = {}
     for host, claims in _by_host(located).items():
+        before = (owners or {}).get(host)
+        claims.sort(key=lambda claim: claim[0].container != before)  # stable: otherwise by name
         owner = claims[0][0]
-        _warn_conflicts(host, claims, problems)
+        decided[host] = owner.container
+        why = "it served the host first" if owner.container == before else "first by name"
+        _warn_conflicts(host, claims, problems, why)
         locations = []
         for path, path_claims in _by_path(claims).items():
             first = path_claims[0][0]
@@ -130,12 +179,11 @@ def build(
             backends = tuple(sorted({(address, site.port) for site, address in path_claims}))
             upstreams[name] = Upstream(name, backends)
             locations.append(Location(path, name, first.proto, first.dest))
-        cert_name = owner.cert_name or (owner.cert.name if owner.cert else host)
-        cert = certs.get(cert_name)
+        cert = None
+        if owner.https_method is not HttpsMethod.NOHTTPS:
+            cert = _select_cert(host, owner, certs, index, problems)
         wants_tls = owner.cert is not None or bool(owner.cert_name)
         is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
-        if owner.https_method is HttpsMethod.NOHTTPS:
-            cert = None
         servers.append(
             Server(
                 host=host,
@@ -146,15 +194,74 @@ def build(
                 placeholder=is_placeholder,
             )
         )
-    for site, _ in located:
-        if site.cert is not None:
-            _add_request(requests, site, problems)
+    requests = _requests([site for site, _ in located], certs, problems)
     return Desired(
         servers=tuple(servers),
         upstreams=tuple(upstreams[k] for k in sorted(upstreams)),
         certificates=tuple(requests[k] for k in sorted(requests)),
         problems=tuple(problems),
+        owners=tuple(sorted(decided.items())),
     )
+
+
+def _cert_index(certs: Mapping[str, CertFiles]) -> dict[str, list[CertFiles]]:
+    """Lineages by each name they hold, the freshest first, so choosing one per host costs a lookup."""
+    index: dict[str, list[CertFiles]] = {}
+    for name in sorted(certs):
+        for domain in certs[name].domains:
+            index.setdefault(domain, []).append(certs[name])
+    for found in index.values():
+        found.sort(key=lambda files: -files.not_after)
+    return index
+
+
+def _select_cert(
+    host: str, site: Site, certs: Mapping[str, CertFiles], index: Mapping[str, list[CertFiles]], problems: list[str]
+) -> CertFiles | None:
+    """CERT_NAME's lineage when it covers the host, else the freshest lineage naming the host, else a
+    covering wildcard; never a certificate that is not valid for the host."""
+    if site.cert_name and site.cert_name in certs:
+        named = certs[site.cert_name]
+        if covers(named.domains, host):
+            return named
+        problems.append(
+            f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
+            f"does not cover {host}; not presented for it"
+        )
+    exact = index.get(host)
+    if exact:
+        return exact[0]
+    if host.startswith("*.") or "." not in host:
+        return None
+    wildcard = index.get("*." + host.split(".", 1)[1])
+    return wildcard[0] if wildcard else None
+
+
+def _requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[str]) -> dict[str, CertRequest]:
+    """Certificate orders by lineage name. A request takes its own name (CERT_NAME or its first host)
+    unless that lineage holds names the request lacks, or another request took it: then
+    `<name>-<digest of its names>`. Requests named after one of their own hosts choose first."""
+    wanted = sorted(
+        ((site, site.cert) for site in sites if site.cert is not None),
+        key=lambda pair: pair[1].name not in pair[1].domains,
+    )
+    requests: dict[str, CertRequest] = {}
+    for site, request in wanted:
+        for name in (request.name, f"{request.name}-{lineage_digest(request.domains)}"):
+            taken = requests.get(name)
+            held = certs.get(name)
+            if taken is not None and taken.domains == request.domains:
+                break
+            if taken is None and (held is None or set(held.domains) <= set(request.domains)):
+                requests[name] = dataclasses.replace(request, name=name)
+                break
+        else:
+            problems.append(
+                f"container {site.container}: certificate {request.name} holds other names and "
+                f"{request.name}-{lineage_digest(request.domains)} is taken; nothing ordered for "
+                f"{', '.join(request.domains)}"
+            )
+    return requests
 
 
 def _by_host(located: list[tuple[Site, str]]) -> dict[str, list[tuple[Site, str]]]:
@@ -172,7 +279,7 @@ def _by_path(claims: list[tuple[Site, str]]) -> dict[str, list[tuple[Site, str]]
     return grouped
 
 
-def _warn_conflicts(host: str, claims: list[tuple[Site, str]], problems: list[str]) -> None:
+def _warn_conflicts(host: str, claims: list[tuple[Site, str]], problems: list[str], why: str) -> None:
     owner = claims[0][0]
     for site, _ in claims[1:]:
         differs = [
@@ -197,17 +304,5 @@ def _warn_conflicts(host: str, claims: list[tuple[Site, str]], problems: list[st
         if differs:
             problems.append(
                 f"host {host}: containers {owner.container} and {site.container} disagree on "
-                f"{', '.join(differs)}; using {owner.container}'s (first by name)"
+                f"{', '.join(differs)}; using {owner.container}'s ({why})"
             )
-
-
-def _add_request(requests: dict[str, CertRequest], site: Site, problems: list[str]) -> None:
-    assert site.cert is not None
-    known = requests.get(site.cert.name)
-    if known is None:
-        requests[site.cert.name] = site.cert
-    elif known.domains != site.cert.domains:
-        problems.append(
-            f"container {site.container}: certificate {site.cert.name} already requested for "
-            f"{', '.join(known.domains)}; its own names {', '.join(site.cert.domains)} are ignored"
-        )

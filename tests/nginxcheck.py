@@ -86,7 +86,7 @@ def self_signed(directory: Path, name: str = "companion.test", *, ocsp: bool = F
         )
         privkey.chmod(0o600)
         fullchain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return CertFiles(fullchain=str(fullchain), privkey=str(privkey), ocsp=ocsp)
+    return CertFiles(fullchain=str(fullchain), privkey=str(privkey), ocsp=ocsp, domains=(name,))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,7 @@ class Rig:
 
     def files(self, containers: list[ContainerInfo]) -> dict[str, str]:
         cert = self.layout.cert()
-        desired = plan.build(containers, {"blog.example.com": cert}, cert)
+        desired = plan.build(containers, {"blog.example.com": replace(cert, domains=("blog.example.com",))}, cert)
         return render(desired, self.layout.options())
 
     def apply(self, files: dict[str, str], conf_dir: Path | None = None) -> ApplyResult:

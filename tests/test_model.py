@@ -10,6 +10,7 @@ from companion.model import (
     ContainerInfo,
     HttpsMethod,
     InvalidValue,
+    Policy,
     Proto,
     Rejection,
     Site,
@@ -27,7 +28,7 @@ def info(labels: dict[str, str] | None = None, env: dict[str, str] | None = None
 
 
 def site_of(labels: dict[str, str], **kw: object) -> Site:
-    result = parse_site(info(labels), **kw)  # type: ignore[arg-type]
+    result = parse_site(info(labels), Policy(**kw))  # type: ignore[arg-type]
     assert isinstance(result, Site), result
     return result
 
@@ -407,8 +408,11 @@ def test_parse_site_env_only() -> None:
     assert result.cert is not None and result.cert.domains == ("env.example.com",)
 
 
-@pytest.mark.parametrize(("exposed", "port"), [((), 80), ((3000,), 3000), ((3000, 8080), 80)])
-def test_parse_site_default_port_from_exposed(exposed: tuple[int, ...], port: int) -> None:
+@pytest.mark.parametrize(
+    ("exposed", "port"),
+    [((), 80), (("3000/tcp",), 3000), (("3000/tcp", "8080/tcp"), 80), (("81",), 81), (("53/udp", "8080/tcp"), 8080)],
+)
+def test_parse_site_default_port_from_exposed(exposed: tuple[str, ...], port: int) -> None:
     result = parse_site(info({"VIRTUAL_HOST": "a.com"}, exposed_ports=exposed))
     assert isinstance(result, Site) and result.port == port
 
@@ -450,8 +454,9 @@ def test_parse_site_letsencrypt_host_without_virtual_host() -> None:
 
 
 def test_parse_site_allowed_domains() -> None:
-    assert isinstance(parse_site(info({"VIRTUAL_HOST": "a.example.com"}), allowed_domains=("*.example.com",)), Site)
-    result = parse_site(info({"VIRTUAL_HOST": "a.example.com,evil.org"}), allowed_domains=("*.example.com",))
+    policy = Policy(allowed_domains=("*.example.com",))
+    assert isinstance(parse_site(info({"VIRTUAL_HOST": "a.example.com"}), policy), Site)
+    result = parse_site(info({"VIRTUAL_HOST": "a.example.com,evil.org"}), policy)
     assert isinstance(result, Rejection)
     assert result.variable == "VIRTUAL_HOST" and "evil.org" in result.message
 

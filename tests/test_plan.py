@@ -8,11 +8,17 @@ import random
 import pytest
 
 from companion import plan
-from companion.model import CertRequest, ContainerInfo, HttpsMethod, Proto
+from companion.model import CertRequest, ContainerInfo, HttpsMethod, Policy, Proto
 from companion.plan import CertFiles, Location, Server, Upstream
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
-REAL = CertFiles("/certs/live/a.com/fullchain.pem", "/certs/live/a.com/privkey.pem", ocsp=True)
+REAL = CertFiles(
+    "/certs/live/a.com/fullchain.pem", "/certs/live/a.com/privkey.pem", ocsp=True, domains=("a.com", "b.com")
+)
+
+
+def U(host: str, path: str = "/") -> str:  # noqa: N802 - reads like the name it stands for
+    return plan.upstream_name(host, path)
 
 
 def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
@@ -30,13 +36,13 @@ def server(desired: plan.Desired, host: str) -> Server:
 
 def test_single_site() -> None:
     desired = build(c("web", VIRTUAL_HOST="a.com", VIRTUAL_PORT="3000"))
-    assert desired.upstreams == (Upstream("companion-a.com", (("10.0.0.2", 3000),)),)
+    assert desired.upstreams == (Upstream(U("a.com"), (("10.0.0.2", 3000),)),)
     assert desired.servers == (
         Server(
             host="a.com",
             https_method=HttpsMethod.REDIRECT,
             hsts="max-age=31536000",
-            locations=(Location("/", "companion-a.com", Proto.HTTP, ""),),
+            locations=(Location("/", U("a.com"), Proto.HTTP, ""),),
             cert=None,
             placeholder=False,
         ),
@@ -55,14 +61,14 @@ def test_two_containers_same_host_share_one_upstream() -> None:
         c("web2", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
         c("web1", ip="10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
     )
-    assert desired.upstreams == (Upstream("companion-a.com", (("10.0.0.2", 8080), ("10.0.0.3", 8080))),)
+    assert desired.upstreams == (Upstream(U("a.com"), (("10.0.0.2", 8080), ("10.0.0.3", 8080))),)
     assert len(desired.servers) == 1 and desired.problems == ()
 
 
 def test_multiple_hosts_per_container() -> None:
     desired = build(c("web", VIRTUAL_HOST="b.com,a.com"))
     assert [s.host for s in desired.servers] == ["a.com", "b.com"]
-    assert [u.name for u in desired.upstreams] == ["companion-a.com", "companion-b.com"]
+    assert [u.name for u in desired.upstreams] == [U("a.com"), U("b.com")]
 
 
 def test_different_paths_get_separate_locations_and_upstreams() -> None:
@@ -71,21 +77,21 @@ def test_different_paths_get_separate_locations_and_upstreams() -> None:
         c("front", ip="10.0.0.2", VIRTUAL_HOST="a.com"),
     )
     api = plan.upstream_name("a.com", "/api/")
-    assert api != "companion-a.com" and api.startswith("companion-a.com-")
+    assert api != U("a.com") and api.startswith("companion-a.com-")
     assert server(desired, "a.com").locations == (
-        Location("/", "companion-a.com", Proto.HTTP, ""),
+        Location("/", U("a.com"), Proto.HTTP, ""),
         Location("/api/", api, Proto.HTTPS, "/"),
     )
     assert {u.name: u.servers for u in desired.upstreams} == {
-        "companion-a.com": (("10.0.0.2", 80),),
+        U("a.com"): (("10.0.0.2", 80),),
         api: (("10.0.0.3", 80),),
     }
     assert desired.problems == ()
 
 
 def test_upstream_names_are_stable_and_safe() -> None:
-    assert plan.upstream_name("a.com", "/") == "companion-a.com"
-    assert plan.upstream_name("*.a.com", "/") == "companion-_wildcard_.a.com"
+    assert plan.upstream_name("a.com", "/") == "companion-a.com-8a5edab282632443"
+    assert plan.upstream_name("*.a.com", "/") == "companion-_wildcard_.a.com-8a5edab282632443"
     assert plan.upstream_name("a.com", "/x") == plan.upstream_name("a.com", "/x")
     assert plan.upstream_name("a.com", "/x") != plan.upstream_name("a.com", "/y")
     assert all(ch.isalnum() or ch in "-._" for ch in plan.upstream_name("*.a.com", "/a%7B~"))
@@ -98,7 +104,7 @@ def test_conflict_first_container_name_wins_and_warns() -> None:
     )
     s = server(desired, "a.com")
     assert s.https_method is HttpsMethod.REDIRECT and s.hsts == "max-age=31536000"
-    assert s.locations == (Location("/", "companion-a.com", Proto.HTTP, ""),)
+    assert s.locations == (Location("/", U("a.com"), Proto.HTTP, ""),)
     assert desired.upstreams[0].servers == (("10.0.0.2", 80), ("10.0.0.3", 80))
     (warning,) = desired.problems
     assert "alpha" in warning and "zeta" in warning and "a.com" in warning
@@ -130,8 +136,8 @@ def test_container_without_shared_network_is_left_out() -> None:
     )
     assert [s.host for s in desired.servers] == ["a.com", "b.com"]
     assert {u.name: u.servers for u in desired.upstreams} == {
-        "companion-a.com": (("10.0.0.3", 80),),
-        "companion-b.com": (("10.0.0.2", 80),),
+        U("a.com"): (("10.0.0.3", 80),),
+        U("b.com"): (("10.0.0.2", 80),),
     }
     (problem,) = desired.problems
     assert "lonely" in problem and "shared with nginx" in problem
@@ -190,17 +196,20 @@ def test_cert_name_selects_the_certificate() -> None:
 
 
 def test_default_email_fills_requests() -> None:
-    desired = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), default_email="ops@x.io")
+    desired = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), policy=Policy(default_email="ops@x.io"))
     assert desired.certificates[0].email == "ops@x.io"
 
 
-def test_same_certificate_requested_with_different_names_warns() -> None:
+def test_same_certificate_name_with_different_names_gets_a_lineage_of_its_own() -> None:
     desired = build(
         c("one", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com", CERT_NAME="shared"),
         c("two", VIRTUAL_HOST="b.com", LETSENCRYPT_HOST="b.com", CERT_NAME="shared"),
     )
-    assert desired.certificates == (CertRequest("shared", ("a.com",), ""),)
-    assert any("two" in p and "shared" in p for p in desired.problems)
+    assert desired.certificates == (
+        CertRequest("shared", ("a.com",), ""),
+        CertRequest(f"shared-{plan.lineage_digest(('b.com',))}", ("b.com",), ""),
+    )
+    assert desired.problems == ()
 
 
 @pytest.mark.parametrize(
@@ -243,7 +252,7 @@ def test_https_methods(
 def test_wildcard_host() -> None:
     desired = build(c("web", VIRTUAL_HOST="*.a.com"))
     assert desired.servers[0].host == "*.a.com"
-    assert desired.upstreams[0].name == "companion-_wildcard_.a.com"
+    assert desired.upstreams[0].name == U("*.a.com")
 
 
 def test_longest_name() -> None:
@@ -267,7 +276,7 @@ def _fleet() -> list[ContainerInfo]:
 @pytest.mark.parametrize("seed", range(8))
 def test_deterministic_regardless_of_input_order(seed: int) -> None:
     fleet = _fleet()
-    kw = {"certs": {"a.com": REAL}, "nginx_networks": ["proxy"], "default_email": "ops@x.io"}
+    kw = {"certs": {"a.com": REAL}, "nginx_networks": ["proxy"], "policy": Policy(default_email="ops@x.io")}
     expected = build(*fleet, **kw)  # type: ignore[arg-type]
     shuffled = fleet[:]
     random.Random(seed).shuffle(shuffled)

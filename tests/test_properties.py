@@ -8,7 +8,7 @@ values with hostile suffixes (so that many examples are accepted and the render 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -116,22 +116,10 @@ anything = st.dictionaries(
 labels_strategy = st.one_of(good_labels, one_bad, one_bad, anything)
 
 
-class SomeCerts(Mapping[str, CertFiles]):
+def some_certs(cert: CertFiles, sites: list[Site]) -> dict[str, CertFiles]:
     """Certificates "on disk" for every name of even length, so HTTPS and HTTP-only servers both occur."""
-
-    def __init__(self, cert: CertFiles) -> None:
-        self.cert = cert
-
-    def __getitem__(self, name: str) -> CertFiles:
-        if len(name) % 2:
-            raise KeyError(name)
-        return self.cert
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
+    hosts = {host for site in sites for host in site.hosts if len(host) % 2 == 0}
+    return {host: replace(cert, domains=(host,)) for host in sorted(hosts)}
 
 
 @pytest.fixture(scope="module")
@@ -223,13 +211,21 @@ def test_labels_are_rejected_or_render_a_valid_typed_config(
 ) -> None:
     cert, placeholder = layout.cert(), layout.cert(ocsp=True)
     hostile = ContainerInfo(
-        id="id-hostile", name="hostile", labels=labels, env=env, networks={"proxy": "10.0.0.3"}, exposed_ports=(8080,)
+        id="id-hostile",
+        name="hostile",
+        labels=labels,
+        env=env,
+        networks={"proxy": "10.0.0.3"},
+        exposed_ports=("8080/tcp",),
     )
     site = model.parse_site(hostile)
     if isinstance(site, Rejection):
         assert site.container == "hostile" and site.variable in model.VARIABLES
         assert "\n" not in site.message and "\r" not in site.message and "\x00" not in site.message
-    desired = plan.build([hostile, GOOD_CONTAINER], SomeCerts(cert), placeholder)
+    good = model.parse_site(GOOD_CONTAINER)
+    assert isinstance(good, Site)
+    certs = some_certs(cert, [good, site] if isinstance(site, Site) else [good])
+    desired = plan.build([hostile, GOOD_CONTAINER], certs, placeholder)
     files = render(desired, layout.options())
     text = files[MAIN_FILE]
     assert "good.example.org" in text  # one bad container never takes others down

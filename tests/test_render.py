@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,12 @@ def fleet() -> list[ContainerInfo]:
 
 
 def fleet_certs(real: CertFiles = REAL, ocsp: CertFiles = REAL_OCSP) -> dict[str, CertFiles]:
-    return {
-        name: real
-        for name in ("a.example.com", "b.example.com", "*.wild.example.com", "nr.example.com", "nh.example.com")
-    } | {"ns.example.com": real, "off.example.com": real, "shared": real, "o.example.com": ocsp}
+    """Lineages by name, each valid for the names it is named after (`shared` for both s1 and s2)."""
+    named = ("a.example.com", "b.example.com", "*.wild.example.com", "nr.example.com", "nh.example.com")
+    return {name: replace(real, domains=(name,)) for name in (*named, "ns.example.com", "off.example.com")} | {
+        "shared": replace(real, domains=("s1.example.com", "s2.example.com")),
+        "o.example.com": replace(ocsp, domains=("o.example.com",)),
+    }
 
 
 def render_fleet(options: RenderOptions = OPTIONS, containers: list[ContainerInfo] | None = None, **kw: object):  # noqa: ANN201
@@ -209,21 +212,21 @@ def test_locations_paths_and_dest() -> None:
     block = block_of(files[MAIN_FILE], "a.example.com", True)
     locations = {loc.args[0]: loc.find("proxy_pass")[0].args[0] for loc in block.find("location")}
     api = plan.upstream_name("a.example.com", "/api/")
-    assert locations == {"/": "http://companion-a.example.com", "/api/": f"http://{api}/v2/"}
+    assert locations == {"/": f"http://{plan.upstream_name('a.example.com', '/')}", "/api/": f"http://{api}/v2/"}
     b = block_of(files[MAIN_FILE], "b.example.com", True)
-    assert b.find("location")[0].find("proxy_pass")[0].args == ("https://companion-b.example.com",)
+    assert b.find("location")[0].find("proxy_pass")[0].args == (f"https://{plan.upstream_name('b.example.com', '/')}",)
     assert any(loc.args == ("/a/b/c%20d",) for loc in b.find("location"))
 
 
 def test_upstreams() -> None:
     _, files = render_fleet()
     upstreams = {d.args[0]: d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"}
-    assert [s.args for s in upstreams["companion-a.example.com"].find("server")] == [
+    assert [s.args for s in upstreams[plan.upstream_name("a.example.com", "/")].find("server")] == [
         ("10.0.0.2:80",),
         ("10.0.0.3:8080",),
     ]
-    assert "companion-_wildcard_.wild.example.com" in upstreams
-    assert "companion-xn--bcher-kva.example.com" in upstreams
+    assert plan.upstream_name("*.wild.example.com", "/") in upstreams
+    assert plan.upstream_name("xn--bcher-kva.example.com", "/") in upstreams
     assert all("x.example.com" not in name for name in upstreams)  # the rejected container
 
 
@@ -301,7 +304,8 @@ def test_nginx_accepts_every_https_method(layout: NginxLayout, method: str, cert
     labels = {"VIRTUAL_HOST": "a.com,*.b.com", "HTTPS_METHOD": method, "VIRTUAL_PATH": "/p/", "VIRTUAL_DEST": "/"}
     if cert == "pending":
         labels["LETSENCRYPT_HOST"] = "a.com"
-    certs = {"a.com": layout.cert(), "*.b.com": layout.cert()} if cert == "real" else {}
+    real = {name: replace(layout.cert(), domains=(name,)) for name in ("a.com", "*.b.com")}
+    certs = real if cert == "real" else {}
     desired = plan.build([c("web", "10.0.0.2", **labels)], certs, layout.cert())
     _assert_valid(layout, render(desired, layout.options()))
 
@@ -310,7 +314,7 @@ def test_nginx_accepts_longest_and_most_names(layout: NginxLayout) -> None:
     longest = "a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61
     hosts = [longest, "*." + longest[2:]] + [f"{i}-{'x' * 50}.example.com" for i in range(700)]
     containers = [c(f"c{i:04}", f"10.2.{i // 250}.{i % 250 + 2}", VIRTUAL_HOST=h) for i, h in enumerate(hosts)]
-    desired = plan.build(containers, {longest: layout.cert()}, layout.cert())
+    desired = plan.build(containers, {longest: replace(layout.cert(), domains=(longest,))}, layout.cert())
     assert desired.problems == ()
     _assert_valid(layout, render(desired, layout.options()))
 
@@ -337,7 +341,6 @@ def test_new_version_syntax_text_only(layout: NginxLayout) -> None:
 
 
 def test_a_renewed_certificate_changes_the_rendered_file() -> None:
-    """Renewal keeps the paths; the serial comment is what makes apply reload nginx."""
     from dataclasses import replace
 
     _, before = render_fleet(certs=fleet_certs(real=replace(REAL, serial="1a2b")))
