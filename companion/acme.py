@@ -27,6 +27,7 @@ import requests
 
 from .certs import CertStatus, tighten
 from .config import Settings
+from .logsafe import printable
 from .model import CertRequest
 from .nginx import write_atomic
 
@@ -75,20 +76,28 @@ def backoff(failures: int, base: float) -> float:
 
 
 def certbot_reason(output: str) -> str:
-    """certbot's reason for a failure in one line, not its whole output."""
+    """certbot's reason for a failure in one line, not its whole output.
+
+    The reason quotes the CA's words, so control characters in them are escaped (logsafe.printable)
+    once the line is picked: a CA cannot colour, rewrite or split the companion's log.
+    """
+    return printable(_certbot_reason(output)[:500])
+
+
+def _certbot_reason(output: str) -> str:
     details = [m.strip() for m in re.findall(r"^\s*(?:Type|Detail):\s*(.+)$", output, re.MULTILINE)]
     if details:
-        return "; ".join(dict.fromkeys(details))[:500]
+        return "; ".join(dict.fromkeys(details))
     unexpected = re.search(r"An unexpected error occurred:\s*\n\s*(\S.*)", output)
     if unexpected:  # certbot puts the reason on the line after this one
-        return unexpected.group(1).strip()[:500]
+        return unexpected.group(1).strip()
     lines = [
         line.strip()
         for line in output.splitlines()
         if line.strip() and not line.startswith(("Saving debug log", "Ask for help", "See the logfile"))
     ]
     errors = [line for line in lines if "error" in line.lower() or "failed" in line.lower()]
-    return ((errors or lines or ["certbot failed without output"])[-1])[:500]
+    return (errors or lines or ["certbot failed without output"])[-1]
 
 
 def certbot_command(settings: Settings, request: CertRequest, *, force: bool) -> list[str]:

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
+from .model import EMAIL_RULE, is_email
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -162,6 +163,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"log level {s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
     if not math.isfinite(s.renew_before_days) or s.renew_before_days < 0:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
+    if s.default_email and not is_email(s.default_email):
+        raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
     for path in (s.conf_dir, s.webroot, s.certs_dir):
         if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
             raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from . import certs, owners, plan
 from .config import Settings
-from .docker import DockerEdge, DockerUnavailable, Snapshot
+from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
 from .render import RenderOptions, render
@@ -102,6 +102,7 @@ class Controller:
             owners=settings.domain_owners,
         )
         self.owners = owners.load(self.certs_dir)
+        self._owners_saved = 0.0
 
     def self_check_url(self) -> str:
         """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
@@ -127,7 +128,7 @@ class Controller:
             placeholder,
             nginx_networks=nginx_networks,
             policy=self.policy,
-            owners=self.owners,
+            owners=owners.remembered(self.owners),
         )
         return desired, statuses
 
@@ -157,7 +158,7 @@ class Controller:
         try:
             snapshot = self.docker.snapshot()
         except DockerUnavailable as exc:
-            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            reason = short_reason(exc)
             self._report(self._reported | {f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
@@ -197,12 +198,22 @@ class Controller:
         if result.error:
             problems.add(result.error)
         self._report(problems)
-        if result.ok and dict(desired.owners) != self.owners:
-            self.owners = dict(desired.owners)
-            owners.save(self.certs_dir, self.owners)
+        if result.ok:
+            self._remember_owners(dict(desired.owners))
         if self.acme is not None and result.ok:
             self.acme.update(desired.certificates, statuses)
         return PassReport(result=result)
+
+    def _remember_owners(self, decided: dict[str, str]) -> None:
+        """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
+        an owner's last-seen time on disk is never far behind."""
+        now = time.time()
+        merged = owners.merge(self.owners, decided, now)
+        changed = owners.remembered(merged) != owners.remembered(self.owners)
+        if changed or now - self._owners_saved >= owners.OWNER_GRACE / 10:
+            owners.save(self.certs_dir, merged)
+            self._owners_saved = now
+        self.owners = merged
 
     def _retry_reload(self) -> ApplyResult:
         try:

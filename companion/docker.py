@@ -21,6 +21,7 @@ import docker.utils
 import requests.exceptions
 
 from . import trust
+from .logsafe import printable
 from .model import ContainerInfo
 from .trust import NGINX_LABEL, ImageTrust
 
@@ -216,7 +217,7 @@ class DockerEdge:
                     log.warning("docker event stream ended; reconnecting")
                 except DockerUnavailable as exc:
                     # Once per outage (and per new reason), not every second while the daemon is away.
-                    reason = _short(exc)
+                    reason = short_reason(exc)
                     level = logging.DEBUG if reason == last_failure else logging.WARNING
                     log.log(level, "docker event stream unavailable (%s); retrying", reason)
                     last_failure = reason
@@ -235,8 +236,9 @@ def _client(timeout: int | None) -> docker.APIClient:
     return docker.APIClient(version="auto", timeout=timeout, **kwargs)
 
 
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+def short_reason(exc: BaseException) -> str:
+    """The first line of a Docker error, control characters escaped (it may quote a daemon or proxy's words)."""
+    return printable(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
 
 
 def _env_dict(entries: list[str] | None) -> dict[str, str]:
@@ -290,7 +292,7 @@ def wait_for_daemon(edge_factory: Callable[[], DockerEdge], stop: threading.Even
             edge.ping()
             return edge
         except DockerUnavailable as exc:
-            reason = _short(exc)
+            reason = short_reason(exc)
             if reason != last:
                 # docker-py's reason ("No such file or directory") does not say where it looked.
                 address = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"

@@ -30,7 +30,18 @@ _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*\Z")
 _HSTS_RE = re.compile(r"^max-age=[0-9]{1,9}(?:; ?includeSubDomains)?(?:; ?preload)?\Z")
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
-_EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\Z")
+# The local part starts with a letter or digit (certbot reads "--email -x@a.com" as a missing value
+# and an option, so a leading "-" meant that certificate never came); the domain is RFC 1123 labels,
+# at least two of them, the last not all digits.
+_EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL_RE = re.compile(
+    rf"^[A-Za-z0-9][A-Za-z0-9._%+-]{{0,63}}@(?=[A-Za-z0-9.-]{{1,253}}\Z)(?:{_EMAIL_LABEL}\.)+"
+    rf"(?![0-9]+\Z){_EMAIL_LABEL}\Z"
+)
+EMAIL_RULE = (
+    "must be a plain email address: the part before @ starts with a letter or digit and uses only letters, "
+    "digits and . _ % + -; the domain is letters, digits and hyphens separated by dots"
+)
 
 VARIABLES = (
     "VIRTUAL_HOST",
@@ -239,10 +250,17 @@ def parse_cert_name(value: str) -> str:
     return text
 
 
+def is_email(text: str) -> bool:
+    """True for an email address certbot takes as the value of --email, exactly as given."""
+    return bool(_EMAIL_RE.match(text)) and ".." not in text
+
+
 def parse_email(value: str) -> str:
     text = value.strip()
-    if not _EMAIL_RE.match(text):
-        raise InvalidValue("not a plain email address")
+    if text.startswith("-"):
+        raise InvalidValue("must not start with - (certbot would read it as an option, so no certificate)")
+    if not is_email(text):
+        raise InvalidValue(EMAIL_RULE)
     return text
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import SettingsError, parse_nginx_version
+from .logsafe import printable
 from .render import MAIN_FILE
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def _docker(what: str, call: Callable[..., T], *args: object) -> T:
     try:
         return call(*args)
     except Exception as exc:  # noqa: BLE001 - docker-py, requests and OS errors alike
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        first = printable(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__
         raise NginxError(f"{what} in the nginx container failed: {first}") from exc
 
 
@@ -108,9 +109,11 @@ def _shell(command: str) -> tuple[int, str]:
 
 
 def _nginx_error(output: str) -> str:
-    """nginx's [emerg]/[error] lines, without the 'test failed' trailer."""
+    """nginx's [emerg]/[error] lines, without the 'test failed' trailer, control characters escaped.
+
+    nginx echoes what it could not parse, and a file in the conf dir that is not ours may hold anything."""
     lines = [line for line in output.splitlines() if "[emerg]" in line or "[error]" in line or "[crit]" in line]
-    return "; ".join(lines or output.splitlines()[-3:] or ["nginx test failed with no output"])
+    return printable("; ".join(lines or output.splitlines()[-3:] or ["nginx test failed with no output"]))
 
 
 def read_current(conf_dir: Path, names: Sequence[str]) -> dict[str, str | None]:

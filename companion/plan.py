@@ -76,6 +76,12 @@ class Server:
         return self.cert is not None and not self.placeholder and self.https_method is HttpsMethod.REDIRECT
 
     @property
+    def has_root(self) -> bool:
+        """True when a container answers `/`. Otherwise the server renders `location / { return 404; }`:
+        without it nginx answered every other path from its own default root (html/ under its prefix)."""
+        return any(location.path == "/" for location in self.locations)
+
+    @property
     def serves_http(self) -> bool:
         return self.https_method is not HttpsMethod.NOHTTP or self.cert is None or self.placeholder
 

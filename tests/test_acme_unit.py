@@ -181,6 +181,33 @@ Ask for help or search for solutions at https://community.letsencrypt.org. See t
     assert "\n" not in certbot_reason(output)
 
 
+@pytest.mark.parametrize(
+    ("output", "reason"),
+    [
+        # A CA's Detail line with an ANSI colour, a bell and a carriage return inside it.
+        (
+            "Certbot failed to authenticate some domains\n  Type:   unauthorized\n"
+            "  Detail: 1.2.3.4: Invalid response \x1b[31mred\x1b[0m\x07\roverwritten\n",
+            "unauthorized; 1.2.3.4: Invalid response \\x1b[31mred\\x1b[0m\\x07\\x0doverwritten",
+        ),
+        (
+            "An unexpected error occurred:\n\x1b]0;title\x07 boom\u202e\nAsk for help\n",
+            "\\x1b]0;title\\x07 boom\\u202e",
+        ),
+        ("Some error \x9b2J happened\n", "Some error \\x9b2J happened"),
+    ],
+)
+def test_certbot_reason_escapes_control_characters_from_the_ca(output: str, reason: str) -> None:
+    got = certbot_reason(output)
+    assert got == reason
+    assert got.isprintable() and len(got.splitlines()) == 1
+
+
+def test_certbot_reason_is_cut_before_escaping() -> None:
+    got = certbot_reason("  Detail: " + "x" * 498 + "\x1b\x1b\x1b\n")
+    assert got == "x" * 498 + "\\x1b\\x1b"
+
+
 def test_certbot_command_carries_every_setting() -> None:
     settings = Settings(certs_dir="/c", webroot="/w", acme_server="https://ca/dir", key_type="rsa", rsa_key_size=4096)
     cmd = certbot_command(settings, CertRequest("n", ("a.test", "b.test"), "me@example.com"), force=True)

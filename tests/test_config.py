@@ -89,6 +89,11 @@ def test_letsencrypt_test_selects_staging(argv: list[str], env: dict[str, str], 
         ({"WEBROOT": "/ok", "ACME_WEBROOT": "/var/www/a b"}, ["'/var/www/a b'"]),
         ({"CERTS_DIR": "/etc/le;"}, ["'/etc/le;'"]),
         ({"CONF_DIR": "/etc/nginx/conf.d\n"}, ["must be absolute and free of spaces"]),
+        ({"DEFAULT_EMAIL": "-x@example.com"}, ["default email '-x@example.com'", "starts with a letter or digit"]),
+        ({"DEFAULT_EMAIL": "--help"}, ["default email '--help'", "must be a plain email address"]),
+        ({"DEFAULT_EMAIL": "ops@localhost"}, ["default email 'ops@localhost'", "separated by dots"]),
+        ({"DEFAULT_EMAIL": " ops@x.io"}, ["default email ' ops@x.io'"]),
+        ({"DEFAULT_EMAIL": "ops@x.io\n-v"}, ["default email 'ops@x.io\\\\n-v'"]),
     ],
 )
 def test_bad_values_raise_settings_error(env: dict[str, str], words: list[str]) -> None:

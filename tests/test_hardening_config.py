@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from companion.plan import upstream_name
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
@@ -300,56 +301,56 @@ def test_hostile_container_among_fifty_is_reported_once_per_change(
 
 
 def upstream_servers(conf: str, host: str) -> int:
-    block = re.search(rf"upstream companion-{re.escape(host)} \{{([^}}]*)\}}", conf)
+    block = re.search(rf"upstream {re.escape(upstream_name(host, '/'))} \{{([^}}]*)\}}", conf)
     assert block, conf
     return block.group(1).count("server ")
 
 
-def test_conflicting_containers_first_name_decides_regardless_of_start_order(
+def test_conflicting_containers_the_one_serving_first_decides_whatever_the_names(
     apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
 ) -> None:
     companion = make_companion()
     conf_path = host_nginx.conf_dir / "companion.conf"
-    # "ctest-cfl-a-..." sorts before "ctest-cfl-b-...". a: plain HTTP to the app, no TLS at all;
-    # b: HTTPS to the app (which only speaks HTTP, so 502 if it decided), TLS with a CERT_NAME, HSTS off.
+    # The decider starts first: plain HTTP to the app, no TLS at all. The newcomer asks for HTTPS to the
+    # app (which only speaks HTTP, so 502 if it decided), TLS with a CERT_NAME, HSTS off. Once the
+    # decider's name sorts first ("ctest-cfla-a-..."), once last ("ctest-cflb-b-..." decides over "a").
     decider = {"VIRTUAL_PROTO": "http", "HTTPS_METHOD": "nohttps"}
-    overruled = {"VIRTUAL_PROTO": "https", "HTTPS_METHOD": "noredirect", "CERT_NAME": "cfl-cert", "HSTS": "off"}
+    newcomer = {"VIRTUAL_PROTO": "https", "HTTPS_METHOD": "noredirect", "CERT_NAME": "cfl-cert", "HSTS": "off"}
     results = []
     for order in ("a-first", "b-first"):
         host = unique_host(f"cfl-{order}")
         tag = order[0]
-        specs = [("a", decider), ("b", overruled)]
-        if order == "b-first":
-            specs.reverse()
+        first, second = ("a", "b") if order == "a-first" else ("b", "a")
         names = {}
-        for letter, settings in specs:
+        for letter, settings in ((first, decider), (second, newcomer)):
             container = apps(
                 f"cfl{tag}-{letter}", labels={"VIRTUAL_HOST": host, **settings}, environment={"APP_ID": letter}
             )
             names[letter] = container.name
-            if letter == specs[0][0]:
-                proto = "http" if letter == "a" else "https"
-                wait_for(lambda h=host, p=proto: f"proxy_pass {p}://companion-{h};" in conf_path.read_text())
+            if letter == first:
+                upstream = upstream_name(host, "/")
+                wait_for(lambda u=upstream: f"proxy_pass http://{u};" in conf_path.read_text())
         assert names["a"] < names["b"]
 
         def both_backends(h: str = host) -> bool:
             return {body(host_nginx, h) for _ in range(8)} == {(200, "a"), (200, "b")}
 
-        assert wait_for(both_backends, timeout=20, what=f"{order}: a decides and both backends serve")
+        assert wait_for(both_backends, timeout=20, what=f"{order}: {first} decides and both backends serve")
         conf = conf_path.read_text()
-        assert f"proxy_pass http://companion-{host};" in conf and f"https://companion-{host}" not in conf
+        upstream = upstream_name(host, "/")
+        assert f"proxy_pass http://{upstream};" in conf and f"https://{upstream}" not in conf
         assert upstream_servers(conf, host) == 2
-        assert "cfl-cert" not in conf, "the overruled container's CERT_NAME must not be used"
+        assert "cfl-cert" not in conf, "the newcomer's CERT_NAME must not be used"
         assert not re.search(
             rf"listen {host_nginx.https_port} ssl[^\n]*\n(?:[^\n]*\n)?\s*server_name {re.escape(host)};", conf
         )
         warning = companion.wait_log(rf"host {re.escape(host)}: containers [^\n]*")
         assert warning == (
-            f"host {host}: containers {names['a']} and {names['b']} disagree on "
-            f"HTTPS_METHOD, HSTS, CERT_NAME, VIRTUAL_PROTO; using {names['a']}'s (first by name)"
+            f"host {host}: containers {names[first]} and {names[second]} disagree on "
+            f"HTTPS_METHOD, HSTS, CERT_NAME, VIRTUAL_PROTO; using {names[first]}'s (it served the host first)"
         ), warning
         results.append(order)
     companion.wait_idle()
     for order in results:
         assert companion.count(rf"host cfl-{order}-[0-9a-f]+\.hardening\.test: containers") == 1
-    print("\nrow 5: first-by-name decided in both start orders; one warning per host naming both containers")
+    print("\nrow 5: the container serving first decided in both name orders; one warning per host naming both")

@@ -236,14 +236,15 @@ def test_changed_names_reissue_the_certificate(
     make_companion(**acme_env(pebble))
     first, second = unique_host("one"), unique_host("two")
     both = f"{first},{second}"
-    app = apps("names", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": first, "CERT_NAME": "shared"})
+    shared = unique_host("shared")  # a certificate name is checked against ALLOWED_DOMAINS too
+    app = apps("names", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": first, "CERT_NAME": shared})
     context = verified_context(pebble)
     cert = wait_for(lambda: served_cert(host_nginx, first, context), timeout=60, what="first certificate")
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName
     ) == [first]
     app.remove(force=True)
-    apps("names2", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": both, "CERT_NAME": "shared"})
+    apps("names2", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": both, "CERT_NAME": shared})
 
     def covers_both() -> bool:
         leaf = served_cert(host_nginx, second, context)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from certbot import util as certbot_util
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from companion import model
 from companion.model import (
@@ -316,17 +319,100 @@ def test_parse_cert_name_rejects(value: str) -> None:
         model.parse_cert_name(value)
 
 
-@pytest.mark.parametrize("value", ["admin@example.com", "a.b+tag@mail.example.org", " ops@x.io "])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "admin@example.com",
+        "a.b+tag@mail.example.org",
+        " ops@x.io ",
+        "1st@x.io",
+        "a-b_c%d@sub-1.example.co.uk",
+        "x@" + ".".join([LABEL63, LABEL63, LABEL63, "b" * 57]),  # domain of 249 characters
+        "a" * 64 + "@x.io",
+    ],
+)
 def test_parse_email(value: str) -> None:
     assert model.parse_email(value) == value.strip()
 
 
 @pytest.mark.parametrize(
-    "value", ["", "admin", "@x.io", "a@", "a b@x.io", "a@x.io;", "a@x\n.io", "<a@x.io>", "a@x.io,b@x.io", "ä@x.io"]
+    "value",
+    [
+        "",
+        "admin",
+        "@x.io",
+        "a@",
+        "a b@x.io",
+        "a@x.io;",
+        "a@x\n.io",
+        "<a@x.io>",
+        "a@x.io,b@x.io",
+        "ä@x.io",
+        "-x@example.com",  # certbot reads "--email -x@example.com" as an option: no certificate ever
+        "--help@example.com",
+        "-@x.io",
+        ".a@x.io",
+        "_a@x.io",
+        "+a@x.io",
+        "a..b@x.io",
+        "a@localhost",  # certbot, like the CA, wants a dotted domain
+        "a@-x.io",
+        "a@x-.io",
+        "a@x..io",
+        "a@.x.io",
+        "a@x.io.",
+        "a@x_y.io",
+        "a@1.2.3.4",
+        "a@x.123",
+        "a@" + "b" * 64 + ".io",
+        "a" * 65 + "@x.io",
+        "x@" + ".".join([LABEL63, LABEL63, LABEL63, "b" * 62]),  # domain of 254 characters
+        "a@x.io\x1b[31m",
+    ],
 )
 def test_parse_email_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
         model.parse_email(value)
+
+
+def test_email_starting_with_a_dash_is_refused_by_name() -> None:
+    result = parse_site(
+        info({"VIRTUAL_HOST": "a.com", "LETSENCRYPT_HOST": "a.com", "LETSENCRYPT_EMAIL": "-x@example.com"})
+    )
+    assert isinstance(result, Rejection), result
+    assert result.message == (
+        "container web: LETSENCRYPT_EMAIL='-x@example.com' rejected: "
+        "must not start with - (certbot would read it as an option, so no certificate)"
+    )
+    other = parse_site(info({"VIRTUAL_HOST": "a.com", "LETSENCRYPT_HOST": "a.com", "LETSENCRYPT_EMAIL": "a..b@x.io"}))
+    assert isinstance(other, Rejection) and other.variable == "LETSENCRYPT_EMAIL"
+    assert other.reason == model.EMAIL_RULE and "starts with a letter or digit" in other.message
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(
+    st.one_of(
+        st.text(max_size=80),
+        st.text(alphabet="aZ09._%+-@\n\x1b ", max_size=40),
+        st.builds(
+            "{}@{}".format,
+            st.text(alphabet="aZ09._%+-", min_size=1, max_size=12),
+            st.text(alphabet="aZ09.-", min_size=1, max_size=20),
+        ),
+    )
+)
+def test_every_accepted_email_is_one_certbot_takes_as_the_email(value: str) -> None:
+    """What parse_email returns is certbot's own idea of an email and never looks like an option."""
+    try:
+        email = model.parse_email(value)
+    except InvalidValue:
+        return
+    assert email[0].isascii() and email[0].isalnum(), email
+    assert certbot_util.safe_email(email), email
+    local, domain = email.split("@")
+    assert len(local) <= 64 and len(domain) <= 253
+    assert all(label and not label.startswith("-") and not label.endswith("-") for label in domain.split("."))
+    assert not any(ch.isspace() or not ch.isprintable() for ch in email)
 
 
 @pytest.mark.parametrize(

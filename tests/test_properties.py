@@ -185,7 +185,7 @@ def check_typed(text: str, site: Site | None, layout: NginxLayout, cert: CertFil
             assert len(args) == 3 and args[0] == "Strict-Transport-Security" and args[1] in hsts, d
             assert args[2] == "always"
         elif d.name == "return":
-            assert args in (("503",), ("301", "https://$host$request_uri")), d
+            assert args in (("503",), ("404",), ("301", "https://$host$request_uri")), d
         elif d.name in ("http2", "ssl_reject_handshake", "ssl_stapling", "ssl_stapling_verify"):
             assert args == ("on",), d
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -218,6 +219,70 @@ def test_locations_paths_and_dest() -> None:
     assert any(loc.args == ("/a/b/c%20d",) for loc in b.find("location"))
 
 
+def root_answers(block: Directive) -> list[tuple[str, ...]]:
+    """What `location /` does in a server block: its return or proxy_pass arguments."""
+    (root,) = [loc for loc in block.find("location") if loc.args == ("/",)]
+    return [d.args for d in root.find("return")] or [d.args for d in root.find("proxy_pass")]
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "real", "pending"])
+def test_server_without_a_root_location_answers_404_at_root(method: str, cert: str) -> None:
+    """Only VIRTUAL_PATH=/api/: `/` (and any other path) is a 404 of ours, never nginx's own html root."""
+    labels = {"VIRTUAL_HOST": "a.com", "VIRTUAL_PATH": "/api/", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    desired = plan.build([c("api", "10.0.0.2", **labels)], {"a.com": REAL} if cert == "real" else {}, PLACEHOLDER)
+    (server,) = desired.servers
+    assert not server.has_root
+    text = render(desired, OPTIONS)[MAIN_FILE]
+    blocks = {https: block for name, https, block in server_blocks(text) if name == "a.com"}
+    assert blocks, text
+    for https, block in blocks.items():
+        paths = [loc.args[0] for loc in block.find("location")]
+        if not https and server.redirect:
+            assert paths == ["/"] and root_answers(block)[0][0] == "301"
+        elif not https and method == "nohttp":
+            assert paths == ["/"] and root_answers(block) == [("503",)]
+        else:
+            assert sorted(paths) == ["/", "/api/"], (https, paths)
+            assert root_answers(block) == [("404",)], https
+            (api,) = [loc for loc in block.find("location") if loc.args == ("/api/",)]
+            assert api.find("proxy_pass")[0].args == (f"http://{plan.upstream_name('a.com', '/api/')}",)
+    assert text.count("return 404;") == sum(
+        1 for https in blocks if https or not (server.redirect or method == "nohttp")
+    )
+
+
+def test_server_with_a_root_location_gets_no_404() -> None:
+    desired, files = render_fleet()
+    text = files[MAIN_FILE]
+    assert all(server.has_root for server in desired.servers)
+    assert "return 404;" not in text
+    assert root_answers(block_of(text, "a.example.com", True)) == [
+        (f"http://{plan.upstream_name('a.example.com', '/')}",)
+    ]
+    # A second container at `/` beside the /api/ one takes the 404's place.
+    desired = plan.build(
+        [c("api", "10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/"), c("web", "10.0.0.3", VIRTUAL_HOST="a.com")],
+        {},
+        PLACEHOLDER,
+    )
+    assert "return 404;" not in render(desired, OPTIONS)[MAIN_FILE]
+
+
+def test_root_404_is_rendered_byte_identically() -> None:
+    containers = [
+        c("api", "10.0.0.2", VIRTUAL_HOST="a.com,b.com", VIRTUAL_PATH="/api/", LETSENCRYPT_HOST="a.com"),
+        c("static", "10.0.0.3", VIRTUAL_HOST="b.com", VIRTUAL_PATH="/static/"),
+    ]
+    first = render(plan.build(containers, {}, PLACEHOLDER), OPTIONS)
+    again = render(plan.build(list(reversed(containers)), {}, PLACEHOLDER), OPTIONS)
+    assert first == again
+    # HTTP and HTTPS (placeholder) for both: b.com's owner is "api", whose LETSENCRYPT_HOST asks for TLS.
+    assert first[MAIN_FILE].count("return 404;") == 4
+
+
 def test_upstreams() -> None:
     _, files = render_fleet()
     upstreams = {d.args[0]: d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"}
@@ -348,3 +413,16 @@ def test_a_renewed_certificate_changes_the_rendered_file() -> None:
     assert before[MAIN_FILE] != after[MAIN_FILE]
     assert before[MAIN_FILE].replace("1a2b", "3c4d") == after[MAIN_FILE]
     assert "# certificate serial 3c4d: a renewal changes it" in after[MAIN_FILE]
+
+
+def test_challenge_regex_ends_at_the_true_end() -> None:
+    """PCRE's "$" also matches before a final newline; "\\z" only at the end (tok%0a must not match)."""
+
+    snippet = render(plan.build([], {}, PLACEHOLDER), OPTIONS)["companion-acme.inc"]
+    (pattern,) = re.findall(r'location ~ "([^"]+)"', snippet)
+    assert pattern == r"^/\.well-known/acme-challenge/[A-Za-z0-9_-]+\z"
+    assert "$" not in pattern
+    python_pattern = re.compile(pattern.replace(r"\z", r"\Z"))  # Python spells PCRE's \z as \Z
+    assert python_pattern.match("/.well-known/acme-challenge/Tok_en-1")
+    for path in ("tok\n", "tok\r\n", "tok.txt", "../x", ".htpasswd", ""):
+        assert not python_pattern.match("/.well-known/acme-challenge/" + path), path

@@ -4,10 +4,11 @@ bounded work and collision-free names. The same attacks run against the real par
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
-from companion import plan, trust
+from companion import owners, plan, trust
 from companion.config import SettingsError, load
 from companion.model import (
     MAX_HOSTS,
@@ -344,3 +345,25 @@ def test_generated_upstream_names_cannot_collide() -> None:
     )
     assert {u.name: u.servers for u in desired.upstreams}[victim] == (("10.0.0.2", 80),)
     assert len(desired.upstreams) == 2
+
+
+def test_an_owner_away_for_a_redeploy_keeps_its_claim_for_the_grace_period() -> None:
+    claims = owners.merge({}, {"a.com": "zz-owner"}, now=1000.0)
+    # compose recreates the owner: for a moment only the newcomer claims the host
+    during = owners.merge(claims, {"a.com": "aa-newcomer"}, now=1010.0)
+    assert owners.remembered(during) == {"a.com": "zz-owner"} and during["a.com"].seen == 1000.0
+    back = owners.merge(during, {"a.com": "zz-owner"}, now=1020.0)
+    assert back["a.com"] == owners.Claim("zz-owner", 1020.0)
+    later = owners.merge(during, {"a.com": "aa-newcomer"}, now=1000.0 + owners.OWNER_GRACE)
+    assert owners.remembered(later) == {"a.com": "aa-newcomer"}
+    assert owners.merge(claims, {}, now=1000.0 + owners.OWNER_GRACE) == {}
+
+
+def test_owners_file_round_trips_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
+    claims = {"a.com": owners.Claim("web", 12.5)}
+    owners.save(tmp_path, claims)
+    assert owners.load(tmp_path) == claims
+    assert oct((tmp_path / owners.OWNERS_FILE).stat().st_mode & 0o777) == "0o600"
+    for broken in ("[1, 2]", '{"a.com": "web"}', '{"a.com": {"container": 1, "seen": 2}}', "{", ""):
+        (tmp_path / owners.OWNERS_FILE).write_text(broken)
+        assert owners.load(tmp_path) == {}
