@@ -130,10 +130,12 @@ def image_ignored_line(companion: Companion, name: str, timeout: float = 20.0) -
 
 
 @pytest.fixture
-def scratch_images(docker_client: docker.DockerClient) -> Iterator[list[str]]:
-    """Tags of per-test derived images (their recipe holds the test's uuid); removed after the test."""
+def scratch_images(docker_client: docker.DockerClient, apps: AppRunner) -> Iterator[list[str]]:
+    """Tags of per-test derived images (their recipe holds the test's uuid); removed after the test,
+    once the test's containers are gone (so the images really go, not just their tags)."""
     made: list[str] = []
     yield made
+    apps.cleanup()
     for tag in made:
         with contextlib.suppress(docker.errors.APIError):
             docker_client.images.remove(tag, force=True)
