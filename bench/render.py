@@ -8,6 +8,7 @@ certificate (most of which already exist on disk, the rest get the placeholder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import shutil
 import subprocess
@@ -28,10 +29,10 @@ TARGET_RENDER_1000 = 0.050  # seconds: plan + render for 1,000 sites
 CERT_POOL = 16  # distinct certificate files the existing CertFiles point at
 
 
-def synthetic(sites: int) -> tuple[list[ContainerInfo], list[str]]:
-    """Containers whose hostnames add up to exactly `sites` server blocks; also the certificate names."""
+def synthetic(sites: int) -> tuple[list[ContainerInfo], list[tuple[str, ...]]]:
+    """Containers whose hostnames add up to exactly `sites` server blocks; also each certificate's names."""
     containers: list[ContainerInfo] = []
-    cert_names: list[str] = []
+    cert_names: list[tuple[str, ...]] = []
     hosts_made = 0
     i = 0
     previous: dict[str, str] = {}
@@ -50,7 +51,7 @@ def synthetic(sites: int) -> tuple[list[ContainerInfo], list[str]]:
                 labels["VIRTUAL_PORT"] = "8080"
             if i % 4 == 0:
                 labels["LETSENCRYPT_HOST"] = ",".join(hosts)
-                cert_names.append(hosts[0])
+                cert_names.append(hosts)
             previous = {k: v for k, v in labels.items() if k != "VIRTUAL_PORT"}
         containers.append(
             ContainerInfo(
@@ -76,9 +77,14 @@ def make_cert_pool(certs_dir: Path) -> list[plan.CertFiles]:
     return pool
 
 
-def cert_map(names: list[str], pool: list[plan.CertFiles]) -> dict[str, plan.CertFiles]:
-    """Nine in ten requested certificates already exist; the rest are served the placeholder."""
-    return {name: pool[k % len(pool)] for k, name in enumerate(names) if k % 10 != 9}
+def cert_map(names: list[tuple[str, ...]], pool: list[plan.CertFiles]) -> dict[str, plan.CertFiles]:
+    """Nine in ten requested certificates already exist (valid for their names); the rest are served
+    the placeholder."""
+    return {
+        hosts[0]: dataclasses.replace(pool[k % len(pool)], domains=hosts)
+        for k, hosts in enumerate(names)
+        if k % 10 != 9
+    }
 
 
 def nginx_version() -> tuple[int, ...]:

@@ -272,28 +272,23 @@ def domain_allowed(host: str, patterns: Sequence[str]) -> bool:
 def settings_of(info: ContainerInfo, image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING) -> dict[str, str]:
     """The companion's variables for one container that count: environment first, labels win; a value
     the image set counts only where `image_trust` lets it."""
-    values = {
-        name: info.env[name] for name in VARIABLES if name in info.env and _counts(name, info.image_env, image_trust)
-    }
-    values.update(
-        {
-            name: info.labels[name]
-            for name in VARIABLES
-            if name in info.labels and _counts(name, info.image_labels, image_trust)
-        }
-    )
+    env, labels = info.env, info.labels
+    if info.image_env:
+        env = {k: v for k, v in env.items() if k not in info.image_env or trust.image_may_set(k, image_trust)}
+    if info.image_labels:
+        labels = {k: v for k, v in labels.items() if k not in info.image_labels or trust.image_may_set(k, image_trust)}
+    values = {name: env[name] for name in VARIABLES if name in env}
+    values.update({name: labels[name] for name in VARIABLES if name in labels})
     return values
 
 
 def ignored_from_image(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[str, ...]:
     """Variables the image sets that do not count and that the container does not set itself."""
+    if not info.image_labels and not info.image_env:
+        return ()
     counted = settings_of(info, image_trust)
     inherited = {name for name in VARIABLES if name in info.image_labels or name in info.image_env}
     return tuple(sorted(name for name in inherited if name not in counted))
-
-
-def _counts(name: str, inherited: frozenset[str], image_trust: trust.ImageTrust) -> bool:
-    return name not in inherited or trust.image_may_set(name, image_trust)
 
 
 DEFAULT_POLICY = Policy()
@@ -312,12 +307,13 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
     def get(name: str) -> str:
         nonlocal current
         current = name
-        value = values.get(name, "")
-        if len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
-            raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
-        return value
+        return values.get(name, "")
 
     try:
+        for name, value in values.items():
+            if len(value) * 4 > MAX_VALUE_BYTES and len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+                current = name
+                raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
         hosts = parse_host_list(get("VIRTUAL_HOST"))
         _check_allowed(hosts, allowed_domains)
         _check_owner(info, hosts, policy.owners)
@@ -373,6 +369,8 @@ def _check_allowed(hosts: Sequence[str], allowed_domains: Sequence[str]) -> None
 
 
 def _check_owner(info: ContainerInfo, names: Sequence[str], rules: Sequence[trust.OwnerRule]) -> None:
+    if not rules:
+        return
     for name in names:
         rule = trust.owner_of(name, rules)
         if rule is not None and not rule.satisfied_by(info):

@@ -13,6 +13,7 @@ never rewrites a lineage that holds names the request does not (it gets a lineag
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class Desired:
         return max((len(s.host) for s in self.servers), default=1)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def upstream_name(host: str, path: str) -> str:
     """A stable upstream name that no other (host, path) can produce.
 
