@@ -70,9 +70,9 @@ def make_lineage(
     return key
 
 
-def certbot_layout(certs_dir: Path, name: str) -> None:
+def certbot_layout(certs_dir: Path, name: str, domains: list[str] | None = None) -> None:
     """Move a lineage's files into archive/<name>/ and link them from live/<name>/, as certbot does."""
-    make_lineage(certs_dir, name, [name])
+    make_lineage(certs_dir, name, domains or [name])
     archive = certs_dir / "archive" / name
     archive.mkdir(parents=True)
     for pem in ("fullchain", "privkey"):

@@ -133,17 +133,17 @@ def test_fifo_at_a_certificate_does_not_hang_the_loop(
     tag = uuid.uuid4().hex[:8]
     certs_dir = tmp_path / "companion" / "certs"
     good_name, fifo_name = f"good-{tag}", f"fifo-{tag}"
-    certbot_layout(certs_dir, good_name)
+    good, fifo = unique_host("good"), unique_host("fifo")
+    certbot_layout(certs_dir, good_name, [good])  # a certificate is presented only for the names it holds
     good_serial = x509.load_pem_x509_certificate((certs_dir / "live" / good_name / "fullchain.pem").read_bytes())
     companion = make_companion()
-    good, fifo = unique_host("good"), unique_host("fifo")
     apps("good", labels={"VIRTUAL_HOST": good, "CERT_NAME": good_name}, environment={"APP_ID": "good"})
     apps("fifo", labels={"VIRTUAL_HOST": fifo, "CERT_NAME": fifo_name}, environment={"APP_ID": "fifo"})
     assert wait_for(lambda: served_cert(host_nginx, good).serial_number == good_serial.serial_number, timeout=60)
     assert wait_for(lambda: common_name(served_cert(host_nginx, fifo)) == PLACEHOLDER_CN, timeout=60)
 
     # The lineage appears with a good key and a FIFO for its chain (the certs watcher wakes the loop).
-    certbot_layout(tmp_path / "donor", fifo_name)
+    certbot_layout(tmp_path / "donor", fifo_name, [fifo])
     live = certs_dir / "live" / fifo_name
     live.mkdir(parents=True)
     (live / "privkey.pem").write_bytes((tmp_path / "donor" / "archive" / fifo_name / "privkey1.pem").read_bytes())

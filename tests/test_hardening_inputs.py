@@ -186,7 +186,7 @@ def test_host_with_only_a_sub_path_answers_404_at_root_not_nginx_default_page(
     # CERT_NAME without a certificate on disk: an HTTPS server with the placeholder, and no ACME order.
     apps(
         "subpath",
-        labels={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "CERT_NAME": "inputs-" + uuid.uuid4().hex[:8]},
+        labels={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "CERT_NAME": f"cert-{uuid.uuid4().hex[:8]}.inputs.test"},
         environment={"APP_ID": "api-app", "APP_PATHS": "/api"},
     )
     assert wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api-app"), timeout=60, what="/api/ routed")
