@@ -8,12 +8,24 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
 from .model import EMAIL_RULE, is_email
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+class SslPolicy(StrEnum):
+    """Mozilla's TLS configurations, by nginx-proxy's names for them."""
+
+    MODERN = "Mozilla-Modern"  # TLS 1.3 only
+    INTERMEDIATE = "Mozilla-Intermediate"  # TLS 1.2 and 1.3
+    OLD = "Mozilla-Old"  # TLS 1.0 to 1.3, for clients that cannot do better
+
+
+REDIRECT_CODES = (301, 302, 307, 308)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,14 @@ class Settings:
     self_check: bool = True
     heartbeat_file: str = "/tmp/companion.heartbeat"
     log_level: str = "INFO"
+    # nginx-proxy trusts by default; here the proxy is the edge, so a client must not be able to forge
+    # the X-Forwarded-Proto/Host/Port/Ssl that apps believe.
+    trust_downstream_proxy: bool = False
+    ssl_policy: SslPolicy = SslPolicy.INTERMEDIATE
+    enable_ipv6: bool = False
+    external_http_port: int = 0  # 0: the port nginx listens on
+    external_https_port: int = 0
+    non_get_redirect: int = 301
 
     @property
     def docker_mode(self) -> bool:
@@ -89,6 +109,37 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
     ("--heartbeat-file", "HEARTBEAT_FILE", "heartbeat_file", "touched by every loop pass, read by 'check'"),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
+    (
+        "--trust-downstream-proxy",
+        "TRUST_DOWNSTREAM_PROXY",
+        "trust_downstream_proxy",
+        "pass on incoming X-Forwarded-Proto/Host/Port/Ssl (only behind another proxy: clients could forge them)",
+    ),
+    (
+        "--ssl-policy",
+        "SSL_POLICY",
+        "ssl_policy",
+        "Mozilla-Modern (TLS 1.3 only), Mozilla-Intermediate (TLS 1.2/1.3) or Mozilla-Old (TLS 1.0-1.3)",
+    ),
+    ("--enable-ipv6", "ENABLE_IPV6", "enable_ipv6", "listen on [::] too, with the same ports"),
+    (
+        "--external-http-port",
+        "EXTERNAL_HTTP_PORT",
+        "external_http_port",
+        "port clients reach HTTP on, sent as X-Forwarded-Port (0: HTTP_PORT)",
+    ),
+    (
+        "--external-https-port",
+        "EXTERNAL_HTTPS_PORT",
+        "external_https_port",
+        "port clients reach HTTPS on (published 8443:443), carried by redirects and X-Forwarded-Port (0: HTTPS_PORT)",
+    ),
+    (
+        "--non-get-redirect",
+        "NON_GET_REDIRECT",
+        "non_get_redirect",
+        "redirect code to HTTPS for methods other than GET and HEAD: 301, 302, 307 or 308 (307/308 keep the method)",
+    ),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -106,6 +157,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _convert(name: str, raw: str) -> object:
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    if kind == "SslPolicy":
+        return _ssl_policy(raw)
     try:
         if kind == "int":
             if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
@@ -132,6 +185,20 @@ def _convert(name: str, raw: str) -> object:
     return raw
 
 
+def _ssl_policy(raw: str) -> SslPolicy:
+    """nginx-proxy's spelling, in any case; its AWS-* policies are refused by name rather than guessed at."""
+    for policy in SslPolicy:
+        if raw.strip().lower() == policy.value.lower():
+            return policy
+    supported = ", ".join(p.value for p in SslPolicy)
+    shown = raw.encode("unicode_escape").decode("ascii")
+    if raw.strip().upper().startswith("AWS-"):
+        raise SettingsError(
+            f"ssl_policy: {shown!r} is an AWS policy of nginx-proxy, not supported; use one of {supported}"
+        )
+    raise SettingsError(f"ssl_policy: {shown!r} must be one of {supported}")
+
+
 def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
     """Merge flags over environment over defaults, then validate."""
     env = os.environ if environ is None else environ
@@ -153,6 +220,13 @@ def _validate(s: Settings) -> None:
     for port in (s.http_port, s.https_port):
         if not 1 <= port <= 65535:
             raise SettingsError(f"port {port} out of range 1-65535")
+    for port in (s.external_http_port, s.external_https_port):
+        if not 0 <= port <= 65535:
+            raise SettingsError(f"external port {port} out of range 1-65535 (0: the port nginx listens on)")
+    if not isinstance(s.ssl_policy, SslPolicy):
+        raise SettingsError(f"SSL policy {s.ssl_policy!r} must be one of {', '.join(p.value for p in SslPolicy)}")
+    if s.non_get_redirect not in REDIRECT_CODES:
+        raise SettingsError(f"non-GET redirect code {s.non_get_redirect} must be 301, 302, 307 or 308")
     if s.key_type not in ("ecdsa", "rsa"):
         raise SettingsError(f"key type {s.key_type!r} must be ecdsa or rsa")
     if s.rsa_key_size not in (2048, 3072, 4096):

@@ -139,6 +139,12 @@ class Controller:
             http_port=self.settings.http_port,
             https_port=self.settings.https_port,
             nginx_version=self.nginx_version(),
+            trust_downstream_proxy=self.settings.trust_downstream_proxy,
+            ssl_policy=self.settings.ssl_policy,
+            enable_ipv6=self.settings.enable_ipv6,
+            external_http_port=self.settings.external_http_port,
+            external_https_port=self.settings.external_https_port,
+            non_get_redirect=self.settings.non_get_redirect,
         )
         return render(desired, options)
 

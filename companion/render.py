@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from .config import SslPolicy
 from .plan import Desired
 
 MAIN_FILE = "companion.conf"
@@ -28,6 +29,12 @@ class RenderOptions:
     http_port: int = 80
     https_port: int = 443
     nginx_version: tuple[int, ...] = (1, 25, 1)
+    trust_downstream_proxy: bool = False
+    ssl_policy: SslPolicy = SslPolicy.INTERMEDIATE
+    enable_ipv6: bool = False
+    external_http_port: int = 0  # 0: http_port
+    external_https_port: int = 0  # 0: https_port
+    non_get_redirect: int = 301
 
 
 _ENV = jinja2.Environment(
@@ -52,12 +59,22 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
     files = {key: str(conf_dir / name) for key, (name, _) in SNIPPETS.items()}
     files["dhparam"] = str(conf_dir / DHPARAM_FILE)
     names = len(desired.servers) + 1
+    external_http = options.external_http_port or options.http_port
+    external_https = options.external_https_port or options.https_port
     context = {
         "files": files,
         "webroot": options.webroot,
         "http_port": options.http_port,
         "https_port": options.https_port,
-        "https_port_suffix": "" if options.https_port == 443 else f":{options.https_port}",
+        "https_port_suffix": "" if external_https == 443 else f":{external_https}",
+        # Published ports that differ from the listening ones: tell apps the port clients used.
+        "external_ports": (external_http, external_https)
+        if (external_http, external_https) != (options.http_port, options.https_port)
+        else None,
+        "trust_downstream_proxy": options.trust_downstream_proxy,
+        "ssl_policy": options.ssl_policy.value,
+        "ipv6": options.enable_ipv6,
+        "non_get_redirect": options.non_get_redirect,
         "http2_directive": options.nginx_version >= HTTP2_DIRECTIVE_SINCE,
         "http2_in_listen": options.nginx_version < HTTP2_DIRECTIVE_SINCE,
         # A bucket must hold the longest name plus nginx's per-entry overhead.

@@ -129,7 +129,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> NginxLayout:
 
 ALLOWED = {
     (): {"server_names_hash_bucket_size", "server_names_hash_max_size", "map", "server", "upstream"},
-    ("map",): {"default", ""},
+    ("map",): {"default", "", "https"},
     ("upstream",): {"server"},
     ("server",): {
         "listen",
