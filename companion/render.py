@@ -8,6 +8,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
+from .model import RootAnswer
 from .plan import Desired
 
 MAIN_FILE = "companion.conf"
@@ -28,6 +29,7 @@ class RenderOptions:
     http_port: int = 80
     https_port: int = 443
     nginx_version: tuple[int, ...] = (1, 25, 1)
+    default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
 
 
 _ENV = jinja2.Environment(
@@ -63,6 +65,9 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         # A bucket must hold the longest name plus nginx's per-entry overhead.
         "hash_bucket_size": max(64, _next_power_of_two(desired.longest_name + 32)),
         "hash_max_size": max(512, _next_power_of_two(names * 2)),
+        "default_root": options.default_root,
+        "default_http_taken": desired.default_http_taken,
+        "default_https_taken": desired.default_https_taken,
         "servers": desired.servers,
         "upstreams": desired.upstreams,
     }
