@@ -336,3 +336,47 @@ def test_every_permutation_of_a_conflict_gives_the_same_result() -> None:
     fleet = _fleet()[:3] + _fleet()[6:7]
     results = {build(*perm) for perm in itertools.permutations(fleet)}
     assert len(results) == 1
+
+
+def test_default_host_marks_its_server_and_warns_when_no_container_serves_it() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com"), c("other", VIRTUAL_HOST="b.com"), default_host="a.com")
+    assert [(s.host, s.default) for s in desired.servers] == [("a.com", True), ("b.com", False)]
+    assert desired.default_http_taken and not desired.default_https_taken  # no certificate yet
+    assert desired.problems == ()
+    with_cert = build(c("web", VIRTUAL_HOST="a.com"), certs={"a.com": REAL}, default_host="a.com")
+    assert with_cert.default_http_taken and with_cert.default_https_taken
+    pending = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), default_host="a.com")
+    assert server(pending, "a.com").placeholder and not pending.default_https_taken
+    https_only = build(
+        c("web", VIRTUAL_HOST="a.com", HTTPS_METHOD="nohttp"), certs={"a.com": REAL}, default_host="a.com"
+    )
+    assert not https_only.default_http_taken and https_only.default_https_taken
+    missing = build(c("other", VIRTUAL_HOST="b.com"), default_host="a.com")
+    assert not missing.default_http_taken and not any(s.default for s in missing.servers)
+    assert missing.problems == ("DEFAULT_HOST=a.com: no container serves this host; unknown names answer 503",)
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "pending", "real"])
+def test_http_on_missing_cert_false_holds_http_only_for_redirect_and_nohttp_without_a_real_cert(
+    method: str, cert: str
+) -> None:
+    labels = {"VIRTUAL_HOST": "a.com", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    certs = {"a.com": REAL} if cert == "real" else {}
+    held = server(build(c("web", **labels), certs=certs, http_on_missing_cert=False), "a.com")
+    assert held.hold_http is (method in ("redirect", "nohttp") and cert != "real")
+    assert not server(build(c("web", **labels), certs=certs), "a.com").hold_http  # the default: true
+
+
+def test_host_address_from_the_nginx_containers() -> None:
+    def nginx(name: str, mode: str = "", **gateways: str) -> ContainerInfo:
+        return ContainerInfo(
+            id=name, name=name, networks=dict.fromkeys(gateways, "10.0.0.9"), gateways=gateways, network_mode=mode
+        )
+
+    assert plan.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
+    assert plan.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
+    assert plan.host_address_from([nginx("n")]) == ""
+    assert plan.host_address_from([]) == ""
