@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from .model import EMAIL_RULE, is_email
+from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_default_root, parse_hostname
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -49,6 +49,9 @@ class Settings:
     image_trust: ImageTrust = ImageTrust.ROUTING
     domain_owners: tuple[OwnerRule, ...] = ()
     self_check: bool = True
+    default_host: str = ""
+    default_root: RootAnswer | None = RootAnswer(404)
+    http_on_missing_cert: bool = True
     heartbeat_file: str = "/tmp/companion.heartbeat"
     log_level: str = "INFO"
     # nginx-proxy trusts by default; here the proxy is the edge, so a client must not be able to forge
@@ -107,6 +110,26 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "comma list of PATTERN=project:NAME or PATTERN=label:KEY=VALUE: only those containers may claim the names",
     ),
     ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
+    (
+        "--default-host",
+        "DEFAULT_HOST",
+        "default_host",
+        "host whose site answers names no container claims (over HTTPS once it has a real certificate); else 503",
+    ),
+    (
+        "--default-root",
+        "DEFAULT_ROOT",
+        "default_root",
+        "what `/` answers on a host whose containers claim only sub-paths: a status code, a redirect code and "
+        "target (`301 $scheme://$host/app/`), or `none` for nginx's own root",
+    ),
+    (
+        "--enable-http-on-missing-cert",
+        "ENABLE_HTTP_ON_MISSING_CERT",
+        "http_on_missing_cert",
+        "serve an HTTPS_METHOD=redirect site over HTTP until its certificate exists; false: HTTP answers 503 "
+        "until then (the ACME challenge still works)",
+    ),
     ("--heartbeat-file", "HEARTBEAT_FILE", "heartbeat_file", "touched by every loop pass, read by 'check'"),
     ("--log-level", "LOG_LEVEL", "log_level", "DEBUG, INFO, WARNING or ERROR"),
     (
@@ -160,6 +183,10 @@ def _convert(name: str, raw: str) -> object:
     if kind == "SslPolicy":
         return _ssl_policy(raw)
     try:
+        if name == "default_host":
+            return parse_hostname(raw) if raw.strip() else ""
+        if kind == "RootAnswer | None":
+            return parse_default_root(raw)
         if kind == "int":
             if not re.fullmatch(r"[0-9]{1,9}", raw.strip()):
                 raise ValueError(raw)
@@ -176,6 +203,8 @@ def _convert(name: str, raw: str) -> object:
             return ImageTrust(raw.strip().lower())
         if kind == "tuple[OwnerRule, ...]":
             return parse_owner_rules(raw)
+    except InvalidValue as exc:
+        raise SettingsError(f"{name}: {raw!r}: {exc}") from None
     except ValueError as exc:
         if kind == "ImageTrust":
             raise SettingsError(f"{name}: {raw!r} must be one of routing, all, none") from None

@@ -120,8 +120,10 @@ class Controller:
         statuses = certs.scan(self.certs_dir)
         placeholder = certs.placeholder_files(self.certs_dir)
         nginx_networks = None
+        host_address = plan.LOOPBACK
         if self.settings.docker_mode:
             nginx_networks = sorted({n for info in snapshot.nginx for n in info.networks})
+            host_address = plan.host_address_from(snapshot.nginx)
         desired = plan.build(
             snapshot.containers,
             certs.usable(statuses, self.certs_dir),
@@ -129,6 +131,9 @@ class Controller:
             nginx_networks=nginx_networks,
             policy=self.policy,
             owners=owners.remembered(self.owners),
+            host_address=host_address,
+            default_host=self.settings.default_host,
+            http_on_missing_cert=self.settings.http_on_missing_cert,
         )
         return desired, statuses
 
@@ -145,6 +150,7 @@ class Controller:
             external_http_port=self.settings.external_http_port,
             external_https_port=self.settings.external_https_port,
             non_get_redirect=self.settings.non_get_redirect,
+            default_root=self.settings.default_root,
         )
         return render(desired, options)
 

@@ -251,10 +251,9 @@ def _env_dict(entries: list[str] | None) -> dict[str, str]:
 
 
 def _info(item: dict, facts: _Facts) -> ContainerInfo:
-    networks = {
-        name: net.get("IPAddress") or ""
-        for name, net in ((item.get("NetworkSettings") or {}).get("Networks") or {}).items()
-    }
+    attached = ((item.get("NetworkSettings") or {}).get("Networks") or {}).items()
+    networks = {name: net.get("IPAddress") or "" for name, net in attached}
+    gateways = {name: net.get("Gateway") or "" for name, net in attached if net.get("Gateway")}
     status = item.get("Status") or ""
     health = "unhealthy" if "(unhealthy)" in status else ("starting" if "health: starting" in status else "")
     return ContainerInfo(
@@ -263,6 +262,8 @@ def _info(item: dict, facts: _Facts) -> ContainerInfo:
         labels=item.get("Labels") or {},
         env=facts.env,
         networks=networks,
+        gateways=gateways,
+        network_mode=(item.get("HostConfig") or {}).get("NetworkMode") or "",
         exposed_ports=facts.ports,
         health=health,
         image_labels=facts.image_labels,

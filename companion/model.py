@@ -29,6 +29,11 @@ _LABEL_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # RFC 3986 unreserved characters plus "/" and "%XX" escapes: nothing nginx treats as syntax.
 _PATH_RE = re.compile(r"^/(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})*\Z")
 _HSTS_RE = re.compile(r"^max-age=[0-9]{1,9}(?:; ?includeSubDomains)?(?:; ?preload)?\Z")
+# A DEFAULT_ROOT target: nothing nginx reads as syntax, and a `$` only as one of three whole variables.
+_ROOT_CHAR = r"(?:[A-Za-z0-9._~/?&=+,:@-]|%[0-9A-Fa-f]{2}|\$(?:scheme|host|request_uri)(?![A-Za-z0-9_]))"
+_ROOT_TARGET_RE = re.compile(rf"^(?:/{_ROOT_CHAR}*|(?:https?|\$scheme)://{_ROOT_CHAR}+)\Z")
+MAX_ROOT_TARGET = 2048
+REDIRECT_CODES = (301, 302, 303, 307, 308)
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # The local part starts with a letter or digit (certbot reads "--email -x@a.com" as a missing value
 # and an option, so a leading "-" meant that certificate never came); the domain is RFC 1123 labels,
@@ -87,6 +92,8 @@ class ContainerInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     networks: Mapping[str, str] = field(default_factory=dict)  # network name -> IPv4 address
+    gateways: Mapping[str, str] = field(default_factory=dict)  # network name -> its gateway, the host's address there
+    network_mode: str = ""  # HostConfig.NetworkMode: "host" shares the host's network stack (no IP of its own)
     exposed_ports: tuple[str, ...] = ()  # ExposedPorts keys as Docker reports them: "80/tcp", "81", "53/udp"
     health: str = ""
     image_labels: frozenset[str] = frozenset()  # label keys whose value the image set, not the container
@@ -222,6 +229,44 @@ def parse_path(value: str) -> str:
     if "/../" in text + "/" or "/./" in text + "/" or "//" in text:
         raise InvalidValue("path must not contain empty, . or .. segments")
     return text
+
+
+@dataclass(frozen=True)
+class RootAnswer:
+    """What `/` answers on a host no container claims `/` for: `return <code> [<target>];` (DEFAULT_ROOT)."""
+
+    code: int
+    target: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.target}" if self.target else str(self.code)
+
+
+def parse_default_root(value: str) -> RootAnswer | None:
+    """DEFAULT_ROOT: a status code, a redirect code and target, or None for `none` (no `location /` at all).
+
+    nginx-proxy passes the text to `return` as it is; here only what `return` takes without quoting
+    passes: a target is a path or an http(s) URL of unreserved characters, `%XX` and `?&=+,:@`, with
+    `$scheme`, `$host` and `$request_uri` as the only variables (`$uri` is decoded: `%0d%0a` would split
+    the Location header).
+    """
+    text = value.strip()
+    if text.lower() == "none":
+        return None
+    code, _, target = text.partition(" ")
+    target = target.strip()
+    if not re.fullmatch(r"[1-5][0-9]{2}", code):
+        raise InvalidValue("must be none, a status code from 100 to 599, or a redirect code and target")
+    if not target:
+        return RootAnswer(int(code))
+    if int(code) not in REDIRECT_CODES:
+        raise InvalidValue(f"a target needs a redirect code ({', '.join(map(str, REDIRECT_CODES))})")
+    if len(target) > MAX_ROOT_TARGET or not _ROOT_TARGET_RE.match(target):
+        raise InvalidValue(
+            "target must be a path or http(s) URL of letters, digits, . _ ~ - / ? & = + , : @ and %XX, "
+            "with only $scheme, $host and $request_uri as variables"
+        )
+    return RootAnswer(int(code), target)
 
 
 def parse_enum(value: str, enum: type[E]) -> E:

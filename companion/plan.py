@@ -57,7 +57,7 @@ class Upstream:
 @dataclass(frozen=True)
 class Location:
     path: str
-    upstream: str
+    upstream: str  # "" when no container of the path is reachable: it answers 502 (nginx refuses an empty upstream)
     proto: Proto
     dest: str
 
@@ -70,6 +70,8 @@ class Server:
     locations: tuple[Location, ...]
     cert: CertFiles | None
     placeholder: bool
+    default: bool = False  # DEFAULT_HOST: answers names no server knows
+    hold_http: bool = False  # ENABLE_HTTP_ON_MISSING_CERT=false: HTTP answers 503 until a real certificate exists
 
     @property
     def redirect(self) -> bool:
@@ -86,6 +88,15 @@ class Server:
     def serves_http(self) -> bool:
         return self.https_method is not HttpsMethod.NOHTTP or self.cert is None or self.placeholder
 
+    @property
+    def default_http(self) -> bool:
+        return self.default and self.serves_http
+
+    @property
+    def default_https(self) -> bool:
+        """Only with a real certificate: a placeholder would answer unknown names no better than a refused handshake."""
+        return self.default and self.cert is not None and not self.placeholder
+
 
 @dataclass(frozen=True)
 class Desired:
@@ -99,6 +110,15 @@ class Desired:
     def longest_name(self) -> int:
         return max((len(s.host) for s in self.servers), default=1)
 
+    @property
+    def default_http_taken(self) -> bool:
+        """True when DEFAULT_HOST's server is HTTP's default_server (nginx allows one per port)."""
+        return any(s.default_http for s in self.servers)
+
+    @property
+    def default_https_taken(self) -> bool:
+        return any(s.default_https for s in self.servers)
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def upstream_name(host: str, path: str) -> str:
@@ -109,6 +129,10 @@ def upstream_name(host: str, path: str) -> str:
     in a valid host name, so the wildcard's stand-in cannot collide either.
     """
     return f"companion-{host.replace('*', '_wildcard_')}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+
+
+LOOPBACK = "127.0.0.1"
+HOST_NETWORK = "host"
 
 
 def covers(names: Sequence[str], host: str) -> bool:
@@ -122,12 +146,27 @@ def lineage_digest(domains: Sequence[str]) -> str:
     return hashlib.sha256(",".join(sorted(domains)).encode()).hexdigest()[:8]
 
 
-def pick_address(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str | None:
-    """The container's IP on a network shared with nginx, or its first IP when nginx runs on the host."""
+def pick_address(info: ContainerInfo, nginx_networks: Sequence[str] | None, host_address: str = LOOPBACK) -> str | None:
+    """The container's IP on a network shared with nginx, or its first IP when nginx runs on the host.
+
+    A container on the host's network (`network_mode: host`) has no IP of its own: nginx reaches it at
+    `host_address`, the host as nginx sees it ("" when nginx has no way to the host).
+    """
+    if info.network_mode == HOST_NETWORK:
+        return host_address or None
     names = sorted(n for n, ip in info.networks.items() if ip)
     if nginx_networks is not None:
         names = [n for n in names if n in nginx_networks]
     return info.networks[names[0]] if names else None
+
+
+def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
+    """Where nginx in a container reaches the host: loopback when it shares the host's network, else the
+    gateway of its first network by name (the host's address on that network); "" when it has none."""
+    if any(info.network_mode == HOST_NETWORK for info in nginx):
+        return LOOPBACK
+    gateways = sorted((name, gateway) for info in nginx for name, gateway in info.gateways.items() if gateway)
+    return gateways[0][1] if gateways else ""
 
 
 def build(
@@ -138,14 +177,19 @@ def build(
     nginx_networks: Sequence[str] | None = None,
     policy: Policy = DEFAULT_POLICY,
     owners: Mapping[str, str] | None = None,
+    host_address: str = LOOPBACK,
+    default_host: str = "",
+    http_on_missing_cert: bool = True,
 ) -> Desired:
     """Compute the whole desired state from a snapshot of containers and the certificates on disk.
 
     `certs` are the usable lineages by name; `owners` the containers that decided for each host
-    before (by name), so that a newcomer cannot take over a host's settings.
+    before (by name), so that a newcomer cannot take over a host's settings. A container nginx cannot
+    reach still claims its hosts (they answer 502, not another site or nginx's 503); `host_address` is
+    where nginx reaches containers on the host's network.
     """
     problems: list[str] = []
-    located: list[tuple[Site, str]] = []
+    located: list[tuple[Site, str | None]] = []
     for info in sorted(containers, key=lambda c: (c.name, c.id)):
         ignored = ignored_from_image(info, policy.image_trust)
         if ignored:
@@ -162,11 +206,15 @@ def build(
         if info.health == "unhealthy":
             problems.append(f"container {info.name}: unhealthy, left out until its health check passes")
             continue
-        address = pick_address(info, nginx_networks)
+        address = pick_address(info, nginx_networks, host_address)
         if address is None:
             where = "a network shared with nginx" if nginx_networks is not None else "any network"
-            problems.append(f"container {info.name}: not reachable (no IP address on {where}), left out")
-            continue
+            why = f"no IP address on {where}"
+            if info.network_mode == HOST_NETWORK:
+                why = "on the host's network, and nginx is on no network with a gateway to the host"
+            problems.append(
+                f"container {info.name}: not reachable ({why}); its paths answer 502 without another backend"
+            )
         located.append((site, address))
 
     servers: list[Server] = []
@@ -184,14 +232,16 @@ def build(
         for path, path_claims in _by_path(claims).items():
             first = path_claims[0][0]
             name = upstream_name(host, path)
-            backends = tuple(sorted({(address, site.port) for site, address in path_claims}))
-            upstreams[name] = Upstream(name, backends)
-            locations.append(Location(path, name, first.proto, first.dest))
+            backends = tuple(sorted({(address, site.port) for site, address in path_claims if address}))
+            if backends:
+                upstreams[name] = Upstream(name, backends)
+            locations.append(Location(path, name if backends else "", first.proto, first.dest))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
         wants_tls = owner.cert is not None or bool(owner.cert_name)
         is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
+        hold = not http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
         servers.append(
             Server(
                 host=host,
@@ -200,8 +250,12 @@ def build(
                 locations=tuple(sorted(locations, key=lambda loc: loc.path)),
                 cert=placeholder if is_placeholder else cert,
                 placeholder=is_placeholder,
+                default=host == default_host,
+                hold_http=hold and cert is None,
             )
         )
+    if default_host and default_host not in decided:
+        problems.append(f"DEFAULT_HOST={default_host}: no container serves this host; unknown names answer 503")
     requests = _requests([site for site, _ in located], certs, problems)
     return Desired(
         servers=tuple(servers),
@@ -272,22 +326,22 @@ def _requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[
     return requests
 
 
-def _by_host(located: list[tuple[Site, str]]) -> dict[str, list[tuple[Site, str]]]:
-    grouped: dict[str, list[tuple[Site, str]]] = {}
+def _by_host(located: list[tuple[Site, str | None]]) -> dict[str, list[tuple[Site, str | None]]]:
+    grouped: dict[str, list[tuple[Site, str | None]]] = {}
     for site, address in located:
         for host in site.hosts:
             grouped.setdefault(host, []).append((site, address))
     return dict(sorted(grouped.items()))
 
 
-def _by_path(claims: list[tuple[Site, str]]) -> dict[str, list[tuple[Site, str]]]:
-    grouped: dict[str, list[tuple[Site, str]]] = {}
+def _by_path(claims: list[tuple[Site, str | None]]) -> dict[str, list[tuple[Site, str | None]]]:
+    grouped: dict[str, list[tuple[Site, str | None]]] = {}
     for site, address in claims:
         grouped.setdefault(site.path, []).append((site, address))
     return grouped
 
 
-def _warn_conflicts(host: str, claims: list[tuple[Site, str]], problems: list[str], why: str) -> None:
+def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: list[str], why: str) -> None:
     owner = claims[0][0]
     for site, _ in claims[1:]:
         differs = [

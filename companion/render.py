@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from .config import SslPolicy
+from .model import RootAnswer
 from .plan import Desired
 
 MAIN_FILE = "companion.conf"
@@ -35,6 +36,7 @@ class RenderOptions:
     external_http_port: int = 0  # 0: http_port
     external_https_port: int = 0  # 0: https_port
     non_get_redirect: int = 301
+    default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
 
 
 _ENV = jinja2.Environment(
@@ -80,6 +82,9 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         # A bucket must hold the longest name plus nginx's per-entry overhead.
         "hash_bucket_size": max(64, _next_power_of_two(desired.longest_name + 32)),
         "hash_max_size": max(512, _next_power_of_two(names * 2)),
+        "default_root": options.default_root,
+        "default_http_taken": desired.default_http_taken,
+        "default_https_taken": desired.default_https_taken,
         "servers": desired.servers,
         "upstreams": desired.upstreams,
     }

@@ -10,6 +10,7 @@ import pytest
 from companion import config
 from companion.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, Settings, SettingsError
 from companion.controller import BURST_MAX_CAP, BURST_QUIET, FIRST_MAX, FIRST_QUIET, IDLE_GAP, Debouncer
+from companion.model import RootAnswer
 from tests.nginxcheck import nginx_binary
 
 
@@ -221,3 +222,47 @@ def test_flags_work_before_and_after_the_command() -> None:
 def test_unknown_log_level_is_refused() -> None:
     with pytest.raises(SettingsError, match="log level"):
         load(env={"LOG_LEVEL": "LOUD"})
+
+
+@pytest.mark.parametrize(
+    ("env", "field", "expected"),
+    [
+        ({}, "default_host", ""),
+        ({"DEFAULT_HOST": "WWW.Example.COM."}, "default_host", "www.example.com"),
+        ({"DEFAULT_HOST": "bücher.example"}, "default_host", "xn--bcher-kva.example"),
+        ({"DEFAULT_HOST": ""}, "default_host", ""),
+        ({}, "default_root", RootAnswer(404)),
+        ({"DEFAULT_ROOT": "none"}, "default_root", None),
+        (
+            {"DEFAULT_ROOT": "301 $scheme://$host/app$request_uri"},
+            "default_root",
+            RootAnswer(301, "$scheme://$host/app$request_uri"),
+        ),
+        ({}, "http_on_missing_cert", True),
+        ({"ENABLE_HTTP_ON_MISSING_CERT": "false"}, "http_on_missing_cert", False),
+    ],
+)
+def test_drop_in_settings(env: dict[str, str], field: str, expected: object) -> None:
+    assert getattr(load(env=env), field) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"DEFAULT_HOST": "a.com;evil"}, ["default_host", "'a.com;evil'", "RFC 1123"]),
+        ({"DEFAULT_HOST": "~^a"}, ["default_host", "regular-expression"]),
+        ({"DEFAULT_ROOT": "301 /x;return 200 hi"}, ["default_root", "target must be"]),
+        ({"DEFAULT_ROOT": "4040"}, ["default_root", "status code from 100 to 599"]),
+        ({"ENABLE_HTTP_ON_MISSING_CERT": "maybe"}, ["http_on_missing_cert", "'maybe'"]),
+    ],
+)
+def test_bad_drop_in_settings_stop_startup_naming_the_setting(env: dict[str, str], words: list[str]) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load(env=env)
+    for word in words:
+        assert word in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_default_root_flag_over_environment() -> None:
+    assert load(["--default-root", "418"], {"DEFAULT_ROOT": "none"}).default_root == RootAnswer(418)

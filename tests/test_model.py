@@ -16,7 +16,9 @@ from companion.model import (
     Policy,
     Proto,
     Rejection,
+    RootAnswer,
     Site,
+    parse_default_root,
     parse_site,
 )
 
@@ -669,3 +671,60 @@ def test_settings_of_only_companion_variables() -> None:
         info(labels={"VIRTUAL_HOST": "l", "OTHER": "x"}, env={"VIRTUAL_HOST": "e", "HSTS": "off"})
     )
     assert values == {"VIRTUAL_HOST": "l", "HSTS": "off"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("404", RootAnswer(404)),
+        (" 418 ", RootAnswer(418)),
+        ("100", RootAnswer(100)),
+        ("599", RootAnswer(599)),
+        ("301", RootAnswer(301)),  # nginx takes `return 301;` as a bare status
+        ("none", None),
+        ("NONE", None),
+        ("301 https://example.org/docs/", RootAnswer(301, "https://example.org/docs/")),
+        ("302 $scheme://$host/app1$request_uri", RootAnswer(302, "$scheme://$host/app1$request_uri")),
+        ("307 /app/?a=1&b=%2F", RootAnswer(307, "/app/?a=1&b=%2F")),
+        ("308 http://user@h.example:8080/x,y+z", RootAnswer(308, "http://user@h.example:8080/x,y+z")),
+    ],
+)
+def test_parse_default_root(value: str, expected: RootAnswer | None) -> None:
+    assert parse_default_root(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "99",
+        "600",
+        "4040",
+        "abc",
+        "404 /x",  # a target needs a redirect code
+        "200 hello",
+        "301 https://",
+        "301 example.org",
+        "301 /x;return 200",
+        "301 /x }",
+        "301 /x\ny",
+        "301 /x\r\nSet-Cookie:a",
+        '301 "/x"',
+        "301 /x#frag",
+        "301 /$uri",  # decoded: %0d%0a would split the Location header
+        "301 /$hostx",
+        "301 /$http_x",
+        "301 /%zz",
+        "301 /" + "a" * 2048,
+        "301 /x\\y",
+        "301 /ü",
+    ],
+)
+def test_parse_default_root_rejects(value: str) -> None:
+    with pytest.raises(InvalidValue):
+        parse_default_root(value)
+
+
+def test_root_answer_renders_as_return_arguments() -> None:
+    assert str(RootAnswer(404)) == "404"
+    assert str(RootAnswer(301, "/a/")) == "301 /a/"

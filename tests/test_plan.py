@@ -127,7 +127,7 @@ def test_rejected_container_is_left_out_with_a_problem() -> None:
     assert problem.startswith("container bad: VIRTUAL_HOST=")
 
 
-def test_container_without_shared_network_is_left_out() -> None:
+def test_container_without_shared_network_is_left_out_of_the_upstream() -> None:
     desired = build(
         c("lonely", ip="10.1.0.2", network="other", VIRTUAL_HOST="a.com"),
         c("web", ip="10.0.0.2", network="proxy", VIRTUAL_HOST="b.com"),
@@ -140,12 +140,61 @@ def test_container_without_shared_network_is_left_out() -> None:
         U("b.com"): (("10.0.0.2", 80),),
     }
     (problem,) = desired.problems
-    assert "lonely" in problem and "shared with nginx" in problem
+    assert problem == (
+        "container lonely: not reachable (no IP address on a network shared with nginx); "
+        "its paths answer 502 without another backend"
+    )
 
 
-def test_container_with_no_address_at_all() -> None:
-    desired = build(c("noip", ip="", VIRTUAL_HOST="a.com"))
-    assert desired.servers == () and "noip" in desired.problems[0]
+def test_container_with_no_address_keeps_its_host_which_answers_502() -> None:
+    """A running container that left nginx's network: its host is not handed to nginx's default server."""
+    desired = build(
+        c("noip", ip="", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"),
+        c("front", ip="", VIRTUAL_HOST="b.com"),
+        c("api", ip="10.0.0.3", VIRTUAL_HOST="b.com", VIRTUAL_PATH="/api/"),
+    )
+    assert [s.host for s in desired.servers] == ["a.com", "b.com"]
+    assert server(desired, "a.com").locations == (Location("/", "", Proto.HTTP, ""),)
+    assert server(desired, "a.com").has_root and server(desired, "a.com").placeholder
+    assert server(desired, "b.com").locations == (
+        Location("/", "", Proto.HTTP, ""),
+        Location("/api/", U("b.com", "/api/"), Proto.HTTP, ""),
+    )
+    assert desired.upstreams == (Upstream(U("b.com", "/api/"), (("10.0.0.3", 80),)),)
+    assert [r.domains for r in desired.certificates] == [("a.com",)]
+    assert [p.split(":")[0] for p in desired.problems] == ["container front", "container noip"]
+    assert all("not reachable (no IP address on any network)" in p for p in desired.problems)
+
+
+def test_host_network_container_is_reached_at_the_host_address() -> None:
+    hostnet = ContainerInfo(
+        id="h",
+        name="hostnet",
+        env={"VIRTUAL_HOST": "h.com", "VIRTUAL_PORT": "8081"},
+        networks={"host": ""},
+        network_mode="host",
+    )
+    in_host_mode = build(hostnet)
+    assert in_host_mode.upstreams == (Upstream(U("h.com"), (("127.0.0.1", 8081),)),)
+    in_docker_mode = build(hostnet, nginx_networks=["proxy"], host_address="172.18.0.1")
+    assert in_docker_mode.upstreams == (Upstream(U("h.com"), (("172.18.0.1", 8081),)),)
+    assert in_docker_mode.problems == ()
+    no_gateway = build(hostnet, nginx_networks=["proxy"], host_address="")
+    assert no_gateway.upstreams == () and server(no_gateway, "h.com").locations[0].upstream == ""
+    (problem,) = no_gateway.problems
+    assert "hostnet: not reachable (on the host's network, and nginx is on no network with a gateway" in problem
+
+
+def test_host_network_container_without_virtual_port_uses_its_exposed_port() -> None:
+    info = ContainerInfo(
+        id="h",
+        name="h",
+        env={"VIRTUAL_HOST": "h.com"},
+        networks={"host": ""},
+        network_mode="host",
+        exposed_ports=("9000/tcp",),
+    )
+    assert build(info).upstreams[0].servers == (("127.0.0.1", 9000),)
 
 
 def test_pick_address_prefers_shared_network_sorted_by_name() -> None:
@@ -287,3 +336,47 @@ def test_every_permutation_of_a_conflict_gives_the_same_result() -> None:
     fleet = _fleet()[:3] + _fleet()[6:7]
     results = {build(*perm) for perm in itertools.permutations(fleet)}
     assert len(results) == 1
+
+
+def test_default_host_marks_its_server_and_warns_when_no_container_serves_it() -> None:
+    desired = build(c("web", VIRTUAL_HOST="a.com"), c("other", VIRTUAL_HOST="b.com"), default_host="a.com")
+    assert [(s.host, s.default) for s in desired.servers] == [("a.com", True), ("b.com", False)]
+    assert desired.default_http_taken and not desired.default_https_taken  # no certificate yet
+    assert desired.problems == ()
+    with_cert = build(c("web", VIRTUAL_HOST="a.com"), certs={"a.com": REAL}, default_host="a.com")
+    assert with_cert.default_http_taken and with_cert.default_https_taken
+    pending = build(c("web", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"), default_host="a.com")
+    assert server(pending, "a.com").placeholder and not pending.default_https_taken
+    https_only = build(
+        c("web", VIRTUAL_HOST="a.com", HTTPS_METHOD="nohttp"), certs={"a.com": REAL}, default_host="a.com"
+    )
+    assert not https_only.default_http_taken and https_only.default_https_taken
+    missing = build(c("other", VIRTUAL_HOST="b.com"), default_host="a.com")
+    assert not missing.default_http_taken and not any(s.default for s in missing.servers)
+    assert missing.problems == ("DEFAULT_HOST=a.com: no container serves this host; unknown names answer 503",)
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "pending", "real"])
+def test_http_on_missing_cert_false_holds_http_only_for_redirect_and_nohttp_without_a_real_cert(
+    method: str, cert: str
+) -> None:
+    labels = {"VIRTUAL_HOST": "a.com", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    certs = {"a.com": REAL} if cert == "real" else {}
+    held = server(build(c("web", **labels), certs=certs, http_on_missing_cert=False), "a.com")
+    assert held.hold_http is (method in ("redirect", "nohttp") and cert != "real")
+    assert not server(build(c("web", **labels), certs=certs), "a.com").hold_http  # the default: true
+
+
+def test_host_address_from_the_nginx_containers() -> None:
+    def nginx(name: str, mode: str = "", **gateways: str) -> ContainerInfo:
+        return ContainerInfo(
+            id=name, name=name, networks=dict.fromkeys(gateways, "10.0.0.9"), gateways=gateways, network_mode=mode
+        )
+
+    assert plan.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
+    assert plan.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
+    assert plan.host_address_from([nginx("n")]) == ""
+    assert plan.host_address_from([]) == ""

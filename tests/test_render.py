@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from companion import plan
-from companion.model import ContainerInfo
+from companion.model import ContainerInfo, parse_default_root
 from companion.plan import CertFiles
 from companion.render import DHPARAM_FILE, MAIN_FILE, SNIPPETS, RenderOptions, render
 from tests.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
@@ -426,3 +426,118 @@ def test_challenge_regex_ends_at_the_true_end() -> None:
     assert python_pattern.match("/.well-known/acme-challenge/Tok_en-1")
     for path in ("tok\n", "tok\r\n", "tok.txt", "../x", ".htpasswd", ""):
         assert not python_pattern.match("/.well-known/acme-challenge/" + path), path
+
+
+# -- DEFAULT_HOST, DEFAULT_ROOT, ENABLE_HTTP_ON_MISSING_CERT, unreachable backends ----------------------
+
+
+def default_servers(text: str) -> dict[bool, list[str]]:
+    """The server_name of every server whose listen says default_server, by HTTPS or not."""
+    found: dict[bool, list[str]] = {False: [], True: []}
+    for name, https, block in server_blocks(text):
+        if any("default_server" in listen.args for listen in block.find("listen")):
+            found[https].append(name)
+    return found
+
+
+@pytest.mark.parametrize("method", ["redirect", "noredirect", "nohttp", "nohttps"])
+@pytest.mark.parametrize("cert", ["none", "real", "pending"])
+def test_default_host_is_the_default_server_where_it_serves(layout: NginxLayout, method: str, cert: str) -> None:
+    labels = {"VIRTUAL_HOST": "a.com", "HTTPS_METHOD": method}
+    if cert == "pending":
+        labels["LETSENCRYPT_HOST"] = "a.com"
+    certs = {"a.com": replace(layout.cert(), domains=("a.com",))} if cert == "real" else {}
+    containers = [c("web", "10.0.0.2", **labels), c("other", "10.0.0.3", VIRTUAL_HOST="b.com")]
+    desired = plan.build(containers, certs, layout.cert(), default_host="a.com")
+    (server,) = [s for s in desired.servers if s.host == "a.com"]
+    files = render(desired, layout.options())
+    found = default_servers(files[MAIN_FILE])
+    assert found[False] == (["a.com"] if server.serves_http else ["_"])
+    real = cert == "real" and method != "nohttps"
+    assert found[True] == (["a.com"] if real else ["_"])
+    _assert_valid(layout, files)
+
+
+def test_without_default_host_the_catch_all_servers_stay_default() -> None:
+    desired = plan.build([c("web", "10.0.0.2", VIRTUAL_HOST="a.com")], {"a.com": REAL}, PLACEHOLDER)
+    assert default_servers(render(desired, OPTIONS)[MAIN_FILE]) == {False: ["_"], True: ["_"]}
+    missing = plan.build([c("web", "10.0.0.2", VIRTUAL_HOST="a.com")], {}, PLACEHOLDER, default_host="z.com")
+    assert default_servers(render(missing, OPTIONS)[MAIN_FILE]) == {False: ["_"], True: ["_"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("404", [("404",)]),
+        ("418", [("418",)]),
+        ("301 https://example.org/docs/", [("301", "https://example.org/docs/")]),
+        ("302 $scheme://$host/app1$request_uri", [("302", "$scheme://$host/app1$request_uri")]),
+        ("308 /app/?from=root&x=%20", [("308", "/app/?from=root&x=%20")]),
+        ("none", None),
+    ],
+)
+def test_default_root_is_what_slash_answers_without_a_root_container(
+    layout: NginxLayout, value: str, expected: list[tuple[str, ...]] | None
+) -> None:
+    desired = plan.build(
+        [c("api", "10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/", LETSENCRYPT_HOST="a.com")],
+        {},
+        layout.cert(),
+    )
+    files = render(desired, layout.options(default_root=parse_default_root(value)))
+    for https in (False, True):
+        block = block_of(files[MAIN_FILE], "a.com", https)
+        paths = sorted(loc.args[0] for loc in block.find("location"))
+        if expected is None:
+            assert paths == ["/api/"], https
+        else:
+            assert paths == ["/", "/api/"] and root_answers(block) == expected, https
+    _assert_valid(layout, files)
+    # A container at `/` is never overridden by DEFAULT_ROOT.
+    served = plan.build([c("web", "10.0.0.3", VIRTUAL_HOST="a.com")], {}, layout.cert())
+    text = render(served, layout.options(default_root=parse_default_root(value)))[MAIN_FILE]
+    assert root_answers(block_of(text, "a.com", False)) == [(f"http://{plan.upstream_name('a.com', '/')}",)]
+
+
+def test_a_path_whose_only_container_is_unreachable_answers_502(layout: NginxLayout) -> None:
+    containers = [
+        c("a-front", "", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com"),
+        c("api", "10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/"),
+        c("gone", "", VIRTUAL_HOST="b.com"),
+        c("web", "10.0.0.4", VIRTUAL_HOST="c.com"),
+    ]
+    desired = plan.build(containers, {}, layout.cert())
+    files = render(desired, layout.options())
+    text = files[MAIN_FILE]
+    for host, https in (("a.com", False), ("a.com", True), ("b.com", False)):
+        assert root_answers(block_of(text, host, https)) == [("502",)], (host, https)
+    (api,) = [loc for loc in block_of(text, "a.com", False).find("location") if loc.args == ("/api/",)]
+    assert api.find("proxy_pass")[0].args == (f"http://{plan.upstream_name('a.com', '/api/')}",)
+    upstreams = [d.args[0] for d in parse_conf(text) if d.name == "upstream"]
+    assert upstreams == sorted([plan.upstream_name("a.com", "/api/"), plan.upstream_name("c.com", "/")])
+    assert text.count("return 502;") == 3
+    _assert_valid(layout, files)
+    again = plan.build(list(reversed(containers)), {}, layout.cert())
+    assert render(again, layout.options()) == files
+
+
+@pytest.mark.parametrize("method", ["redirect", "nohttp"])
+def test_http_held_at_503_until_a_real_certificate_keeps_the_challenge(layout: NginxLayout, method: str) -> None:
+    labels = {"VIRTUAL_HOST": "a.com", "LETSENCRYPT_HOST": "a.com", "HTTPS_METHOD": method}
+    pending = plan.build([c("web", "10.0.0.2", **labels)], {}, layout.cert(), http_on_missing_cert=False)
+    files = render(pending, layout.options())
+    block = block_of(files[MAIN_FILE], "a.com", False)
+    assert root_answers(block) == [("503",)] and [loc.args for loc in block.find("location")] == [("/",)]
+    assert block.find("include")[0].args == (str(layout.conf_dir / "companion-acme.inc"),)
+    _assert_valid(layout, files)
+    issued = plan.build(
+        [c("web", "10.0.0.2", **labels)],
+        {"a.com": replace(layout.cert(), domains=("a.com",))},
+        layout.cert(),
+        http_on_missing_cert=False,
+    )
+    text = render(issued, layout.options())[MAIN_FILE]
+    if method == "redirect":
+        assert root_answers(block_of(text, "a.com", False))[0][0] == "301"
+    else:
+        assert [https for name, https, _ in server_blocks(text) if name == "a.com"] == [True]
