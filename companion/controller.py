@@ -7,6 +7,7 @@ away, not on every pass.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -100,6 +101,9 @@ class Controller:
             allowed_domains=settings.allowed_domains,
             image_trust=settings.image_trust,
             owners=settings.domain_owners,
+            acme_server=settings.acme_server,
+            staging_server=settings.acme_staging_server,
+            allowed_servers=settings.allowed_acme_servers,
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
@@ -122,6 +126,7 @@ class Controller:
         nginx_networks = None
         if self.settings.docker_mode:
             nginx_networks = sorted({n for info in snapshot.nginx for n in info.networks})
+        default, problem = certs.default_cert(self.certs_dir)
         desired = plan.build(
             snapshot.containers,
             certs.usable(statuses, self.certs_dir),
@@ -129,7 +134,10 @@ class Controller:
             nginx_networks=nginx_networks,
             policy=self.policy,
             owners=owners.remembered(self.owners),
+            default_cert=default,
         )
+        if problem:
+            desired = dataclasses.replace(desired, problems=(*desired.problems, problem))
         return desired, statuses
 
     def render_files(self, desired: plan.Desired) -> dict[str, str]:

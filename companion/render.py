@@ -65,6 +65,7 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         "hash_max_size": max(512, _next_power_of_two(names * 2)),
         "servers": desired.servers,
         "upstreams": desired.upstreams,
+        "default_cert": desired.default_cert,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for name, template in SNIPPETS.values():

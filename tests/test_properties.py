@@ -88,6 +88,11 @@ GOOD = {
     "CERT_NAME": ["shared", "a.example.com", "even-cert"],
     "LETSENCRYPT_HOST": ["a.example.com", "A.example.com.", "a.example.com,b.example.com", "bücher.example.com"],
     "LETSENCRYPT_EMAIL": ["me@example.com", "a+b@x.io"],
+    "ACME_HOST": ["a.example.com", "a.example.com,b.example.com"],
+    "ACME_EMAIL": ["me@example.com", "a+b@x.io"],
+    "ACME_CA_URI": ["https://ca.example.com/directory", "https://127.0.0.1:14000/dir"],
+    "LETSENCRYPT_TEST": ["true", "false"],
+    "ACME_TEST": ["TRUE", "0"],
 }
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
