@@ -94,6 +94,7 @@ GOOD = {
     "LETSENCRYPT_TEST": ["true", "false"],
     "ACME_TEST": ["TRUE", "0"],
 }
+ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
 
@@ -244,10 +245,10 @@ def test_labels_are_rejected_or_render_a_valid_typed_config(
     if isinstance(site, Site):
         # an accepted value carries no nginx syntax (HSTS's "; " is written inside quotes, checked above)
         for name, value in model.settings_of(hostile).items():
-            if name == "LETSENCRYPT_EMAIL" and site.cert is None:
-                continue  # only read with LETSENCRYPT_HOST; never written to nginx either way
+            if name in ONLY_WITH_A_CERTIFICATE and site.cert is None:
+                continue  # only read with ACME_HOST/LETSENCRYPT_HOST; never written to nginx either way
             allowed = set("; ") if name == "HSTS" else set()
-            parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST") else [value]
+            parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST", "ACME_HOST") else [value]
             for part in parts:
                 assert not (SPECIAL - allowed) & set(part.strip()), (name, value)
     started = time.perf_counter()
