@@ -16,8 +16,10 @@ import os
 import queue
 import re
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -61,6 +63,8 @@ def due_reason(request: CertRequest, status: CertStatus | None, now: dt.datetime
         return f"certificate unusable ({status.problem})"
     if set(status.domains) != set(request.domains):
         return "names changed"
+    if status.server and request.server and status.server != request.server:
+        return f"CA changed from {status.server} to {request.server}"
     if status.remaining(now) <= renew_window(status, renew_before_days):
         return f"expires {status.not_after:%Y-%m-%d %H:%M} UTC"
     return ""
@@ -101,27 +105,43 @@ def _certbot_reason(output: str) -> str:
     return (errors or lines or ["certbot failed without output"])[-1]
 
 
-def certbot_command(settings: Settings, request: CertRequest, *, force: bool) -> list[str]:
+def _certbot_base(settings: Settings, verb: str, config_dir: Path, server: str) -> list[str]:
     certs = Path(settings.certs_dir)
-    cmd = [
+    return [
         *CERTBOT,
-        "certonly",
-        "--webroot",
-        "--webroot-path",
-        settings.webroot,
-        "--cert-name",
-        request.name,
+        verb,
         "--config-dir",
-        str(certs),
+        str(config_dir),
         "--work-dir",
         str(certs / "companion" / "work"),
         "--logs-dir",
         str(certs / "companion" / "logs"),
         "--server",
-        settings.acme_server,
+        server,
         "--non-interactive",
         "--agree-tos",
         "--no-eff-email",
+    ]
+
+
+def _email_args(email: str) -> list[str]:
+    return ["--email", email] if email else ["--register-unsafely-without-email"]
+
+
+def register_command(settings: Settings, server: str, email: str, config_dir: Path) -> list[str]:
+    """Register one account in a config dir of its own: `certbot register` refuses a second account for a
+    server, and with two accounts `certonly` cannot choose without `--account`."""
+    return [*_certbot_base(settings, "register", config_dir, server), *_email_args(email)]
+
+
+def certbot_command(settings: Settings, request: CertRequest, *, force: bool, account: str = "") -> list[str]:
+    cmd = [
+        *_certbot_base(settings, "certonly", Path(settings.certs_dir), request.server or settings.acme_server),
+        "--webroot",
+        "--webroot-path",
+        settings.webroot,
+        "--cert-name",
+        request.name,
         "--no-random-sleep-on-renew",
         "--preferred-challenges",
         "http",
@@ -134,7 +154,9 @@ def certbot_command(settings: Settings, request: CertRequest, *, force: bool) ->
         cmd += ["--rsa-key-size", str(settings.rsa_key_size)]
     else:
         cmd += ["--elliptic-curve", "secp256r1"]
-    cmd += ["--email", request.email] if request.email else ["--register-unsafely-without-email"]
+    cmd += _email_args(request.email)
+    if account:
+        cmd += ["--account", account]
     if force:
         cmd.append("--force-renewal")
     for domain in request.domains:
@@ -217,6 +239,42 @@ def save_state(certs_dir: Path, state: dict[str, CertState]) -> None:
     write_atomic(path, json.dumps({k: asdict(v) for k, v in sorted(state.items())}, indent=1) + "\n", mode=0o600)
 
 
+# -- ACME accounts: one per (CA, email) ----------------------------------------------------------
+
+ACCOUNTS_FILE = "companion/accounts.json"
+ACCOUNTS_MAX_BYTES = 1024 * 1024
+# certbot keeps an account in accounts/<server host[:port]>/<server path>/<id>, its id 32 hex digits.
+_ACCOUNT_PATH_RE = re.compile(r"^accounts/[A-Za-z0-9.:\[\]_~%/-]+/[0-9a-f]{32}\Z")
+
+
+def account_key(server: str, email: str) -> str:
+    """One JSON key per (CA, email): a URL holds no space, so the pair splits back unambiguously."""
+    return f"{server} {email}"
+
+
+def parse_accounts(raw: object) -> dict[str, str]:
+    """The accounts file's JSON, (CA, email) key -> account folder relative to the certs dir; ValueError
+    when it has another shape, or a folder could lead outside accounts/."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"expected an object, found {type(raw).__name__}")
+    for key, value in raw.items():
+        if not isinstance(value, str) or not _ACCOUNT_PATH_RE.match(value) or "/../" in value or "/./" in value:
+            raise ValueError(f"{key!r}: not an account folder under accounts/: {value!r:.80}")
+    return dict(raw)
+
+
+def load_accounts(certs_dir: Path) -> dict[str, str]:
+    """The saved mapping; a missing or unusable file starts empty (the accounts are registered again)."""
+    path = certs_dir / ACCOUNTS_FILE
+    try:
+        return parse_accounts(json.loads(read_regular(path, ACCOUNTS_MAX_BYTES)))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, RecursionError) as exc:
+        log.warning("ignoring %s (%s); accounts will be registered again", path, exc)
+        return {}
+
+
 # -- the edge ------------------------------------------------------------------------------------
 
 
@@ -237,6 +295,7 @@ class AcmeManager:
         self.clock = clock
         self.lock = threading.Lock()
         self.state = load_state(self.certs_dir)
+        self.accounts = load_accounts(self.certs_dir)  # only the worker thread uses them
         for entry in self.state.values():
             entry.in_progress = False
         self.queue: queue.Queue[tuple[CertRequest, bool]] = queue.Queue()
@@ -307,8 +366,11 @@ class AcmeManager:
             if self.stopping.is_set():
                 return
             error = self.self_check(request) if self.settings.self_check else ""
+            account = ""
             if not error:
-                error = self.run_certbot(request, force=renewing)
+                error, account = self.account_for(request)
+            if not error:
+                error = self.run_certbot(request, force=renewing, account=account)
             with self.lock:
                 entry = self.state.setdefault(request.name, CertState(domains=list(request.domains)))
                 entry.in_progress = False
@@ -378,8 +440,44 @@ class AcmeManager:
                 )
         return ""
 
-    def run_certbot(self, request: CertRequest, *, force: bool) -> str:
+    def account_for(self, request: CertRequest) -> tuple[str, str]:
+        """(error, account id) for the request's (CA, email): the one registered before, else a new one.
+
+        certbot registers in a scratch config dir and the account folder is moved into the certs dir,
+        where `--account` finds it; the pair is remembered in ACCOUNTS_FILE."""
+        server = request.server or self.settings.acme_server
+        key = account_key(server, request.email)
+        known = self.accounts.get(key)
+        if known is not None and (self.certs_dir / known / "regr.json").is_file():
+            return "", Path(known).name
+        scratch_root = real_dir(self.certs_dir, "companion/register")
+        scratch = Path(tempfile.mkdtemp(dir=scratch_root))
+        try:
+            error = self._certbot(register_command(self.settings, server, request.email, scratch))
+            if error:
+                return f"registering an account at {server}: {error}", ""
+            found = sorted(meta.parent.relative_to(scratch) for meta in scratch.glob("accounts/**/meta.json"))
+            if len(found) != 1 or not _ACCOUNT_PATH_RE.match(str(found[0])):
+                return f"registering an account at {server}: certbot left {len(found)} account folders", ""
+            relative = found[0]
+            real_dir(self.certs_dir, str(relative.parent))
+            os.replace(scratch / relative, self.certs_dir / relative)
+            self.accounts[key] = str(relative)
+            saved = json.dumps(self.accounts, indent=1, sort_keys=True) + "\n"
+            write_atomic(self.certs_dir / ACCOUNTS_FILE, saved, mode=0o600)
+        except OSError as exc:
+            return f"registering an account at {server}: {exc.strerror or exc}", ""
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.info("registered an ACME account at %s for %s", server, request.email or "no email")
+        return "", relative.name
+
+    def run_certbot(self, request: CertRequest, *, force: bool, account: str = "") -> str:
         """Run certbot for one certificate; '' on success, certbot's reason otherwise."""
+        return self._certbot(certbot_command(self.settings, request, force=force, account=account))
+
+    def _certbot(self, command: list[str]) -> str:
+        """Run one certbot command (never two at once); '' on success, certbot's reason otherwise."""
         env = dict(os.environ)
         if self.settings.ca_bundle:
             env["REQUESTS_CA_BUNDLE"] = self.settings.ca_bundle
@@ -388,7 +486,7 @@ class AcmeManager:
                 if self.stopping.is_set():
                     return "stopped before certbot ran"
                 self.process = subprocess.Popen(
-                    certbot_command(self.settings, request, force=force),
+                    command,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     text=True,

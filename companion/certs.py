@@ -7,9 +7,11 @@ not handed to nginx, so that one broken certificate never stops nginx from loadi
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
+import re
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,8 @@ class CertStatus:
     ocsp: bool = False
     serial: str = ""
     problem: str = ""
+    server: str = ""  # the CA it came from and the account that ordered it (certbot's renewal file)
+    account: str = ""
 
     def files(self, certs_dir: Path) -> CertFiles:
         live = certs_dir / "live" / self.name
@@ -68,7 +72,33 @@ def read_lineage(certs_dir: Path, name: str) -> CertStatus:
     real = Path(os.path.realpath(certs_dir))
     # certbot's live/<name>/*.pem are links into archive/<name>/; nothing may lead anywhere else.
     folders = (real / "live" / name, real / "archive" / name)
-    return _read_pair(name, live / "fullchain.pem", live / "privkey.pem", folders)
+    status = _read_pair(name, live / "fullchain.pem", live / "privkey.pem", folders)
+    server, account = renewal_params(certs_dir, name)
+    if (server, account) != (status.server, status.account):
+        status = dataclasses.replace(status, server=server, account=account)
+    return status
+
+
+_RENEWAL_RE = re.compile(r"^(server|account) = (\S+)$", re.MULTILINE)
+_renewal_cache: dict[str, tuple[tuple[int, int, int], tuple[str, str]]] = {}
+
+
+def renewal_params(certs_dir: Path, name: str) -> tuple[str, str]:
+    """(CA directory URL, account id) certbot recorded for a lineage, ('', '') when it has no renewal file
+    (a certificate copied in by hand): read without following links, again only when the file changed."""
+    path = certs_dir / "renewal" / f"{name}.conf"
+    try:
+        st = safefiles.regular_lstat(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = _renewal_cache.get(str(path))
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        found = dict(_RENEWAL_RE.findall(safefiles.read_regular(path, PEM_MAX_BYTES).decode("utf-8", "replace")))
+    except OSError:
+        return "", ""
+    params = (found.get("server", ""), found.get("account", ""))
+    _renewal_cache[str(path)] = (stamp, params)
+    return params
 
 
 def _read_pair(name: str, chain: Path, key: Path, folders: tuple[Path, ...]) -> CertStatus:
@@ -158,6 +188,21 @@ def scan(certs_dir: Path) -> dict[str, CertStatus]:
 
 def usable(statuses: dict[str, CertStatus], certs_dir: Path) -> dict[str, CertFiles]:
     return {name: s.files(certs_dir) for name, s in statuses.items() if not s.problem}
+
+
+DEFAULT_CERT, DEFAULT_KEY = "default.crt", "default.key"
+
+
+def default_cert(certs_dir: Path) -> tuple[CertFiles | None, str]:
+    """The operator's default certificate (nginx-proxy's convention: default.crt and default.key in the
+    certs dir), with a problem when it is there but unusable; (None, '') when the operator set none."""
+    chain, key = certs_dir / DEFAULT_CERT, certs_dir / DEFAULT_KEY
+    if not os.path.lexists(chain) and not os.path.lexists(key):
+        return None, ""
+    status = _read_pair("default", chain, key, (Path(os.path.realpath(certs_dir)),))
+    if status.problem:
+        return None, f"default certificate {chain}: {status.problem}; unknown names are refused instead"
+    return CertFiles(str(chain), str(key), status.ocsp, status.serial, status.domains), ""
 
 
 def placeholder_files(certs_dir: Path) -> CertFiles:

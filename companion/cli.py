@@ -187,7 +187,8 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
             print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
             failed += 1
             continue
-        request = CertRequest(name, status.domains, settings.default_email)
+        # The lineage keeps its CA and the account that ordered it (certbot's renewal file).
+        request = CertRequest(name, status.domains, settings.default_email, server=status.server)
         if not args.force and not due_reason(request, status, now, settings.renew_before_days):
             print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
             continue
@@ -195,7 +196,11 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
         if settings.ca_bundle:
             env["REQUESTS_CA_BUNDLE"] = settings.ca_bundle
         done = subprocess.run(
-            certbot_command(settings, request, force=True), capture_output=True, text=True, env=env, check=False
+            certbot_command(settings, request, force=True, account=status.account),
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
         )
         if done.returncode:
             print(f"{name}: renewal failed: {certbot_reason(done.stdout + done.stderr)}", file=sys.stderr)

@@ -10,11 +10,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_default_root, parse_hostname
+from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_ca_url, parse_default_root, parse_hostname
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+CaUrls = tuple[str, ...]  # ACME directory URLs, kept exactly as written (their case matters)
 
 
 class SslPolicy(StrEnum):
@@ -40,6 +41,8 @@ class Settings:
     nginx_container: str = ""
     default_email: str = ""
     acme_server: str = LETSENCRYPT_PRODUCTION
+    acme_staging_server: str = LETSENCRYPT_STAGING
+    allowed_acme_servers: CaUrls = ()
     ca_bundle: str = ""
     key_type: str = "ecdsa"
     rsa_key_size: int = 2048
@@ -86,6 +89,18 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
     ("--nginx-container", "NGINX_PROXY_CONTAINER", "nginx_container", "name or id of the nginx container"),
     ("--default-email", "DEFAULT_EMAIL", "default_email", "ACME account email when a container names none"),
     ("--acme-server", "ACME_CA_URI", "acme_server", "ACME directory URL"),
+    (
+        "--acme-staging-server",
+        "ACME_STAGING_URI",
+        "acme_staging_server",
+        "ACME directory a container's LETSENCRYPT_TEST/ACME_TEST=true selects",
+    ),
+    (
+        "--allowed-acme-servers",
+        "ACME_CA_URIS_ALLOWED",
+        "allowed_acme_servers",
+        "comma list of further ACME directory URLs a container may name in ACME_CA_URI",
+    ),
     ("--ca-bundle", "CA_BUNDLE", "ca_bundle", "CA file to trust the ACME server's TLS"),
     ("--key-type", "KEY_TYPE", "key_type", "ecdsa or rsa"),
     ("--rsa-key-size", "RSA_KEY_SIZE", "rsa_key_size", "2048, 3072 or 4096"),
@@ -203,12 +218,16 @@ def _convert(name: str, raw: str) -> object:
             return ImageTrust(raw.strip().lower())
         if kind == "tuple[OwnerRule, ...]":
             return parse_owner_rules(raw)
+        if kind == "CaUrls":
+            return tuple(parse_ca_url(p) for p in raw.split(",") if p.strip())
     except InvalidValue as exc:
         raise SettingsError(f"{name}: {raw!r}: {exc}") from None
     except ValueError as exc:
         if kind == "ImageTrust":
             raise SettingsError(f"{name}: {raw!r} must be one of routing, all, none") from None
         if kind == "tuple[OwnerRule, ...]":
+            raise SettingsError(f"{name}: {exc}") from None
+        if isinstance(exc, InvalidValue):
             raise SettingsError(f"{name}: {exc}") from None
         raise SettingsError(f"{name}: {raw!r} is not a valid {kind}") from None
     return raw
@@ -239,7 +258,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         if raw is not None:
             values[name] = _convert(name, raw)
     if "acme_server" not in values and env.get("LETSENCRYPT_TEST", "").lower() in _TRUE:
-        values["acme_server"] = LETSENCRYPT_STAGING
+        values["acme_server"] = values.get("acme_staging_server", LETSENCRYPT_STAGING)
     settings = Settings(**values)  # type: ignore[arg-type]
     _validate(settings)
     return settings
@@ -266,6 +285,10 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"log level {s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
     if not math.isfinite(s.renew_before_days) or s.renew_before_days < 0:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
+    try:
+        parse_ca_url(s.acme_staging_server)
+    except InvalidValue as exc:
+        raise SettingsError(f"acme staging server {s.acme_staging_server!r}: {exc}") from None
     if s.default_email and not is_email(s.default_email):
         raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
     for path in (s.conf_dir, s.webroot, s.certs_dir):

@@ -7,6 +7,7 @@ away, not on every pass.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
@@ -100,6 +101,9 @@ class Controller:
             allowed_domains=settings.allowed_domains,
             image_trust=settings.image_trust,
             owners=settings.domain_owners,
+            acme_server=settings.acme_server,
+            staging_server=settings.acme_staging_server,
+            allowed_servers=settings.allowed_acme_servers,
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
@@ -124,6 +128,7 @@ class Controller:
         if self.settings.docker_mode:
             nginx_networks = sorted({n for info in snapshot.nginx for n in info.networks})
             host_address = plan.host_address_from(snapshot.nginx)
+        default, problem = certs.default_cert(self.certs_dir)
         desired = plan.build(
             snapshot.containers,
             certs.usable(statuses, self.certs_dir),
@@ -134,7 +139,10 @@ class Controller:
             host_address=host_address,
             default_host=self.settings.default_host,
             http_on_missing_cert=self.settings.http_on_missing_cert,
+            default_cert=default,
         )
+        if problem:
+            desired = dataclasses.replace(desired, problems=(*desired.problems, problem))
         return desired, statuses
 
     def render_files(self, desired: plan.Desired) -> dict[str, str]:

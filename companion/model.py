@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import TypeVar
@@ -59,6 +59,18 @@ VARIABLES = (
     "CERT_NAME",
     "LETSENCRYPT_HOST",
     "LETSENCRYPT_EMAIL",
+    "ACME_HOST",
+    "ACME_EMAIL",
+    "ACME_CA_URI",
+    "LETSENCRYPT_TEST",
+    "ACME_TEST",
+)
+# acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
+ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
+# An ACME directory URL: https, a host (name, IPv4 or [IPv6]) with an optional port, a plain path; nothing
+# certbot or a log line could read as anything else.
+_CA_URL_RE = re.compile(
+    r"^https://(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/%-]*)?\Z"
 )
 DEFAULT_HSTS = "max-age=31536000"
 # Every server block includes `location ^~ /.well-known/acme-challenge/`; a VIRTUAL_PATH there would be
@@ -109,6 +121,14 @@ class Policy:
     allowed_domains: tuple[str, ...] = ()
     image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING
     owners: tuple[trust.OwnerRule, ...] = ()
+    acme_server: str = ""  # the companion's own CA: what a container gets when it names none
+    staging_server: str = ""  # what LETSENCRYPT_TEST/ACME_TEST=true selects
+    # CAs a container may name in ACME_CA_URI besides the two above: the order carries the operator's
+    # DEFAULT_EMAIL, which a container must not be able to send to a server of its choosing.
+    allowed_servers: tuple[str, ...] = ()
+
+    def may_use(self, server: str) -> bool:
+        return server in (self.acme_server, self.staging_server, *self.allowed_servers)
 
 
 @dataclass(frozen=True)
@@ -126,11 +146,12 @@ class Backend:
 
 @dataclass(frozen=True)
 class CertRequest:
-    """A certificate the container asks for (LETSENCRYPT_HOST)."""
+    """A certificate the container asks for (ACME_HOST/LETSENCRYPT_HOST), from which CA ('' = the companion's)."""
 
     name: str
     domains: tuple[str, ...]
     email: str
+    server: str = ""
 
 
 @dataclass(frozen=True)
@@ -309,6 +330,23 @@ def parse_email(value: str) -> str:
     return text
 
 
+def parse_ca_url(value: str) -> str:
+    """An ACME directory URL, exactly as given (certbot keeps one account folder per URL)."""
+    text = value.strip()
+    if not _CA_URL_RE.match(text) or ".." in text:
+        raise InvalidValue(
+            "must be an https:// ACME directory URL (a host, an optional port, a path of letters, digits, . _ ~ - / %)"
+        )
+    return text
+
+
+def parse_bool(value: str) -> bool:
+    text = value.strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise InvalidValue("must be true or false")
+    return text in ("true", "1", "yes")
+
+
 def domain_allowed(host: str, patterns: Sequence[str]) -> bool:
     """True when no allow-list is set or the host matches one of its glob patterns."""
     return not patterns or any(fnmatch.fnmatchcase(host, pattern) for pattern in patterns)
@@ -343,10 +381,11 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
     """Turn one container into a validated Site, a Rejection, or None when it asks for nothing."""
     values = settings_of(info, policy.image_trust)
     allowed_domains = policy.allowed_domains
-    if "VIRTUAL_HOST" not in values and "LETSENCRYPT_HOST" not in values:
+    asked = [name for name in ("LETSENCRYPT_HOST", "ACME_HOST") if name in values]
+    if "VIRTUAL_HOST" not in values and not asked:
         return None
     if "VIRTUAL_HOST" not in values:
-        return Rejection(info.name, "LETSENCRYPT_HOST", values["LETSENCRYPT_HOST"], "needs VIRTUAL_HOST as well")
+        return Rejection(info.name, asked[0], values[asked[0]], "needs VIRTUAL_HOST as well")
     current = "VIRTUAL_HOST"
 
     def get(name: str) -> str:
@@ -379,17 +418,22 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
             # A certificate name is a name too: it may not point outside what the operator allows.
             _check_allowed((cert_name.lower(),), allowed_domains)
             _check_owner(info, (cert_name.lower(),), policy.owners)
+        for new, legacy in ALIASES:
+            current = new
+            _check_same(values, new, legacy)
+        host_var = "ACME_HOST" if get("ACME_HOST") else "LETSENCRYPT_HOST"
         cert = None
-        if get("LETSENCRYPT_HOST"):
-            domains = parse_host_list(get("LETSENCRYPT_HOST"), wildcard=False)
+        if get(host_var):
+            domains = parse_host_list(get(host_var), wildcard=False)
             # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
             # so the message says why a certificate will never be ordered for it.
             _check_allowed(domains, allowed_domains)
             outside = [d for d in domains if d not in hosts]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
-            email = parse_email(get("LETSENCRYPT_EMAIL")) if get("LETSENCRYPT_EMAIL") else policy.default_email
-            cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email)
+            email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
+            email = parse_email(get(email_var)) if get(email_var) else policy.default_email
+            cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email, server=_server(get, policy))
     except InvalidValue as exc:
         shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
         return Rejection(info.name, current, shown, str(exc))
@@ -405,6 +449,34 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         cert_name=cert_name,
         cert=cert,
     )
+
+
+def _check_same(values: Mapping[str, str], new: str, legacy: str) -> None:
+    """Both spellings of one variable must agree: silently preferring one would drop the other."""
+    if new in values and legacy in values and values[new].strip() != values[legacy].strip():
+        other = values[legacy].strip()[:80].encode("unicode_escape").decode("ascii")
+        raise InvalidValue(
+            f"differs from {legacy}={other!r}; keep {new} (acme-companion's current name) "
+            f"and remove {legacy}, or give both the same value"
+        )
+
+
+def _server(get: Callable[[str], str], policy: Policy) -> str:
+    """The CA this container's certificate comes from: ACME_CA_URI, else staging when asked, else the
+    companion's own; a URL the operator did not allow is refused, and so is naming a CA and staging at once."""
+    test_var = "ACME_TEST" if get("ACME_TEST") else "LETSENCRYPT_TEST"
+    staging = parse_bool(get(test_var))
+    if not get("ACME_CA_URI"):
+        return policy.staging_server if staging else policy.acme_server
+    server = parse_ca_url(get("ACME_CA_URI"))
+    if staging and server != policy.staging_server:
+        raise InvalidValue(f"names a CA while {test_var}=true asks for staging ({policy.staging_server}); set only one")
+    if not policy.may_use(server):
+        raise InvalidValue(
+            "not a CA this companion may use (its ACME_CA_URI, ACME_STAGING_URI or ACME_CA_URIS_ALLOWED); "
+            "a container cannot send the account email to a server of its own choosing"
+        )
+    return server
 
 
 def _check_allowed(hosts: Sequence[str], allowed_domains: Sequence[str]) -> None:

@@ -105,6 +105,7 @@ class Desired:
     certificates: tuple[CertRequest, ...]
     problems: tuple[str, ...] = field(default=())
     owners: tuple[tuple[str, str], ...] = ()  # (host, container that decides for it), sorted
+    default_cert: CertFiles | None = None  # the operator's, for unknown names on the HTTPS default server
 
     @property
     def longest_name(self) -> int:
@@ -180,13 +181,16 @@ def build(
     host_address: str = LOOPBACK,
     default_host: str = "",
     http_on_missing_cert: bool = True,
+    default_cert: CertFiles | None = None,
 ) -> Desired:
     """Compute the whole desired state from a snapshot of containers and the certificates on disk.
 
     `certs` are the usable lineages by name; `owners` the containers that decided for each host
     before (by name), so that a newcomer cannot take over a host's settings. A container nginx cannot
     reach still claims its hosts (they answer 502, not another site or nginx's 503); `host_address` is
-    where nginx reaches containers on the host's network.
+    where nginx reaches containers on the host's network. `default_cert`, when the operator configured
+    one, stands in for the placeholder: the one certificate that may be presented for names it does not
+    cover, because the operator chose it for exactly that.
     """
     problems: list[str] = []
     located: list[tuple[Site, str | None]] = []
@@ -239,6 +243,8 @@ def build(
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
+            if cert is None and default_cert is not None and covers(default_cert.domains, host):
+                cert = default_cert
         wants_tls = owner.cert is not None or bool(owner.cert_name)
         is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
         hold = not http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
@@ -248,7 +254,7 @@ def build(
                 https_method=owner.https_method,
                 hsts=owner.hsts,
                 locations=tuple(sorted(locations, key=lambda loc: loc.path)),
-                cert=placeholder if is_placeholder else cert,
+                cert=(default_cert or placeholder) if is_placeholder else cert,
                 placeholder=is_placeholder,
                 default=host == default_host,
                 hold_http=hold and cert is None,
@@ -263,6 +269,7 @@ def build(
         certificates=tuple(requests[k] for k in sorted(requests)),
         problems=tuple(problems),
         owners=tuple(sorted(decided.items())),
+        default_cert=default_cert,
     )
 
 
@@ -281,7 +288,8 @@ def _select_cert(
     host: str, site: Site, certs: Mapping[str, CertFiles], index: Mapping[str, list[CertFiles]], problems: list[str]
 ) -> CertFiles | None:
     """CERT_NAME's lineage when it covers the host, else the freshest lineage naming the host, else a
-    covering wildcard; never a certificate that is not valid for the host."""
+    covering wildcard; never a certificate that is not valid for the host. (nginx-proxy also serves a
+    parent's certificate, `example.com` for `a.example.com`; clients refuse it, so it is not chosen.)"""
     if site.cert_name and site.cert_name in certs:
         named = certs[site.cert_name]
         if covers(named.domains, host):

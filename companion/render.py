@@ -87,6 +87,7 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         "default_https_taken": desired.default_https_taken,
         "servers": desired.servers,
         "upstreams": desired.upstreams,
+        "default_cert": desired.default_cert,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for name, template in SNIPPETS.values():

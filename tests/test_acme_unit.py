@@ -223,8 +223,8 @@ def test_certbot_command_carries_every_setting() -> None:
     cmd = certbot_command(settings, CertRequest("n", ("a.test", "b.test"), "me@example.com"), force=True)
     joined = " ".join(cmd)
     for part in (
-        "certonly --webroot --webroot-path /w --cert-name n --config-dir /c",
-        "--work-dir /c/companion/work --logs-dir /c/companion/logs --server https://ca/dir",
+        "certonly --config-dir /c --work-dir /c/companion/work --logs-dir /c/companion/logs --server https://ca/dir",
+        "--webroot --webroot-path /w --cert-name n",
         "--non-interactive --agree-tos",
         "--no-random-sleep-on-renew",
         "--key-type rsa --rsa-key-size 4096",

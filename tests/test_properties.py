@@ -88,7 +88,13 @@ GOOD = {
     "CERT_NAME": ["shared", "a.example.com", "even-cert"],
     "LETSENCRYPT_HOST": ["a.example.com", "A.example.com.", "a.example.com,b.example.com", "bücher.example.com"],
     "LETSENCRYPT_EMAIL": ["me@example.com", "a+b@x.io"],
+    "ACME_HOST": ["a.example.com", "a.example.com,b.example.com"],
+    "ACME_EMAIL": ["me@example.com", "a+b@x.io"],
+    "ACME_CA_URI": ["https://ca.example.com/directory", "https://127.0.0.1:14000/dir"],
+    "LETSENCRYPT_TEST": ["true", "false"],
+    "ACME_TEST": ["TRUE", "0"],
 }
+ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
 
@@ -101,9 +107,14 @@ def hostile_for(name: str) -> st.SearchStrategy[str]:
 
 
 # Valid labels; valid labels with one hostile value; and anything at all (mostly rejected).
+# The acme-companion spellings and a container's own CA are left out of the valid mixes: two spellings
+# with different values, or a CA together with ACME_TEST, are refused by design (tests/test_dropin_certs_unit.py).
+ALTERNATIVES = {"ACME_HOST", "ACME_EMAIL", "ACME_CA_URI"}
 good_labels = st.fixed_dictionaries(
     {"VIRTUAL_HOST": st.sampled_from(GOOD["VIRTUAL_HOST"])},
-    optional={name: st.sampled_from(GOOD[name]) for name in model.VARIABLES if name != "VIRTUAL_HOST"},
+    optional={
+        name: st.sampled_from(GOOD[name]) for name in model.VARIABLES if name not in {"VIRTUAL_HOST", *ALTERNATIVES}
+    },
 )
 one_bad = st.sampled_from(model.VARIABLES).flatmap(
     lambda name: st.builds(lambda base, bad: {**base, name: bad}, good_labels, hostile_for(name))
@@ -239,10 +250,10 @@ def test_labels_are_rejected_or_render_a_valid_typed_config(
     if isinstance(site, Site):
         # an accepted value carries no nginx syntax (HSTS's "; " is written inside quotes, checked above)
         for name, value in model.settings_of(hostile).items():
-            if name == "LETSENCRYPT_EMAIL" and site.cert is None:
-                continue  # only read with LETSENCRYPT_HOST; never written to nginx either way
+            if name in ONLY_WITH_A_CERTIFICATE and site.cert is None:
+                continue  # only read with ACME_HOST/LETSENCRYPT_HOST; never written to nginx either way
             allowed = set("; ") if name == "HSTS" else set()
-            parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST") else [value]
+            parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST", "ACME_HOST") else [value]
             for part in parts:
                 assert not (SPECIAL - allowed) & set(part.strip()), (name, value)
     started = time.perf_counter()

@@ -56,6 +56,7 @@ class Companion:
             # Never the real Let's Encrypt from a test: a labelled container of anything else on the
             # daemon would otherwise send an order to the internet. Tests that issue pass Pebble's URL.
             "ACME_CA_URI": "https://127.0.0.1:9/directory",
+            "ACME_STAGING_URI": "https://127.0.0.1:9/staging",  # what LETSENCRYPT_TEST=true selects
             "LOG_LEVEL": "DEBUG",
         }
         self.env.update(settings)
