@@ -227,8 +227,6 @@ def _convert(name: str, raw: str) -> object:
             raise SettingsError(f"{name}: {raw!r} must be one of routing, all, none") from None
         if kind == "tuple[OwnerRule, ...]":
             raise SettingsError(f"{name}: {exc}") from None
-        if isinstance(exc, InvalidValue):
-            raise SettingsError(f"{name}: {exc}") from None
         raise SettingsError(f"{name}: {raw!r} is not a valid {kind}") from None
     return raw
 
