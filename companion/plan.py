@@ -23,13 +23,15 @@ from .model import (
     CertRequest,
     ContainerInfo,
     HttpsMethod,
+    NetworkAccess,
     Policy,
     Proto,
     Rejection,
     Site,
     ignored_from_image,
-    parse_site,
 )
+from .multiports import parse_sites
+from .variables import container_problems
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Location:
     upstream: str
     proto: Proto
     dest: str
+    internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
 
 
 @dataclass(frozen=True)
@@ -153,11 +156,12 @@ def build(
                 f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
                 f"set them on the container, or TRUST_IMAGE_LABELS=all"
             )
-        site = parse_site(info, policy)
-        if site is None:
+        problems.extend(container_problems(info))
+        sites = parse_sites(info, policy)
+        if sites is None:
             continue
-        if isinstance(site, Rejection):
-            problems.append(site.message)
+        if isinstance(sites, Rejection):
+            problems.append(sites.message)
             continue
         if info.health == "unhealthy":
             problems.append(f"container {info.name}: unhealthy, left out until its health check passes")
@@ -167,7 +171,7 @@ def build(
             where = "a network shared with nginx" if nginx_networks is not None else "any network"
             problems.append(f"container {info.name}: not reachable (no IP address on {where}), left out")
             continue
-        located.append((site, address))
+        located.extend((site, address) for site in sites)
 
     servers: list[Server] = []
     upstreams: dict[str, Upstream] = {}
@@ -186,7 +190,8 @@ def build(
             name = upstream_name(host, path)
             backends = tuple(sorted({(address, site.port) for site, address in path_claims}))
             upstreams[name] = Upstream(name, backends)
-            locations.append(Location(path, name, first.proto, first.dest))
+            internal = first.network_access is NetworkAccess.INTERNAL
+            locations.append(Location(path, name, first.proto, first.dest, internal))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
@@ -306,6 +311,7 @@ def _warn_conflicts(host: str, claims: list[tuple[Site, str]], problems: list[st
                 for name, mine, theirs in (
                     ("VIRTUAL_PROTO", owner.proto, site.proto),
                     ("VIRTUAL_DEST", owner.dest, site.dest),
+                    ("NETWORK_ACCESS", owner.network_access, site.network_access),
                 )
                 if mine != theirs
             ]
