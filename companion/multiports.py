@@ -62,7 +62,7 @@ def parse_multiports(value: str) -> tuple[Route, ...]:
     seen: set[tuple[str, str]] = set()
     for raw_host, paths in tree.items():
         host = parse_hostname(_text(raw_host, "host name"))
-        if paths is None:
+        if paths is None or paths == {}:
             paths = {"/": None}
         if not isinstance(paths, Mapping):
             raise InvalidValue(f"{host}: must map paths to {{port, dest}}")

@@ -8,6 +8,7 @@ warning by changing its row here.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,12 +192,13 @@ def near_miss(name: str) -> str | None:
     The rule: the same name in other letter case always counts; otherwise, compared in upper case, one
     edit (a swap of two neighbours is one) for names of 9 to 11 characters and two for longer ones.
     Names under 9 characters (HSTS) only match by case: HOST, PORT and such are too common in images.
+    Between equally close names, the most similar by difflib's ratio wins.
     Documented names, the companion's own settings and VIRTUAL_ENV are never a miss.
     """
     if name in _NEVER_A_MISS or len(name) > 64:
         return None
     upper = name.upper()
-    best: tuple[int, str] | None = None
+    best: tuple[int, float, str] | None = None
     for known in _READ:
         if upper == known:
             return known
@@ -204,9 +206,12 @@ def near_miss(name: str) -> str | None:
         if abs(len(upper) - len(known)) > allowed:
             continue
         distance = osa_distance(upper, known)
-        if distance <= allowed and (best is None or distance < best[0]):
-            best = (distance, known)
-    return best[1] if best else None
+        if distance > allowed:
+            continue
+        # Ties (VIRTUAL_PROT is one edit from VIRTUAL_PORT and VIRTUAL_PROTO) go to the most similar.
+        candidate = (distance, -difflib.SequenceMatcher(None, upper, known).ratio(), known)
+        best = candidate if best is None else min(best, candidate)
+    return best[2] if best else None
 
 
 def _escaped(name: str) -> str:
