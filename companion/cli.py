@@ -19,6 +19,7 @@ from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .model import CertRequest
 from .nginx import NginxControl
 from .render import MAIN_FILE
+from .variables import setting_problems
 from .watch import watch_certs
 
 log = logging.getLogger("companion")
@@ -105,6 +106,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    for problem in setting_problems(os.environ):
+        log.warning("%s", problem)
     edge = wait_for_daemon(lambda: edge_for(settings), stop)
     if edge is None:
         return 0

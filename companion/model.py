@@ -64,6 +64,8 @@ VARIABLES = (
     "ACME_CA_URI",
     "LETSENCRYPT_TEST",
     "ACME_TEST",
+    "VIRTUAL_HOST_MULTIPORTS",
+    "NETWORK_ACCESS",
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -72,6 +74,9 @@ ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"
 _CA_URL_RE = re.compile(
     r"^https://(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~/%-]*)?\Z"
 )
+MULTIPORTS = "VIRTUAL_HOST_MULTIPORTS"
+# nginx-proxy lets VIRTUAL_HOST_MULTIPORTS override these; here a container sets one or the other.
+MULTIPORTS_EXCLUDES = ("VIRTUAL_HOST", "VIRTUAL_PORT", "VIRTUAL_PATH", "VIRTUAL_DEST")
 DEFAULT_HSTS = "max-age=31536000"
 # Every server block includes `location ^~ /.well-known/acme-challenge/`; a VIRTUAL_PATH there would be
 # a duplicate location (nginx -t fails for every site) or could never be reached.
@@ -89,6 +94,11 @@ class HttpsMethod(StrEnum):
     NOREDIRECT = "noredirect"
     NOHTTP = "nohttp"
     NOHTTPS = "nohttps"
+
+
+class NetworkAccess(StrEnum):
+    EXTERNAL = "external"
+    INTERNAL = "internal"  # only private source addresses reach the container's locations
 
 
 class InvalidValue(ValueError):
@@ -168,6 +178,7 @@ class Site:
     hsts: str
     cert_name: str
     cert: CertRequest | None
+    network_access: NetworkAccess = NetworkAccess.EXTERNAL
 
 
 @dataclass(frozen=True)
@@ -194,7 +205,9 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     if not raw:
         raise InvalidValue("empty hostname")
     if raw.startswith("~"):
-        raise InvalidValue("regular-expression hosts are not supported")
+        raise InvalidValue("regular-expression hosts are not supported (no restricted syntax proven safe yet)")
+    if raw.endswith(".*"):
+        raise InvalidValue("suffix wildcards (name.*) are not supported (no restricted syntax proven safe yet)")
     prefix = ""
     if raw.startswith("*."):
         if not wildcard:
@@ -413,6 +426,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         dest = parse_path(get("VIRTUAL_DEST")) if get("VIRTUAL_DEST") else ""
         method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
+        access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
         if cert_name:
             # A certificate name is a name too: it may not point outside what the operator allows.
@@ -448,6 +462,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         hsts=hsts,
         cert_name=cert_name,
         cert=cert,
+        network_access=access,
     )
 
 

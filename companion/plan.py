@@ -23,13 +23,15 @@ from .model import (
     CertRequest,
     ContainerInfo,
     HttpsMethod,
+    NetworkAccess,
     Policy,
     Proto,
     Rejection,
     Site,
     ignored_from_image,
-    parse_site,
 )
+from .multiports import parse_sites
+from .variables import container_problems
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class Location:
     upstream: str  # "" when no container of the path is reachable: it answers 502 (nginx refuses an empty upstream)
     proto: Proto
     dest: str
+    internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
 
 
 @dataclass(frozen=True)
@@ -201,11 +204,12 @@ def build(
                 f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
                 f"set them on the container, or TRUST_IMAGE_LABELS=all"
             )
-        site = parse_site(info, policy)
-        if site is None:
+        problems.extend(container_problems(info))
+        sites = parse_sites(info, policy)
+        if sites is None:
             continue
-        if isinstance(site, Rejection):
-            problems.append(site.message)
+        if isinstance(sites, Rejection):
+            problems.append(sites.message)
             continue
         if info.health == "unhealthy":
             problems.append(f"container {info.name}: unhealthy, left out until its health check passes")
@@ -219,7 +223,7 @@ def build(
             problems.append(
                 f"container {info.name}: not reachable ({why}); its paths answer 502 without another backend"
             )
-        located.append((site, address))
+        located.extend((site, address) for site in sites)
 
     servers: list[Server] = []
     upstreams: dict[str, Upstream] = {}
@@ -239,7 +243,8 @@ def build(
             backends = tuple(sorted({(address, site.port) for site, address in path_claims if address}))
             if backends:
                 upstreams[name] = Upstream(name, backends)
-            locations.append(Location(path, name if backends else "", first.proto, first.dest))
+            internal = first.network_access is NetworkAccess.INTERNAL
+            locations.append(Location(path, name if backends else "", first.proto, first.dest, internal))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
@@ -368,6 +373,7 @@ def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: 
                 for name, mine, theirs in (
                     ("VIRTUAL_PROTO", owner.proto, site.proto),
                     ("VIRTUAL_DEST", owner.dest, site.dest),
+                    ("NETWORK_ACCESS", owner.network_access, site.network_access),
                 )
                 if mine != theirs
             ]

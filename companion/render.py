@@ -18,6 +18,7 @@ SNIPPETS = {
     "acme": ("companion-acme.inc", "acme-challenge.inc.j2"),
     "tls": ("companion-tls.inc", "tls.inc.j2"),
     "proxy": ("companion-proxy.inc", "proxy.inc.j2"),
+    "internal": ("companion-internal.inc", "network-internal.inc.j2"),
 }
 DHPARAM_FILE = "companion-ffdhe2048.pem"
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)

@@ -22,7 +22,9 @@ NGINX_LABEL = "com.github.nginx-proxy.nginx"
 PROJECT_LABEL = "com.docker.compose.project"
 # What an image may set under the default policy: where its traffic goes, as nginx-proxy users expect
 # of their own images. Certificates, HTTPS policy and the nginx label need the operator's word.
-ROUTING_VARIABLES = frozenset({"VIRTUAL_HOST", "VIRTUAL_PORT", "VIRTUAL_PROTO", "VIRTUAL_PATH", "VIRTUAL_DEST"})
+ROUTING_VARIABLES = frozenset(
+    {"VIRTUAL_HOST", "VIRTUAL_PORT", "VIRTUAL_PROTO", "VIRTUAL_PATH", "VIRTUAL_DEST", "VIRTUAL_HOST_MULTIPORTS"}
+)
 
 
 class ImageTrust(StrEnum):

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from companion import model, plan
-from companion.model import ContainerInfo, Rejection, Site
+from companion.model import MULTIPORTS, ContainerInfo, Rejection, Site
+from companion.multiports import parse_sites
 from companion.plan import CertFiles
 from companion.render import MAIN_FILE, render
 from tests.nginxcheck import NginxLayout, make_layout, parse_conf, walk
@@ -93,6 +94,12 @@ GOOD = {
     "ACME_CA_URI": ["https://ca.example.com/directory", "https://127.0.0.1:14000/dir"],
     "LETSENCRYPT_TEST": ["true", "false"],
     "ACME_TEST": ["TRUE", "0"],
+    "NETWORK_ACCESS": ["external", "internal", "Internal"],
+    MULTIPORTS: [
+        "a.example.com:",
+        '{"a.example.com": {"/": {"port": 8081}, "/x/": {"port": "8082", "dest": "/"}}}',
+        "a.example.com:\n  /:\n  /api/:\n    port: 9000\nb.example.com:\n  /:\n    port: 9001\n    dest: /v2/",
+    ],
 }
 ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
@@ -106,15 +113,24 @@ def hostile_for(name: str) -> st.SearchStrategy[str]:
     )
 
 
-# Valid labels; valid labels with one hostile value; and anything at all (mostly rejected).
-# The acme-companion spellings and a container's own CA are left out of the valid mixes: two spellings
-# with different values, or a CA together with ACME_TEST, are refused by design (tests/test_dropin_certs_unit.py).
+# Valid labels (VIRTUAL_HOST or VIRTUAL_HOST_MULTIPORTS, never both); valid labels with one hostile
+# value; and anything at all (mostly rejected). The acme-companion spellings and a container's own CA are
+# left out of the valid mixes: two spellings with different values, or a CA together with ACME_TEST, are
+# refused by design (tests/test_dropin_certs_unit.py).
 ALTERNATIVES = {"ACME_HOST", "ACME_EMAIL", "ACME_CA_URI"}
-good_labels = st.fixed_dictionaries(
-    {"VIRTUAL_HOST": st.sampled_from(GOOD["VIRTUAL_HOST"])},
-    optional={
-        name: st.sampled_from(GOOD[name]) for name in model.VARIABLES if name not in {"VIRTUAL_HOST", *ALTERNATIVES}
-    },
+good_labels = st.one_of(
+    st.fixed_dictionaries(
+        {"VIRTUAL_HOST": st.sampled_from(GOOD["VIRTUAL_HOST"])},
+        optional={
+            name: st.sampled_from(GOOD[name])
+            for name in model.VARIABLES
+            if name not in {"VIRTUAL_HOST", MULTIPORTS, *ALTERNATIVES}
+        },
+    ),
+    st.fixed_dictionaries(
+        {MULTIPORTS: st.sampled_from(GOOD[MULTIPORTS])},
+        optional={name: st.sampled_from(GOOD[name]) for name in ("HTTPS_METHOD", "HSTS", "NETWORK_ACCESS")},
+    ),
 )
 one_bad = st.sampled_from(model.VARIABLES).flatmap(
     lambda name: st.builds(lambda base, bad: {**base, name: bad}, good_labels, hostile_for(name))
@@ -162,15 +178,18 @@ GOOD_CONTAINER = ContainerInfo(
 )
 
 
-def check_typed(text: str, site: Site | None, layout: NginxLayout, cert: CertFiles, placeholder: CertFiles) -> None:
+def check_typed(
+    text: str, hostile: tuple[Site, ...], layout: NginxLayout, cert: CertFiles, placeholder: CertFiles
+) -> None:
     """Every directive is allowed in its context and every argument comes from typed values."""
-    sites = [s for s in (site, model.parse_site(GOOD_CONTAINER)) if isinstance(s, Site)]
+    sites = [*hostile, *(s for s in (model.parse_site(GOOD_CONTAINER),) if isinstance(s, Site))]
     hosts = {"_", *(h for s in sites for h in s.hosts)}
     paths = {"/", *(s.path for s in sites)}
     proxy = {f"{s.proto.value}://{plan.upstream_name(h, s.path)}{s.dest}" for s in sites for h in s.hosts}
     upstreams = {plan.upstream_name(h, s.path) for s in sites for h in s.hosts}
     backends = {"10.0.0.2:80", *(f"10.0.0.3:{s.port}" for s in sites)}
-    includes = {str(layout.conf_dir / n) for n in ("companion-acme.inc", "companion-proxy.inc", "companion-tls.inc")}
+    snippets = ("companion-acme.inc", "companion-proxy.inc", "companion-tls.inc", "companion-internal.inc")
+    includes = {str(layout.conf_dir / n) for n in snippets}
     certs = {cert.fullchain, cert.privkey, placeholder.fullchain, placeholder.privkey}
     hsts = {s.hsts for s in sites}
     for parents, d in walk(parse_conf(text)):
@@ -229,29 +248,31 @@ def test_labels_are_rejected_or_render_a_valid_typed_config(
         networks={"proxy": "10.0.0.3"},
         exposed_ports=("8080/tcp",),
     )
-    site = model.parse_site(hostile)
-    if isinstance(site, Rejection):
-        assert site.container == "hostile" and site.variable in model.VARIABLES
-        assert "\n" not in site.message and "\r" not in site.message and "\x00" not in site.message
+    parsed = parse_sites(hostile)
+    if isinstance(parsed, Rejection):
+        assert parsed.container == "hostile" and parsed.variable in model.VARIABLES
+        assert "\n" not in parsed.message and "\r" not in parsed.message and "\x00" not in parsed.message
+    sites = parsed if isinstance(parsed, tuple) else ()
     good = model.parse_site(GOOD_CONTAINER)
     assert isinstance(good, Site)
-    certs = some_certs(cert, [good, site] if isinstance(site, Site) else [good])
+    certs = some_certs(cert, [good, *sites])
     desired = plan.build([hostile, GOOD_CONTAINER], certs, placeholder)
     files = render(desired, layout.options())
     text = files[MAIN_FILE]
     assert "good.example.org" in text  # one bad container never takes others down
-    OUTCOMES.append(isinstance(site, Site))
-    if not isinstance(site, Site):
+    OUTCOMES.append(bool(sites))
+    if not sites:
         assert "10.0.0.3" not in text
-    check_typed(text, site if isinstance(site, Site) else None, layout, cert, placeholder)
+    check_typed(text, sites, layout, cert, placeholder)
     # snippets never depend on labels
     empty = render(plan.build([], {}, placeholder), layout.options())
     assert {n: v for n, v in files.items() if n != MAIN_FILE} == {n: v for n, v in empty.items() if n != MAIN_FILE}
-    if isinstance(site, Site):
-        # an accepted value carries no nginx syntax (HSTS's "; " is written inside quotes, checked above)
+    if sites:
+        # an accepted value carries no nginx syntax (HSTS's "; " is written inside quotes, checked above);
+        # VIRTUAL_HOST_MULTIPORTS is YAML: its parts reach nginx only as the routes checked above
         for name, value in model.settings_of(hostile).items():
-            if name in ONLY_WITH_A_CERTIFICATE and site.cert is None:
-                continue  # only read with ACME_HOST/LETSENCRYPT_HOST; never written to nginx either way
+            if (name in ONLY_WITH_A_CERTIFICATE and sites[0].cert is None) or name == MULTIPORTS:
+                continue  # only read with a certificate request; never written to nginx either way
             allowed = set("; ") if name == "HSTS" else set()
             parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST", "ACME_HOST") else [value]
             for part in parts:
