@@ -19,6 +19,7 @@ from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
 from tests.infra.companion import Companion  # noqa: E402
 from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
 from tests.infra.nginx import HostNginx  # noqa: E402
+from tests.infra.nginxcontainer import NginxContainer  # noqa: E402
 from tests.infra.pebble import Pebble  # noqa: E402
 
 
@@ -101,3 +102,44 @@ def make_companion(host_nginx: HostNginx, tmp_path: Path) -> Iterator[Callable[.
         # Shown by pytest when the test failed.
         lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
         print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-120:]))
+
+
+@pytest.fixture
+def docker_nginx(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator[NginxContainer]:
+    """A real nginx container serving the conf dir of a docker-mode companion in tmp_path/companion."""
+    workdir = tmp_path / "companion"
+    nginx = NginxContainer(
+        docker_client,
+        tmp_path,
+        conf_dir=tmp_path / "nginx" / "conf.d",
+        certs_dir=workdir / "certs",
+        webroot=workdir / "webroot",
+    )
+    try:
+        yield nginx.start()
+    finally:
+        nginx.remove()
+
+
+@pytest.fixture
+def docker_companion(docker_nginx: NginxContainer, tmp_path: Path) -> Iterator[Callable[..., Companion]]:
+    """Factory: a `companion run` in docker mode (nginx -t by docker exec, reload by SIGHUP) beside docker_nginx."""
+    made: list[Companion] = []
+
+    def make(**settings: str) -> Companion:
+        companion = Companion(
+            docker_nginx,  # type: ignore[arg-type] - duck-typed like a HostNginx
+            tmp_path / "companion",
+            NGINX_TEST="docker",
+            NGINX_RELOAD="docker",
+            **settings,
+        ).start()
+        made.append(companion)
+        return companion
+
+    yield make
+    for companion in made:
+        companion.stop()
+    if made:
+        lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
+        print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-80:]))
