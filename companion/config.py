@@ -116,7 +116,8 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--trust-image-labels",
         "TRUST_IMAGE_LABELS",
         "image_trust",
-        "what a container's image may set: 'routing' (only VIRTUAL_HOST[_MULTIPORTS]/PORT/PROTO/PATH/DEST), 'all' or 'none'",
+        "what a container's image may set: 'routing' (only VIRTUAL_HOST[_MULTIPORTS]/PORT/PROTO/PATH/DEST), "
+        "'all' or 'none'",
     ),
     (
         "--domain-owners",
