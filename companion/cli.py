@@ -27,13 +27,18 @@ HEARTBEAT_MAX_AGE = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Settings flags work before or after the command (`companion --conf-dir X run` or `run --conf-dir X`)."""
-    settings = argparse.ArgumentParser(add_help=False)
+    """Settings flags work before or after the command (`companion --conf-dir X run` or `run --conf-dir X`).
+
+    Abbreviations are off: with many `--allowed-*` settings, `render --all` was read as an ambiguous prefix.
+    """
+    settings = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     config.add_arguments(settings)
-    parser = argparse.ArgumentParser(prog="companion", description=__doc__, parents=[settings])
+    parser = argparse.ArgumentParser(prog="companion", description=__doc__, parents=[settings], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", parents=[settings], help="watch Docker and keep nginx and certificates in line")
-    render = sub.add_parser("render", parents=[settings], help="print the nginx configuration it would write")
+    render = sub.add_parser(
+        "render", parents=[settings], allow_abbrev=False, help="print the nginx configuration it would write"
+    )
     render.add_argument("--all", action="store_true", help="print the included snippets too")
     sub.add_parser("certs", parents=[settings], help="list managed certificates and their state")
     renew = sub.add_parser("renew", parents=[settings], help="renew now (the running service reloads nginx)")

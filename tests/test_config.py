@@ -266,3 +266,13 @@ def test_bad_drop_in_settings_stop_startup_naming_the_setting(env: dict[str, str
 
 def test_default_root_flag_over_environment() -> None:
     assert load(["--default-root", "418"], {"DEFAULT_ROOT": "none"}).default_root == RootAnswer(418)
+
+
+def test_command_flags_are_never_read_as_a_prefix_of_a_setting() -> None:
+    """`render --all` once became ambiguous when a second `--allowed-*` setting arrived."""
+    from companion.cli import build_parser
+
+    args = build_parser().parse_args(["render", "--all"])
+    assert args.all is True and not hasattr(args, "allowed_domains")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--allowed", "*.a.com"])  # abbreviations are refused, not guessed
