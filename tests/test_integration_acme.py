@@ -177,7 +177,7 @@ def test_failed_validation_backs_off_keeps_other_sites_and_recovers(
     # Attempts at 0, base, 3*base, 7*base, ... : never more than the backoff allows in the time elapsed.
     allowed = sum(1 for n in range(10) if base * (2**n - 1) <= elapsed)
     assert 2 <= orders <= allowed, (orders, allowed, elapsed)
-    assert failures == orders
+    assert orders - 1 <= failures <= orders  # the latest attempt may still be in flight at the CA
     reason_line = re.search(rf"certificate {re.escape(bad)}: (.*)attempt 1 failed", companion.log()).group(1)
     assert len(reason_line) < 600 and "\n" not in reason_line
     assert "Traceback" not in companion.log()

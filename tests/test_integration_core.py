@@ -95,15 +95,16 @@ def test_broken_container_is_reported_and_does_not_disturb_a_good_one(
 def test_unchanged_world_writes_nothing_and_reloads_nothing(
     apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
 ) -> None:
-    first = make_companion()
     host = unique_host("idem")
+    # Only this test's container counts: other runs' containers on the daemon would change the world.
+    first = make_companion(ALLOWED_DOMAINS=host)
     apps("idem", environment={"VIRTUAL_HOST": host, "APP_ID": "idem"})
     assert wait_for(lambda: body(host_nginx, host) == (200, "idem"), what="site routed")
     first.wait_idle()
     reloads = first.reloads()
     stamps = {p.name: os.stat(p).st_mtime_ns for p in host_nginx.conf_dir.iterdir()}
     assert first.stop() == 0
-    second = make_companion()
+    second = make_companion(ALLOWED_DOMAINS=host)
     second.wait_log("connected to the Docker daemon")
     second.wait_idle(quiet=1.5)
     assert second.reloads() == reloads, "a restart with an unchanged world must not reload nginx"
