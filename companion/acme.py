@@ -8,6 +8,7 @@ New certificates reach nginx through the certs watcher, which wakes the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -287,8 +288,10 @@ class AcmeManager:
         wake: Callable[[str], None],
         self_check_url: Callable[[], str],
         clock: Callable[[], float] = time.time,
+        on_order: Callable[[bool], None] = lambda _ok: None,
     ) -> None:
         self.settings = settings
+        self.on_order = on_order  # told each order's outcome (the metrics count them)
         self.certs_dir = Path(settings.certs_dir)
         self.wake = wake
         self.self_check_url = self_check_url
@@ -339,6 +342,11 @@ class AcmeManager:
 
     def seconds_until_due(self) -> float | None:
         return None if self.next_due is None else max(0.0, self.next_due - self.clock())
+
+    def states(self) -> dict[str, CertState]:
+        """A copy of every certificate's order state, for the status report."""
+        with self.lock:
+            return {name: dataclasses.replace(entry, domains=list(entry.domains)) for name, entry in self.state.items()}
 
     def stop(self, timeout: float = 3.0) -> None:
         """Stop the worker; a running certbot is terminated so none is left orphaned."""
@@ -394,6 +402,7 @@ class AcmeManager:
                     tighten(self.certs_dir, request.name)
                     log.info("certificate %s: issued for %s", request.name, ", ".join(request.domains))
                 self._save()
+            self.on_order(not error)
             self.wake(f"acme:{request.name}")
 
     def _save(self) -> None:

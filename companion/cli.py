@@ -14,16 +14,16 @@ from pathlib import Path
 
 from . import certs, config
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, due_reason, load_state
-from .controller import Controller
+from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .model import CertRequest
 from .nginx import NginxControl
 from .render import MAIN_FILE
+from .statusserver import start_status_server
 from .variables import setting_problems
 from .watch import watch_certs
 
 log = logging.getLogger("companion")
-HEARTBEAT_MAX_AGE = 120.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,13 +118,32 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
     controller = Controller(settings, edge, make_control(settings, edge))
-    acme = AcmeManager(settings, controller.wake, controller.self_check_url)
+    try:
+        server = start_status_server(settings, controller) if settings.status_listen else None
+    except OSError as exc:
+        log.error("cannot listen on %s for the status page: %s", settings.status_listen, exc.strerror or exc)
+        return 1
+    metrics = controller.metrics
+    acme = AcmeManager(
+        settings,
+        controller.wake,
+        controller.self_check_url,
+        on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
+    )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)
-    edge.watch_events(controller.wake, stop)
+
+    def on_event(reason: str) -> None:
+        if reason != "events-connected":  # the stream (re)connecting, not an event
+            metrics.docker_events.inc()
+        controller.wake(reason)
+
+    edge.watch_events(on_event, stop)
     try:
         controller.run(stop)
     finally:
+        if server is not None:
+            server.shutdown()
         acme.stop()
         observer.stop()
     log.info("stopped")
@@ -132,15 +151,9 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
-    path = Path(settings.heartbeat_file)
-    try:
-        stamp = dt.datetime.fromisoformat(path.read_text().strip())
-    except (OSError, ValueError):
-        print(f"companion: no heartbeat at {path}", file=sys.stderr)
-        return 1
-    age = (dt.datetime.now(dt.UTC) - stamp).total_seconds()
-    if age > HEARTBEAT_MAX_AGE:
-        print(f"companion: last loop pass {age:.0f}s ago", file=sys.stderr)
+    problem = heartbeat_problem(Path(settings.heartbeat_file), dt.datetime.now(dt.UTC))
+    if problem:
+        print(f"companion: {problem}", file=sys.stderr)
         return 1
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
 import re
@@ -65,6 +66,7 @@ class Settings:
     external_http_port: int = 0  # 0: the port nginx listens on
     external_https_port: int = 0
     non_get_redirect: int = 301
+    status_listen: str = ""  # HOST:PORT of the status endpoint; "" keeps it off
 
     @property
     def docker_mode(self) -> bool:
@@ -179,6 +181,12 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "non_get_redirect",
         "redirect code to HTTPS for methods other than GET and HEAD: 301, 302, 307 or 308 (307/308 keep the method)",
     ),
+    (
+        "--status-listen",
+        "STATUS_LISTEN",
+        "status_listen",
+        "HOST:PORT for the status page, /status.json, /metrics and /healthz (`0.0.0.0:8081` in the image); empty: off",
+    ),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -290,9 +298,28 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"acme staging server {s.acme_staging_server!r}: {exc}") from None
     if s.default_email and not is_email(s.default_email):
         raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
+    if s.status_listen:
+        parse_listen(s.status_listen)
     for path in (s.conf_dir, s.webroot, s.certs_dir):
         if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
             raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'127.0.0.1:8081' or '[::1]:8081' -> (host, port): an IP address, never a name to resolve."""
+    host, sep, port = text.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    shown = text.encode("unicode_escape").decode("ascii")
+    try:
+        if ":" in host and not bracketed:  # '::1:80' reads two ways
+            raise ValueError(host)
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise SettingsError(f"status listen {shown!r} must be IP:PORT, e.g. 0.0.0.0:8081 or [::1]:8081") from None
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise SettingsError(f"status listen {shown!r}: the port must be 1-65535") from None
+    return host, int(port)
 
 
 def parse_nginx_version(text: str) -> tuple[int, ...]:

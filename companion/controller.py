@@ -12,14 +12,17 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import certs, owners, plan
+from . import certs, owners, plan, status
+from .acme import CertState
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
+from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
 from .render import RenderOptions, render
@@ -32,6 +35,7 @@ FIRST_QUIET, FIRST_MAX = 0.02, 0.1
 # In a burst the longest wait grows 4, 16, 30 s: a 100-container start (~16 s here) costs 3 reloads.
 BURST_QUIET, BURST_FIRST_MAX, BURST_GROWTH, BURST_MAX_CAP = 0.5, 4.0, 4.0, 30.0
 HEARTBEAT_EVERY = 30.0
+HEARTBEAT_MAX_AGE = 120.0  # `companion check` and /healthz call the loop dead after this long without a pass
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0
 NO_NGINX = (
     "no nginx container found (the label com.github.nginx-proxy.nginx on a container that mounts the conf dir, "
@@ -43,6 +47,8 @@ class CertificateManager(Protocol):
     def update(self, requests: tuple[CertRequest, ...], statuses: dict[str, certs.CertStatus]) -> None: ...
 
     def seconds_until_due(self) -> float | None: ...
+
+    def states(self) -> dict[str, CertState]: ...
 
 
 @dataclass
@@ -91,11 +97,18 @@ class Controller:
         self.conf_dir = Path(settings.conf_dir)
         self._wake = threading.Event()
         self._last_wake = 0.0
-        self._reported: set[str] = set()
+        self._reported: dict[str, float] = {}  # problem -> unix time it appeared
+        self._desired: plan.Desired | None = None
+        self._statuses: dict[str, certs.CertStatus] = {}
+        self._passes: deque[status.PassView] = deque(maxlen=status.PASSES_KEPT)
+        self._last_success = 0.0
+        self.latest = status.EMPTY  # replaced whole after every pass; the status endpoint only reads it
+        self.metrics = Metrics(lambda: self.latest)
         self._reload_pending = False
         self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
         self.debouncer = Debouncer()
         self._nginx_address = "127.0.0.1"
+        self._nginx_names: tuple[str, ...] = ()
         self.policy = Policy(
             default_email=settings.default_email,
             allowed_domains=settings.allowed_domains,
@@ -179,9 +192,10 @@ class Controller:
             snapshot = self.docker.snapshot()
         except DockerUnavailable as exc:
             reason = short_reason(exc)
-            self._report(self._reported | {f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
+            self._report({*self._reported, f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
         self.control.containers = [info.id for info in snapshot.nginx]
+        self._nginx_names = tuple(info.name for info in snapshot.nginx)
         # The self-check reaches nginx on a network we share with it, when we run in a container.
         addresses = sorted(
             (name not in snapshot.own_networks, name, ip)
@@ -198,7 +212,7 @@ class Controller:
                 for info, reason in snapshot.impostors
             }
         if self.settings.docker_mode and not snapshot.nginx:
-            self._report(self._reported | {NO_NGINX} | impostors)
+            self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
         desired, statuses = self.desired_state(snapshot)
@@ -207,10 +221,17 @@ class Controller:
             for name, status in statuses.items()
             if status.problem
         }
+        self._desired, self._statuses = desired, statuses
         files = self.render_files(desired)
+        started = time.monotonic()
         result = apply(self.conf_dir, files, self.control)
         if result.ok and not result.changed and self._reload_pending:
             result = self._retry_reload()
+        self.metrics.apply_seconds.observe(time.monotonic() - started)
+        if result.changed:
+            self.metrics.reloads.labels("ok" if result.ok else "failed").inc()
+        if result.ok:
+            self._last_success = time.time()
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
             log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
@@ -243,11 +264,41 @@ class Controller:
         return ApplyResult(changed=("reload",))
 
     def _report(self, problems: set[str]) -> None:
-        for line in sorted(problems - self._reported):
+        for line in sorted(problems - self._reported.keys()):
             log.warning("%s", line)
-        for line in sorted(self._reported - problems):
+        for line in sorted(self._reported.keys() - problems):
             log.info("resolved: %s", line)
-        self._reported = problems
+        now = time.time()
+        self._reported = {line: self._reported.get(line, now) for line in problems}
+
+    def publish(self, report: PassReport | None, started: float, duration: float) -> None:
+        """Record the pass and replace the status report (one reference swap: readers never wait)."""
+        result = report.result if report is not None else None
+        reload = "none"
+        if result is not None and result.changed:
+            reload = "ok" if result.ok else "failed"
+        self._passes.append(
+            status.PassView(
+                at=status.iso(started),
+                duration_seconds=round(duration, 4),
+                files_changed=len([name for name in result.changed if name != "reload"]) if result else 0,
+                reload=reload,
+                skipped=report.skipped if report is not None else "",
+                error=(result.error if result else "") if report is not None else "the pass raised; see the log",
+            )
+        )
+        self.latest = status.build(
+            now=time.time(),
+            desired=self._desired,
+            statuses=self._statuses,
+            acme_state=self.acme.states() if self.acme is not None else {},
+            renew_before_days=self.settings.renew_before_days,
+            problems=self._reported,
+            passes=reversed(self._passes),
+            nginx_version=self._nginx_version[1] if self._nginx_version else None,
+            nginx_containers=self._nginx_names,
+            last_success=self._last_success,
+        )
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -270,6 +321,8 @@ class Controller:
             if woke:
                 self._settle(stop)
             self._wake.clear()
+            started, clock = time.time(), time.monotonic()
+            report = None
             try:
                 report = self.run_pass()
                 failed = bool(report.skipped) or (report.result is not None and not report.result.ok)
@@ -278,6 +331,10 @@ class Controller:
             except Exception:  # noqa: BLE001 - the loop must survive any single pass
                 log.exception("pass failed; the current configuration stays in place")
                 failed = True
+            try:
+                self.publish(report, started, time.monotonic() - clock)
+            except Exception:  # noqa: BLE001 - the status report must never stop the loop
+                log.exception("status report not updated")
             retry = min(max(retry * 2, RETRY_FIRST), RETRY_MAX) if failed else 0.0
             self.heartbeat()
 
@@ -296,6 +353,16 @@ class Controller:
             Path(self.settings.heartbeat_file).write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
         except OSError as exc:
             log.debug("heartbeat not written: %s", exc)
+
+
+def heartbeat_problem(path: Path, now: dt.datetime) -> str:
+    """Why the loop counts as dead ('' while alive): no heartbeat, or none for HEARTBEAT_MAX_AGE."""
+    try:
+        stamp = dt.datetime.fromisoformat(path.read_text().strip())
+    except (OSError, ValueError):
+        return f"no heartbeat at {path}"
+    age = (now - stamp).total_seconds()
+    return f"last loop pass {age:.0f}s ago" if age > HEARTBEAT_MAX_AGE else ""
 
 
 def remove_stale_temporaries(conf_dir: Path) -> None:

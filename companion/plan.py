@@ -63,6 +63,8 @@ class Location:
     proto: Proto
     dest: str
     internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
+    # (container, address, port) of every claim, for the status report only (address "" when unreachable)
+    backends: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Desired:
     problems: tuple[str, ...] = field(default=())
     owners: tuple[tuple[str, str], ...] = ()  # (host, container that decides for it), sorted
     default_cert: CertFiles | None = None  # the operator's, for unknown names on the HTTPS default server
+    left_out: tuple[tuple[str, str], ...] = ()  # (container, why) for containers that route nothing
 
     @property
     def longest_name(self) -> int:
@@ -196,6 +199,7 @@ def build(
     cover, because the operator chose it for exactly that.
     """
     problems: list[str] = []
+    left_out: list[tuple[str, str]] = []
     located: list[tuple[Site, str | None]] = []
     for info in sorted(containers, key=lambda c: (c.name, c.id)):
         ignored = ignored_from_image(info, policy.image_trust)
@@ -210,9 +214,11 @@ def build(
             continue
         if isinstance(sites, Rejection):
             problems.append(sites.message)
+            left_out.append((info.name, sites.message.removeprefix(f"container {info.name}: ")))
             continue
         if info.health == "unhealthy":
             problems.append(f"container {info.name}: unhealthy, left out until its health check passes")
+            left_out.append((info.name, "unhealthy, left out until its health check passes"))
             continue
         address = pick_address(info, nginx_networks, host_address)
         if address is None:
@@ -244,7 +250,8 @@ def build(
             if backends:
                 upstreams[name] = Upstream(name, backends)
             internal = first.network_access is NetworkAccess.INTERNAL
-            locations.append(Location(path, name if backends else "", first.proto, first.dest, internal))
+            claimed = tuple(sorted((site.container, address or "", site.port) for site, address in path_claims))
+            locations.append(Location(path, name if backends else "", first.proto, first.dest, internal, claimed))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
@@ -275,6 +282,7 @@ def build(
         problems=tuple(problems),
         owners=tuple(sorted(decided.items())),
         default_cert=default_cert,
+        left_out=tuple(left_out),
     )
 
 

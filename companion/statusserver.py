@@ -1,0 +1,184 @@
+"""The status endpoint: /, /status.json, /metrics and /healthz, served from the latest published report.
+
+It runs in daemon threads and only reads: the loop replaces the report whole after each pass, so
+neither side ever waits for the other. Each connection has a timeout, each request a size cap, and
+the number of connections served at once is bounded, so slow or hostile clients cannot pile up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import jinja2
+
+from .config import Settings, parse_listen
+from .controller import Controller, heartbeat_problem
+from .logsafe import printable
+from .metrics import Metrics
+from .status import CertView, Report
+
+log = logging.getLogger(__name__)
+
+CLIENT_TIMEOUT = 5.0  # seconds a connection may take to send its request or read the answer
+MAX_REQUEST_BYTES = 16 * 1024  # request line and headers together
+MAX_CLIENTS = 32  # connections served at once; more are closed at once
+REFRESH_SECONDS = 10
+BAR_FULL_DAYS = 90.0
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The page's own CSS and nothing else: no script, image, font or frame may load, injected or not.
+PAGE_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("companion", "templates"),
+    autoescape=True,  # hostnames, container names and reasons come from labels
+    undefined=jinja2.StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def urgency(cert: CertView) -> str:
+    """The bar's colour: failing or under a week is urgent, under three weeks is soon."""
+    if cert.days_left is None:
+        return "none"
+    if cert.state == "failing" or cert.days_left < 7:
+        return "urgent"
+    return "soon" if cert.days_left < 21 else "ok"
+
+
+def bar_percent(cert: CertView) -> int:
+    return 0 if cert.days_left is None else round(100 * max(0.0, min(cert.days_left / BAR_FULL_DAYS, 1.0)))
+
+
+def page(report: Report, alive: str) -> str:
+    """The HTML status page; `alive` is the loop's problem ('' while it runs)."""
+    return _templates.get_template("status.html.j2").render(
+        report=report, alive=alive, refresh=REFRESH_SECONDS, urgency=urgency, bar_percent=bar_percent
+    )
+
+
+class _Capped:
+    """The request stream, cut off after MAX_REQUEST_BYTES: a client cannot make us read forever."""
+
+    def __init__(self, stream: BinaryIO, limit: int) -> None:
+        self.stream = stream
+        self.left = limit
+        self.exceeded = False
+
+    def readline(self, size: int = -1) -> bytes:
+        if self.left <= 0:
+            self.exceeded = True
+            return b""
+        line = self.stream.readline(self.left if size < 0 else min(size, self.left))
+        self.left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return b""  # GET and HEAD carry no body worth reading
+
+    def close(self) -> None:
+        self.stream.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: StatusServer
+    timeout = CLIENT_TIMEOUT
+    server_version = "companion"
+    sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _Capped(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _refuse_method(self) -> None:
+        self._send(405, "text/plain; charset=utf-8", b"only GET and HEAD\n", True, {"Allow": "GET, HEAD"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
+
+    def _answer(self, body: bool) -> None:
+        if self.rfile.exceeded:  # type: ignore[attr-defined]
+            self._send(431, "text/plain; charset=utf-8", b"request too large\n", body)
+            return
+        path = self.path.split("?", 1)[0]
+        report = self.server.latest()
+        if path == "/healthz":
+            problem = heartbeat_problem(self.server.heartbeat, dt.datetime.now(dt.UTC))
+            self._send(503 if problem else 200, "text/plain; charset=utf-8", (problem or "ok").encode() + b"\n", body)
+        elif path == "/status.json":
+            data = json.dumps(report.to_json(), indent=1).encode() + b"\n"
+            self._send(200, "application/json", data, body)
+        elif path == "/metrics":
+            self._send(200, PROMETHEUS_TYPE, self.server.metrics.exposition(), body)
+        elif path == "/":
+            alive = heartbeat_problem(self.server.heartbeat, dt.datetime.now(dt.UTC))
+            html = page(report, alive).encode()
+            self._send(200, "text/html; charset=utf-8", html, body, {"Content-Security-Policy": PAGE_POLICY})
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found\n", body)
+
+    def _send(self, code: int, kind: str, data: bytes, body: bool, extra: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's signature
+        log.debug("status %s: %s", self.address_string(), printable(format % args))
+
+
+class StatusServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], latest: Callable[[], Report], metrics: Metrics, heartbeat: Path):
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.latest = latest
+        self.metrics = metrics
+        self.heartbeat = heartbeat
+        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            log.debug("status: %d connections open; closing one from %s", MAX_CLIENTS, client_address)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("status: connection from %s failed", client_address, exc_info=True)
+
+
+def start_status_server(settings: Settings, controller: Controller) -> StatusServer:
+    """Listen on STATUS_LISTEN and serve in a daemon thread; the caller shuts it down."""
+    host, port = parse_listen(settings.status_listen)
+    server = StatusServer((host, port), lambda: controller.latest, controller.metrics, Path(settings.heartbeat_file))
+    threading.Thread(target=server.serve_forever, name="status", daemon=True).start()
+    log.info("status page on http://%s/ (/status.json, /metrics, /healthz)", settings.status_listen)
+    return server

@@ -1,0 +1,101 @@
+"""The status report's pure parts: STATUS_LISTEN, certificate states, and what the plan hands the report."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+
+import pytest
+
+from companion import config, plan, status
+from companion.acme import CertState
+from companion.certs import CertStatus
+from companion.config import SettingsError
+from companion.model import ContainerInfo
+from companion.statusserver import page
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+PLACEHOLDER = plan.CertFiles("/certs/companion/placeholder/fullchain.pem", "/certs/companion/placeholder/privkey.pem")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:8081", ("127.0.0.1", 8081)), ("[::1]:9", ("::1", 9)), ("0.0.0.0:1", ("0.0.0.0", 1))],
+)
+def test_status_listen_accepts_ip_and_port(text: str, expected: tuple[str, int]) -> None:
+    assert config.parse_listen(text) == expected
+    assert config.load(argparse.Namespace(), {"STATUS_LISTEN": text}).status_listen == text
+
+
+@pytest.mark.parametrize("text", ["localhost:8081", "8081", "1.2.3.4:0", "1.2.3.4:65536", "::1:80", "1.2.3.4:80x"])
+def test_status_listen_refuses_anything_else(text: str) -> None:
+    with pytest.raises(SettingsError, match="status listen"):
+        config.load(argparse.Namespace(), {"STATUS_LISTEN": text})
+
+
+def lineage(name: str, days_left: float = 60.0, problem: str = "") -> CertStatus:
+    return CertStatus(
+        name,
+        (name,),
+        issuer="Test CA",
+        not_before=NOW - dt.timedelta(days=90 - days_left),
+        not_after=NOW + dt.timedelta(days=days_left),
+        problem=problem,
+    )
+
+
+def test_certificate_states_and_renewal_times() -> None:
+    statuses = {"ok.test": lineage("ok.test"), "broken.test": lineage("broken.test", problem="key does not match")}
+    state = {
+        "ok.test": CertState(["ok.test"]),
+        "new.test": CertState(["new.test"], failures=2, next_try=NOW.timestamp() + 600, last_error="refused <x>"),
+        "busy.test": CertState(["busy.test"], in_progress=True),
+    }
+    views = {v.name: v for v in status.certificates(statuses, state, ["wanted.test"], NOW, 0.0)}
+    assert {name: v.state for name, v in views.items()} == {
+        "ok.test": "valid",
+        "broken.test": "placeholder",
+        "new.test": "failing",
+        "busy.test": "renewing",
+        "wanted.test": "placeholder",
+    }
+    assert views["ok.test"].days_left == 60.0 and views["ok.test"].renew_at == "2030-01-31T00:00:00+00:00"
+    assert views["broken.test"].not_after == "" and views["broken.test"].problem == "key does not match"
+    assert views["new.test"].next_try == "2030-01-01T00:10:00+00:00" and views["new.test"].names == ("new.test",)
+
+
+def test_report_carries_backends_left_out_containers_and_problem_times() -> None:
+    web = ContainerInfo(
+        "1", "web", labels={"VIRTUAL_HOST": "a.test", "LETSENCRYPT_HOST": "a.test"}, networks={"n": "10.0.0.2"}
+    )
+    lost = ContainerInfo("2", "lost", labels={"VIRTUAL_HOST": "b.test"})
+    bad = ContainerInfo("3", "bad", labels={"VIRTUAL_HOST": "<b>.test"}, networks={"n": "10.0.0.3"})
+    sick = ContainerInfo("4", "sick", labels={"VIRTUAL_HOST": "c.test"}, networks={"n": "10.0.0.4"}, health="unhealthy")
+    desired = plan.build([web, lost, bad, sick], {}, PLACEHOLDER)
+    report = status.build(
+        now=NOW.timestamp(),
+        desired=desired,
+        statuses={},
+        acme_state={},
+        renew_before_days=0.0,
+        problems={"second": NOW.timestamp(), "first": NOW.timestamp() - 60},
+        passes=(),
+        nginx_version=(1, 22, 1),
+        nginx_containers=("nginx",),
+        last_success=0.0,
+    )
+    sites = {s.host: s for s in report.sites}
+    assert sites["a.test"].placeholder and sites["a.test"].certificate == "placeholder"
+    assert sites["a.test"].paths[0].backends == (status.Backend("web", "10.0.0.2", 80),)
+    assert sites["b.test"].paths[0].backends == (status.Backend("lost", "", 80),)
+    assert [(item.container, item.reason.split(" rejected")[0]) for item in report.left_out] == [
+        ("bad", "VIRTUAL_HOST='<b>.test'"),
+        ("sick", "unhealthy, left out until its health check passes"),
+    ]
+    assert [p.text for p in report.problems][:2] == ["first", "second"]
+    assert report.nginx == status.NginxView("1.22.1", ("nginx",)) and report.last_success == ""
+    shape = json.loads(json.dumps(report.to_json()))
+    assert shape["version"] == 1 and shape["certificates"][0]["name"] == "a.test"
+    html = page(report, alive="")
+    assert "&lt;b&gt;.test" in html and "<b>.test" not in html
