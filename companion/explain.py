@@ -218,11 +218,11 @@ class _World:
         how = (
             "the first by name that nginx shares"
             if networks is not None
-            else "the first by name (nginx runs on the host)"
+            else "nginx runs on the host: the first by name"
         )
         others = sorted(set(info.networks) - {chosen})
         also = f"; also on {', '.join(others)}" if others else ""
-        return f"network: {chosen} ({how}), address {address}{also}"
+        return f"network: {chosen}, address {address} ({how}){also}"
 
     def _host_role(self, info: ContainerInfo, site: Site, host: str) -> list[str]:
         owner = self.decided.get(host, "")
@@ -398,7 +398,7 @@ def _parsed(sites: tuple[Site, ...]) -> list[str]:
     if first.cert is not None:
         server = first.cert.server or "the companion's CA"
         settings += f", certificate for {', '.join(first.cert.domains)} from {server}"
-        settings += f" (account email {first.cert.email or 'none'})"
+        settings += f" (account email {first.cert.email})" if first.cert.email else " (no account email)"
     routes = [
         f"  route {host}{site.path} -> {site.proto.value} port {site.port}"
         + (f", path upstream {site.dest}" if site.dest else "")

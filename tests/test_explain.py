@@ -44,7 +44,7 @@ def test_served_container_names_its_variables_network_conflict_role_and_certific
     assert 'VIRTUAL_HOST="a.example.com": label, set on the container; counts' in text
     assert 'VIRTUAL_HOST="ignored.example.com": environment, set on the container; not used: the label wins' in text
     assert 'VIRTUAL_PORT="8080": environment, set on the container; counts' in text
-    assert "network: proxy (the first by name (nginx runs on the host)), address 10.0.0.2; also on zz-back" in text
+    assert "network: proxy, address 10.0.0.2 (nginx runs on the host: the first by name); also on zz-back" in text
     assert "host a.example.com/: this container decides the host's settings (first by name)" in text
     assert (
         "certificate for a.example.com: lineage a.example.com (the freshest certificate naming the host); "
