@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 from companion import trust
-from companion.acme import CertState, load_state, save_state
+from companion.acme import CertState, describe, load_state, save_state
 from companion.certs import CertStatus
 from companion.explain import Explanation, Inputs, Verdict, explain
 from companion.model import ContainerInfo, Policy
@@ -202,3 +202,11 @@ def test_unknown_or_ambiguous_names_exit_2() -> None:
     plain = ask("other", web, other)
     assert plain.exit_code == 1
     assert plain.reason == "it sets no VIRTUAL_HOST or VIRTUAL_HOST_MULTIPORTS: the companion does not route it"
+
+
+def test_certificate_state_words_are_the_certs_commands_and_escape_the_ca() -> None:
+    entry = CertState(failures=2, next_try=NOW.timestamp(), last_error="refused\n\x1b[31m" + "x" * 100)
+    assert describe(None, entry) == "failing (2x), next try 2030-01-01 00:00 UTC: refused\\x0a\\x1b[31m" + "x" * 67
+    assert describe(None, CertState(in_progress=True)) == "renewing"
+    assert describe(CertStatus("a", problem="no key"), CertState()) == "placeholder (no key)"
+    assert describe(valid("a", "a.com"), CertState()) == "valid"
