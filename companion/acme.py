@@ -177,6 +177,19 @@ class CertState:
     in_progress: bool = False
 
 
+def describe(status: CertStatus | None, entry: CertState) -> str:
+    """A certificate's state in words, as `companion certs` and `companion explain` show it. The last
+    error is the CA's text (kept in a file): escaped, so it cannot write to the terminal."""
+    if entry.in_progress:
+        return "renewing"
+    if entry.failures:
+        retry = dt.datetime.fromtimestamp(entry.next_try, dt.UTC)
+        return f"failing ({entry.failures}x), next try {retry:%Y-%m-%d %H:%M} UTC: {printable(entry.last_error[:80])}"
+    if status is None or status.problem:
+        return "placeholder" + (f" ({status.problem})" if status and status.problem else "")
+    return "valid"
+
+
 STATE_MAX_BYTES = 16 * 1024 * 1024
 # What each field of a saved CertState must hold (JSON true/false are ints to Python: not counts or times).
 _STATE_FIELDS: dict[str, tuple[str, Callable[[object], bool]]] = {

@@ -1,4 +1,4 @@
-"""Command line: run (the service), render (print what would be written), certs, renew, check."""
+"""Command line: run (the service), render (print what would be written), certs, renew, check, explain."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config
-from .acme import AcmeManager, CertState, certbot_command, certbot_reason, due_reason, load_state
+from . import certs, config, explain
+from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .model import CertRequest
@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("name", nargs="?", default="", help="only this certificate")
     sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
+    explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
+    explainer.add_argument("name", help="a container name or id prefix, or a host name")
     return parser
 
 
@@ -75,9 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    handler = {"run": cmd_run, "render": cmd_render, "check": cmd_check, "certs": cmd_certs, "renew": cmd_renew}[
-        args.command
-    ]
+    handler = {
+        "run": cmd_run,
+        "render": cmd_render,
+        "check": cmd_check,
+        "certs": cmd_certs,
+        "renew": cmd_renew,
+        "explain": cmd_explain,
+    }[args.command]
     return handler(args, settings)
 
 
@@ -100,6 +107,21 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
                 print(f"# ---- {name}")
             sys.stdout.write(content)
     return 0
+
+
+def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
+    """0 when served, 1 when left out, 2 when the name is unknown or Docker cannot be asked."""
+    try:
+        edge = edge_for(settings)
+        snapshot = edge.snapshot()
+    except DockerUnavailable as exc:
+        print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    inputs, _ = Controller(settings, edge, make_control(settings, edge)).pass_inputs(snapshot)
+    found = explain.explain(args.name, inputs, load_state(Path(settings.certs_dir)))
+    print(f"# {explain.SOURCE}")
+    sys.stdout.write(found.text())
+    return found.exit_code
 
 
 def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -167,15 +189,7 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
     for name in sorted(set(statuses) | set(state)):
         status = statuses.get(name)
         entry = state.get(name, CertState())
-        if entry.in_progress:
-            shown = "renewing"
-        elif entry.failures:
-            retry = dt.datetime.fromtimestamp(entry.next_try, dt.UTC)
-            shown = f"failing ({entry.failures}x), next try {retry:%Y-%m-%d %H:%M} UTC: {entry.last_error[:80]}"
-        elif status is None or status.problem:
-            shown = "placeholder" + (f" ({status.problem})" if status and status.problem else "")
-        else:
-            shown = "valid"
+        shown = describe(status, entry)
         if status is not None and status.not_after is not None:
             expiry = f"{status.not_after:%Y-%m-%d %H:%M}"
             days = f"{(status.not_after - now).total_seconds() / 86400:.1f}"

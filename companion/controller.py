@@ -22,6 +22,7 @@ from . import certs, owners, plan, status
 from .acme import CertState
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
+from .explain import Inputs
 from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
@@ -132,31 +133,35 @@ class Controller:
 
     # -- one pass -------------------------------------------------------------------------------
 
-    def desired_state(self, snapshot: Snapshot) -> tuple[plan.Desired, dict[str, certs.CertStatus]]:
-        """Pure apart from reading the certs dir; writes nothing (used by `companion render` too)."""
-        statuses = certs.scan(self.certs_dir)
-        placeholder = certs.placeholder_files(self.certs_dir)
+    def pass_inputs(self, snapshot: Snapshot) -> tuple[Inputs, str]:
+        """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
         nginx_networks = None
         host_address = plan.LOOPBACK
         if self.settings.docker_mode:
-            nginx_networks = sorted({n for info in snapshot.nginx for n in info.networks})
+            nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
             host_address = plan.host_address_from(snapshot.nginx)
         default, problem = certs.default_cert(self.certs_dir)
-        desired = plan.build(
-            snapshot.containers,
-            certs.usable(statuses, self.certs_dir),
-            placeholder,
-            nginx_networks=nginx_networks,
+        inputs = Inputs(
+            containers=snapshot.containers,
+            statuses=certs.scan(self.certs_dir),
+            certs_dir=self.certs_dir,
             policy=self.policy,
             owners=owners.remembered(self.owners),
+            nginx_networks=nginx_networks,
             host_address=host_address,
             default_host=self.settings.default_host,
             http_on_missing_cert=self.settings.http_on_missing_cert,
             default_cert=default,
         )
+        return inputs, problem
+
+    def desired_state(self, snapshot: Snapshot) -> tuple[plan.Desired, dict[str, certs.CertStatus]]:
+        """Pure apart from reading the certs dir; writes nothing (used by `companion render` too)."""
+        inputs, problem = self.pass_inputs(snapshot)
+        desired = inputs.desired()
         if problem:
             desired = dataclasses.replace(desired, problems=(*desired.problems, problem))
-        return desired, statuses
+        return desired, dict(inputs.statuses)
 
     def render_files(self, desired: plan.Desired) -> dict[str, str]:
         options = RenderOptions(

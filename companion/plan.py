@@ -161,10 +161,34 @@ def pick_address(info: ContainerInfo, nginx_networks: Sequence[str] | None, host
     """
     if info.network_mode == HOST_NETWORK:
         return host_address or None
+    network = chosen_network(info, nginx_networks)
+    return info.networks[network] if network else None
+
+
+def chosen_network(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str | None:
+    """The network pick_address takes the address from: the first by name that nginx shares (any, when
+    nginx runs on the host); None when there is none (or the container is on the host's network)."""
+    if info.network_mode == HOST_NETWORK:
+        return None
     names = sorted(n for n, ip in info.networks.items() if ip)
     if nginx_networks is not None:
         names = [n for n in names if n in nginx_networks]
-    return info.networks[names[0]] if names else None
+    return names[0] if names else None
+
+
+def unreachable_reason(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str:
+    """Why pick_address found no address, in the words the warning and `explain` both use."""
+    if info.network_mode == HOST_NETWORK:
+        return "on the host's network, and nginx is on no network with a gateway to the host"
+    return f"no IP address on {'a network shared with nginx' if nginx_networks is not None else 'any network'}"
+
+
+SERVED_FIRST, FIRST_BY_NAME = "it served the host first", "first by name"
+
+
+def why_decides(container: str, before: str | None) -> str:
+    """Why `container` decides a host's settings: it decided before (remembered), else its name sorts first."""
+    return SERVED_FIRST if container == before else FIRST_BY_NAME
 
 
 def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
@@ -222,12 +246,9 @@ def build(
             continue
         address = pick_address(info, nginx_networks, host_address)
         if address is None:
-            where = "a network shared with nginx" if nginx_networks is not None else "any network"
-            why = f"no IP address on {where}"
-            if info.network_mode == HOST_NETWORK:
-                why = "on the host's network, and nginx is on no network with a gateway to the host"
             problems.append(
-                f"container {info.name}: not reachable ({why}); its paths answer 502 without another backend"
+                f"container {info.name}: not reachable ({unreachable_reason(info, nginx_networks)}); "
+                "its paths answer 502 without another backend"
             )
         located.extend((site, address) for site in sites)
 
@@ -240,7 +261,7 @@ def build(
         claims.sort(key=lambda claim: claim[0].container != before)  # stable: otherwise by name
         owner = claims[0][0]
         decided[host] = owner.container
-        why = "it served the host first" if owner.container == before else "first by name"
+        why = why_decides(owner.container, before)
         _warn_conflicts(host, claims, problems, why)
         locations = []
         for path, path_claims in _by_path(claims).items():
@@ -365,28 +386,26 @@ def _by_path(claims: list[tuple[Site, str | None]]) -> dict[str, list[tuple[Site
 def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: list[str], why: str) -> None:
     owner = claims[0][0]
     for site, _ in claims[1:]:
-        differs = [
-            name
-            for name, mine, theirs in (
-                ("HTTPS_METHOD", owner.https_method, site.https_method),
-                ("HSTS", owner.hsts, site.hsts),
-                ("CERT_NAME", owner.cert_name, site.cert_name),
-                ("LETSENCRYPT_HOST", owner.cert, site.cert),
-            )
-            if mine != theirs
-        ]
-        if site.path == owner.path:
-            differs += [
-                name
-                for name, mine, theirs in (
-                    ("VIRTUAL_PROTO", owner.proto, site.proto),
-                    ("VIRTUAL_DEST", owner.dest, site.dest),
-                    ("NETWORK_ACCESS", owner.network_access, site.network_access),
-                )
-                if mine != theirs
-            ]
+        differs = disagreements(owner, site)
         if differs:
             problems.append(
                 f"host {host}: containers {owner.container} and {site.container} disagree on "
                 f"{', '.join(differs)}; using {owner.container}'s ({why})"
             )
+
+
+def disagreements(owner: Site, site: Site) -> list[str]:
+    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access)."""
+    pairs = [
+        ("HTTPS_METHOD", owner.https_method, site.https_method),
+        ("HSTS", owner.hsts, site.hsts),
+        ("CERT_NAME", owner.cert_name, site.cert_name),
+        ("LETSENCRYPT_HOST", owner.cert, site.cert),
+    ]
+    if site.path == owner.path:
+        pairs += [
+            ("VIRTUAL_PROTO", owner.proto, site.proto),
+            ("VIRTUAL_DEST", owner.dest, site.dest),
+            ("NETWORK_ACCESS", owner.network_access, site.network_access),
+        ]
+    return [name for name, mine, theirs in pairs if mine != theirs]

@@ -1,0 +1,95 @@
+"""`companion explain NAME` against a real Docker daemon: exit codes and the key phrases."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from tests.infra.appimage import AppRunner
+from tests.infra.companion import Companion, wait_for
+from tests.infra.nginx import HostNginx, body
+
+pytestmark = pytest.mark.integration
+
+SOURCE = "# computed from a fresh snapshot; the service was not asked\n"
+
+
+def unique_host(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}.example.test"
+
+
+def test_explain_a_served_container_and_its_host(apps: AppRunner, host_nginx: HostNginx) -> None:
+    companion = Companion(host_nginx, host_nginx.conf_dir.parent / "explain-served")
+    host = unique_host("explain")
+    app = apps("explain", environment={"VIRTUAL_HOST": host, "VIRTUAL_PORT": "80"})
+    result = companion.cli("explain", app.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(SOURCE + f"container {app.name} (id {app.id[:12]})\n")
+    assert f'VIRTUAL_HOST="{host}": environment, set on the container; counts' in result.stdout
+    assert "network: bridge, address " in result.stdout
+    assert f"host {host}/: this container decides the host's settings (first by name)" in result.stdout
+    assert result.stdout.endswith(f"verdict: served: {host}/ (port 80)\n")
+    by_id = companion.cli("explain", app.id[:10])
+    assert by_id.returncode == 0 and f"container {app.name} " in by_id.stdout
+    by_host = companion.cli("explain", host)
+    assert by_host.returncode == 0, by_host.stdout
+    assert f"path /: {app.name} (" in by_host.stdout
+    assert by_host.stdout.endswith(f"verdict: served: by {app.name}\n")
+    unknown = companion.cli("explain", unique_host("nobody"))
+    assert unknown.returncode == 2
+    assert "verdict: unknown: no running container and no host is named" in unknown.stdout
+
+
+def test_explain_a_hostile_value_leaves_it_out_escaped(apps: AppRunner, host_nginx: HostNginx) -> None:
+    companion = Companion(host_nginx, host_nginx.conf_dir.parent / "explain-hostile")
+    app = apps("explain-bad", labels={"VIRTUAL_HOST": "evil.test;\n}\x1b[31mserver{"})
+    result = companion.cli("explain", app.name)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "\x1b" not in result.stdout and ";\n}" not in result.stdout
+    assert 'VIRTUAL_HOST="evil.test;\\x0a}\\x1b[31mserver{": label, set on the container; counts' in result.stdout
+    assert f"verdict: left out: container {app.name}: VIRTUAL_HOST='evil.test;" in result.stdout
+    assert "rejected: hostname must be letters, digits and hyphens" in result.stdout
+
+
+def test_explain_the_container_that_lost_a_conflict_names_the_winner_and_why(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
+) -> None:
+    companion = make_companion()
+    host = unique_host("lost")
+    # The decider starts first, while its name sorts last: only "it served the host first" explains it.
+    decider = apps("explain-zz", labels={"VIRTUAL_HOST": host, "HTTPS_METHOD": "nohttps"}, environment={"APP_ID": "z"})
+    owners = companion.certs_dir / "companion" / "owners.json"
+    wait_for(lambda: json.loads(owners.read_text()).get(host, {}).get("container") == decider.name, what="owner saved")
+    newcomer = apps("explain-aa", labels={"VIRTUAL_HOST": host, "HTTPS_METHOD": "noredirect", "HSTS": "off"})
+    assert newcomer.name < decider.name
+    assert wait_for(lambda: {body(host_nginx, host)[1] for _ in range(6)} >= {"z"}, what="host served")
+    result = companion.cli("explain", newcomer.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"host {host}/: {decider.name} decides the host's settings (it served the host first); "
+        f"its HTTPS_METHOD, HSTS lost; load-balanced with {decider.name}" in result.stdout
+    )
+    assert f"disagree on HTTPS_METHOD, HSTS; using {decider.name}'s (it served the host first)" in result.stdout
+    by_host = companion.cli("explain", host)
+    assert by_host.returncode == 0
+    assert f"settings decided by {decider.name} (it served the host first): HTTPS_METHOD=nohttps" in by_host.stdout
+
+
+def test_explain_a_name_outside_allowed_domains(apps: AppRunner, host_nginx: HostNginx) -> None:
+    companion = Companion(
+        host_nginx, host_nginx.conf_dir.parent / "explain-allowed", ALLOWED_DOMAINS="*.allowed.example.test"
+    )
+    host = unique_host("outside")
+    app = apps("explain-out", environment={"VIRTUAL_HOST": host})
+    result = companion.cli("explain", app.name)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.endswith(
+        f"verdict: left out: container {app.name}: VIRTUAL_HOST='{host}' rejected: {host} is not in the allowed "
+        "domains (*.allowed.example.test)\n"
+    )
+    by_host = companion.cli("explain", host)
+    assert by_host.returncode == 1
+    assert f"container {app.name} claims it but is left out: container {app.name}: VIRTUAL_HOST=" in by_host.stdout
