@@ -12,8 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config
+from . import certs, config, logformat
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, due_reason, load_state
+from .alerts import Notifier
 from .controller import Controller
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .model import CertRequest
@@ -68,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(settings.log_level, settings.log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {"run": cmd_run, "render": cmd_render, "check": cmd_check, "certs": cmd_certs, "renew": cmd_renew}[
@@ -117,8 +114,11 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
-    controller = Controller(settings, edge, make_control(settings, edge))
-    acme = AcmeManager(settings, controller.wake, controller.self_check_url)
+    notifier = None
+    if settings.notify_urls:
+        notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
+    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
+    acme = AcmeManager(settings, controller.wake, controller.self_check_url, notify=notifier.send if notifier else None)
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)
     edge.watch_events(controller.wake, stop)
@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         acme.stop()
         observer.stop()
+        if notifier is not None:
+            notifier.stop()
     log.info("stopped")
     return 0
 
