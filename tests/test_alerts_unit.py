@@ -261,3 +261,10 @@ def test_zero_expiry_days_sends_no_expiry_alert(tmp_path: Path, receiver: Receiv
     notifier.check_expiry({"gone.com": at(-1)})
     notifier.stop(timeout=10)
     assert receiver.messages == [] and not (tmp_path / alerts.SENT_FILE).exists()
+
+
+def test_log_format_on_the_companion_is_its_own_setting_not_nginx_proxys() -> None:
+    from companion.variables import setting_problems
+
+    problems = setting_problems({"LOG_FORMAT": "json", "LOG_FORMAT_ESCAPE": "json"})
+    assert [p.split(" is ")[0] for p in problems] == ["setting LOG_FORMAT_ESCAPE"]
