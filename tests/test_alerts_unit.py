@@ -30,6 +30,7 @@ from companion.certs import CertStatus
 from companion.logformat import JsonFormatter, Problem, fields_of
 from companion.model import HttpsMethod
 from companion.plan import Server
+from companion.variables import setting_problems
 from tests.infra.companion import wait_for
 from tests.infra.receiver import Receiver
 
@@ -264,7 +265,5 @@ def test_zero_expiry_days_sends_no_expiry_alert(tmp_path: Path, receiver: Receiv
 
 
 def test_log_format_on_the_companion_is_its_own_setting_not_nginx_proxys() -> None:
-    from companion.variables import setting_problems
-
     problems = setting_problems({"LOG_FORMAT": "json", "LOG_FORMAT_ESCAPE": "json"})
     assert [p.split(" is ")[0] for p in problems] == ["setting LOG_FORMAT_ESCAPE"]
