@@ -29,6 +29,7 @@ from pathlib import Path
 
 import requests
 
+from .alerts import Alert, order_alert
 from .certs import CertStatus, tighten
 from .config import Settings
 from .logsafe import printable
@@ -302,9 +303,11 @@ class AcmeManager:
         self_check_url: Callable[[], str],
         clock: Callable[[], float] = time.time,
         on_order: Callable[[bool], None] = lambda _ok: None,
+        notify: Callable[[Alert | None], None] | None = None,
     ) -> None:
         self.settings = settings
         self.on_order = on_order  # told each order's outcome (the metrics count them)
+        self.notify = notify  # must not block: it runs on the certbot worker
         self.certs_dir = Path(settings.certs_dir)
         self.wake = wake
         self.self_check_url = self_check_url
@@ -345,7 +348,13 @@ class AcmeManager:
                 if entry.next_try > now:
                     upcoming.append(entry.next_try)
                     continue
-                log.info("certificate %s (%s): ordering, %s", request.name, ", ".join(request.domains), reason)
+                log.info(
+                    "certificate %s (%s): ordering, %s",
+                    request.name,
+                    ", ".join(request.domains),
+                    reason,
+                    extra={"certificate": request.name},
+                )
                 entry.in_progress = True
                 queued = True
                 self.queue.put((request, status is not None))
@@ -398,6 +407,8 @@ class AcmeManager:
                 if self.stopping.is_set():
                     self._save()
                     return
+                if self.notify is not None:
+                    self.notify(order_alert(request.name, request.domains, entry.failures, error))
                 if error:
                     entry.failures += 1
                     entry.last_error = error
@@ -409,11 +420,17 @@ class AcmeManager:
                         error,
                         entry.failures,
                         f"{when:%Y-%m-%d %H:%M:%S}",
+                        extra={"certificate": request.name},
                     )
                 else:
                     entry.failures, entry.next_try, entry.last_error = 0, 0.0, ""
                     tighten(self.certs_dir, request.name)
-                    log.info("certificate %s: issued for %s", request.name, ", ".join(request.domains))
+                    log.info(
+                        "certificate %s: issued for %s",
+                        request.name,
+                        ", ".join(request.domains),
+                        extra={"certificate": request.name},
+                    )
                 self._save()
             self.on_order(not error)
             self.wake(f"acme:{request.name}")

@@ -12,8 +12,9 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain
+from . import certs, config, explain, logformat
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
+from .alerts import Notifier
 from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .model import CertRequest
@@ -70,11 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logformat.setup(settings.log_level, settings.log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {
@@ -139,7 +136,10 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
-    controller = Controller(settings, edge, make_control(settings, edge))
+    notifier = None
+    if settings.notify_urls:
+        notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
+    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
     try:
         server = start_status_server(settings, controller) if settings.status_listen else None
     except OSError as exc:
@@ -151,6 +151,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         controller.wake,
         controller.self_check_url,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
+        notify=notifier.send if notifier else None,
     )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)
@@ -168,6 +169,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             server.shutdown()
         acme.stop()
         observer.stop()
+        if notifier is not None:
+            notifier.stop()
     log.info("stopped")
     return 0
 

@@ -8,15 +8,17 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
+from .alerts import BadNotifyUrl, parse_notify_urls
 from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_ca_url, parse_default_root, parse_hostname
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 CaUrls = tuple[str, ...]  # ACME directory URLs, kept exactly as written (their case matters)
+NotifyUrls = tuple[str, ...]  # Apprise URLs; they hold tokens and passwords, so never shown
 
 
 class SslPolicy(StrEnum):
@@ -67,6 +69,9 @@ class Settings:
     external_https_port: int = 0
     non_get_redirect: int = 301
     status_listen: str = ""  # HOST:PORT of the status endpoint; "" keeps it off
+    notify_urls: NotifyUrls = field(default=(), repr=False)
+    notify_expiry_days: float = 14.0
+    log_format: str = "text"
 
     @property
     def docker_mode(self) -> bool:
@@ -187,6 +192,14 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "status_listen",
         "HOST:PORT for the status page, /status.json, /metrics and /healthz (`0.0.0.0:8081` in the image); empty: off",
     ),
+    ("--notify", "NOTIFY_URLS", "notify_urls", "comma list of Apprise URLs that get alerts (see Alerts)"),
+    (
+        "--notify-expiry-days",
+        "NOTIFY_EXPIRY_DAYS",
+        "notify_expiry_days",
+        "alert once a day when a certificate in use has fewer days left (0: never)",
+    ),
+    ("--log-format", "LOG_FORMAT", "log_format", "text, or json: one JSON object per line"),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -229,8 +242,12 @@ def _convert(name: str, raw: str) -> object:
             return parse_owner_rules(raw)
         if kind == "CaUrls":
             return tuple(parse_ca_url(p) for p in raw.split(",") if p.strip())
+        if kind == "NotifyUrls":
+            return parse_notify_urls(raw)
     except InvalidValue as exc:
         raise SettingsError(f"{name}: {raw!r}: {exc}") from None
+    except BadNotifyUrl as exc:
+        raise SettingsError(f"{name}: {exc}") from None
     except ValueError as exc:
         if kind == "ImageTrust":
             raise SettingsError(f"{name}: {raw!r} must be one of routing, all, none") from None
@@ -292,6 +309,14 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"log level {s.log_level!r} must be DEBUG, INFO, WARNING or ERROR")
     if not math.isfinite(s.renew_before_days) or s.renew_before_days < 0:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
+    if not math.isfinite(s.notify_expiry_days) or s.notify_expiry_days < 0:
+        raise SettingsError("notify-expiry-days must be a finite, non-negative number of days")
+    if s.log_format not in ("text", "json"):
+        shown = s.log_format.encode("unicode_escape").decode("ascii")
+        raise SettingsError(
+            f"log format {shown!r} must be text or json (nginx-proxy's LOG_FORMAT, for nginx's access log, "
+            "goes in nginx.conf)"
+        )
     try:
         parse_ca_url(s.acme_staging_server)
     except InvalidValue as exc:

@@ -20,9 +20,11 @@ from typing import Protocol
 
 from . import certs, owners, plan, status
 from .acme import CertState
+from .alerts import in_use
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
 from .explain import Inputs
+from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
@@ -50,6 +52,10 @@ class CertificateManager(Protocol):
     def seconds_until_due(self) -> float | None: ...
 
     def states(self) -> dict[str, CertState]: ...
+
+
+class ExpiryWatch(Protocol):
+    def check_expiry(self, in_use: dict[str, dt.datetime]) -> None: ...
 
 
 @dataclass
@@ -89,11 +95,13 @@ class Controller:
         docker: DockerEdge,
         control: NginxControl,
         acme: CertificateManager | None = None,
+        expiry: ExpiryWatch | None = None,
     ) -> None:
         self.settings = settings
         self.docker = docker
         self.control = control
         self.acme = acme
+        self.expiry = expiry
         self.certs_dir = Path(settings.certs_dir)
         self.conf_dir = Path(settings.conf_dir)
         self._wake = threading.Event()
@@ -213,7 +221,10 @@ class Controller:
         impostors = set()
         if self.settings.docker_mode:
             impostors = {
-                f"container {info.name}: has the label {NGINX_LABEL} but {reason}; not used as nginx"
+                Problem(
+                    f"container {info.name}: has the label {NGINX_LABEL} but {reason}; not used as nginx",
+                    container=info.name,
+                )
                 for info, reason in snapshot.impostors
             }
         if self.settings.docker_mode and not snapshot.nginx:
@@ -222,7 +233,7 @@ class Controller:
         certs.ensure_placeholder(self.certs_dir)
         desired, statuses = self.desired_state(snapshot)
         cert_problems = {
-            f"certificate {name}: {status.problem}; its sites fall back to the placeholder"
+            Problem(f"certificate {name}: {status.problem}; its sites fall back to the placeholder", certificate=name)
             for name, status in statuses.items()
             if status.problem
         }
@@ -248,6 +259,8 @@ class Controller:
             self._remember_owners(dict(desired.owners))
         if self.acme is not None and result.ok:
             self.acme.update(desired.certificates, statuses)
+        if self.expiry is not None and result.ok:
+            self.expiry.check_expiry(in_use(desired.servers, statuses, self.certs_dir))
         return PassReport(result=result)
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
@@ -270,9 +283,9 @@ class Controller:
 
     def _report(self, problems: set[str]) -> None:
         for line in sorted(problems - self._reported.keys()):
-            log.warning("%s", line)
+            log.warning("%s", line, extra=fields_of(line))
         for line in sorted(self._reported.keys() - problems):
-            log.info("resolved: %s", line)
+            log.info("resolved: %s", line, extra=fields_of(line))
         now = time.time()
         self._reported = {line: self._reported.get(line, now) for line in problems}
 

@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from .logformat import Problem
 from .model import (
     DEFAULT_POLICY,
     CertRequest,
@@ -229,26 +230,33 @@ def build(
         ignored = ignored_from_image(info, policy.image_trust)
         if ignored:
             problems.append(
-                f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
-                f"set them on the container, or TRUST_IMAGE_LABELS=all"
+                Problem(
+                    f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
+                    f"set them on the container, or TRUST_IMAGE_LABELS=all",
+                    container=info.name,
+                )
             )
         problems.extend(container_problems(info))
         sites = parse_sites(info, policy)
         if sites is None:
             continue
         if isinstance(sites, Rejection):
-            problems.append(sites.message)
+            problems.append(Problem(sites.message, container=info.name, variable=sites.variable))
             left_out.append((info.name, sites.message.removeprefix(f"container {info.name}: ")))
             continue
         if info.health == "unhealthy":
-            problems.append(f"container {info.name}: unhealthy, left out until its health check passes")
-            left_out.append((info.name, "unhealthy, left out until its health check passes"))
+            unhealthy = "unhealthy, left out until its health check passes"
+            problems.append(Problem(f"container {info.name}: {unhealthy}", container=info.name))
+            left_out.append((info.name, unhealthy))
             continue
         address = pick_address(info, nginx_networks, host_address)
         if address is None:
             problems.append(
-                f"container {info.name}: not reachable ({unreachable_reason(info, nginx_networks)}); "
-                "its paths answer 502 without another backend"
+                Problem(
+                    f"container {info.name}: not reachable ({unreachable_reason(info, nginx_networks)}); "
+                    "its paths answer 502 without another backend",
+                    container=info.name,
+                )
             )
         located.extend((site, address) for site in sites)
 
@@ -329,8 +337,13 @@ def _select_cert(
         if covers(named.domains, host):
             return named
         problems.append(
-            f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
-            f"does not cover {host}; not presented for it"
+            Problem(
+                f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
+                f"does not cover {host}; not presented for it",
+                container=site.container,
+                variable="CERT_NAME",
+                certificate=site.cert_name,
+            )
         )
     exact = index.get(host)
     if exact:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from .config import OPTIONS
+from .logformat import Problem
 from .model import ContainerInfo
 
 
@@ -120,7 +121,12 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("DHPARAM_SKIP", _P, _D, "RFC 7919 ffdhe2048 is shipped; nothing is generated"),
     Variable("ACME_HTTP_CHALLENGE_LOCATION", _P, _D, "the challenge location is always generated"),
     Variable("SHA1_UPSTREAM_NAME", _P, _D, "upstream names are always hashed"),
-    Variable("LOG_FORMAT", _P, _N, "configure logging in nginx's own nginx.conf"),
+    Variable(
+        "LOG_FORMAT",
+        _P,
+        _D,
+        "on the companion: its own log, text or json; nginx's access log format goes in nginx.conf",
+    ),
     Variable("LOG_FORMAT_ESCAPE", _P, _N, "configure logging in nginx's own nginx.conf"),
     Variable("LOG_JSON", _P, _N, "configure logging in nginx's own nginx.conf"),
     Variable("DISABLE_ACCESS_LOGS", _P, _N, "configure logging in nginx's own nginx.conf"),
@@ -168,6 +174,7 @@ _READ = tuple(sorted(name for name, v in _ON_APPS.items() if v.status is Status.
 _NEVER_A_MISS = frozenset(
     {v.name for v in REGISTRY} | {env for _, env, _, _ in OPTIONS} | {"VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT"}
 )
+_OWN = frozenset(env for _, env, _, _ in OPTIONS)
 MAX_LINES = 20  # per container: a container with thousands of odd names must not flood the log
 
 
@@ -241,10 +248,11 @@ def container_problems(info: ContainerInfo) -> tuple[str, ...]:
         for name in values:
             said = _verdict(name, name in inherited)
             if said is not None:
-                lines.append(f"container {info.name}: {said}")
+                lines.append(Problem(f"container {info.name}: {said}", container=info.name, variable=name))
     lines = list(dict.fromkeys(lines))
     if len(lines) > MAX_LINES:
-        lines[MAX_LINES:] = [f"container {info.name}: {len(lines) - MAX_LINES} more variables not applied"]
+        more = f"container {info.name}: {len(lines) - MAX_LINES} more variables not applied"
+        lines[MAX_LINES:] = [Problem(more, container=info.name)]
     return tuple(lines)
 
 
@@ -253,7 +261,8 @@ def setting_problems(environ: Mapping[str, str]) -> tuple[str, ...]:
     does not apply (kept on the companion's service from the old compose file)."""
     lines = []
     for v in REGISTRY:
-        if v.where in (Where.PROXY, Where.ACME) and v.status is not Status.SUPPORTED and v.name in environ:
+        own = v.name in _OWN  # the companion's own setting of that name (LOG_FORMAT), checked by config
+        if v.where in (Where.PROXY, Where.ACME) and v.status is not Status.SUPPORTED and v.name in environ and not own:
             why = v.status.value + (f": {v.note}" if v.note else "")
             lines.append(f"setting {v.name} is not supported ({why}); see README")
     return tuple(dict.fromkeys(lines))
