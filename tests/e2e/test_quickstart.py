@@ -38,6 +38,7 @@ import requests
 import urllib3
 from cryptography import x509
 from docker.models.containers import Container
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.e2e
 
@@ -141,6 +142,7 @@ class Stack:
     http_port: int
     https_port: int
     mgmt_port: int
+    status_port: int
     env: dict[str, str]
     workdir: Path
     root_pem: Path = field(init=False)
@@ -304,12 +306,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     subnet = _free_subnet(client)
     nginx_ip = str(subnet.network_address + 10)
-    ports = {"http": _free_port(), "https": _free_port(), "mgmt": _free_port()}
+    ports = {"http": _free_port(), "https": _free_port(), "mgmt": _free_port(), "status": _free_port()}
     env = dict(os.environ)
     env.update(
         HTTP_PUBLISH=f"127.0.0.1:{ports['http']}",
         HTTPS_PUBLISH=f"127.0.0.1:{ports['https']}",
         PEBBLE_MGMT_PUBLISH=f"127.0.0.1:{ports['mgmt']}",
+        STATUS_PUBLISH=f"127.0.0.1:{ports['status']}",
         QUICKSTART_SUBNET=str(subnet),
         QUICKSTART_NGINX_IP=nginx_ip,
     )
@@ -322,6 +325,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         http_port=ports["http"],
         https_port=ports["https"],
         mgmt_port=ports["mgmt"],
+        status_port=ports["status"],
         env=env,
         workdir=tmp_path_factory.mktemp("quickstart"),
     )
@@ -364,6 +368,24 @@ def test_demo_site_redirects_to_https_and_serves_a_verified_certificate(stack: S
         stack.https("unknown.localhost")
     assert stack.http("unknown.localhost").status == 503
     assert stack.orders() >= 1  # more than one when Pebble's 5% nonce rejection failed an attempt
+
+
+def test_status_endpoint_of_the_image_shows_the_demo_site_and_its_certificate(stack: Stack, demo: Response) -> None:
+    """The quickstart publishes the companion's status endpoint on loopback, as README says."""
+    base = f"http://127.0.0.1:{stack.status_port}"
+
+    def demo_served() -> dict | None:
+        report = requests.get(f"{base}/status.json", timeout=5).json()
+        site = {site["host"]: site for site in report["sites"]}.get(DEMO_HOST)
+        return report if site and not site["placeholder"] and site["certificate"] else None
+
+    report = wait_for("the demo site with its certificate in /status.json", demo_served, 60, stack.diagnose)
+    assert report["version"] == 1
+    assert {c["name"]: c["state"] for c in report["certificates"]}[DEMO_HOST] == "valid"
+    assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
+    families = {f.name for f in text_string_to_metric_families(requests.get(f"{base}/metrics", timeout=5).text)}
+    assert {"companion_sites", "companion_certificate_not_after_timestamp_seconds"} <= families
+    assert DEMO_HOST in requests.get(f"{base}/", timeout=5).text
 
 
 def test_companion_image_health_check_reflects_the_loop(stack: Stack, demo: Response) -> None:
