@@ -12,11 +12,12 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, logformat
+from . import certs, config, explain, logformat, service
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from .logsafe import printable
 from .model import CertRequest
 from .nginx import NginxControl
 from .render import MAIN_FILE
@@ -107,7 +108,22 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
-    """0 when served, 1 when left out, 2 when the name is unknown or Docker cannot be asked."""
+    """0 when served, 1 when left out, 2 when the name is unknown or Docker cannot be asked.
+
+    The running service is asked first, so the answer is what it decided; without one, the same rules
+    run on a fresh snapshot here."""
+    address = service.status_address(settings)
+    if address is not None:
+        url = service.url_of(address, "/explain")
+        try:
+            lines, code = service.ask_explain(address, args.name)
+        except service.NoAnswer as exc:
+            print(f"# the service did not answer at {url} ({printable(str(exc))})")
+        else:
+            print(f"# asked the running service at {url}")
+            for line in lines:
+                print(printable(line))
+            return code
     try:
         edge = edge_for(settings)
         snapshot = edge.snapshot()

@@ -23,7 +23,7 @@ from .acme import CertState
 from .alerts import in_use
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
-from .explain import Inputs
+from .explain import Explanation, Inputs, explain
 from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
@@ -112,6 +112,7 @@ class Controller:
         self._passes: deque[status.PassView] = deque(maxlen=status.PASSES_KEPT)
         self._last_success = 0.0
         self.latest = status.EMPTY  # replaced whole after every pass; the status endpoint only reads it
+        self.inputs: Inputs | None = None  # what the last pass decided from, replaced whole like the report
         self.metrics = Metrics(lambda: self.latest)
         self._reload_pending = False
         self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
@@ -166,10 +167,15 @@ class Controller:
     def desired_state(self, snapshot: Snapshot) -> tuple[plan.Desired, dict[str, certs.CertStatus]]:
         """Pure apart from reading the certs dir; writes nothing (used by `companion render` too)."""
         inputs, problem = self.pass_inputs(snapshot)
-        desired = inputs.desired()
-        if problem:
-            desired = dataclasses.replace(desired, problems=(*desired.problems, problem))
-        return desired, dict(inputs.statuses)
+        return decide(inputs, problem), dict(inputs.statuses)
+
+    def explain(self, name: str) -> Explanation | None:
+        """Explain `name` as the last pass decided it (None before the first pass). Runs in the caller's
+        thread: it reads the kept inputs once and the ACME state under its own short lock."""
+        inputs = self.inputs
+        if inputs is None:
+            return None
+        return explain(name, inputs, self.acme.states() if self.acme is not None else {})
 
     def render_files(self, desired: plan.Desired) -> dict[str, str]:
         options = RenderOptions(
@@ -231,13 +237,15 @@ class Controller:
             self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
-        desired, statuses = self.desired_state(snapshot)
+        inputs, default_problem = self.pass_inputs(snapshot)
+        desired, statuses = decide(inputs, default_problem), dict(inputs.statuses)
         cert_problems = {
             Problem(f"certificate {name}: {status.problem}; its sites fall back to the placeholder", certificate=name)
             for name, status in statuses.items()
             if status.problem
         }
         self._desired, self._statuses = desired, statuses
+        self.inputs = inputs
         files = self.render_files(desired)
         started = time.monotonic()
         result = apply(self.conf_dir, files, self.control)
@@ -371,6 +379,14 @@ class Controller:
             Path(self.settings.heartbeat_file).write_text(dt.datetime.now(dt.UTC).isoformat() + "\n")
         except OSError as exc:
             log.debug("heartbeat not written: %s", exc)
+
+
+def decide(inputs: Inputs, default_problem: str) -> plan.Desired:
+    """The desired state from a pass's inputs, with the default certificate's problem among its problems."""
+    desired = inputs.desired()
+    if default_problem:
+        desired = dataclasses.replace(desired, problems=(*desired.problems, default_problem))
+    return desired
 
 
 def heartbeat_problem(path: Path, now: dt.datetime) -> str:

@@ -1,7 +1,8 @@
-"""The status endpoint: /, /status.json, /metrics and /healthz, served from the latest published report.
+"""The status endpoint: /, /status.json, /metrics, /healthz and /explain, served from the latest pass.
 
-It runs in daemon threads and only reads: the loop replaces the report whole after each pass, so
-neither side ever waits for the other. Each connection has a timeout, each request a size cap, and
+It runs in daemon threads and only reads: the loop replaces the report and the pass's inputs whole after
+each pass, so neither side ever waits for the other (an explanation is computed here, in the server's
+thread). Each connection has a timeout, each request a size cap, and
 the number of connections served at once is bounded, so slow or hostile clients cannot pile up.
 """
 
@@ -16,11 +17,13 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import parse_qs
 
 import jinja2
 
 from .config import Settings, parse_listen
 from .controller import Controller, heartbeat_problem
+from .explain import Explanation
 from .logsafe import printable
 from .metrics import Metrics
 from .status import CertView, Report
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 CLIENT_TIMEOUT = 5.0  # seconds a connection may take to send its request or read the answer
 MAX_REQUEST_BYTES = 16 * 1024  # request line and headers together
 MAX_CLIENTS = 32  # connections served at once; more are closed at once
+MAX_NAME = 253  # the longest host name; container names and id prefixes are shorter
 REFRESH_SECONDS = 10
 BAR_FULL_DAYS = 90.0
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -123,12 +127,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, "application/json", data, body)
         elif path == "/metrics":
             self._send(200, PROMETHEUS_TYPE, self.server.metrics.exposition(), body)
+        elif path == "/explain":
+            self._explain(self.path.partition("?")[2], body)
         elif path == "/":
             alive = heartbeat_problem(self.server.heartbeat, dt.datetime.now(dt.UTC))
             html = page(report, alive).encode()
             self._send(200, "text/html; charset=utf-8", html, body, {"Content-Security-Policy": PAGE_POLICY})
         else:
             self._send(404, "text/plain; charset=utf-8", b"not found\n", body)
+
+    def _explain(self, query: str, body: bool) -> None:
+        """One `name` of printable characters, at most MAX_NAME long; 503 until the first pass."""
+        try:
+            names = parse_qs(query, strict_parsing=True, max_num_fields=1).get("name", [])
+        except ValueError:
+            names = []
+        if len(names) != 1 or not 0 < len(names[0]) <= MAX_NAME or not names[0].isprintable():
+            self._json(400, {"error": f"expected ?name=NAME, 1 to {MAX_NAME} printable characters"}, body)
+            return
+        found = self.server.explainer(names[0])
+        if found is None:
+            self._json(503, {"error": "the service has not finished a pass yet"}, body)
+            return
+        self._json(200, explanation_json(found), body)
+
+    def _json(self, code: int, value: object, body: bool) -> None:
+        self._send(code, "application/json", json.dumps(value, indent=1).encode() + b"\n", body)
 
     def _send(self, code: int, kind: str, data: bytes, body: bool, extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
@@ -146,13 +170,32 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("status %s: %s", self.address_string(), printable(format % args))
 
 
+def explanation_json(found: Explanation) -> dict[str, object]:
+    """What /explain answers: the lines `companion explain` prints (the verdict's last), and its exit code."""
+    return {
+        "subject": found.subject,
+        "verdict": found.verdict.value,
+        "reason": found.reason,
+        "exit_code": found.exit_code,
+        "lines": found.text().splitlines(),
+    }
+
+
 class StatusServer(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], latest: Callable[[], Report], metrics: Metrics, heartbeat: Path):
+    def __init__(
+        self,
+        address: tuple[str, int],
+        latest: Callable[[], Report],
+        metrics: Metrics,
+        heartbeat: Path,
+        explainer: Callable[[str], Explanation | None],
+    ):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.latest = latest
+        self.explainer = explainer
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -178,7 +221,9 @@ class StatusServer(ThreadingHTTPServer):
 def start_status_server(settings: Settings, controller: Controller) -> StatusServer:
     """Listen on STATUS_LISTEN and serve in a daemon thread; the caller shuts it down."""
     host, port = parse_listen(settings.status_listen)
-    server = StatusServer((host, port), lambda: controller.latest, controller.metrics, Path(settings.heartbeat_file))
+    server = StatusServer(
+        (host, port), lambda: controller.latest, controller.metrics, Path(settings.heartbeat_file), controller.explain
+    )
     threading.Thread(target=server.serve_forever, name="status", daemon=True).start()
-    log.info("status page on http://%s/ (/status.json, /metrics, /healthz)", settings.status_listen)
+    log.info("status page on http://%s/ (/status.json, /metrics, /healthz, /explain)", settings.status_listen)
     return server

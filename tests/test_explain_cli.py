@@ -11,6 +11,8 @@ import pytest
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
+from tests.infra.ports import free_port
+from tests.test_status import get
 
 pytestmark = pytest.mark.integration
 
@@ -93,3 +95,38 @@ def test_explain_a_name_outside_allowed_domains(apps: AppRunner, host_nginx: Hos
     by_host = companion.cli("explain", host)
     assert by_host.returncode == 1
     assert f"container {app.name} claims it but is left out: container {app.name}: VIRTUAL_HOST=" in by_host.stdout
+
+
+def test_explain_asks_the_running_service_and_falls_back_when_it_is_gone(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion]
+) -> None:
+    domain = f"{uuid.uuid4().hex[:8]}.example.test"
+    port = free_port()
+    companion = make_companion(STATUS_LISTEN=f"0.0.0.0:{port}", ALLOWED_DOMAINS=f"*.{domain}")
+    served_host, outside = f"svc.{domain}", unique_host("outside")
+    served = apps("explain-svc", environment={"VIRTUAL_HOST": served_host})
+    refused = apps("explain-svc-out", environment={"VIRTUAL_HOST": outside})
+    assert wait_for(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
+    asked = f"# asked the running service at http://127.0.0.1:{port}/explain\n"
+
+    result = companion.cli("explain", served.name)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(asked + f"container {served.name} (id {served.id[:12]})\n")
+    assert result.stdout.endswith(f"verdict: served: {served_host}/ (port 80)\n")
+    left_out = companion.cli("explain", refused.name)
+    assert left_out.returncode == 1, left_out.stdout + left_out.stderr
+    assert left_out.stdout.startswith(asked)
+    assert left_out.stdout.endswith(
+        f"verdict: left out: container {refused.name}: VIRTUAL_HOST='{outside}' rejected: {outside} is not in "
+        f"the allowed domains (*.{domain})\n"
+    )
+    code, _, data = get(port, "/explain?name=" + "a" * 254)
+    assert code == 400 and b"1 to 253 printable characters" in data
+    assert get(port, "/explain?name=x&name=y")[0] == 400
+
+    assert companion.stop() == 0
+    fallback = companion.cli("explain", served.name)
+    assert fallback.returncode == 0, fallback.stdout + fallback.stderr
+    assert fallback.stdout.startswith(f"# the service did not answer at http://127.0.0.1:{port}/explain (")
+    assert SOURCE + f"container {served.name} " in fallback.stdout
+    assert fallback.stdout.endswith(f"verdict: served: {served_host}/ (port 80)\n")
