@@ -23,14 +23,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import requests
 
 from .alerts import Alert, order_alert
-from .certs import CertStatus, tighten
+from .certs import CertStatus, scan, tighten
 from .config import Settings
 from .logsafe import printable
 from .model import CertRequest
@@ -318,6 +318,7 @@ class AcmeManager:
         for entry in self.state.values():
             entry.in_progress = False
         self.queue: queue.Queue[tuple[CertRequest, bool]] = queue.Queue()
+        self.requests: dict[str, CertRequest] = {}  # the last pass's, by name: what `order_now` orders
         self.next_due: float | None = None
         self.process: subprocess.Popen[str] | None = None
         self.process_lock = threading.Lock()  # starting certbot vs. stop(): none may start after stop()
@@ -332,6 +333,7 @@ class AcmeManager:
         upcoming: list[float] = []
         queued = False
         with self.lock:
+            self.requests = {request.name: request for request in requests_}
             for request in requests_:
                 status = statuses.get(request.name)
                 entry = self.state.setdefault(request.name, CertState(domains=list(request.domains)))
@@ -361,6 +363,48 @@ class AcmeManager:
             self.next_due = min(upcoming) if upcoming else None
             if queued:
                 self._save()  # so `companion certs` shows "renewing" while certbot runs
+
+    def order_now(self, names: Sequence[str], force: bool) -> dict[str, str]:
+        """Queue the named lineages (all on disk when none is named) for `companion renew`, through the same
+        worker, self-check, backoff and state file as every order. An operator asked, so a backoff does not
+        hold it; one already being ordered is left to that order. Answers "queued", "in progress", "not due
+        (...)" or why it cannot be ordered, per name."""
+        statuses = scan(self.certs_dir)
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        chosen = list(names) or sorted(name for name in statuses if not name.startswith("companion"))
+        answers: dict[str, str] = {}
+        with self.lock:
+            for name in chosen:
+                status = statuses.get(name)
+                request = self.requests.get(name)
+                if request is None and (status is None or not status.domains):
+                    answers[name] = f"no usable certificate {name!r} in {self.certs_dir / 'live'}"
+                    continue
+                if request is None:  # on disk but no container asks for it: it keeps its CA
+                    assert status is not None
+                    request = CertRequest(name, status.domains, self.settings.default_email, server=status.server)
+                entry = self.state.setdefault(name, CertState(domains=list(request.domains)))
+                if entry.in_progress:
+                    answers[name] = "in progress"
+                    continue
+                reason = "forced" if force else due_reason(request, status, now, self.settings.renew_before_days)
+                if not reason:  # due_reason is '' only for a usable certificate on disk
+                    assert status is not None and status.not_after is not None
+                    answers[name] = f"not due (expires {status.not_after:%Y-%m-%d})"
+                    continue
+                log.info(
+                    "certificate %s (%s): ordering, asked by `companion renew` (%s)",
+                    name,
+                    ", ".join(request.domains),
+                    reason,
+                    extra={"certificate": name},
+                )
+                entry.in_progress = True
+                self.queue.put((request, status is not None))
+                answers[name] = "queued"
+            if "queued" in answers.values():
+                self._save()
+        return answers
 
     def seconds_until_due(self) -> float | None:
         return None if self.next_due is None else max(0.0, self.next_due - self.clock())

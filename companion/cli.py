@@ -15,6 +15,7 @@ from pathlib import Path
 from . import certs, config, explain, logformat, service
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
+from .control import start_control_server
 from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .logsafe import printable
@@ -170,7 +171,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         notify=notifier.send if notifier else None,
     )
     controller.acme = acme
-    observer = watch_certs(Path(settings.certs_dir), controller.wake)
+    observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
+    control = start_control_server(Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
         if reason != "events-connected":  # the stream (re)connecting, not an event
@@ -183,6 +185,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if control is not None:
+            control.stop()
         acme.stop()
         observer.stop()
         if notifier is not None:
@@ -229,7 +233,40 @@ def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Renew lineages on disk now, one certbot at a time; the service's watcher reloads nginx."""
+    """Renew through the running service when one listens on the control socket: one ordering path (its
+    lock, self-check, backoff and state file), and its watcher reloads nginx. Without one, renew here."""
+    certs_dir = Path(settings.certs_dir)
+    serials = {name: status.serial for name, status in certs.scan(certs_dir).items()}
+    where = service.control_socket(certs_dir)
+    try:
+        orders = service.ask_renew(certs_dir, [args.name] if args.name else [], args.force)
+    except service.NoService:
+        return renew_here(args, settings)
+    except service.NoAnswer as exc:
+        print(f"companion: the service did not answer on {where}: {printable(str(exc))}", file=sys.stderr)
+        return 1
+    print(f"# asked the running service at {where}")
+    failed = 0
+    waiting = []
+    for name, answer in sorted(orders.items()):
+        if answer in ("queued", "in progress"):
+            waiting.append(name)
+        elif answer.startswith("not due"):
+            print(f"{printable(name)}: {printable(answer)}")
+        else:
+            print(f"companion: {printable(answer)}", file=sys.stderr)
+            failed += 1
+    for name, error in sorted(service.wait_for_orders(certs_dir, waiting, serials).items()):
+        if error:
+            print(f"{printable(name)}: renewal failed: {printable(error)}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{printable(name)}: renewed")
+    return 1 if failed else 0
+
+
+def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Renew lineages on disk with a certbot of our own, one at a time, when no service runs."""
     certs_dir = Path(settings.certs_dir)
     statuses = certs.scan(certs_dir)
     names = [args.name] if args.name else sorted(n for n in statuses if not n.startswith("companion"))

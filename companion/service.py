@@ -1,4 +1,4 @@
-"""Asking the running service from a command: `explain` on the status address.
+"""Asking the running service from a command: `explain` on the status address, `renew` on the control socket.
 
 The command runs beside the service (often `docker compose exec`), so the address it listens on is asked
 on loopback when it listens on every address. Plain http.client: no proxy from the environment can be
@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
+import time
+from pathlib import Path
 from urllib.parse import quote
 
+from .acme import CERTBOT_TIMEOUT, load_state
+from .certs import scan
 from .config import Settings, parse_listen
+from .control import SOCKET
 
 ASK_TIMEOUT = 3.0  # seconds: the service answers from memory, or it is not there
 ANSWER_MAX_BYTES = 1024 * 1024
+WAIT_INTERVAL = 0.5  # seconds between looks at the state file while the service orders
 _ANY_ADDRESS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 class NoAnswer(Exception):
     """Nothing answered, or not as the service does."""
+
+
+class NoService(NoAnswer):
+    """No service listens on the control socket: the command may do the work itself."""
 
 
 def status_address(settings: Settings) -> tuple[str, int] | None:
@@ -57,3 +68,77 @@ def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines) or code not in (0, 1, 2):
         raise NoAnswer("an answer of another shape")
     return lines, code
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=ASK_TIMEOUT)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(str(self.socket_path))
+
+
+def control_socket(certs_dir: Path) -> Path:
+    return certs_dir / SOCKET
+
+
+def ask_renew(certs_dir: Path, names: list[str], force: bool) -> dict[str, str]:
+    """Have the service queue the orders: name -> "queued", "in progress", "not due (...)" or why not.
+
+    NoService when no socket is there or nothing listens on it (a companion that was killed); NoAnswer when
+    one is there but does not answer as the service does (say, no permission to connect)."""
+    connection = _UnixConnection(control_socket(certs_dir))
+    try:
+        connection.request(
+            "POST", "/renew", json.dumps({"names": names, "force": force}), {"Content-Type": "application/json"}
+        )
+        answer = connection.getresponse()
+        data = answer.read(ANSWER_MAX_BYTES + 1)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NoService(str(exc)) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise NoAnswer(str(exc) or type(exc).__name__) from None
+    finally:
+        connection.close()
+    try:
+        found = json.loads(data)
+    except ValueError:
+        raise NoAnswer(f"HTTP {answer.status}, not the service's JSON") from None
+    orders = found.get("orders") if isinstance(found, dict) else None
+    if answer.status != 200 or not isinstance(orders, dict):
+        error = found.get("error", "") if isinstance(found, dict) else ""
+        raise NoAnswer(f"HTTP {answer.status}" + (f": {error}" if error else ""))
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in orders.items()):
+        raise NoAnswer("an answer of another shape")
+    return orders
+
+
+def wait_for_orders(certs_dir: Path, names: list[str], serials: dict[str, str]) -> dict[str, str]:
+    """Each order's outcome once the service has finished it: '' for a new certificate on disk, else why not.
+
+    Read from the state file the service saves (in progress, failures, last error) and the lineage's serial
+    against `serials` from before asking; the orders run one at a time, each within CERTBOT_TIMEOUT."""
+    deadline = time.monotonic() + CERTBOT_TIMEOUT * len(names) + 60
+    outcomes: dict[str, str] = {}
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        state = load_state(certs_dir)
+        finished = {name for name in pending if name in state and not state[name].in_progress}
+        if finished:
+            on_disk = scan(certs_dir)
+        for name in finished:
+            entry, status = state[name], on_disk.get(name)
+            if entry.failures:
+                outcomes[name] = entry.last_error or "the order failed"
+            elif status is None or status.serial == serials.get(name, ""):
+                outcomes[name] = "no new certificate (did the service stop before the order finished?)"
+            else:
+                outcomes[name] = ""
+        pending -= finished
+        if pending:
+            time.sleep(WAIT_INTERVAL)
+    outcomes.update({name: "still being ordered; see `companion certs`" for name in pending})
+    return outcomes

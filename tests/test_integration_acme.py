@@ -98,8 +98,15 @@ def test_forced_renewal_is_served_without_restarting_anything(
     context = verified_context(pebble)
     first = wait_for(lambda: served_cert(host_nginx, host, context), timeout=60, what="first certificate")
     master = host_nginx.master_pid()
+    orders = pebble.orders_seen()
     result = companion.cli("renew", "--force", host)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stdout + result.stderr
+    socket = companion.certs_dir / "companion" / "control.sock"
+    assert result.stdout == f"# asked the running service at {socket}\n{host}: renewed\n"
+    assert stat.S_IMODE(socket.stat().st_mode) == 0o600
+    # The service's own worker ordered it: one order, and its log says who asked.
+    assert pebble.orders_seen() == orders + 1
+    assert companion.count(rf"certificate {re.escape(host)} \({re.escape(host)}\): ordering, asked by") == 1
     renewed = wait_for(
         lambda: (c := served_cert(host_nginx, host, context)).serial_number != first.serial_number and c,
         timeout=20,
@@ -108,6 +115,17 @@ def test_forced_renewal_is_served_without_restarting_anything(
     assert renewed.not_valid_after_utc >= first.not_valid_after_utc
     assert host_nginx.master_pid() == master, "nginx was reloaded, not restarted"
     assert companion.alive
+    for text in (result.stdout + result.stderr, companion.log()):
+        assert "Another instance of Certbot is already running" not in text
+    assert pebble.orders_seen() == orders + 1
+
+    # Without a service the command orders by itself, as before; the socket left with the service.
+    assert companion.stop() == 0
+    assert not socket.exists()
+    alone = companion.cli("renew", "--force", host)
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    assert alone.stdout == f"{host}: renewed\n"
+    assert pebble.orders_seen() == orders + 2
 
 
 def test_short_lived_certificate_renews_by_itself(
