@@ -18,10 +18,13 @@ from .alerts import Notifier
 from .control import start_control_server
 from .controller import Controller, heartbeat_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
+from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
 from .model import CertRequest
 from .nginx import NginxControl
 from .render import MAIN_FILE
+from .safefiles import read_regular
 from .statusserver import start_status_server
 from .variables import setting_problems
 from .watch import watch_certs
@@ -51,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
     explainer.add_argument("name", help="a container name or id prefix, or a host name")
     return parser
+
+
+def load_gate(path: str) -> Gate:
+    """The STATUS_AUTH users, read once at start (no link followed); an unusable file stops the service."""
+    return Gate(parse(read_regular(Path(path), HTPASSWD_MAX_BYTES).decode("utf-8", "replace")))
 
 
 def edge_for(settings: config.Settings) -> DockerEdge:
@@ -149,6 +157,13 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     for problem in setting_problems(os.environ):
         log.warning("%s", problem)
+    try:
+        gate = load_gate(settings.status_auth) if settings.status_auth else None
+    except (OSError, HtpasswdError) as exc:
+        log.error(
+            "STATUS_AUTH %s cannot be used: %s", settings.status_auth, exc.strerror if isinstance(exc, OSError) else exc
+        )
+        return 2
     edge = wait_for_daemon(lambda: edge_for(settings), stop)
     if edge is None:
         return 0
@@ -158,7 +173,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
     controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
     try:
-        server = start_status_server(settings, controller) if settings.status_listen else None
+        server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
         log.error("cannot listen on %s for the status page: %s", settings.status_listen, exc.strerror or exc)
         return 1

@@ -69,6 +69,7 @@ class Settings:
     external_https_port: int = 0
     non_get_redirect: int = 301
     status_listen: str = ""  # HOST:PORT of the status endpoint; "" keeps it off
+    status_auth: str = ""  # htpasswd file (bcrypt) whose users may read the status endpoint
     notify_urls: NotifyUrls = field(default=(), repr=False)
     notify_expiry_days: float = 14.0
     log_format: str = "text"
@@ -191,6 +192,12 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "STATUS_LISTEN",
         "status_listen",
         "HOST:PORT for the status page, /status.json, /metrics and /healthz (`0.0.0.0:8081` in the image); empty: off",
+    ),
+    (
+        "--status-auth",
+        "STATUS_AUTH",
+        "status_auth",
+        "htpasswd file (bcrypt: htpasswd -B) whose users may read the status endpoint; /healthz stays open",
     ),
     ("--notify", "NOTIFY_URLS", "notify_urls", "comma list of Apprise URLs that get alerts (see Alerts)"),
     (
@@ -325,6 +332,8 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
     if s.status_listen:
         parse_listen(s.status_listen)
+    if s.status_auth and not s.status_auth.startswith("/"):
+        raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
     for path in (s.conf_dir, s.webroot, s.certs_dir):
         if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
             raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")

@@ -24,6 +24,7 @@ import jinja2
 from .config import Settings, parse_listen
 from .controller import Controller, heartbeat_problem
 from .explain import Explanation
+from .htpasswd import Gate
 from .logsafe import printable
 from .metrics import Metrics
 from .status import CertView, Report
@@ -118,6 +119,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(431, "text/plain; charset=utf-8", b"request too large\n", body)
             return
         path = self.path.split("?", 1)[0]
+        if (
+            path != "/healthz"
+            and self.server.gate is not None
+            and not self.server.gate.allows(self.headers.get("Authorization"))
+        ):
+            challenge = {"WWW-Authenticate": 'Basic realm="companion status", charset="UTF-8"'}
+            self._send(401, "text/plain; charset=utf-8", b"password required (STATUS_AUTH)\n", body, challenge)
+            return
         report = self.server.latest()
         if path == "/healthz":
             problem = heartbeat_problem(self.server.heartbeat, dt.datetime.now(dt.UTC))
@@ -192,10 +201,12 @@ class StatusServer(ThreadingHTTPServer):
         metrics: Metrics,
         heartbeat: Path,
         explainer: Callable[[str], Explanation | None],
+        gate: Gate | None = None,
     ):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.latest = latest
         self.explainer = explainer
+        self.gate = gate  # STATUS_AUTH: every route but /healthz needs a password
         self.metrics = metrics
         self.heartbeat = heartbeat
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
@@ -218,11 +229,16 @@ class StatusServer(ThreadingHTTPServer):
         log.debug("status: connection from %s failed", client_address, exc_info=True)
 
 
-def start_status_server(settings: Settings, controller: Controller) -> StatusServer:
+def start_status_server(settings: Settings, controller: Controller, gate: Gate | None = None) -> StatusServer:
     """Listen on STATUS_LISTEN and serve in a daemon thread; the caller shuts it down."""
     host, port = parse_listen(settings.status_listen)
     server = StatusServer(
-        (host, port), lambda: controller.latest, controller.metrics, Path(settings.heartbeat_file), controller.explain
+        (host, port),
+        lambda: controller.latest,
+        controller.metrics,
+        Path(settings.heartbeat_file),
+        controller.explain,
+        gate,
     )
     threading.Thread(target=server.serve_forever, name="status", daemon=True).start()
     log.info("status page on http://%s/ (/status.json, /metrics, /healthz, /explain)", settings.status_listen)

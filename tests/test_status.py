@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.client
 import json
 import shutil
 import socket
 import ssl
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,10 +37,12 @@ def unique_host(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.{DOMAIN}"
 
 
-def get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        connection.request(method, path)
+        connection.request(method, path, headers=headers or {})
         answer = connection.getresponse()
         return answer.status, dict(answer.getheaders()), answer.read()
     finally:
@@ -221,6 +225,40 @@ def test_healthz_follows_the_loop_like_companion_check(
     code, _, text = get(port, "/healthz")
     assert code == 503 and text.startswith(b"last loop pass")
     assert companion.cli("check").returncode == 1
+
+
+def test_status_auth_asks_every_route_but_healthz_for_an_htpasswd_password(
+    tmp_path: Path, host_nginx: HostNginx, status_companion: Callable[..., tuple[Companion, int]]
+) -> None:
+    """STATUS_AUTH with a file made by Apache's own `htpasswd -B` (apache2-utils), as an operator would."""
+    if not shutil.which("htpasswd"):
+        pytest.fail("htpasswd is missing: apt-get install -y apache2-utils")
+    users = tmp_path / "status.htpasswd"
+    made = subprocess.run(
+        ["htpasswd", "-B", "-b", "-c", str(users), "admin", "s3cret"], capture_output=True, check=False
+    )
+    assert made.returncode == 0, made.stderr
+    companion, port = status_companion(STATUS_AUTH=str(users))
+    wait_for(lambda: get(port, "/healthz")[0] == 200, what="/healthz open without a password")
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    for path in ("/", "/status.json", "/metrics", "/explain?name=x"):
+        code, headers, _ = get(port, path)
+        assert code == 401 and headers["WWW-Authenticate"].startswith("Basic "), (path, code)
+        assert get(port, path, headers=basic("admin", "wrong"))[0] == 401
+        assert get(port, path, headers=basic("nobody", "s3cret"))[0] == 401
+    assert get(port, "/status.json", headers=basic("admin", "s3cret"))[0] == 200
+    assert get(port, "/metrics", headers=basic("admin", "s3cret"))[0] == 200
+    # An MD5 (apr1) file is refused at start: a stolen fast hash gives the password up.
+    weak = tmp_path / "weak.htpasswd"
+    subprocess.run(["htpasswd", "-m", "-b", "-c", str(weak), "admin", "s3cret"], capture_output=True, check=True)
+    refused = companion.cli(
+        "run", timeout=60, env={"STATUS_AUTH": str(weak), "STATUS_LISTEN": f"127.0.0.1:{free_port()}"}
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert "only bcrypt entries (htpasswd -B)" in refused.stderr and "$apr1$" not in refused.stderr
 
 
 # -- a real browser ------------------------------------------------------------------------------

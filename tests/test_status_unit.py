@@ -154,3 +154,53 @@ def test_explain_endpoint_answers_the_lines_verdict_and_exit_code(explain_port: 
 def test_explain_endpoint_refuses_a_missing_or_unfit_name(explain_port: int, query: str) -> None:
     code, answer = ask(explain_port, query)
     assert code == 400 and answer == {"error": "expected ?name=NAME, 1 to 253 printable characters"}
+
+
+# -- STATUS_AUTH ----------------------------------------------------------------------------------
+
+
+def _bcrypt_line(user: str, password: str) -> str:
+    import bcrypt
+
+    return f"{user}:$2y${bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4))[4:].decode()}"
+
+
+def test_htpasswd_takes_bcrypt_entries_only_and_names_the_line_not_the_hash() -> None:
+    from companion.htpasswd import HtpasswdError, parse
+
+    users = parse(f"# operators\n\n{_bcrypt_line('admin', 'pw')}\n{_bcrypt_line('ops', 'x')}\n")
+    assert set(users) == {"admin", "ops"}
+    for bad, why in (
+        ("admin:$apr1$abc$0123456789012345678901", "line 1: only bcrypt"),
+        ("admin:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "line 1: only bcrypt"),
+        ("admin:plain", "line 1: only bcrypt"),
+        ("no-colon-here", "line 1: expected user:hash"),
+        ("# only a comment", "no user"),
+    ):
+        with pytest.raises(HtpasswdError, match=why) as caught:
+            parse(bad)
+        assert "$apr1$" not in str(caught.value) and "W6ph5" not in str(caught.value)
+
+
+def test_gate_checks_basic_credentials_and_remembers_good_ones() -> None:
+    import base64
+
+    from companion.htpasswd import Gate, parse
+
+    gate = Gate(parse(_bcrypt_line("admin", "s3cret")))
+
+    def header(user: str, password: str) -> str:
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    assert gate.allows(header("admin", "s3cret"))
+    assert gate.allows(header("admin", "s3cret"))  # the second time from the cache
+    for refused in (
+        header("admin", "wrong"),
+        header("other", "s3cret"),
+        None,
+        "",
+        "Bearer x",
+        "Basic not-base64!",
+        "Basic " + "A" * 2000,
+    ):
+        assert not gate.allows(refused), refused

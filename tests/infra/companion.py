@@ -86,11 +86,13 @@ class Companion:
         self.process = None
         return code
 
-    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        """Run another companion command (render, certs, renew) with the same settings."""
+    def cli(
+        self, *args: str, timeout: float = 120.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run another companion command (render, certs, renew) with the same settings, `env` on top."""
         return subprocess.run(
             [sys.executable, "-m", "companion", *args],
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
