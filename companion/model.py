@@ -66,6 +66,7 @@ VARIABLES = (
     "ACME_TEST",
     "VIRTUAL_HOST_MULTIPORTS",
     "NETWORK_ACCESS",
+    "VIRTUAL_KEEPALIVE",
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -99,6 +100,11 @@ class HttpsMethod(StrEnum):
 class NetworkAccess(StrEnum):
     EXTERNAL = "external"
     INTERNAL = "internal"  # only private source addresses reach the container's locations
+
+
+class Keepalive(StrEnum):
+    ON = "on"  # idle connections to the container are kept open and reused
+    OFF = "off"  # one connection per request, `Connection: close`: for apps that mishandle reuse
 
 
 class InvalidValue(ValueError):
@@ -179,6 +185,7 @@ class Site:
     cert_name: str
     cert: CertRequest | None
     network_access: NetworkAccess = NetworkAccess.EXTERNAL
+    keepalive: bool = True  # VIRTUAL_KEEPALIVE
 
 
 @dataclass(frozen=True)
@@ -427,6 +434,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
         access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
+        keepalive = parse_enum(get("VIRTUAL_KEEPALIVE") or "on", Keepalive) is Keepalive.ON
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
         if cert_name:
             # A certificate name is a name too: it may not point outside what the operator allows.
@@ -463,6 +471,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         cert_name=cert_name,
         cert=cert,
         network_access=access,
+        keepalive=keepalive,
     )
 
 

@@ -13,10 +13,10 @@ never rewrites a lineage that holds names the request does not (it gets a lineag
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from .logformat import Problem
 from .model import (
@@ -51,10 +51,16 @@ class CertFiles:
     not_after: float = 0.0  # unix time; the fresher of two covering certificates wins
 
 
+Backends = tuple[tuple[tuple[str, int], ...], bool]  # (sorted (address, port) pairs, keepalive)
+
+
 @dataclass(frozen=True)
 class Upstream:
+    """One per distinct backend set, shared by every host and path routed to exactly those backends."""
+
     name: str
     servers: tuple[tuple[str, int], ...]
+    keepalive: bool = True  # idle connections to the backends kept open; off if any says VIRTUAL_KEEPALIVE=off
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class Location:
     proto: Proto
     dest: str
     internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
+    keepalive: bool = True  # its upstream's: without keepalive, requests say `Connection: close` as before
     # (container, address, port) of every claim, for the status report only (address "" when unreachable)
     backends: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
 
@@ -128,15 +135,17 @@ class Desired:
         return any(s.default_https for s in self.servers)
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def upstream_name(host: str, path: str) -> str:
-    """A stable upstream name that no other (host, path) can produce.
+UPSTREAM_PREFIX = "companion_u"
 
-    The path's hash is always there and always 16 hex digits, so the name splits back into exactly one
-    host and hash: a host that ends in "-<hash>" cannot pose as another host's path. "_" never occurs
-    in a valid host name, so the wildcard's stand-in cannot collide either.
+
+def upstream_names(sets: Iterable[Backends]) -> dict[Backends, str]:
+    """`companion_u1`, `companion_u2`, ... for the distinct backend sets in sorted order.
+
+    A name depends only on typed addresses, ports and a flag, never on a host or path a label wrote, so
+    no label can produce another route's name; the same world always numbers the same way. Short,
+    shared names keep nginx's linear lookup of upstream names cheap (it is quadratic in their count).
     """
-    return f"companion-{host.replace('*', '_wildcard_')}-{hashlib.sha256(path.encode()).hexdigest()[:16]}"
+    return {key: f"{UPSTREAM_PREFIX}{number}" for number, key in enumerate(sorted(set(sets)), 1)}
 
 
 LOOPBACK = "127.0.0.1"
@@ -260,8 +269,7 @@ def build(
             )
         located.extend((site, address) for site in sites)
 
-    servers: list[Server] = []
-    upstreams: dict[str, Upstream] = {}
+    planned: list[tuple[dict[str, Any], list[_Route]]] = []  # Server's fields but its locations; its routes
     index = _cert_index(certs)
     decided: dict[str, str] = {}
     for host, claims in _by_host(located).items():
@@ -271,16 +279,13 @@ def build(
         decided[host] = owner.container
         why = why_decides(owner.container, before)
         _warn_conflicts(host, claims, problems, why)
-        locations = []
-        for path, path_claims in _by_path(claims).items():
-            first = path_claims[0][0]
-            name = upstream_name(host, path)
-            backends = tuple(sorted({(address, site.port) for site, address in path_claims if address}))
-            if backends:
-                upstreams[name] = Upstream(name, backends)
-            internal = first.network_access is NetworkAccess.INTERNAL
+        routes = []
+        for path_claims in _by_path(claims).values():
+            reachable = [(site, address) for site, address in path_claims if address]
+            backends = tuple(sorted({(address, site.port) for site, address in reachable}))
+            key = (backends, all(site.keepalive for site, _ in reachable)) if backends else None
             claimed = tuple(sorted((site.container, address or "", site.port) for site, address in path_claims))
-            locations.append(Location(path, name if backends else "", first.proto, first.dest, internal, claimed))
+            routes.append(_Route(path_claims[0][0], key, claimed))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
             cert = _select_cert(host, owner, certs, index, problems)
@@ -289,30 +294,54 @@ def build(
         wants_tls = owner.cert is not None or bool(owner.cert_name)
         is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
         hold = not http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
-        servers.append(
-            Server(
-                host=host,
-                https_method=owner.https_method,
-                hsts=owner.hsts,
-                locations=tuple(sorted(locations, key=lambda loc: loc.path)),
-                cert=(default_cert or placeholder) if is_placeholder else cert,
-                placeholder=is_placeholder,
-                default=host == default_host,
-                hold_http=hold and cert is None,
-            )
-        )
+        server = {
+            "host": host,
+            "https_method": owner.https_method,
+            "hsts": owner.hsts,
+            "cert": (default_cert or placeholder) if is_placeholder else cert,
+            "placeholder": is_placeholder,
+            "default": host == default_host,
+            "hold_http": hold and cert is None,
+        }
+        planned.append((server, routes))
+    names = upstream_names(route.backends for _, routes in planned for route in routes if route.backends)
+    servers = [Server(**server, locations=_locations(routes, names)) for server, routes in planned]
     if default_host and default_host not in decided:
         problems.append(f"DEFAULT_HOST={default_host}: no container serves this host; unknown names answer 503")
     requests = _requests([site for site, _ in located], certs, problems)
     return Desired(
         servers=tuple(servers),
-        upstreams=tuple(upstreams[k] for k in sorted(upstreams)),
+        upstreams=tuple(Upstream(name, servers, keepalive) for (servers, keepalive), name in names.items()),
         certificates=tuple(requests[k] for k in sorted(requests)),
         problems=tuple(problems),
         owners=tuple(sorted(decided.items())),
         default_cert=default_cert,
         left_out=tuple(left_out),
     )
+
+
+class _Route(NamedTuple):
+    """One path of a host before upstreams are numbered: the deciding site, its backend set, every claim."""
+
+    site: Site
+    backends: Backends | None  # None: no claim is reachable
+    claimed: tuple[tuple[str, str, int], ...]
+
+
+def _locations(routes: list[_Route], names: Mapping[Backends, str]) -> tuple[Location, ...]:
+    located = (
+        Location(
+            route.site.path,
+            names[route.backends] if route.backends else "",
+            route.site.proto,
+            route.site.dest,
+            route.site.network_access is NetworkAccess.INTERNAL,
+            route.backends[1] if route.backends else True,
+            route.claimed,
+        )
+        for route in routes
+    )
+    return tuple(sorted(located, key=lambda location: location.path))
 
 
 def _cert_index(certs: Mapping[str, CertFiles]) -> dict[str, list[CertFiles]]:

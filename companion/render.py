@@ -18,10 +18,14 @@ SNIPPETS = {
     "acme": ("companion-acme.inc", "acme-challenge.inc.j2"),
     "tls": ("companion-tls.inc", "tls.inc.j2"),
     "proxy": ("companion-proxy.inc", "proxy.inc.j2"),
+    "proxy_close": ("companion-proxy-close.inc", "proxy.inc.j2"),  # VIRTUAL_KEEPALIVE=off
     "internal": ("companion-internal.inc", "network-internal.inc.j2"),
 }
 DHPARAM_FILE = "companion-ffdhe2048.pem"
 HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
+# Idle connections each worker keeps per upstream: enough for a busy app's concurrency between
+# requests, few enough that thousands of upstreams hold no more sockets than the apps would see anyway.
+KEEPALIVE = 16
 
 
 @dataclass(frozen=True)
@@ -89,9 +93,10 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         "servers": desired.servers,
         "upstreams": desired.upstreams,
         "default_cert": desired.default_cert,
+        "keepalive": KEEPALIVE,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
-    for name, template in SNIPPETS.values():
-        out[name] = _ENV.get_template(template).render(context)
+    for key, (name, template) in SNIPPETS.items():
+        out[name] = _ENV.get_template(template).render(context, close=key == "proxy_close")
     out[DHPARAM_FILE] = _DHPARAM
     return out

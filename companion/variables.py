@@ -65,12 +65,20 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("VIRTUAL_DEST", _A, _S),
     Variable("VIRTUAL_ROOT", _A, _N, "FastCGI upstreams are not supported"),
     Variable("NETWORK_ACCESS", _A, _S, "`internal`: private source addresses only, others get 403"),
+    Variable(
+        "VIRTUAL_KEEPALIVE",
+        _A,
+        _S,
+        "companion-specific: upstream keepalive is on (16 idle connections); `off` for apps that mishandle reuse",
+    ),
     Variable("HTTPS_METHOD", _A, _S),
     Variable("HSTS", _A, _S),
     Variable("CERT_NAME", _A, _S),
     Variable("SSL_POLICY", _A, _N, "one policy for all sites: set SSL_POLICY on the companion"),
     Variable("com.github.nginx-proxy.nginx-proxy.loadbalance", _L, _R, _RAW),
-    Variable("com.github.nginx-proxy.nginx-proxy.keepalive", _L, _N),
+    Variable(
+        "com.github.nginx-proxy.nginx-proxy.keepalive", _L, _N, "keepalive is on; `VIRTUAL_KEEPALIVE=off` ends it"
+    ),
     Variable("com.github.nginx-proxy.nginx-proxy.http2.enable", _L, _D, "HTTP/2 is always on"),
     Variable("com.github.nginx-proxy.nginx-proxy.http3.enable", _L, _N),
     # -- on the app containers (acme-companion) ----------------------------------------------------
@@ -120,7 +128,7 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("DHPARAM_GENERATION", _P, _D, "RFC 7919 ffdhe2048 is shipped; nothing is generated"),
     Variable("DHPARAM_SKIP", _P, _D, "RFC 7919 ffdhe2048 is shipped; nothing is generated"),
     Variable("ACME_HTTP_CHALLENGE_LOCATION", _P, _D, "the challenge location is always generated"),
-    Variable("SHA1_UPSTREAM_NAME", _P, _D, "upstream names are always hashed"),
+    Variable("SHA1_UPSTREAM_NAME", _P, _D, "upstream names are short and numbered, one per backend set"),
     Variable(
         "LOG_FORMAT",
         _P,

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from companion.plan import upstream_name
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
@@ -300,8 +299,16 @@ def test_hostile_container_among_fifty_is_reported_once_per_change(
 # -- 5. conflicting containers for one host --------------------------------------------------------
 
 
-def upstream_servers(conf: str, host: str) -> int:
-    block = re.search(rf"upstream {re.escape(upstream_name(host, '/'))} \{{([^}}]*)\}}", conf)
+def routed(conf: str, host: str) -> tuple[str, str] | None:
+    """(scheme, upstream) the host's `/` is proxied to over HTTP; upstream names are numbered per backend set."""
+    found = re.search(
+        rf"server_name {re.escape(host)};[^{{}}]*location / \{{[^}}]*proxy_pass (https?)://(companion_u[0-9]+);", conf
+    )
+    return (found.group(1), found.group(2)) if found else None
+
+
+def upstream_servers(conf: str, upstream: str) -> int:
+    block = re.search(rf"upstream {upstream} \{{([^}}]*)\}}", conf)
     assert block, conf
     return block.group(1).count("server ")
 
@@ -328,8 +335,7 @@ def test_conflicting_containers_the_one_serving_first_decides_whatever_the_names
             )
             names[letter] = container.name
             if letter == first:
-                upstream = upstream_name(host, "/")
-                wait_for(lambda u=upstream: f"proxy_pass http://{u};" in conf_path.read_text())
+                wait_for(lambda h=host: routed(conf_path.read_text(), h) is not None)
         assert names["a"] < names["b"]
 
         def both_backends(h: str = host) -> bool:
@@ -337,9 +343,9 @@ def test_conflicting_containers_the_one_serving_first_decides_whatever_the_names
 
         assert wait_for(both_backends, timeout=20, what=f"{order}: {first} decides and both backends serve")
         conf = conf_path.read_text()
-        upstream = upstream_name(host, "/")
-        assert f"proxy_pass http://{upstream};" in conf and f"https://{upstream}" not in conf
-        assert upstream_servers(conf, host) == 2
+        scheme, upstream = routed(conf, host) or ("", "")
+        assert scheme == "http" and f"https://{upstream};" not in conf
+        assert upstream_servers(conf, upstream) == 2
         assert "cfl-cert" not in conf, "the newcomer's CERT_NAME must not be used"
         assert not re.search(
             rf"listen {host_nginx.https_port} ssl[^\n]*\n(?:[^\n]*\n)?\s*server_name {re.escape(host)};", conf

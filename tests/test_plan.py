@@ -17,8 +17,7 @@ REAL = CertFiles(
 )
 
 
-def U(host: str, path: str = "/") -> str:  # noqa: N802 - reads like the name it stands for
-    return plan.upstream_name(host, path)
+U1, U2, U3 = "companion_u1", "companion_u2", "companion_u3"  # numbered over sorted backend sets
 
 
 def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
@@ -36,13 +35,13 @@ def server(desired: plan.Desired, host: str) -> Server:
 
 def test_single_site() -> None:
     desired = build(c("web", VIRTUAL_HOST="a.com", VIRTUAL_PORT="3000"))
-    assert desired.upstreams == (Upstream(U("a.com"), (("10.0.0.2", 3000),)),)
+    assert desired.upstreams == (Upstream(U1, (("10.0.0.2", 3000),)),)
     assert desired.servers == (
         Server(
             host="a.com",
             https_method=HttpsMethod.REDIRECT,
             hsts="max-age=31536000",
-            locations=(Location("/", U("a.com"), Proto.HTTP, ""),),
+            locations=(Location("/", U1, Proto.HTTP, ""),),
             cert=None,
             placeholder=False,
         ),
@@ -61,14 +60,15 @@ def test_two_containers_same_host_share_one_upstream() -> None:
         c("web2", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
         c("web1", ip="10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PORT="8080"),
     )
-    assert desired.upstreams == (Upstream(U("a.com"), (("10.0.0.2", 8080), ("10.0.0.3", 8080))),)
+    assert desired.upstreams == (Upstream(U1, (("10.0.0.2", 8080), ("10.0.0.3", 8080))),)
     assert len(desired.servers) == 1 and desired.problems == ()
 
 
-def test_multiple_hosts_per_container() -> None:
+def test_multiple_hosts_per_container_share_its_upstream() -> None:
     desired = build(c("web", VIRTUAL_HOST="b.com,a.com"))
     assert [s.host for s in desired.servers] == ["a.com", "b.com"]
-    assert [u.name for u in desired.upstreams] == [U("a.com"), U("b.com")]
+    assert desired.upstreams == (Upstream(U1, (("10.0.0.2", 80),)),)
+    assert [loc.upstream for s in desired.servers for loc in s.locations] == [U1, U1]
 
 
 def test_different_paths_get_separate_locations_and_upstreams() -> None:
@@ -76,25 +76,70 @@ def test_different_paths_get_separate_locations_and_upstreams() -> None:
         c("api", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/", VIRTUAL_DEST="/", VIRTUAL_PROTO="https"),
         c("front", ip="10.0.0.2", VIRTUAL_HOST="a.com"),
     )
-    api = plan.upstream_name("a.com", "/api/")
-    assert api != U("a.com") and api.startswith("companion-a.com-")
     assert server(desired, "a.com").locations == (
-        Location("/", U("a.com"), Proto.HTTP, ""),
-        Location("/api/", api, Proto.HTTPS, "/"),
+        Location("/", U1, Proto.HTTP, ""),
+        Location("/api/", U2, Proto.HTTPS, "/"),
     )
-    assert {u.name: u.servers for u in desired.upstreams} == {
-        U("a.com"): (("10.0.0.2", 80),),
-        api: (("10.0.0.3", 80),),
-    }
+    assert {u.name: u.servers for u in desired.upstreams} == {U1: (("10.0.0.2", 80),), U2: (("10.0.0.3", 80),)}
     assert desired.problems == ()
 
 
-def test_upstream_names_are_stable_and_safe() -> None:
-    assert plan.upstream_name("a.com", "/") == "companion-a.com-8a5edab282632443"
-    assert plan.upstream_name("*.a.com", "/") == "companion-_wildcard_.a.com-8a5edab282632443"
-    assert plan.upstream_name("a.com", "/x") == plan.upstream_name("a.com", "/x")
-    assert plan.upstream_name("a.com", "/x") != plan.upstream_name("a.com", "/y")
-    assert all(ch.isalnum() or ch in "-._" for ch in plan.upstream_name("*.a.com", "/a%7B~"))
+def test_one_upstream_per_backend_set_whatever_the_hosts_and_paths() -> None:
+    desired = build(
+        c("web1", ip="10.0.0.2", VIRTUAL_HOST="a.com,b.com"),
+        c("web2", ip="10.0.0.3", VIRTUAL_HOST="a.com,b.com"),
+        c("api", ip="10.0.0.3", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/"),
+        c("docs", ip="10.0.0.3", VIRTUAL_HOST="c.com", VIRTUAL_PATH="/docs/"),
+    )
+    assert desired.upstreams == (
+        Upstream(U1, (("10.0.0.2", 80), ("10.0.0.3", 80))),
+        Upstream(U2, (("10.0.0.3", 80),)),
+    )
+    routes = {(s.host, loc.path): loc.upstream for s in desired.servers for loc in s.locations}
+    assert routes == {("a.com", "/"): U1, ("b.com", "/"): U1, ("a.com", "/api/"): U2, ("c.com", "/docs/"): U2}
+
+
+def test_upstream_names_are_numbered_over_sorted_backend_sets_only() -> None:
+    one, two = ((("10.0.0.2", 80),), True), ((("10.0.0.10", 80), ("10.0.0.2", 80)), True)
+    names = plan.upstream_names([two, one, two])
+    assert names == plan.upstream_names([one, two]) == {two: U1, one: U2}  # "10.0.0.10" sorts first
+    assert plan.upstream_names([one, (one[0], False)]) == {(one[0], False): U1, one: U2}  # False sorts first
+    # the world's order, container names and hosts never change the output
+    shuffled = build(c("b", ip="10.0.0.3", VIRTUAL_HOST="x.com"), c("a", ip="10.0.0.2", VIRTUAL_HOST="y.com"))
+    assert shuffled == build(c("a", ip="10.0.0.2", VIRTUAL_HOST="y.com"), c("b", ip="10.0.0.3", VIRTUAL_HOST="x.com"))
+    assert [(u.name, u.servers) for u in shuffled.upstreams] == [(U1, (("10.0.0.2", 80),)), (U2, (("10.0.0.3", 80),))]
+
+
+def test_keepalive_is_on_unless_a_backend_of_the_set_turns_it_off() -> None:
+    desired = build(
+        c("web", ip="10.0.0.2", VIRTUAL_HOST="a.com"),
+        c("old", ip="10.0.0.3", VIRTUAL_HOST="b.com", VIRTUAL_KEEPALIVE="off"),
+        c("mixed", ip="10.0.0.4", VIRTUAL_HOST="b.com", VIRTUAL_KEEPALIVE=" On "),
+    )
+    assert [(u.servers, u.keepalive) for u in desired.upstreams] == [
+        ((("10.0.0.2", 80),), True),
+        ((("10.0.0.3", 80), ("10.0.0.4", 80)), False),
+    ]
+    assert [loc.keepalive for s in desired.servers for loc in s.locations] == [True, False]
+    bad = build(c("bad", VIRTUAL_HOST="a.com", VIRTUAL_KEEPALIVE="false"))
+    assert bad.servers == () and bad.problems == (
+        "container bad: VIRTUAL_KEEPALIVE='false' rejected: must be one of on, off",
+    )
+
+
+def test_one_backend_set_with_keepalive_on_and_off_gets_two_upstreams() -> None:
+    """Two containers on the host's network can stand for one address and port: each keeps its own choice."""
+
+    def hostnet(name: str, host: str, **env: str) -> ContainerInfo:
+        env = {"VIRTUAL_HOST": host, "VIRTUAL_PORT": "8081", **env}
+        return ContainerInfo(id=name, name=name, env=env, networks={"host": ""}, network_mode="host")
+
+    desired = build(hostnet("on", "a.com"), hostnet("off", "b.com", VIRTUAL_KEEPALIVE="off"))
+    assert desired.upstreams == (
+        Upstream(U1, (("127.0.0.1", 8081),), keepalive=False),
+        Upstream(U2, (("127.0.0.1", 8081),), keepalive=True),
+    )
+    assert [loc.upstream for s in desired.servers for loc in s.locations] == [U2, U1]
 
 
 def test_conflict_first_container_name_wins_and_warns() -> None:
@@ -104,7 +149,7 @@ def test_conflict_first_container_name_wins_and_warns() -> None:
     )
     s = server(desired, "a.com")
     assert s.https_method is HttpsMethod.REDIRECT and s.hsts == "max-age=31536000"
-    assert s.locations == (Location("/", U("a.com"), Proto.HTTP, ""),)
+    assert s.locations == (Location("/", U1, Proto.HTTP, ""),)
     assert desired.upstreams[0].servers == (("10.0.0.2", 80), ("10.0.0.3", 80))
     (warning,) = desired.problems
     assert "alpha" in warning and "zeta" in warning and "a.com" in warning
@@ -135,10 +180,8 @@ def test_container_without_shared_network_is_left_out_of_the_upstream() -> None:
         nginx_networks=["proxy"],
     )
     assert [s.host for s in desired.servers] == ["a.com", "b.com"]
-    assert {u.name: u.servers for u in desired.upstreams} == {
-        U("a.com"): (("10.0.0.3", 80),),
-        U("b.com"): (("10.0.0.2", 80),),
-    }
+    assert {u.name: u.servers for u in desired.upstreams} == {U1: (("10.0.0.2", 80),), U2: (("10.0.0.3", 80),)}
+    assert [s.locations[0].upstream for s in desired.servers] == [U2, U1]
     (problem,) = desired.problems
     assert problem == (
         "container lonely: not reachable (no IP address on a network shared with nginx); "
@@ -158,9 +201,9 @@ def test_container_with_no_address_keeps_its_host_which_answers_502() -> None:
     assert server(desired, "a.com").has_root and server(desired, "a.com").placeholder
     assert server(desired, "b.com").locations == (
         Location("/", "", Proto.HTTP, ""),
-        Location("/api/", U("b.com", "/api/"), Proto.HTTP, ""),
+        Location("/api/", U1, Proto.HTTP, ""),
     )
-    assert desired.upstreams == (Upstream(U("b.com", "/api/"), (("10.0.0.3", 80),)),)
+    assert desired.upstreams == (Upstream(U1, (("10.0.0.3", 80),)),)
     assert [r.domains for r in desired.certificates] == [("a.com",)]
     assert [p.split(":")[0] for p in desired.problems] == ["container front", "container noip"]
     assert all("not reachable (no IP address on any network)" in p for p in desired.problems)
@@ -175,9 +218,9 @@ def test_host_network_container_is_reached_at_the_host_address() -> None:
         network_mode="host",
     )
     in_host_mode = build(hostnet)
-    assert in_host_mode.upstreams == (Upstream(U("h.com"), (("127.0.0.1", 8081),)),)
+    assert in_host_mode.upstreams == (Upstream(U1, (("127.0.0.1", 8081),)),)
     in_docker_mode = build(hostnet, nginx_networks=["proxy"], host_address="172.18.0.1")
-    assert in_docker_mode.upstreams == (Upstream(U("h.com"), (("172.18.0.1", 8081),)),)
+    assert in_docker_mode.upstreams == (Upstream(U1, (("172.18.0.1", 8081),)),)
     assert in_docker_mode.problems == ()
     no_gateway = build(hostnet, nginx_networks=["proxy"], host_address="")
     assert no_gateway.upstreams == () and server(no_gateway, "h.com").locations[0].upstream == ""
@@ -301,7 +344,7 @@ def test_https_methods(
 def test_wildcard_host() -> None:
     desired = build(c("web", VIRTUAL_HOST="*.a.com"))
     assert desired.servers[0].host == "*.a.com"
-    assert desired.upstreams[0].name == U("*.a.com")
+    assert desired.upstreams[0].name == U1 and desired.servers[0].locations[0].upstream == U1
 
 
 def test_longest_name() -> None:

@@ -7,6 +7,8 @@ values with hostile suffixes (so that many examples are accepted and the render 
 
 from __future__ import annotations
 
+import random
+import re
 import time
 from dataclasses import replace
 
@@ -95,6 +97,7 @@ GOOD = {
     "LETSENCRYPT_TEST": ["true", "false"],
     "ACME_TEST": ["TRUE", "0"],
     "NETWORK_ACCESS": ["external", "internal", "Internal"],
+    "VIRTUAL_KEEPALIVE": ["on", "off", " OFF "],
     MULTIPORTS: [
         "a.example.com:",
         '{"a.example.com": {"/": {"port": 8081}, "/x/": {"port": "8082", "dest": "/"}}}',
@@ -157,7 +160,7 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> NginxLayout:
 ALLOWED = {
     (): {"server_names_hash_bucket_size", "server_names_hash_max_size", "map", "server", "upstream"},
     ("map",): {"default", "", "https"},
-    ("upstream",): {"server"},
+    ("upstream",): {"server", "keepalive"},
     ("server",): {
         "listen",
         "server_name",
@@ -185,10 +188,17 @@ def check_typed(
     sites = [*hostile, *(s for s in (model.parse_site(GOOD_CONTAINER),) if isinstance(s, Site))]
     hosts = {"_", *(h for s in sites for h in s.hosts)}
     paths = {"/", *(s.path for s in sites)}
-    proxy = {f"{s.proto.value}://{plan.upstream_name(h, s.path)}{s.dest}" for s in sites for h in s.hosts}
-    upstreams = {plan.upstream_name(h, s.path) for s in sites for h in s.hosts}
+    # upstream names are numbered over backend sets (typed addresses and ports), never taken from a label
+    upstreams = {f"{plan.UPSTREAM_PREFIX}{n}" for n in range(1, len(sites) + 1)}
+    proxy = {f"{s.proto.value}://{u}{s.dest}" for s in sites for u in upstreams}
     backends = {"10.0.0.2:80", *(f"10.0.0.3:{s.port}" for s in sites)}
-    snippets = ("companion-acme.inc", "companion-proxy.inc", "companion-tls.inc", "companion-internal.inc")
+    snippets = (
+        "companion-acme.inc",
+        "companion-proxy.inc",
+        "companion-proxy-close.inc",
+        "companion-tls.inc",
+        "companion-internal.inc",
+    )
     includes = {str(layout.conf_dir / n) for n in snippets}
     certs = {cert.fullchain, cert.privkey, placeholder.fullchain, placeholder.privkey}
     hsts = {s.hsts for s in sites}
@@ -207,6 +217,8 @@ def check_typed(
             assert len(args) == 1 and args[0] in proxy, d
         elif d.name == "upstream":
             assert len(args) == 1 and args[0] in upstreams, d
+        elif d.name == "keepalive":
+            assert args == ("16",), d
         elif d.name == "include":
             assert len(args) == 1 and args[0] in includes, d
         elif d.name in ("ssl_certificate", "ssl_certificate_key"):
@@ -301,3 +313,133 @@ def test_property_examples_were_mixed() -> None:
     accepted = sum(OUTCOMES)
     assert 0.1 * len(OUTCOMES) < accepted < len(OUTCOMES), (accepted, len(OUTCOMES))
     print(f"{accepted}/{len(OUTCOMES)} accepted; nginx -t mean {1000 * sum(TIMES) / len(TIMES):.1f} ms")
+
+
+# -- routing equivalence: one upstream per backend set routes exactly as one upstream per host and path ----
+
+Routes = dict[tuple[str, str], tuple[frozenset[tuple[str, int]], bool]]  # (host, path) -> (backends, keepalive)
+FLEET_HOSTS = ("a.test", "b.test", "c.test", "*.w.test")
+FLEET_PATHS = ("/", "/api/", "/api/v2/")
+FLEET_ADDRESSES = ("10.0.0.2", "10.0.0.3", "10.0.0.4", "", "host")  # "": on no network; "host": network_mode host
+
+
+@st.composite
+def fleet_member(draw: st.DrawFn, number: int) -> ContainerInfo:
+    """One app container of a random fleet: few hosts, paths and addresses, so backend sets are shared."""
+    hosts = draw(st.lists(st.sampled_from(FLEET_HOSTS), min_size=1, max_size=3, unique=True))
+    labels = {"VIRTUAL_HOST": ",".join(hosts), "VIRTUAL_PORT": draw(st.sampled_from(("80", "8080")))}
+    path = draw(st.sampled_from(FLEET_PATHS))
+    if path != "/":
+        labels["VIRTUAL_PATH"] = path
+    if draw(st.booleans()):
+        labels = {MULTIPORTS: f'{{"{hosts[0]}": {{"/": {{"port": 81}}, "/api/": {{"port": 82}}}}}}'}
+    keepalive = draw(st.sampled_from(("", "on", "off")))
+    if keepalive:
+        labels["VIRTUAL_KEEPALIVE"] = keepalive
+    address = draw(st.sampled_from(FLEET_ADDRESSES))
+    return ContainerInfo(
+        id=f"id-{number}",
+        name=f"app{number}",
+        labels=labels,
+        networks={"proxy": address} if address not in ("", "host") else {},
+        network_mode="host" if address == "host" else "",
+        health=draw(st.sampled_from(("", "healthy", "starting", "unhealthy"))),
+    )
+
+
+fleets = st.integers(min_value=0, max_value=12).flatmap(
+    lambda size: st.tuples(*(fleet_member(n) for n in range(size))).map(list)
+)
+
+
+def routes_from_sites(containers: list[ContainerInfo]) -> Routes:
+    """What every (host, path) must reach, computed from the parsed sites alone: the address and port of
+    each healthy, reachable container claiming it (none: it answers 502); keepalive unless one says off."""
+    backends: dict[tuple[str, str], set[tuple[str, int]]] = {}
+    keepalive: dict[tuple[str, str], bool] = {}
+    for info in containers:
+        sites = parse_sites(info)
+        if not isinstance(sites, tuple) or info.health == "unhealthy":
+            continue
+        address = plan.LOOPBACK if info.network_mode == "host" else info.networks.get("proxy")
+        for site in sites:
+            for host in site.hosts:
+                found = backends.setdefault((host, site.path), set())
+                if address:
+                    found.add((address, site.port))
+                    keepalive[host, site.path] = keepalive.get((host, site.path), True) and site.keepalive
+    return {route: (frozenset(found), keepalive.get(route, True)) for route, found in backends.items()}
+
+
+def routes_from_desired(desired: plan.Desired) -> Routes:
+    by_name = {u.name: u for u in desired.upstreams}
+    assert len(by_name) == len(desired.upstreams)
+    routes: Routes = {}
+    for server in desired.servers:
+        for loc in server.locations:
+            upstream = by_name.get(loc.upstream)
+            assert (upstream is None) == (loc.upstream == ""), loc
+            assert upstream is None or upstream.keepalive == loc.keepalive
+            routes[server.host, loc.path] = (frozenset(upstream.servers if upstream else ()), loc.keepalive)
+    return routes
+
+
+def routes_from_text(text: str, layout: NginxLayout) -> Routes:
+    """The same table read back from the rendered nginx config: server_name, location, proxy_pass or 502,
+    the upstream block's servers and keepalive, and which proxy snippet (Connection header) it includes."""
+    top = parse_conf(text)
+    upstreams = {
+        d.args[0]: (
+            frozenset((a, int(p)) for a, _, p in (s.args[0].rpartition(":") for s in d.find("server"))),
+            bool(d.find("keepalive")),
+        )
+        for d in top
+        if d.name == "upstream"
+    }
+    snippet = {
+        True: str(layout.conf_dir / "companion-proxy.inc"),
+        False: str(layout.conf_dir / "companion-proxy-close.inc"),
+    }
+    acme = str(layout.conf_dir / "companion-acme.inc")
+    routes: Routes = {}
+    for block in top:
+        if block.name != "server" or any("ssl" in d.args for d in block.find("listen")):
+            continue
+        (host,) = block.find("server_name")[0].args
+        assert ("include", (acme,)) in [(d.name, d.args) for d in block.block or ()], host  # ACME on every server
+        if host == "_":
+            continue
+        for loc in block.find("location"):
+            if loc.find("return") and loc.find("return")[0].args == ("404",):
+                continue  # DEFAULT_ROOT's `/` beside a sub-path: no container claims it
+            if loc.find("return"):
+                assert loc.find("return")[0].args == ("502",), loc
+                routes[host, loc.args[0]] = (frozenset(), True)
+                continue
+            name = re.match(r"https?://(companion_u[0-9]+)", loc.find("proxy_pass")[0].args[0])
+            assert name, loc
+            servers, keepalive = upstreams[name.group(1)]
+            assert loc.find("include")[-1].args == (snippet[keepalive],), loc
+            routes[host, loc.args[0]] = (servers, keepalive)
+    return routes
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(containers=fleets, seed=st.randoms(use_true_random=False))
+def test_shared_upstreams_route_every_host_and_path_as_the_sites_ask(
+    layout: NginxLayout, containers: list[ContainerInfo], seed: random.Random
+) -> None:
+    desired = plan.build(containers, {}, layout.cert())
+    expected = routes_from_sites(containers)
+    assert routes_from_desired(desired) == expected
+    # one upstream per distinct backend set (and keepalive choice), numbered from 1, each one used
+    used = {(u.servers, u.keepalive) for u in desired.upstreams}
+    assert len(used) == len(desired.upstreams) == len({route for route in expected.values() if route[0]})
+    assert [u.name for u in desired.upstreams] == [f"companion_u{n}" for n in range(1, len(used) + 1)]
+    files = render(desired, layout.options())
+    assert routes_from_text(files[MAIN_FILE], layout) == expected
+    shuffled = list(containers)
+    seed.shuffle(shuffled)
+    assert render(plan.build(shuffled, {}, layout.cert()), layout.options()) == files  # byte-identical
+    ok, output = layout.check(files)
+    assert ok, output

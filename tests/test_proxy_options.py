@@ -130,7 +130,15 @@ def test_defaults_send_the_clients_host_with_its_port_and_our_own_forwarded_head
     found = maps(files)
     assert found["$companion_host"] == ("$http_host", {"default": "$http_host", "": "$host"})
     assert found["$companion_ssl"] == ("$scheme", {"default": "off", "https": "on"})
-    assert set(found) == {"$companion_connection", "$companion_host", "$companion_ssl"}
+    # keepalive: a plain request sends no Connection header (an empty value drops it), an upgrade says so;
+    # VIRTUAL_KEEPALIVE=off keeps the old `close`
+    assert found["$companion_connection"] == ("$http_upgrade", {"default": "upgrade", "": ""})
+    assert found["$companion_connection_close"] == ("$http_upgrade", {"default": "upgrade", "": "close"})
+    close = {
+        d.args[0]: d.args[1] for d in parse_conf(files["companion-proxy-close.inc"]) if d.name == "proxy_set_header"
+    }
+    assert close == {**headers(files), "Connection": "$companion_connection_close"}
+    assert set(found) == {"$companion_connection", "$companion_connection_close", "$companion_host", "$companion_ssl"}
     assert "$http_x_forwarded" not in files[MAIN_FILE] + files["companion-proxy.inc"]
 
 

@@ -77,6 +77,12 @@ def render_fleet(options: RenderOptions = OPTIONS, containers: list[ContainerInf
     return desired, render(desired, options)
 
 
+def upstream_of(desired: plan.Desired, host: str, path: str = "/") -> str:
+    """The upstream name a host's path is proxied to (names are numbered over backend sets)."""
+    (name,) = [loc.upstream for s in desired.servers if s.host == host for loc in s.locations if loc.path == path]
+    return name
+
+
 def server_blocks(text: str) -> list[tuple[str, bool, Directive]]:
     """(server_name, listens with ssl, block) for every server block in the main file."""
     out = []
@@ -121,7 +127,7 @@ def test_byte_identical_for_shuffled_input(seed: int) -> None:
 def test_empty_state_renders_default_servers_only() -> None:
     files = render(plan.build([], {}, PLACEHOLDER), OPTIONS)
     assert [(name, https) for name, https, _ in server_blocks(files[MAIN_FILE])] == [("_", False), ("_", True)]
-    assert "upstream" not in files[MAIN_FILE]
+    assert not [d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"]
 
 
 @pytest.mark.parametrize(
@@ -209,13 +215,13 @@ def test_placeholder_and_real_certificate_paths() -> None:
 
 
 def test_locations_paths_and_dest() -> None:
-    _, files = render_fleet()
+    desired, files = render_fleet()
     block = block_of(files[MAIN_FILE], "a.example.com", True)
     locations = {loc.args[0]: loc.find("proxy_pass")[0].args[0] for loc in block.find("location")}
-    api = plan.upstream_name("a.example.com", "/api/")
-    assert locations == {"/": f"http://{plan.upstream_name('a.example.com', '/')}", "/api/": f"http://{api}/v2/"}
+    api = upstream_of(desired, "a.example.com", "/api/")
+    assert locations == {"/": f"http://{upstream_of(desired, 'a.example.com')}", "/api/": f"http://{api}/v2/"}
     b = block_of(files[MAIN_FILE], "b.example.com", True)
-    assert b.find("location")[0].find("proxy_pass")[0].args == (f"https://{plan.upstream_name('b.example.com', '/')}",)
+    assert b.find("location")[0].find("proxy_pass")[0].args == (f"https://{upstream_of(desired, 'b.example.com')}",)
     assert any(loc.args == ("/a/b/c%20d",) for loc in b.find("location"))
 
 
@@ -248,7 +254,7 @@ def test_server_without_a_root_location_answers_404_at_root(method: str, cert: s
             assert sorted(paths) == ["/", "/api/"], (https, paths)
             assert root_answers(block) == [("404",)], https
             (api,) = [loc for loc in block.find("location") if loc.args == ("/api/",)]
-            assert api.find("proxy_pass")[0].args == (f"http://{plan.upstream_name('a.com', '/api/')}",)
+            assert api.find("proxy_pass")[0].args == ("http://companion_u1",)
     assert text.count("return 404;") == sum(
         1 for https in blocks if https or not (server.redirect or method == "nohttp")
     )
@@ -259,9 +265,7 @@ def test_server_with_a_root_location_gets_no_404() -> None:
     text = files[MAIN_FILE]
     assert all(server.has_root for server in desired.servers)
     assert "return 404;" not in text
-    assert root_answers(block_of(text, "a.example.com", True)) == [
-        (f"http://{plan.upstream_name('a.example.com', '/')}",)
-    ]
+    assert root_answers(block_of(text, "a.example.com", True)) == [(f"http://{upstream_of(desired, 'a.example.com')}",)]
     # A second container at `/` beside the /api/ one takes the 404's place.
     desired = plan.build(
         [c("api", "10.0.0.2", VIRTUAL_HOST="a.com", VIRTUAL_PATH="/api/"), c("web", "10.0.0.3", VIRTUAL_HOST="a.com")],
@@ -284,15 +288,22 @@ def test_root_404_is_rendered_byte_identically() -> None:
 
 
 def test_upstreams() -> None:
-    _, files = render_fleet()
-    upstreams = {d.args[0]: d for d in parse_conf(files[MAIN_FILE]) if d.name == "upstream"}
-    assert [s.args for s in upstreams[plan.upstream_name("a.example.com", "/")].find("server")] == [
+    desired, files = render_fleet()
+    text = files[MAIN_FILE]
+    upstreams = {d.args[0]: d for d in parse_conf(text) if d.name == "upstream"}
+    assert list(upstreams) == [f"companion_u{n}" for n in range(1, len(upstreams) + 1)]
+    assert [s.args for s in upstreams[upstream_of(desired, "a.example.com")].find("server")] == [
         ("10.0.0.2:80",),
         ("10.0.0.3:8080",),
     ]
-    assert plan.upstream_name("*.wild.example.com", "/") in upstreams
-    assert plan.upstream_name("xn--bcher-kva.example.com", "/") in upstreams
-    assert all("x.example.com" not in name for name in upstreams)  # the rejected container
+    assert all(u.find("keepalive")[0].args == ("16",) for u in upstreams.values())
+    # www.a.example.com is served by app alone: its own set, not a.example.com's
+    assert [s.args for s in upstreams[upstream_of(desired, "www.a.example.com")].find("server")] == [("10.0.0.2:80",)]
+    # one upstream per distinct backend set: s1 and s2 share the container "shared"
+    assert upstream_of(desired, "s1.example.com") == upstream_of(desired, "s2.example.com")
+    assert len(upstreams) == len({u.servers for u in desired.upstreams}) == len(fleet()) - 1  # not "rejected"
+    assert "10.0.0.16" not in text  # the rejected container
+    assert "upstream " not in files["companion-proxy.inc"] and text.count("keepalive 16;") == len(upstreams)
 
 
 @pytest.mark.parametrize(
@@ -496,7 +507,7 @@ def test_default_root_is_what_slash_answers_without_a_root_container(
     # A container at `/` is never overridden by DEFAULT_ROOT.
     served = plan.build([c("web", "10.0.0.3", VIRTUAL_HOST="a.com")], {}, layout.cert())
     text = render(served, layout.options(default_root=parse_default_root(value)))[MAIN_FILE]
-    assert root_answers(block_of(text, "a.com", False)) == [(f"http://{plan.upstream_name('a.com', '/')}",)]
+    assert root_answers(block_of(text, "a.com", False)) == [("http://companion_u1",)]
 
 
 def test_a_path_whose_only_container_is_unreachable_answers_502(layout: NginxLayout) -> None:
@@ -512,9 +523,9 @@ def test_a_path_whose_only_container_is_unreachable_answers_502(layout: NginxLay
     for host, https in (("a.com", False), ("a.com", True), ("b.com", False)):
         assert root_answers(block_of(text, host, https)) == [("502",)], (host, https)
     (api,) = [loc for loc in block_of(text, "a.com", False).find("location") if loc.args == ("/api/",)]
-    assert api.find("proxy_pass")[0].args == (f"http://{plan.upstream_name('a.com', '/api/')}",)
-    upstreams = [d.args[0] for d in parse_conf(text) if d.name == "upstream"]
-    assert upstreams == sorted([plan.upstream_name("a.com", "/api/"), plan.upstream_name("c.com", "/")])
+    assert api.find("proxy_pass")[0].args == ("http://companion_u1",)
+    upstreams = {d.args[0]: d.find("server")[0].args for d in parse_conf(text) if d.name == "upstream"}
+    assert upstreams == {"companion_u1": ("10.0.0.3:80",), "companion_u2": ("10.0.0.4:80",)}
     assert text.count("return 502;") == 3
     _assert_valid(layout, files)
     again = plan.build(list(reversed(containers)), {}, layout.cert())

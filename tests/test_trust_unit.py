@@ -4,6 +4,7 @@ bounded work and collision-free names. The same attacks run against the real par
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
@@ -330,21 +331,26 @@ def test_an_invalid_exposed_port_refuses_only_its_container() -> None:
 
 
 def test_generated_upstream_names_cannot_collide() -> None:
-    victim = plan.upstream_name("shop.example.com", "/api/")
-    old_style = "shop.example.com-" + hashlib.sha1(b"/api/").hexdigest()[:10]
-    new_style = victim.removeprefix("companion-")
-    for host in (old_style, new_style):
-        assert plan.upstream_name(host, "/") != victim
-    desired = plan.build(
-        [
-            c("victim", VIRTUAL_HOST="shop.example.com", VIRTUAL_PATH="/api/"),
-            c("attacker", ip="10.6.6.6", VIRTUAL_HOST=new_style),
-        ],
-        {},
-        PLACEHOLDER,
+    """A host named like another host's path upstream (any scheme's) or like an upstream name gets its own
+    backends: upstream names come from backend sets (typed addresses and ports) alone, never from a label."""
+    lookalikes = (
+        "shop.example.com-" + hashlib.sha1(b"/api/").hexdigest()[:10],  # nginx-proxy's SHA1_UPSTREAM_NAME
+        "companion-shop.example.com-" + hashlib.sha256(b"/api/").hexdigest()[:16],  # this project's old names
+        "companion-u1",
+        "companion_u1",  # not a host name: refused
     )
-    assert {u.name: u.servers for u in desired.upstreams}[victim] == (("10.0.0.2", 80),)
-    assert len(desired.upstreams) == 2
+    containers = [c("victim", VIRTUAL_HOST="shop.example.com", VIRTUAL_PATH="/api/")]
+    containers += [c(f"attacker{n}", ip=f"10.6.6.{n}", VIRTUAL_HOST=host) for n, host in enumerate(lookalikes, 2)]
+    desired = plan.build(containers, {}, PLACEHOLDER)
+    by_name = {u.name: u.servers for u in desired.upstreams}
+    routes = {(s.host, loc.path): by_name[loc.upstream] for s in desired.servers for loc in s.locations}
+    assert routes == {
+        ("shop.example.com", "/api/"): (("10.0.0.2", 80),),
+        **{(host, "/"): ((f"10.6.6.{n}", 80),) for n, host in enumerate(lookalikes[:3], 2)},
+    }
+    assert len(by_name) == len(desired.upstreams) == 4
+    assert all(re.fullmatch(r"companion_u[0-9]+", name) for name in by_name)
+    assert any("attacker5: VIRTUAL_HOST='companion_u1' rejected" in p for p in desired.problems)
 
 
 def test_an_owner_away_for_a_redeploy_keeps_its_claim_for_the_grace_period() -> None:
