@@ -434,7 +434,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
         access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
-        keepalive = parse_enum(get("VIRTUAL_KEEPALIVE") or "on", Keepalive) is Keepalive.ON
+        keepalive = not get("VIRTUAL_KEEPALIVE") or parse_enum(get("VIRTUAL_KEEPALIVE"), Keepalive) is Keepalive.ON
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
         if cert_name:
             # A certificate name is a name too: it may not point outside what the operator allows.

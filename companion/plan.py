@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from .logformat import Problem
 from .model import (
@@ -269,7 +269,8 @@ def build(
             )
         located.extend((site, address) for site in sites)
 
-    planned: list[tuple[dict[str, Any], list[_Route]]] = []  # Server's fields but its locations; its routes
+    # per host: its deciding site, the certificate served, placeholder, HTTP held, and its routes
+    planned: list[tuple[str, Site, CertFiles | None, bool, bool, list[_Route]]] = []
     index = _cert_index(certs)
     decided: dict[str, str] = {}
     for host, claims in _by_host(located).items():
@@ -281,9 +282,13 @@ def build(
         _warn_conflicts(host, claims, problems, why)
         routes = []
         for path_claims in _by_path(claims).values():
-            reachable = [(site, address) for site, address in path_claims if address]
-            backends = tuple(sorted({(address, site.port) for site, address in reachable}))
-            key = (backends, all(site.keepalive for site, _ in reachable)) if backends else None
+            backends: set[tuple[str, int]] = set()
+            keepalive = True
+            for site, address in path_claims:
+                if address:
+                    backends.add((address, site.port))
+                    keepalive = keepalive and site.keepalive
+            key = (tuple(sorted(backends)), keepalive) if backends else None
             claimed = tuple(sorted((site.container, address or "", site.port) for site, address in path_claims))
             routes.append(_Route(path_claims[0][0], key, claimed))
         cert = None
@@ -294,18 +299,22 @@ def build(
         wants_tls = owner.cert is not None or bool(owner.cert_name)
         is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
         hold = not http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
-        server = {
-            "host": host,
-            "https_method": owner.https_method,
-            "hsts": owner.hsts,
-            "cert": (default_cert or placeholder) if is_placeholder else cert,
-            "placeholder": is_placeholder,
-            "default": host == default_host,
-            "hold_http": hold and cert is None,
-        }
-        planned.append((server, routes))
-    names = upstream_names(route.backends for _, routes in planned for route in routes if route.backends)
-    servers = [Server(**server, locations=_locations(routes, names)) for server, routes in planned]
+        served = (default_cert or placeholder) if is_placeholder else cert
+        planned.append((host, owner, served, is_placeholder, hold and cert is None, routes))
+    names = upstream_names(route.backends for *_, routes in planned for route in routes if route.backends)
+    servers = [
+        Server(
+            host,
+            owner.https_method,
+            owner.hsts,
+            _locations(routes, names),
+            cert,
+            placeholder_,
+            host == default_host,
+            hold,
+        )
+        for host, owner, cert, placeholder_, hold, routes in planned
+    ]
     if default_host and default_host not in decided:
         problems.append(f"DEFAULT_HOST={default_host}: no container serves this host; unknown names answer 503")
     requests = _requests([site for site, _ in located], certs, problems)
