@@ -337,6 +337,10 @@ class AcmeManager:
             for request in requests_:
                 status = statuses.get(request.name)
                 entry = self.state.setdefault(request.name, CertState(domains=list(request.domains)))
+                if entry.in_progress:
+                    # The worker settles this entry when certbot returns: a pass that already sees the new
+                    # certificate on disk must not reset the failure count it reports the recovery with.
+                    continue
                 if entry.domains != list(request.domains):
                     entry.domains, entry.failures, entry.next_try = list(request.domains), 0, 0.0
                 reason = due_reason(request, status, now_dt, self.settings.renew_before_days)
@@ -344,8 +348,6 @@ class AcmeManager:
                     entry.failures, entry.next_try, entry.last_error = 0, 0.0, ""
                     if status is not None and status.not_after is not None:
                         upcoming.append(renew_at(status, self.settings.renew_before_days).timestamp())
-                    continue
-                if entry.in_progress:
                     continue
                 if entry.next_try > now:
                     upcoming.append(entry.next_try)

@@ -300,3 +300,24 @@ def test_a_renew_request_of_another_shape_is_refused(body: bytes) -> None:
     with pytest.raises(ValueError):
         parse_renew(body)
     assert parse_renew(b'{"names": ["a.test"], "force": false}') == (["a.test"], False)
+
+
+def test_a_pass_during_an_order_leaves_its_entry_to_the_worker(tmp_path: Path) -> None:
+    """The new certificate is on disk (the watcher woke a pass) before the worker settles the order: the
+    pass must not reset the failure count, or the recovery would go unreported."""
+    make_lineage(tmp_path, "back.test", ["back.test"])
+    release = threading.Event()
+    settings = Settings(certs_dir=str(tmp_path), webroot=str(tmp_path / "webroot"))
+    manager = AcmeManager(
+        settings, lambda _reason: None, lambda: release.wait() and "http://127.0.0.1:9", clock=NOW.timestamp
+    )
+    try:
+        manager.state["back.test"] = CertState(["back.test"], failures=3, last_error="x", in_progress=True)
+        manager.update((request("back.test"),), certs.scan(tmp_path))
+        assert manager.state["back.test"].failures == 3 and manager.state["back.test"].in_progress
+        manager.state["back.test"].in_progress = False
+        manager.update((request("back.test"),), certs.scan(tmp_path))
+        assert manager.state["back.test"].failures == 0  # settled: a usable certificate clears the streak
+    finally:
+        release.set()
+        manager.stop()
