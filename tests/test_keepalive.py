@@ -13,12 +13,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from tests.infra.appimage import AppRunner, container_ip
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
+from tests.infra.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +45,14 @@ def zone() -> str:
 
 
 def upstream_block(nginx: HostNginx, address: str) -> str:
-    """The upstream block that holds `address` in the live config ("" while there is none)."""
+    """The upstream block that holds `address` (port 80) in the live config ("" while there is none)."""
+    return upstream_block_at(nginx, f"{address}:80")
+
+
+def upstream_block_at(nginx: HostNginx, server: str) -> str:
+    """The upstream block that holds `server` ("address:port") in the live config ("" while there is none)."""
     conf = (nginx.conf_dir / "companion.conf").read_text()
-    found = re.search(rf"upstream companion_u[0-9]+ \{{[^}}]*server {re.escape(address)}:80;[^}}]*\}}", conf)
+    found = re.search(rf"upstream companion_u[0-9]+ \{{[^}}]*server {re.escape(server)};[^}}]*\}}", conf)
     return found.group(0) if found else ""
 
 
@@ -125,3 +132,70 @@ def test_the_app_gets_connection_upgrade_for_websockets_and_close_only_without_k
     assert upgrade == ("upgrade", "websocket")
     block = upstream_block(host_nginx, container_ip(app))
     assert ("keepalive 16;" in block) == (keepalive == "on"), block
+
+
+def backend_nginx(prefix: Path, port: int) -> HostNginx:
+    """A second private nginx on 127.0.0.1:`port` that answers "backend" and logs, per request, the number of
+    its client connection and how many requests that connection has carried: the proxy's reuse, seen from
+    the backend. Unlike busybox httpd it keeps connections open."""
+    nginx = HostNginx(prefix=prefix)
+    (nginx.conf_dir / "backend.conf").write_text(
+        "log_format conns '$uri $connection $connection_requests';\n"
+        "server {\n"
+        f"    listen 127.0.0.1:{port};\n"
+        f"    access_log {prefix}/conns.log conns;\n"
+        '    location / { return 200 "backend\\n"; }\n'
+        "}\n"
+    )
+    nginx.start()
+    return nginx
+
+
+def counted(log: Path) -> list[tuple[int, int]]:
+    """(connection, requests on it so far) of every request to /counted in the backend's log."""
+    lines = [line.split() for line in log.read_text().splitlines()]
+    return [(int(connection), int(count)) for uri, connection, count in lines if uri == "/counted"]
+
+
+@pytest.mark.parametrize("keepalive", ["on", "off"])
+def test_nginx_reuses_backend_connections_with_keepalive_and_opens_one_per_request_without(
+    apps: AppRunner,
+    host_nginx: HostNginx,
+    make_companion: Callable[..., Companion],
+    tmp_path: Path,
+    keepalive: str,
+) -> None:
+    """A host-network app routed to 127.0.0.1:<port>, where a backend nginx logs its connections: 40
+    requests through the proxy arrive on a handful of connections with keepalive, on 40 without."""
+    host, port = f"reuse.{zone()}", free_port()
+    backend = backend_nginx(tmp_path / "backend", port)
+    try:
+        make_companion(ALLOWED_DOMAINS=host)
+        # The container only stands for the app: on the host's network it is routed to 127.0.0.1:<port>.
+        apps(
+            "reuse",
+            environment={"VIRTUAL_HOST": host, "VIRTUAL_PORT": str(port), "VIRTUAL_KEEPALIVE": keepalive},
+            network_mode="host",
+            command=["/bin/sleep", "600"],
+        )
+        wait_for(lambda: body(host_nginx, host) == (200, "backend"), timeout=30, what="backend routed")
+        # Until the reload's old worker has left, it may still take a request, with the config before.
+        wait_for(lambda: len(host_nginx.worker_pids()) == 1, timeout=30, what="old nginx worker gone")
+        assert ("keepalive 16;" in upstream_block_at(host_nginx, f"127.0.0.1:{port}")) == (keepalive == "on")
+        requests = 40
+        answers = [body(host_nginx, host, "/counted") for _ in range(requests)]
+        assert answers == [(200, "backend")] * requests
+        # The backend writes its log line just after answering: wait for the last one.
+        wait_for(lambda: len(counted(tmp_path / "backend" / "conns.log")) == requests, timeout=10, what="log lines")
+        logged = counted(tmp_path / "backend" / "conns.log")
+    finally:
+        backend.stop()
+    assert len(logged) == requests
+    connections = {connection for connection, _ in logged}
+    if keepalive == "on":
+        assert len(connections) <= requests // 10, logged
+        assert max(count for _, count in logged) > 1
+    else:
+        assert len(connections) == requests, logged
+        assert {count for _, count in logged} == {1}
+    print(f"\nkeepalive {keepalive}: {requests} requests on {len(connections)} backend connections")

@@ -1,0 +1,239 @@
+"""Requests per second and p50/p99 latency through nginx with the generated config, beside a hand-written one.
+
+One host, one backend: a static nginx on loopback. Three proxies serve it, each a private nginx (one
+worker) started side by side: the config `plan.build` + `render.render` make for the host, the same with
+VIRTUAL_KEEPALIVE=off (a new backend connection per request, as before upstream keepalive), and a
+reference written by the book (upstream keepalive 32, proxy_http_version 1.1, Connection "", HTTP/2 on TLS
+with a self-signed certificate). Each is loaded over plain HTTP/1.1 and HTTPS/1.1 (wrk) and HTTP/2 on TLS
+(h2load, latency from its per-request log); the ratio generated ÷ reference is printed per line
+(target: at least 0.95 for requests per second). No Docker is involved; traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from _common import percentile  # noqa: F401 - sets sys.path for companion/tests
+
+from companion import certs, plan
+from companion.config import parse_nginx_version
+from companion.model import ContainerInfo
+from companion.render import HTTP2_DIRECTIVE_SINCE, RenderOptions, render
+from tests.infra.nginx import HostNginx
+from tests.infra.ports import free_port, wait_tcp
+
+HOST = "bench.test"
+TARGET_RATIO = 0.95  # generated ÷ reference, requests per second
+
+BACKEND = """\
+server {{
+    listen 127.0.0.1:{port};
+    access_log off;
+    location / {{ return 200 "ok\\n"; }}
+}}
+"""
+
+REFERENCE = """\
+upstream reference_backend {{
+    server 127.0.0.1:{backend};
+    keepalive 32;
+}}
+server {{
+    listen 127.0.0.1:{http} default_server;
+    listen 127.0.0.1:{https} ssl{http2_listen} default_server;
+    {http2_directive}
+    server_name {host};
+    ssl_certificate {fullchain};
+    ssl_certificate_key {privkey};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:reference:10m;
+    location / {{
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_pass http://reference_backend;
+    }}
+}}
+"""
+
+
+def self_signed(folder: Path) -> plan.CertFiles:
+    """A self-signed certificate (the companion's placeholder kind), valid for HOST as far as plan knows."""
+    folder.mkdir(parents=True)
+    return dataclasses.replace(certs.ensure_placeholder(folder), domains=(HOST,))
+
+
+def nginx_version() -> tuple[int, ...]:
+    done = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+    return parse_nginx_version(done.stderr + done.stdout)
+
+
+def generated(work: Path, name: str, backend: int, keepalive: str, version: tuple[int, ...]) -> HostNginx:
+    """A private nginx serving what the companion renders for one host-network app on 127.0.0.1:`backend`."""
+    nginx = HostNginx(prefix=work / name)
+    cert = self_signed(work / name / "certs")
+    app = ContainerInfo(
+        id=f"{len(name):064x}",
+        name=name,
+        labels={
+            "VIRTUAL_HOST": HOST,
+            "VIRTUAL_PORT": str(backend),
+            "LETSENCRYPT_HOST": HOST,
+            "HTTPS_METHOD": "noredirect",
+            "VIRTUAL_KEEPALIVE": keepalive,
+        },
+        network_mode="host",
+    )
+    # DEFAULT_HOST: the site is the default server, so clients need no SNI for it (h2load sends the IP's).
+    desired = plan.build([app], {HOST: cert}, cert, default_host=HOST)
+    assert not desired.problems, desired.problems
+    options = RenderOptions(
+        conf_dir=str(nginx.conf_dir),
+        webroot=str(work / name / "webroot"),
+        http_port=nginx.http_port,
+        https_port=nginx.https_port,
+        nginx_version=version,
+    )
+    for file, content in render(desired, options).items():
+        (nginx.conf_dir / file).write_text(content)
+    return nginx
+
+
+def reference(work: Path, backend: int, version: tuple[int, ...]) -> HostNginx:
+    nginx = HostNginx(prefix=work / "reference")
+    cert = self_signed(work / "reference" / "certs")
+    directive = version >= HTTP2_DIRECTIVE_SINCE
+    (nginx.conf_dir / "reference.conf").write_text(
+        REFERENCE.format(
+            backend=backend,
+            http=nginx.http_port,
+            https=nginx.https_port,
+            http2_listen="" if directive else " http2",
+            http2_directive="http2 on;" if directive else "",
+            host=HOST,
+            fullchain=cert.fullchain,
+            privkey=cert.privkey,
+        )
+    )
+    return nginx
+
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def seconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * _UNITS[unit]
+
+
+def wrk(url: str, duration: int, threads: int, connections: int) -> tuple[float, float, float, str]:
+    """(requests/s, p50 s, p99 s, problems) from wrk with its latency distribution."""
+    done = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", "-H", f"Host: {HOST}", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = seconds(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = seconds(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: .*", out)
+    return rps, p50, p99, bad.group(0) if bad else ""
+
+
+def h2load(url: str, duration: int, threads: int, connections: int, log: Path) -> tuple[float, float, float, str]:
+    """(requests/s, p50 s, p99 s, problems) from h2load over TLS (ALPN h2); latencies from its request log."""
+    done = subprocess.run(
+        ["h2load", f"-t{threads}", f"-c{connections}", f"-D{duration}", "--warm-up-time=1"]
+        + ["-H", f":authority: {HOST}", f"--log-file={log}", url],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    out = done.stdout
+    rps = float(re.search(r"finished in .*?, ([0-9.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    # Each line: start time (µs since epoch), status, duration (µs).
+    durations = [int(line.split()[2]) * 1e-6 for line in log.read_text().splitlines() if line.strip()]
+    bad = ""
+    if "Application protocol: h2" not in out:
+        bad = "not HTTP/2"
+    failed = re.search(r"requests: .* (\d+) failed, .* (\d+) errored", out)
+    if failed and (failed.group(1) != "0" or failed.group(2) != "0"):
+        bad = failed.group(0)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if status and status.group(2, 3, 4) != ("0", "0", "0"):
+        bad = status.group(0)
+    return rps, percentile(durations, 50), percentile(durations, 99), bad
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per load run (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="load generator threads (default 2)")
+    parser.add_argument("--connections", type=int, default=50, help="client connections (default 50)")
+    args = parser.parse_args()
+    for tool in ("wrk", "h2load"):
+        if not shutil.which(tool):
+            print(f"{tool} is missing: apt-get install wrk nghttp2-client")
+            return 2
+    version = nginx_version()
+    work = Path(tempfile.mkdtemp(prefix="cbench-datapath-"))
+    backend_port = free_port()
+    backend = HostNginx(prefix=work / "backend")
+    (backend.conf_dir / "backend.conf").write_text(BACKEND.format(port=backend_port))
+    proxies = {
+        "generated": generated(work, "generated", backend_port, "on", version),
+        "generated, keepalive off": generated(work, "nokeepalive", backend_port, "off", version),
+        "reference": reference(work, backend_port, version),
+    }
+    started: list[HostNginx] = []
+    failed = False
+    try:
+        for nginx in [backend, *proxies.values()]:
+            nginx.start()
+            started.append(nginx)
+        wait_tcp("127.0.0.1", backend_port)
+        print(
+            f"nginx {'.'.join(map(str, version))}, one worker per proxy; backend: static nginx on loopback; "
+            f"{args.duration} s per run, {args.threads} threads, {args.connections} connections\n"
+        )
+        print(f"{'protocol':<14} {'config':<26} {'req/s':>9} {'p50':>9} {'p99':>9} {'ratio':>6}")
+        for protocol in ("HTTP/1.1", "HTTPS/1.1", "HTTP/2 (TLS)"):
+            results = {}
+            for label, nginx in proxies.items():
+                if protocol == "HTTP/1.1":
+                    url = f"http://127.0.0.1:{nginx.http_port}/"
+                    results[label] = wrk(url, args.duration, args.threads, args.connections)
+                else:
+                    url = f"https://127.0.0.1:{nginx.https_port}/"
+                    if protocol == "HTTPS/1.1":
+                        results[label] = wrk(url, args.duration, args.threads, args.connections)
+                    else:
+                        log = work / f"h2-{len(results)}.log"
+                        results[label] = h2load(url, args.duration, args.threads, args.connections, log)
+            base = results["reference"][0]
+            for label, (rps, p50, p99, bad) in results.items():
+                ratio = rps / base
+                line = f"{protocol:<14} {label:<26} {rps:9.0f} {p50 * 1000:7.2f}ms {p99 * 1000:7.2f}ms {ratio:6.2f}"
+                if label == "generated":
+                    line += f"  target >= {TARGET_RATIO}: {'meets' if ratio >= TARGET_RATIO else 'MISSES'}"
+                if bad:
+                    line += f"  ({bad})"
+                    failed = True
+                print(line)
+        return 1 if failed else 0
+    finally:
+        for nginx in started:
+            nginx.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
