@@ -57,17 +57,23 @@ def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
         raise NoAnswer(str(exc) or type(exc).__name__) from None
     finally:
         connection.close()
-    try:
-        found = json.loads(data)
-    except ValueError:
-        raise NoAnswer(f"HTTP {answer.status}, not the service's JSON") from None
-    if answer.status != 200 or not isinstance(found, dict):
-        error = found.get("error", "") if isinstance(found, dict) else ""
-        raise NoAnswer(f"HTTP {answer.status}" + (f": {error}" if error else ""))
+    found = _answer_json(answer.status, data)
     lines, code = found.get("lines"), found.get("exit_code")
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines) or code not in (0, 1, 2):
         raise NoAnswer("an answer of another shape")
     return lines, code
+
+
+def _answer_json(status: int, data: bytes) -> dict:
+    """The service's JSON object; NoAnswer, with the HTTP status and the service's own words, otherwise."""
+    try:
+        found = json.loads(data)
+    except ValueError:
+        raise NoAnswer(f"HTTP {status}, not the service's JSON") from None
+    if status != 200 or not isinstance(found, dict):
+        error = found.get("error", "") if isinstance(found, dict) else ""
+        raise NoAnswer(f"HTTP {status}" + (f": {error}" if error else ""))
+    return found
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -103,15 +109,8 @@ def ask_renew(certs_dir: Path, names: list[str], force: bool) -> dict[str, str]:
         raise NoAnswer(str(exc) or type(exc).__name__) from None
     finally:
         connection.close()
-    try:
-        found = json.loads(data)
-    except ValueError:
-        raise NoAnswer(f"HTTP {answer.status}, not the service's JSON") from None
-    orders = found.get("orders") if isinstance(found, dict) else None
-    if answer.status != 200 or not isinstance(orders, dict):
-        error = found.get("error", "") if isinstance(found, dict) else ""
-        raise NoAnswer(f"HTTP {answer.status}" + (f": {error}" if error else ""))
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in orders.items()):
+    orders = _answer_json(answer.status, data).get("orders")
+    if not isinstance(orders, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in orders.items()):
         raise NoAnswer("an answer of another shape")
     return orders
 
