@@ -89,20 +89,7 @@ def make_companion(host_nginx: HostNginx, tmp_path: Path) -> Iterator[Callable[.
 
     Every companion made shares one work folder (conf, certs, webroot), so a second one is a restart.
     """
-    made: list[Companion] = []
-
-    def make(**settings: str) -> Companion:
-        companion = Companion(host_nginx, tmp_path / "companion", **settings).start()
-        made.append(companion)
-        return companion
-
-    yield make
-    for companion in made:
-        companion.stop()
-    if made:
-        # Shown by pytest when the test failed.
-        lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
-        print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-120:]))
+    yield from _companions(host_nginx, tmp_path / "companion")
 
 
 @pytest.fixture
@@ -125,25 +112,7 @@ def docker_nginx(docker_client: docker.DockerClient, tmp_path: Path) -> Iterator
 @pytest.fixture
 def docker_companion(docker_nginx: NginxContainer, tmp_path: Path) -> Iterator[Callable[..., Companion]]:
     """Factory: a `companion run` in docker mode (nginx -t by docker exec, reload by SIGHUP) beside docker_nginx."""
-    made: list[Companion] = []
-
-    def make(**settings: str) -> Companion:
-        companion = Companion(
-            docker_nginx,  # type: ignore[arg-type] - duck-typed like a HostNginx
-            tmp_path / "companion",
-            NGINX_TEST="docker",
-            NGINX_RELOAD="docker",
-            **settings,
-        ).start()
-        made.append(companion)
-        return companion
-
-    yield make
-    for companion in made:
-        companion.stop()
-    if made:
-        lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
-        print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-80:]))
+    yield from _companions(docker_nginx, tmp_path / "companion", NGINX_TEST="docker", NGINX_RELOAD="docker")
 
 
 @pytest.fixture
@@ -152,3 +121,21 @@ def compose(tmp_path: Path, app_image: str) -> Iterator[Callable[[dict[str, obje
     project = ComposeProject(tmp_path)
     yield project.up
     project.down()
+
+
+def _companions(nginx: HostNginx | NginxContainer, workdir: Path, **fixed: str) -> Iterator[Callable[..., Companion]]:
+    """The factory behind make_companion and docker_companion: every companion shares `workdir` (a second one
+    is a restart); all are stopped after the test, and the last one's log tail is printed for a failure."""
+    made: list[Companion] = []
+
+    def make(**settings: str) -> Companion:
+        companion = Companion(nginx, workdir, **{**fixed, **settings}).start()  # type: ignore[arg-type]
+        made.append(companion)
+        return companion
+
+    yield make
+    for companion in made:
+        companion.stop()
+    if made:
+        lines = [line for line in made[-1].log().splitlines() if " DEBUG " not in line]
+        print("---- companion log (tail, without DEBUG) ----\n" + "\n".join(lines[-120:]))
