@@ -12,20 +12,22 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, logformat, service
+from . import certs, config, explain, logformat, owners, service
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .control import start_control_server
-from .controller import Controller, heartbeat_problem
-from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from .controller import Controller, heartbeat_problem, read_inputs
+from .docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
 from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
 from .model import CertRequest
-from .nginx import NginxControl
+from .nginx import OLDEST_ASSUMED, LocalApplier, NginxControl
+from .reconcile import policy_of, reconcile, render_options
 from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
+from .swarm import SwarmSource
 from .variables import setting_problems
 from .watch import watch_certs
 
@@ -65,13 +67,20 @@ def edge_for(settings: config.Settings) -> DockerEdge:
     return DockerEdge(settings.nginx_container, settings.conf_dir, settings.image_trust)
 
 
-def make_control(settings: config.Settings, edge: DockerEdge | None) -> NginxControl:
-    return NginxControl(
+def make_applier(settings: config.Settings, edge: DockerEdge | None) -> LocalApplier:
+    control = NginxControl(
         settings.nginx_test,
         settings.reload,
         exec_in=edge.exec if edge else None,
         signal=edge.signal if edge else None,
     )
+    return LocalApplier(Path(settings.conf_dir), control)
+
+
+def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[explain.Inputs, str]:
+    """A pass's inputs computed in this process, with the owners the service remembers on disk."""
+    certs_dir = Path(settings.certs_dir)
+    return read_inputs(settings, snapshot, policy_of(settings), owners.remembered(owners.load(certs_dir)), certs_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,17 +107,17 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
         edge = edge_for(settings)
-        snapshot = edge.snapshot()
+        snapshot = SwarmSource(edge).snapshot()
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    controller = Controller(settings, edge, make_control(settings, edge))
-    controller.control.containers = [info.id for info in snapshot.nginx]
-    desired, _ = controller.desired_state(snapshot)
-    for problem in desired.problems:
+    applier = make_applier(settings, edge)
+    applier.locate(snapshot.nginx)
+    inputs, default_problem = inputs_here(settings, snapshot)
+    done = reconcile(inputs, render_options(settings, applier.nginx_version() or OLDEST_ASSUMED), default_problem)
+    for problem in done.desired.problems:
         print(f"# {problem}", file=sys.stderr)
-    files = controller.render_files(desired)
-    for name, content in files.items():
+    for name, content in done.files.items():
         if name == MAIN_FILE or (args.all and name.endswith(".inc")):
             if args.all:
                 print(f"# ---- {name}")
@@ -135,11 +144,11 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
             return code
     try:
         edge = edge_for(settings)
-        snapshot = edge.snapshot()
+        snapshot = SwarmSource(edge).snapshot()
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    inputs, _ = Controller(settings, edge, make_control(settings, edge)).pass_inputs(snapshot)
+    inputs, _ = inputs_here(settings, snapshot)
     found = explain.explain(args.name, inputs, load_state(Path(settings.certs_dir)))
     print(f"# {explain.SOURCE}")
     sys.stdout.write(found.text())
@@ -171,7 +180,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
-    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
+    source = SwarmSource(edge)
+    controller = Controller(settings, source, make_applier(settings, edge), expiry=notifier)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -194,7 +204,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             metrics.docker_events.inc()
         controller.wake(reason)
 
-    edge.watch_events(on_event, stop)
+    source.watch(on_event, stop)
     try:
         controller.run(stop)
     finally:
