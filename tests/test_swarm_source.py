@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from companion.swarm import task_addresses
 from tests.infra.appimage import ensure_app_image
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import http_get
@@ -43,7 +44,7 @@ class Stage:
         full = f"{name}-{SUFFIX}"
         self.nodes.docker(
             1, "service", "create", "-d", "--quiet", "--no-resolve-image", "--name", full,
-            "--replicas", str(replicas), "--replicas-max-per-node", "1",
+            "--replicas", str(replicas),
             "--endpoint-mode", "dnsrr", "--network", self.network,
             "--label", f"VIRTUAL_HOST={self.host(name)}",
             "--update-order", "start-first", "--update-parallelism", "1",
@@ -159,8 +160,16 @@ def wait_tasks(stage: Stage, name: str, count: int, timeout: float = 45) -> Coun
     return wait_for(distinct, timeout, interval=0.2, what=f"{count} tasks of {name} answering")
 
 
+def task_address_on(stage: Stage, service: str, node: int) -> str:
+    """The overlay address of `service`'s running task on node `node` (by the manager's task list)."""
+    api = stage.nodes.client(1).api
+    node_id = api.inspect_node(stage.nodes.ns(node))["ID"]
+    (task,) = [t for t in api.tasks(filters={"service": service, "desired-state": "running"}) if t["NodeID"] == node_id]
+    return task_addresses(task)[stage.network]
+
+
 def test_a_service_is_served_at_its_task_address_and_scales_across_nodes(stage: Stage) -> None:
-    service = stage.create("scale", 1)
+    service = stage.create("scale", 1, "--replicas-max-per-node", "1")
     first = wait_served(stage, "scale")
     assert first.startswith(f"{service} 1 ")
     upstream = Path(stage.nginx.conf_dir, "companion.conf").read_text()
@@ -173,7 +182,7 @@ def test_a_service_is_served_at_its_task_address_and_scales_across_nodes(stage: 
 
 
 def test_rolling_update_under_traffic_fails_no_request(stage: Stage) -> None:
-    service = stage.create("roll", 3)
+    service = stage.create("roll", 3, "--init")
     wait_tasks(stage, "roll", 3)
     with Traffic(stage, "roll") as traffic:
         time.sleep(0.5)
@@ -198,9 +207,11 @@ def test_rolling_update_under_traffic_fails_no_request(stage: Stage) -> None:
 
 
 def test_a_dead_worker_drops_out_and_the_others_keep_serving(stage: Stage) -> None:
-    service = stage.create("node", 3)
+    service = stage.create("node", 3, "--replicas-max-per-node", "1")
     wait_tasks(stage, "node", 3)
     victim = stage.nodes.count  # a worker
+    address = task_address_on(stage, service, victim)
+    assert f"server {address}:80;" in (stage.nginx.conf_dir / "companion.conf").read_text()
     try:
         with Traffic(stage, "node") as traffic:
             time.sleep(0.5)
@@ -218,9 +229,7 @@ def test_a_dead_worker_drops_out_and_the_others_keep_serving(stage: Stage) -> No
             f"{traffic.sent} requests sent, {len(traffic.failures)} failed"
         )
         assert traffic.failures == []
-        upstream = Path(stage.nginx.conf_dir, "companion.conf").read_text()
-        assert service
-        assert upstream
+        assert f"server {address}:80;" not in (stage.nginx.conf_dir / "companion.conf").read_text()
     finally:
         stage.nodes.start_daemon(victim)
         stage.nodes.wait_ready(stage.nodes.count, timeout=60)
