@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from companion.docker import Snapshot
 from companion.explain import Inputs
 from companion.model import ContainerInfo, Policy
 from companion.reconcile import reconcile
 from companion.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
+from tests.infra import swarm
 from tests.test_reconcile import OPTIONS
 
 RECORDED = json.loads((Path(__file__).parent / "swarm_api.json").read_text())
@@ -168,3 +172,10 @@ def test_on_a_manager_plain_containers_stay_beside_tasks_and_task_containers_are
 def test_on_a_worker_or_without_swarm_it_is_the_container_source() -> None:
     edge = _Edge(manager=False)
     assert SwarmSource(edge).snapshot() == edge.snap  # type: ignore[arg-type]
+
+
+def test_the_swarm_fixture_says_what_to_install_when_a_tool_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = shutil.which
+    monkeypatch.setattr(swarm.shutil, "which", lambda tool: None if tool == "nsenter" else real(tool))
+    with pytest.raises(swarm.SwarmUnavailable, match=r"nsenter \(apt-get install util-linux\)"):
+        swarm.SwarmNodes().check_tools()
