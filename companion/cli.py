@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, logformat, service
+from . import agent, certs, cluster, config, explain, logformat, service
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .control import start_control_server
@@ -23,6 +23,7 @@ from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
 from .model import CertRequest
 from .nginx import NginxControl
+from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
 from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
     explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
     explainer.add_argument("name", help="a container name or id prefix, or a host name")
+    sub.add_parser(
+        "agent", parents=[settings], help="Swarm node: run nginx and keep it in line with the controller's files"
+    )
+    sub.add_parser("cluster-secret", help="print a new cluster secret (for `docker secret create`)")
     return parser
 
 
@@ -91,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         "certs": cmd_certs,
         "renew": cmd_renew,
         "explain": cmd_explain,
+        "agent": cmd_agent,
+        "cluster-secret": cmd_cluster_secret,
     }[args.command]
     return handler(args, settings)
 
@@ -171,7 +178,14 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
-    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
+    try:
+        cluster_server = start_cluster(settings) if settings.cluster_listen else None
+    except (OSError, cluster.SecretError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
+        return 2
+    publisher = cluster_server.publisher if cluster_server is not None else None
+    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier, publisher=publisher)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -181,7 +195,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     acme = AcmeManager(
         settings,
         controller.wake,
-        controller.self_check_url,
+        publisher.self_check_bases if publisher is not None else controller.self_check_url,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
         notify=notifier.send if notifier else None,
     )
@@ -200,6 +214,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if cluster_server is not None:
+            cluster_server.shutdown()
         if control is not None:
             control.stop()
         acme.stop()
@@ -208,6 +224,40 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             notifier.stop()
     log.info("stopped")
     return 0
+
+
+def start_cluster(settings: config.Settings) -> ClusterServer:
+    """The controller's side of Swarm: publish each pass to the agents over mutual TLS."""
+    secret = cluster.load_secret(Path(settings.cluster_secret_file))
+    publisher = ClusterPublisher(settings.conf_dir, settings.certs_dir, settings.webroot, settings.http_port)
+    return start_cluster_server(config.parse_listen(settings.cluster_listen, "cluster listen"), publisher, secret)
+
+
+def cmd_cluster_secret(args: argparse.Namespace, settings: config.Settings) -> int:
+    """A fresh private CA for one cluster: `companion cluster-secret | docker secret create companion_cluster -`."""
+    sys.stdout.write(cluster.new_secret())
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Run nginx as a child and keep it serving the controller's latest good generation (see agent.py)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        secret = cluster.load_secret(Path(settings.cluster_secret_file))
+        node = agent.node_name(settings)
+    except (cluster.SecretError, ValueError) as exc:
+        log.error("cannot start the agent: %s", printable(str(exc)))
+        return 2
+    code = agent.Agent(settings, secret, node, agent.ChildNginx()).run(stop)
+    log.info("stopped")
+    return code
 
 
 def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:

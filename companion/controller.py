@@ -28,6 +28,7 @@ from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
+from .publisher import CHALLENGE_RELAY_PORT
 from .render import RenderOptions, render
 from .trust import NGINX_LABEL
 
@@ -56,6 +57,16 @@ class CertificateManager(Protocol):
 
 class ExpiryWatch(Protocol):
     def check_expiry(self, in_use: dict[str, dt.datetime]) -> None: ...
+
+
+class Publisher(Protocol):
+    """Applies each pass's files elsewhere (Swarm: the agents on every node) instead of the local nginx."""
+
+    def apply(self, files: dict[str, str]) -> ApplyResult: ...
+
+    def nginx_version(self) -> tuple[int, ...] | None: ...
+
+    def nodes(self) -> tuple[status.NodeView, ...]: ...
 
 
 @dataclass
@@ -96,8 +107,10 @@ class Controller:
         control: NginxControl,
         acme: CertificateManager | None = None,
         expiry: ExpiryWatch | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
+        self.publisher = publisher
         self.docker = docker
         self.control = control
         self.acme = acme
@@ -146,7 +159,7 @@ class Controller:
         """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
         nginx_networks = None
         host_address = plan.LOOPBACK
-        if self.settings.docker_mode:
+        if self.settings.docker_mode and self.publisher is None:
             nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
             host_address = plan.host_address_from(snapshot.nginx)
         default, problem = certs.default_cert(self.certs_dir)
@@ -191,11 +204,15 @@ class Controller:
             external_https_port=self.settings.external_https_port,
             non_get_redirect=self.settings.non_get_redirect,
             default_root=self.settings.default_root,
+            acme_proxy=f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else "",
         )
         return render(desired, options)
 
     def nginx_version(self) -> tuple[int, ...]:
-        """Asked once per set of nginx containers; an unknown version is asked again next pass."""
+        """Asked once per set of nginx containers; an unknown version is asked again next pass. With agents,
+        the oldest nginx among the nodes that are up."""
+        if self.publisher is not None:
+            return self.publisher.nginx_version() or OLDEST_ASSUMED
         key = tuple(self.control.containers)
         if self._nginx_version is None or self._nginx_version[0] != key:
             version = self.control.version()
@@ -233,7 +250,7 @@ class Controller:
                 )
                 for info, reason in snapshot.impostors
             }
-        if self.settings.docker_mode and not snapshot.nginx:
+        if self.settings.docker_mode and not snapshot.nginx and self.publisher is None:
             self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
@@ -248,7 +265,10 @@ class Controller:
         self.inputs = inputs
         files = self.render_files(desired)
         started = time.monotonic()
-        result = apply(self.conf_dir, files, self.control)
+        if self.publisher is not None:
+            result = self.publisher.apply(files)
+        else:
+            result = apply(self.conf_dir, files, self.control)
         if result.ok and not result.changed and self._reload_pending:
             result = self._retry_reload()
         self.metrics.apply_seconds.observe(time.monotonic() - started)
@@ -324,6 +344,7 @@ class Controller:
             nginx_version=self._nginx_version[1] if self._nginx_version else None,
             nginx_containers=self._nginx_names,
             last_success=self._last_success,
+            nodes=self.publisher.nodes() if self.publisher is not None else (),
         )
 
     # -- the loop --------------------------------------------------------------------------------

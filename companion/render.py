@@ -42,6 +42,7 @@ class RenderOptions:
     external_https_port: int = 0  # 0: https_port
     non_get_redirect: int = 301
     default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
+    acme_proxy: str = ""  # Swarm agents: tokens are passed to this URL (the agent's relay), not read from a webroot
 
 
 _ENV = jinja2.Environment(
@@ -71,6 +72,7 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
     context = {
         "files": files,
         "webroot": options.webroot,
+        "acme_proxy": options.acme_proxy,
         "http_port": options.http_port,
         "https_port": options.https_port,
         "https_port_suffix": "" if external_https == 443 else f":{external_https}",

@@ -45,6 +45,7 @@ PEBBLE_IMAGE = "companion-pebble:local"
 REPO = HERE.parents[1]
 COMPANION_IMAGE = "companion:local"  # the top-level Dockerfile, as docker-compose.yml tags it
 DEMO_IMAGE = "companion-demo:local"  # examples/quickstart/demo, as the quickstart tags it
+AGENT_IMAGE = "companion-agent:local"  # the top-level Dockerfile's `agent` stage: nginx run by `companion agent`
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LABEL_STANDIN = "io.companion.e2e.standin"
 LABEL_HASH = "io.companion.e2e.context-hash"
@@ -451,13 +452,15 @@ def build_image(
     ref: str,
     role: str,
     network_mode: Callable[[], str | None] = lambda: None,
+    target: str | None = None,
 ) -> docker.models.images.Image:
-    """Build ``context`` as ``ref`` unless an image with the same context hash exists.
+    """Build ``context`` (up to stage ``target``, when given) as ``ref`` unless an image with the same
+    context hash exists.
 
     ``network_mode`` is only asked when a build is needed (probing the network costs a container run).
     """
     base = client.images.get(BASE_IMAGE)
-    digest = context_hash(context, base.id)
+    digest = context_hash(context, base.id, *([f"target {target}"] if target else []))
     repo, _, tag = ref.partition(":")
     for image in client.images.list(filters={"label": f"{LABEL_HASH}={digest}"}):
         if ref not in image.tags:
@@ -475,6 +478,7 @@ def build_image(
         forcerm=True,
         pull=False,
         network_mode=network_mode(),
+        target=target,
         decode=True,
     )
     for chunk in stream:
@@ -559,6 +563,15 @@ def ensure_quickstart_images(client: docker.DockerClient) -> dict[str, str]:
     return {**refs, "companion": COMPANION_IMAGE, "demo": DEMO_IMAGE}
 
 
+def ensure_agent_image(client: docker.DockerClient) -> str:
+    """The Swarm agent image (the Dockerfile's ``agent`` stage: Debian's nginx under `companion agent`)."""
+    ensure_base(client)
+    with _lock():
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+        build_image(client, REPO, AGENT_IMAGE, "agent", lambda: build_network_mode(client, mirror), target="agent")
+    return AGENT_IMAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: build missing images and print their references as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -567,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quickstart", action="store_true", help="also build the companion and demo images of the quickstart"
     )
+    parser.add_argument("--agent", action="store_true", help="also build the Swarm agent image")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%X"
@@ -579,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     client = docker_client()
     refs = ensure_quickstart_images(client) if args.quickstart else ensure_images(client)
+    if args.agent:
+        refs["agent"] = ensure_agent_image(client)
     for ref in refs.values():
         image = client.images.get(ref)
         log.info(
