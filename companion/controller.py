@@ -352,7 +352,8 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
         stop_waker.start()
-        remove_stale_temporaries(self.conf_dir)
+        if self.publisher is None:  # with agents, the conf dir here is not nginx's
+            remove_stale_temporaries(self.conf_dir)
         self.wake("start")
         retry = 0.0
         while not stop.is_set():
