@@ -291,10 +291,36 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
     rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
+    print_table(rows)
+    address = service.status_address(settings)
+    if address is not None:
+        try:
+            nodes = service.ask_nodes(address)
+        except service.NoAnswer:
+            nodes = []
+        if nodes:
+            print(f"\n# Swarm nodes, as the running service at {service.url_of(address, '/')} last heard from them")
+            print_table(
+                [("NODE", "ADDRESS", "GENERATION", "NGINX", "LAST SEEN (UTC)", "LAST ERROR")] + node_rows(nodes)
+            )
+    return 0
+
+
+def node_rows(nodes: list[dict[str, object]]) -> list[tuple[str, ...]]:
+    """One row per node: its agent's address, the generation it serves (and whether current), its last error."""
+    rows = []
+    for node in nodes:
+        generation = str(node.get("generation") or "none") + ("" if node.get("current") else " (behind)")
+        seen = str(node.get("last_seen", "")) + ("" if node.get("up") else " (away)")
+        fields = (node.get("node"), node.get("address"), generation, node.get("nginx_version"), seen)
+        rows.append((*(printable(str(v or "-")) for v in fields), printable(str(node.get("error") or "-"))))
+    return rows
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    return 0
 
 
 def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:

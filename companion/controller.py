@@ -23,7 +23,7 @@ from .acme import CertState
 from .alerts import in_use
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
-from .explain import Explanation, Inputs, explain
+from .explain import Explanation, Inputs, explain, with_nodes
 from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
@@ -188,7 +188,8 @@ class Controller:
         inputs = self.inputs
         if inputs is None:
             return None
-        return explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
 
     def render_files(self, desired: plan.Desired) -> dict[str, str]:
         options = RenderOptions(

@@ -42,6 +42,7 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]+")
 NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 UP_AFTER = LONG_POLL + 10.0  # a node not heard from for longer is shown as away and not self-checked
 CHALLENGE_PREFIX = "/v1/challenge/"
+SELF_CHECK_WAIT = 10.0
 CHALLENGE_RELAY_PORT = 8079  # on 127.0.0.1 in each agent's container: its nginx passes ACME tokens there
 
 
@@ -162,7 +163,17 @@ class ClusterPublisher:
         return min(versions) if versions else None
 
     def self_check_bases(self) -> list[str]:
-        """Where each node that is up answers plain HTTP: HTTP-01 may reach any of them."""
+        """Where each node that is up answers plain HTTP: HTTP-01 may reach any of them.
+
+        Runs on the ACME worker before an order, often right after the pass that published the host: it
+        waits (up to SELF_CHECK_WAIT) for a node to be up and for the nodes that are up to serve the current
+        generation, so that a controller just restarted or agents still reloading do not fail the check."""
+        deadline = time.monotonic() + SELF_CHECK_WAIT
+        while time.monotonic() < deadline:
+            up = self._up()
+            if up and all(n.generation == self.generation() for n in up):
+                break
+            time.sleep(0.1)
         return [
             f"http://{'[' + n.address + ']' if ':' in n.address else n.address}:{self.http_port}"
             for n in self._up()

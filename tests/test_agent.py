@@ -37,6 +37,7 @@ from tests.infra.agent import AgentContainer, NoLocalNginx, ensure_agent_image, 
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import http_get
+from tests.infra.pebble import Pebble
 from tests.infra.ports import free_port
 
 DOMAIN = f"ag{uuid.uuid4().hex[:6]}.test"  # ALLOWED_DOMAINS: other engineers' companions leave these alone
@@ -98,7 +99,6 @@ def cluster_setup(docker_client: docker.DockerClient, tmp_path_factory: pytest.T
         CLUSTER_SECRET_FILE=str(secret_file),
         STATUS_LISTEN=f"127.0.0.1:{status_port}",
         ALLOWED_DOMAINS=f"*.{DOMAIN}",
-        ACME_SELF_CHECK="false",
     )
     setup = Cluster(
         controller,
@@ -194,9 +194,8 @@ def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private
         secret_key = key.read_text().strip().splitlines()[1]
         assert secret_key not in agent.all_logs()
         assert secret_key not in cluster_setup.controller.log()
-    nodes = {n["node"]: n for n in cluster_setup.status()["nodes"]}
-    assert set(nodes) >= {"node-a", "node-b"}
-    assert all(nodes[n]["current"] and not nodes[n]["error"] and nodes[n]["up"] for n in ("node-a", "node-b"))
+    for name in ("node-a", "node-b"):  # each reports right after its reload
+        wait_for(lambda: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name)
 
 
 def test_a_new_generation_converges_on_every_agent_fast(cluster_setup: Cluster, apps_on: Callable[[str], str]) -> None:
@@ -225,6 +224,16 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
         assert bad.body(f"before.{DOMAIN}") == before  # its last good is still served
         assert bad.body(f"after.{DOMAIN}") != after
         assert "node node-b: nginx rejected" in cluster_setup.controller.log()
+        # Each place the operator looks shows the node, its generation and its error.
+        with urllib.request.urlopen(f"http://127.0.0.1:{cluster_setup.status_port}/", timeout=3) as answer:
+            page = answer.read().decode()
+        assert "node-b" in page and "nginx rejected the new configuration" in page and "behind" in page
+        certs = cluster_setup.controller.cli("certs")
+        row = next(line for line in certs.stdout.splitlines() if line.startswith("node-b"))
+        assert "(behind)" in row and "nginx rejected" in row, certs.stdout
+        explained = cluster_setup.controller.cli("explain", f"after.{DOMAIN}")
+        line = next(line for line in explained.stdout.splitlines() if line.strip().startswith("node-b"))
+        assert "(behind)" in line and "last error: nginx rejected" in line, explained.stdout
     finally:
         broken.unlink()
     wait_serving([bad], f"after.{DOMAIN}", after, timeout=40)  # retried with backoff once the node is fixed
@@ -370,3 +379,32 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
         agent.restart(controller_url=f"https://{cluster_setup.gateway}:{cluster_setup.cluster_port}")
         relay.shutdown()
     wait_serving([agent], f"tampered.{DOMAIN}", fresh)
+
+
+def test_every_node_answers_http01_and_serves_the_issued_certificate(
+    cluster_setup: Cluster, apps: AppRunner, make_pebble: Callable[..., Pebble]
+) -> None:
+    """Pebble validates through one node (its DNS answers with node-b's address); the self-check before the
+    order fetched a token through every node that is up; both serve the chain Pebble issued."""
+    agents = cluster_setup.agents
+    pebble = make_pebble(80, default_ipv4=agents[1].address)
+    cluster_setup.controller.stop()
+    cluster_setup.controller.env.update(ACME_CA_URI=pebble.directory_url, CA_BUNDLE=str(pebble.ca_bundle_path))
+    cluster_setup.start_controller()
+    host = f"acme.{DOMAIN}"
+    answer = f"acme-{uuid.uuid4().hex[:6]}"
+    env = {"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": answer}
+    apps("acme", environment=env, network=cluster_setup.network)
+    context = ssl.create_default_context(cadata=pebble.roots_pem())
+    context.load_verify_locations(cadata=pebble.intermediates_pem())
+
+    def verified(agent: AgentContainer) -> bool:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            status, _, data = http_get(agent.address, 443, host, https=True, context=context)
+            return (status, data.decode().strip()) == (200, answer)
+        return False
+
+    wait_for(lambda: all(verified(agent) for agent in agents), timeout=60, what="both nodes serving Pebble's chain")
+    assert pebble.orders_seen() == 1
+    for agent in agents:  # the self-check's token went through each node's nginx and relay
+        assert "GET /.well-known/acme-challenge/companion-self-check-" in agent.logs()
