@@ -195,7 +195,7 @@ def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private
         assert secret_key not in agent.all_logs()
         assert secret_key not in cluster_setup.controller.log()
     for name in ("node-a", "node-b"):  # each reports right after its reload
-        wait_for(lambda: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name)
+        wait_for(lambda name=name: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name)
 
 
 def test_a_new_generation_converges_on_every_agent_fast(cluster_setup: Cluster, apps_on: Callable[[str], str]) -> None:
