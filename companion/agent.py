@@ -162,6 +162,7 @@ class Agent:
             )
         previous: dict[str, str | None] = {}
         try:
+            self.certs_dir.mkdir(parents=True, exist_ok=True)
             for relative, content in sorted(received.certs.items()):
                 old = self._read_cert(relative)
                 if old == content:
