@@ -14,12 +14,14 @@ with the controller away, nginx starts from the last good files and certificates
 
 from __future__ import annotations
 
+import concurrent.futures
 import http.client
 import json
 import logging
 import os
 import secrets
 import signal
+import socket
 import ssl
 import subprocess
 import threading
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 RECONNECT_EVERY = 0.5  # with the controller away: it is back in use within this much of its return
+RESOLVE_TIMEOUT = 1.0
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
 STATE_FILE = "state.json"
 NGINX_COMMAND = ("nginx", "-g", "daemon off;")
 
@@ -101,7 +105,17 @@ class Agent:
     # -- the channel --------------------------------------------------------------------------------
 
     def _connection(self, timeout: float) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=timeout)
+        return http.client.HTTPSConnection(self._address(), self.port, context=self.context, timeout=timeout)
+
+    def _address(self) -> str:
+        """The controller's address, looked up with a bound: while the controller's task is down its name
+        does not exist, and a resolver that forwards the question outside may take its full timeout (10 s
+        seen in a swarm without outside DNS) to say so; the agent must notice its return within a second."""
+        future = _RESOLVER.submit(socket.getaddrinfo, self.host, self.port, type=socket.SOCK_STREAM)
+        try:
+            return str(future.result(timeout=RESOLVE_TIMEOUT)[0][4][0])
+        except concurrent.futures.TimeoutError:
+            raise OSError(f"{self.host} not resolved within {RESOLVE_TIMEOUT:.0f}s") from None
 
     def fetch(self, have: str, wait: float) -> bundle.Bundle | None:
         """The controller's bundle when it has one other than `have` (None after `wait` seconds).
@@ -267,7 +281,7 @@ class Agent:
                 received = self.fetch(self.generation, wait)
             except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
                 reason = printable(str(exc) or type(exc).__name__)
-                if reason != unreachable:
+                if not unreachable:  # once until it is reached again; the reason may vary meanwhile
                     log.warning(
                         "cannot reach the controller at %s:%d (%s); nginx keeps serving generation %s",
                         self.host,
