@@ -36,6 +36,7 @@ from .config import Settings
 from .logsafe import printable
 from .nginx import COMMAND_TIMEOUT, NginxControl, NginxError, apply
 from .publisher import CHALLENGE_PREFIX, CHALLENGE_RELAY_PORT, LONG_POLL, NODE_NAME, TOKEN
+from .render import MAIN_FILE
 from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,6 @@ class ChildNginx(NginxControl):
     def start(self) -> None:
         self.process = subprocess.Popen(self.command)  # its output is the container's log, as in the nginx image
         log.info("started nginx (pid %d)", self.process.pid)
-
-    def exit_code(self) -> int | None:
-        return None if self.process is None else self.process.poll()
 
     def reload(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -97,7 +95,8 @@ class Agent:
         self.host, self.port = url.hostname or "", url.port or 443
         self.context = cluster.client_context(secret, node)
         state = self._load_state()
-        self.generation = str(state.get("generation", ""))
+        # A generation counts only while its files are there (a conf volume replaced or emptied: ask again).
+        self.generation = str(state.get("generation", "")) if (self.conf_dir / MAIN_FILE).is_file() else ""
         self.cert_files = [str(p) for p in state.get("certs", []) if isinstance(p, str)]
         self.error = ""
         self.version = ""
@@ -257,21 +256,28 @@ class Agent:
             self.port,
         )
         relay = start_challenge_relay(self)
+        threading.Thread(target=self._watch_nginx, args=(stop,), name="nginx-watch", daemon=True).start()
         try:
             return self._loop(stop)
         finally:
             relay.shutdown()
             self.nginx.stop()
 
+    def _watch_nginx(self, stop: threading.Event) -> None:
+        """nginx gone by itself: exit at once (the loop may be waiting on the controller for 25 s), non-zero,
+        so that Swarm restarts the agent and nginx together and nginx starts again from the node's files."""
+        assert self.nginx.process is not None
+        code = self.nginx.process.wait()
+        if not stop.is_set():
+            log.error("nginx exited with code %d; stopping so that the agent and nginx restart together", code)
+            logging.shutdown()
+            os._exit(1)
+
     def _loop(self, stop: threading.Event) -> int:
         retry = 0.0
         reported = False
         unreachable = ""
         while not stop.is_set():
-            code = self.nginx.exit_code()
-            if code is not None:
-                log.error("nginx exited with code %d; stopping so that the agent and nginx restart together", code)
-                return 1
             try:
                 if not reported:
                     self.report()

@@ -267,6 +267,22 @@ def test_controller_away_agents_keep_serving_across_restarts_and_converge_on_its
     assert all(agent.body(f"kept.{DOMAIN}") == kept for agent in agents)
 
 
+def test_the_agent_exits_when_its_nginx_dies_and_a_restart_serves_the_last_good(
+    cluster_setup: Cluster, apps_on: Callable[[str], str]
+) -> None:
+    node = cluster_setup.agents[1]
+    answer = apps_on("phoenix")
+    wait_serving([node], f"phoenix.{DOMAIN}", answer)
+    assert node.container is not None
+    node.container.exec_run(["sh", "-c", 'kill -9 "$(cat /run/nginx.pid)"'])
+    started = time.monotonic()
+    assert node.exit_code(timeout=10) == 1  # at once, not after the long poll: Swarm restarts the pair
+    print(f"\nnginx killed -> agent exited in {time.monotonic() - started:.2f}s")
+    assert "nginx exited with code" in node.logs()
+    node.restart()
+    wait_serving([node], f"phoenix.{DOMAIN}", answer)
+
+
 def _accepts(address: str, port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=0.5):
         return True
