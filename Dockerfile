@@ -30,6 +30,7 @@ RUN set -eux; \
     /opt/companion/bin/companion --help >/dev/null; \
     /opt/companion/bin/python -c "import certbot.main"
 
+# Stages keep the label (so a default build's untagged agent stage is cleaned up); the final stage drops it.
 FROM debian:bookworm-slim AS python
 LABEL io.companion.build-stage="true"
 RUN set -eux; \
@@ -42,7 +43,6 @@ RUN set -eux; \
 # without a Docker socket. Laid out like the official image: conf.d/*.conf only, logs to stdout/stderr.
 # nginx is installed before the package is copied, so a code change does not reinstall it.
 FROM python AS agent
-LABEL io.companion.build-stage="false"
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; \
