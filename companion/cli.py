@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, logformat, service, supervisor
+from . import certs, config, explain, imports, logformat, service, supervisor
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .control import start_control_server
@@ -181,6 +181,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
+    imports.import_all(Path(settings.certs_dir))  # before the first pass: an imported pair is not ordered
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
