@@ -152,6 +152,8 @@ def import_all(certs_dir: Path, now: dt.datetime | None = None) -> list[str]:
             for entry in os.scandir(certs_dir)
             if entry.name.endswith((".crt", ".key", ".chain.pem"))
         }
+    except FileNotFoundError:
+        return []  # a first start: the certs dir is made later
     except OSError as exc:
         log.warning("cannot look for acme-companion certificates in %s: %s", certs_dir, exc.strerror or exc)
         return []
