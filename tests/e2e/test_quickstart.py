@@ -15,9 +15,7 @@ import functools
 import http.client
 import importlib.util
 import io
-import ipaddress
 import os
-import random
 import shutil
 import socket
 import ssl
@@ -39,6 +37,8 @@ import urllib3
 from cryptography import x509
 from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.infra.compose import free_subnet
 
 pytestmark = pytest.mark.e2e
 
@@ -75,21 +75,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _free_subnet(client: docker.DockerClient) -> ipaddress.IPv4Network:
-    """A /24 that no Docker network uses (several stacks may run at once on one daemon)."""
-    used = []
-    for network in client.networks.list():
-        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
-            if config.get("Subnet", "").count("."):
-                used.append(ipaddress.ip_network(config["Subnet"], strict=False))
-    candidates = [ipaddress.ip_network(f"172.29.{n}.0/24") for n in range(256)]
-    random.shuffle(candidates)
-    for subnet in candidates:
-        if not any(subnet.overlaps(other) for other in used):
-            return subnet
-    pytest.fail(f"no free /24 in 172.29.0.0/16 for the quickstart network (used: {used})")
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, diagnose: Callable[[], str]) -> T:
@@ -304,7 +289,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     refs = build.ensure_quickstart_images(client)
     print(f"ensure_quickstart_images took {time.monotonic() - started:.1f}s: {refs}")
 
-    subnet = _free_subnet(client)
+    subnet = free_subnet(client, 29)
     nginx_ip = str(subnet.network_address + 10)
     ports = {"http": _free_port(), "https": _free_port(), "mgmt": _free_port(), "status": _free_port()}
     env = dict(os.environ)
