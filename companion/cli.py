@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "proxy":
         # The settings flags go to `companion run`, which reads them itself (and the environment it inherits).
         logformat.setup("INFO", os.environ.get("LOG_FORMAT", "text"))
-        return supervisor.main([arg for arg in (sys.argv[1:] if argv is None else argv) if arg != "proxy"])
+        return supervisor.main(supervisor.settings_flags(sys.argv[1:] if argv is None else argv))
     try:
         settings = config.load(args)
     except config.SettingsError as exc:

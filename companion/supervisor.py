@@ -42,6 +42,18 @@ def children(companion_args: Sequence[str]) -> tuple[Child, Child]:
     return nginx, companion
 
 
+def settings_flags(argv: Sequence[str]) -> list[str]:
+    """`companion [flags] proxy [flags]` without the command word, for `companion [flags] run`. Every
+    settings flag takes a value (`--flag value` or `--flag=value`), so the command is the first bare word."""
+    flags = list(argv)
+    index = 0
+    while index < len(flags):
+        if not flags[index].startswith("--"):
+            return flags[:index] + flags[index + 1 :]
+        index += 1 if "=" in flags[index] else 2
+    return flags
+
+
 def status_code(wait_status: int) -> int:
     """A child's exit code from os.wait's status; a death by signal N counts as 128 + N, as in a shell."""
     code = os.waitstatus_to_exitcode(wait_status)

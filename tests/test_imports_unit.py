@@ -15,7 +15,7 @@ import pytest
 from companion import certs, plan
 from companion.imports import Candidate, candidates, check_pair, import_all
 from companion.model import ContainerInfo
-from companion.supervisor import Child, Supervisor, final_code, status_code
+from companion.supervisor import Child, Supervisor, final_code, settings_flags, status_code
 from tests.infra.acmecompanion import TestCA, snapshot, write_layout
 
 NOW = dt.datetime.now(dt.UTC)
@@ -182,6 +182,15 @@ def test_the_supervisor_fails_when_a_child_dies_on_its_own(
     first_death: tuple[str, int] | None, codes: dict[str, int], expected: int
 ) -> None:
     assert final_code(first_death, codes) == expected
+
+
+def test_settings_flags_reach_companion_run_without_the_command_word() -> None:
+    assert settings_flags(["--nginx-container", "proxy", "proxy", "--log-level=DEBUG"]) == [
+        "--nginx-container",
+        "proxy",
+        "--log-level=DEBUG",
+    ]
+    assert settings_flags(["proxy"]) == []
 
 
 def test_exit_status_of_a_signalled_child_counts_as_128_plus_the_signal() -> None:

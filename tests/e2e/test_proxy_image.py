@@ -340,6 +340,7 @@ NGINX_PROXY_COMPOSE: dict[str, object] = {
             "volumes": [
                 "certs:/etc/nginx/certs",
                 "vhost:/etc/nginx/vhost.d",
+                "htpasswd:/etc/nginx/htpasswd",
                 "html:/usr/share/nginx/html",
                 "/var/run/docker.sock:/tmp/docker.sock:ro",
             ],
@@ -360,7 +361,7 @@ NGINX_PROXY_COMPOSE: dict[str, object] = {
         },
         "blog": {"environment": {"VIRTUAL_HOST": f"{BLOG},{WWW_BLOG}", "LETSENCRYPT_HOST": f"{BLOG},{WWW_BLOG}"}},
     },
-    "volumes": {"certs": {}, "vhost": {}, "html": {}, "acme": {}},
+    "volumes": {"certs": {}, "vhost": {}, "htpasswd": {}, "html": {}, "acme": {}},
 }
 # Files the migrated proxy finds in its vhost.d and htpasswd folders (name -> content); empty for now.
 VHOST_FILES: dict[str, str] = {}
@@ -409,10 +410,11 @@ def migrated(
     proxy = services["nginx-proxy"]
     # What only this test changes: loopback ports, the prepared folders, its own Pebble and names.
     proxy["ports"] = [f"127.0.0.1:{stack.http_port}:80", f"127.0.0.1:{stack.https_port}:443"]
-    proxy["volumes"] = [v.replace("certs:", f"{certs}:").replace("vhost:", f"{vhost}:") for v in proxy["volumes"]] + [
-        f"{htpasswd}:/etc/nginx/htpasswd",
-        "pebble-ca:/pebble-ca:ro",
+    folders = {"certs:": f"{certs}:", "vhost:": f"{vhost}:", "htpasswd:": f"{htpasswd}:"}
+    proxy["volumes"] = [
+        next((f + v[len(k) :] for k, f in folders.items() if v.startswith(k)), v) for v in proxy["volumes"]
     ]
+    proxy["volumes"].append("pebble-ca:/pebble-ca:ro")
     proxy["environment"].update(stack.proxy_settings(MIGRATION_TAG))
     proxy["networks"] = {"default": {"ipv4_address": stack.proxy_ip}}
     services["shop"].update(image=app_image)
@@ -420,8 +422,8 @@ def migrated(
     services["blog"].update(image=app_image)
     services["blog"]["environment"].update(APP_ID="blog")
     services.update(stack.acme_services())
-    compose["volumes"].pop("certs")
-    compose["volumes"].pop("vhost")
+    for name in ("certs", "vhost", "htpasswd"):
+        compose["volumes"].pop(name)
     try:
         stack.up(compose)
         yield stack, ca, serials
