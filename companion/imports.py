@@ -192,11 +192,16 @@ def _import(certs_dir: Path, candidate: Candidate, now: dt.datetime) -> str:
         return str(exc.strerror or exc) if not isinstance(exc, safefiles.UnsafeFile) else str(exc)
     if isinstance(pair, str):
         return pair
-    staging = safefiles.real_dir(certs_dir, f"{STAGING}/{candidate.name}", 0o700)
+    leftover = certs_dir / STAGING / candidate.name
+    shutil.rmtree(leftover, ignore_errors=True)  # from an import a crash cut short (ours; a link is not followed)
     try:
-        return _place(certs_dir, candidate, pair, staging)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = safefiles.real_dir(certs_dir, f"{STAGING}/{candidate.name}", 0o700)
+        try:
+            return _place(certs_dir, candidate, pair, staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except OSError as exc:
+        return f"cannot write its lineage ({exc})"
 
 
 def _place(certs_dir: Path, candidate: Candidate, pair: Pair, staging: Path) -> str:
@@ -214,12 +219,16 @@ def _place(certs_dir: Path, candidate: Candidate, pair: Pair, staging: Path) -> 
     for kind, mode in (("archive", 0o700), ("live", 0o700), ("renewal", 0o755)):  # certbot's modes
         if (certs_dir / kind).is_symlink() or not (certs_dir / kind).is_dir():
             safefiles.real_dir(certs_dir, kind, mode)
-    os.rename(archive, certs_dir / "archive" / candidate.name)
-    safefiles.write_atomic(
-        certs_dir / "renewal" / f"{candidate.name}.conf",
-        renewal_conf(certs_dir, candidate.name, str(certs_dir / candidate.crt)),
-    )
-    os.rename(live, certs_dir / "live" / candidate.name)
+    placed, renewal = certs_dir / "archive" / candidate.name, certs_dir / "renewal" / f"{candidate.name}.conf"
+    os.rename(archive, placed)
+    try:
+        safefiles.write_atomic(renewal, renewal_conf(certs_dir, candidate.name, str(certs_dir / candidate.crt)))
+        os.rename(live, certs_dir / "live" / candidate.name)
+    except OSError:
+        # Half a lineage would stop certbot from ever making this one ("archive directory exists"): undo ours.
+        shutil.rmtree(placed, ignore_errors=True)
+        renewal.unlink(missing_ok=True)
+        raise
     certs.tighten(certs_dir, candidate.name)
     log.info(
         "certificate %s (%s): imported from acme-companion's %s, valid until %s UTC; served until its renewal",

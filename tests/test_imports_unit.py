@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from companion import certs, plan
+from companion import certs, imports, plan
 from companion.imports import Candidate, candidates, check_pair, import_all
 from companion.model import ContainerInfo
 from companion.supervisor import Child, Supervisor, final_code, settings_flags, status_code
@@ -140,6 +140,29 @@ def test_a_broken_pair_is_refused_and_does_not_block_the_others(
     assert f"out.test.crt: {tmp_path / 'out.test.crt'}: leads to {outside}, outside {tmp_path}" in text
     assert not (tmp_path / "live" / "bad.test").exists() and not (tmp_path / "archive" / "bad.test").exists()
     assert sorted(p.name for p in (tmp_path / "live").iterdir()) == ["good.test"]
+
+
+def test_a_leftover_staging_folder_or_a_failed_write_does_not_stop_the_start(
+    tmp_path: Path, ca: TestCA, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    for host in ("a.test", "b.test"):
+        write_layout(tmp_path, [host], ca.issue([host]))
+    (tmp_path / "companion" / "import" / "a.test" / "archive").mkdir(parents=True)  # a crash mid-import
+    (tmp_path / "companion" / "import" / "a.test" / "archive" / "cert1.pem").write_text("half")
+    rename = os.rename
+
+    def read_only_for_b(source: str, target: str) -> None:
+        if str(target).endswith("live/b.test"):  # the last step: what came before is undone
+            raise OSError(30, "Read-only file system", str(target))
+        rename(source, target)
+
+    monkeypatch.setattr(imports.os, "rename", read_only_for_b)
+    with caplog.at_level(logging.WARNING, logger="companion.imports"):
+        assert import_all(tmp_path) == ["a.test"]
+    assert "b.test.crt: cannot write its lineage ([Errno 30] Read-only file system" in caplog.text
+    assert certs.read_lineage(tmp_path, "a.test").problem == ""
+    assert not (tmp_path / "companion" / "import" / "b.test").exists()
+    assert not (tmp_path / "archive" / "b.test").exists() and not (tmp_path / "renewal" / "b.test.conf").exists()
 
 
 def test_an_existing_lineage_of_the_same_name_wins(tmp_path: Path, ca: TestCA) -> None:
