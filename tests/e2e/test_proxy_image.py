@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import copy
 import http.client
-import importlib.util
 import json
 import socket
 import ssl
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
-from typing import TypeVar
 
 import docker
 import pytest
@@ -36,40 +32,10 @@ from docker.models.containers import Container
 
 from tests.infra.acmecompanion import TestCA, write_layout
 from tests.infra.compose import ComposeProject, free_subnet
+from tests.infra.e2e import load_build, wait_for
 from tests.infra.ports import free_port
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-def _load_build() -> ModuleType:
-    """Import e2e/images/build.py (e2e/ is not a package), once per session."""
-    name = "e2e_images_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "e2e/images/build.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, diagnose: Callable[[], str]) -> T:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-            if result is not None:
-                return result
-        except (OSError, ssl.SSLError, http.client.HTTPException, requests.RequestException) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{diagnose()}")
-        time.sleep(0.3)
 
 
 class ProxyStack:
@@ -213,7 +179,7 @@ class ProxyStack:
 
 @pytest.fixture(scope="module")
 def client() -> docker.DockerClient:
-    build = _load_build()
+    build = load_build()
     client = build.docker_client(start=True)
     started = time.monotonic()
     refs = build.ensure_proxy_images(client)

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import functools
 import http.client
-import importlib.util
 import io
 import os
 import shutil
@@ -27,7 +26,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TypeVar
 
 import docker
@@ -39,6 +37,7 @@ from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.infra.compose import free_subnet
+from tests.infra.e2e import load_build, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -48,20 +47,6 @@ DEMO_HOST = "demo.localhost"
 DEMO_GREETING = "Hello from the companion quickstart"
 SITE_TIMEOUT = 120.0
 T = TypeVar("T")
-
-
-def _load_build() -> ModuleType:
-    """Import e2e/images/build.py (e2e/ is not a package)."""
-    name = "e2e_images_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = REPO / "e2e/images/build.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _compose_binary() -> str:
@@ -75,22 +60,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, diagnose: Callable[[], str]) -> T:
-    """Call probe until it returns something other than None; fail with diagnostics after timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-            if result is not None:
-                return result
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{diagnose()}")
-        time.sleep(0.3)
 
 
 def docker_retry(fn: Callable[..., T]) -> Callable[..., T]:
@@ -279,7 +248,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    build = _load_build()
+    build = load_build()
     compose_bin = _compose_binary()
     try:
         client = build.docker_client(start=True)
