@@ -233,7 +233,7 @@ def _place(certs_dir: Path, candidate: Candidate, pair: Pair, staging: Path) -> 
     log.info(
         "certificate %s (%s): imported from acme-companion's %s, valid until %s UTC; served until its renewal",
         candidate.name,
-        ", ".join(pair.domains),
+        printable(", ".join(pair.domains)),  # names from the certificate: outside values
         printable(str(certs_dir / candidate.crt)),
         f"{pair.not_after:%Y-%m-%d %H:%M}",
         extra={"certificate": candidate.name},
