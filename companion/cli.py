@@ -85,10 +85,6 @@ def make_control(settings: config.Settings, edge: DockerEdge | None) -> NginxCon
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "proxy":
-        # The settings flags go to `companion run`, which reads them itself (and the environment it inherits).
-        logformat.setup("INFO", os.environ.get("LOG_FORMAT", "text"))
-        return supervisor.main(supervisor.settings_flags(sys.argv[1:] if argv is None else argv))
     try:
         settings = config.load(args)
     except config.SettingsError as exc:
@@ -97,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     logformat.setup(settings.log_level, settings.log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "proxy":
+        # Checked above, so a bad setting stops the container at once; `companion run` reads the same flags
+        # (and the environment it inherits) itself.
+        return supervisor.main(supervisor.settings_flags(sys.argv[1:] if argv is None else argv))
     handler = {
         "run": cmd_run,
         "render": cmd_render,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from companion import certs, imports, plan
+from companion import certs, cli, imports, plan
 from companion.imports import Candidate, candidates, check_pair, import_all
 from companion.model import ContainerInfo
 from companion.supervisor import Child, Supervisor, final_code, settings_flags, status_code
@@ -241,3 +241,8 @@ def test_supervisor_stops_the_other_child_and_fails_when_one_exits(tmp_path: Pat
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     assert supervisor.running == {}
+
+
+def test_proxy_refuses_a_bad_setting_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--ssl-policy", "bogus", "proxy"]) == 2
+    assert "invalid setting: ssl_policy" in capsys.readouterr().err
