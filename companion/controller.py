@@ -144,11 +144,12 @@ class Controller:
 
     def pass_inputs(self, snapshot: Snapshot) -> tuple[Inputs, str]:
         """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
-        nginx_networks = None
-        host_address = plan.LOOPBACK
+        nginx_networks: tuple[str, ...] | None
         if self.settings.docker_mode:
             nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
             host_address = plan.host_address_from(snapshot.nginx)
+        else:
+            nginx_networks, host_address = plan.local_reach(snapshot.own)
         default, problem = certs.default_cert(self.certs_dir)
         inputs = Inputs(
             containers=snapshot.containers,

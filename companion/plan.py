@@ -210,6 +210,17 @@ def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
     return gateways[0][1] if gateways else ""
 
 
+def local_reach(own: ContainerInfo | None) -> tuple[tuple[str, ...] | None, str]:
+    """(networks, host address) for an nginx that runs beside the companion (host mode).
+
+    In a container (the single-container image) nginx shares the companion's networks: a backend is
+    reached on one of those, never on a network the container is not on. On the host (no container of
+    our own, or the host's network) nginx reaches every container: any network, the host on loopback."""
+    if own is None or own.network_mode == HOST_NETWORK or not any(own.networks.values()):
+        return None, LOOPBACK
+    return tuple(sorted(n for n, ip in own.networks.items() if ip)), host_address_from((own,))
+
+
 def build(
     containers: Sequence[ContainerInfo],
     certs: Mapping[str, CertFiles],
