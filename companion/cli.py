@@ -27,7 +27,7 @@ from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
 from .variables import setting_problems
-from .watch import watch_certs
+from .watch import watch_certs, watch_host_files
 
 log = logging.getLogger("companion")
 
@@ -187,6 +187,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
+    host_files = watch_host_files(controller.host_dirs, controller.wake)
     control = start_control_server(Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
@@ -204,6 +205,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             control.stop()
         acme.stop()
         observer.stop()
+        host_files.stop()
         if notifier is not None:
             notifier.stop()
     log.info("stopped")

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from .config import SslPolicy
+from .hostfiles import NONE, Chosen, UserFile
 from .model import RootAnswer
 from .plan import Desired
 
@@ -42,6 +43,19 @@ class RenderOptions:
     external_https_port: int = 0  # 0: https_port
     non_get_redirect: int = 301
     default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
+    server_tokens: str = ""  # "": nginx.conf's
+    access_log: str = ""  # "": nginx.conf's; "off"; else the file LOG_JSON writes to
+    resolvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostIncludes:
+    """The copies of a host's own files in the conf dir, by full path ("" when it has none)."""
+
+    server: str = ""
+    location: str = ""
+    htpasswd: str = ""
+    client_ca: str = ""
 
 
 _ENV = jinja2.Environment(
@@ -60,11 +74,31 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
-    """Return every file the companion owns in the conf dir, by file name."""
+def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dict[str, str]:
+    """Return every file the companion owns in the conf dir, by file name (`user`'s copies included)."""
     conf_dir = PurePosixPath(options.conf_dir)
     files = {key: str(conf_dir / name) for key, (name, _) in SNIPPETS.items()}
     files["dhparam"] = str(conf_dir / DHPARAM_FILE)
+    copies: dict[str, str] = {}
+
+    def copy(file: UserFile | None) -> str:
+        if file is None:
+            return ""
+        copies[file.copy_name] = file.content
+        return str(conf_dir / file.copy_name)
+
+    proxy_conf = copy(user.proxy())
+    if proxy_conf:  # PROXY_CONF replaces both header snippets (with and without keepalive)
+        files["proxy"] = files["proxy_close"] = proxy_conf
+    includes = {
+        server.host: HostIncludes(
+            copy(user.server(server.host)),
+            copy(user.location(server.host)),
+            copy(user.htpasswd(server.host)),
+            copy(user.client_ca(server.host)),
+        )
+        for server in desired.servers
+    }
     names = len(desired.servers) + 1
     external_http = options.external_http_port or options.http_port
     external_https = options.external_https_port or options.https_port
@@ -94,9 +128,14 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         "upstreams": desired.upstreams,
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
+        "includes": includes,
+        "server_tokens": options.server_tokens,
+        "access_log": options.access_log,
+        "resolvers": options.resolvers,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for key, (name, template) in SNIPPETS.items():
         out[name] = _ENV.get_template(template).render(context, close=key == "proxy_close")
     out[DHPARAM_FILE] = _DHPARAM
+    out.update(sorted(copies.items()))
     return out

@@ -1,0 +1,228 @@
+"""The operator's own per-host nginx files, the nginx-proxy way: `vhost.d/<host>` (else `default`) in a host's
+servers, `vhost.d/<host>_location` (else `default_location`) in its locations, `htpasswd/<host>` for basic
+auth, a client CA per host for mTLS, and `proxy.conf` in place of the proxy header snippet.
+
+They are read here (never through a link, never blocking on a FIFO) and copied into the conf dir under a
+name made of their content's digest, and the rendered config includes those copies. So nginx reads exactly
+what was read; a changed file changes the rendered config, which is then tested and reloaded; and a file
+nginx refuses (its error names the copy) is replaced by its last good version, or left out, while every
+other host moves on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .logsafe import printable
+from .safefiles import UnsafeFile, read_regular
+
+if TYPE_CHECKING:  # nginx imports render, which imports this module
+    from .nginx import ApplyResult
+
+log = logging.getLogger(__name__)
+
+VHOST, HTPASSWD, CLIENT_CA, PROXY = "vhost", "htpasswd", "client_ca", "proxy"
+COPY_PREFIX = "companion-user-"
+_SUFFIX = {VHOST: ".inc", PROXY: ".inc", HTPASSWD: ".htpasswd", CLIENT_CA: ".pem"}
+DEFAULT, LOCATION_SUFFIX = "default", "_location"
+MAX_BYTES = 1024 * 1024
+# Enough for one nginx refusal per file a pass may use, without letting a pathological case spin.
+MAX_ROUNDS = 8
+_HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
+
+Key = tuple[str, str]  # (kind, file name in its folder)
+
+
+@dataclass(frozen=True)
+class Dirs:
+    """Where the files are, from the settings (VHOST_DIR, HTPASSWD_DIR, CLIENT_CA_DIR, PROXY_CONF)."""
+
+    vhost: str
+    htpasswd: str
+    client_ca: str
+    proxy_conf: str
+
+    def folder(self, kind: str) -> Path:
+        return Path({VHOST: self.vhost, HTPASSWD: self.htpasswd, CLIENT_CA: self.client_ca}[kind])
+
+
+@dataclass(frozen=True)
+class UserFile:
+    kind: str
+    name: str  # its name in its folder: a host, `default`, `<host>_location`, ...
+    source: str  # its path, for messages
+    content: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.content.encode("utf-8", "surrogateescape")).hexdigest()
+
+    @property
+    def copy_name(self) -> str:
+        """The copy's name in the conf dir: its content's digest, so a change renders a new include."""
+        return f"{COPY_PREFIX}{self.digest[:24]}{_SUFFIX[self.kind]}"
+
+
+@dataclass(frozen=True)
+class Found:
+    """The files on disk that the served hosts would use, and why others next to them are not used."""
+
+    files: Mapping[Key, UserFile] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The files a render uses, by (kind, name): read from disk, or a refused file's last good version."""
+
+    files: Mapping[Key, UserFile] = field(default_factory=dict)
+
+    def _first(self, *keys: Key) -> UserFile | None:
+        return next((self.files[key] for key in keys if key in self.files), None)
+
+    def server(self, host: str) -> UserFile | None:
+        return self._first((VHOST, host), (VHOST, DEFAULT))
+
+    def location(self, host: str) -> UserFile | None:
+        return self._first((VHOST, host + LOCATION_SUFFIX), (VHOST, DEFAULT + LOCATION_SUFFIX))
+
+    def htpasswd(self, host: str) -> UserFile | None:
+        return self._first((HTPASSWD, host))
+
+    def client_ca(self, host: str) -> UserFile | None:
+        return self._first((CLIENT_CA, host))
+
+    def proxy(self) -> UserFile | None:
+        return self._first((PROXY, PROXY))
+
+
+NONE = Chosen()
+
+
+def wanted(hosts: Iterable[str]) -> set[Key]:
+    """Every file a set of served hosts may use. Wildcard hosts have none: nginx reads `*` in an include
+    path as a pattern, and a file name must be exactly the host it is for."""
+    keys: set[Key] = {(VHOST, DEFAULT), (VHOST, DEFAULT + LOCATION_SUFFIX), (PROXY, PROXY)}
+    for host in hosts:
+        if "*" not in host:
+            keys |= {(VHOST, host), (VHOST, host + LOCATION_SUFFIX), (HTPASSWD, host), (CLIENT_CA, host)}
+    return keys
+
+
+def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
+    """Read the files the hosts may use. A name is only ever looked up as a served host's (validated, so no
+    `/` or `..`); a link, FIFO, folder or oversized file there is reported and not used."""
+    files: dict[Key, UserFile] = {}
+    problems: list[str] = []
+    for key in sorted(wanted(hosts)):
+        kind, name = key
+        path = Path(dirs.proxy_conf) if kind == PROXY else dirs.folder(kind) / name
+        try:
+            data = read_regular(path, MAX_BYTES)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (UnsafeFile, OSError) as exc:
+            problems.append(printable(f"{path}: not used ({exc.strerror or exc})"))
+            continue
+        files[key] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
+    return Found(files, tuple(problems))
+
+
+def htpasswd_problem(content: str) -> str:
+    """Why nginx could not use an htpasswd file ('' when it can): nginx -t never reads it, so it is checked here."""
+    users = 0
+    for number, line in enumerate(content.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not _HTPASSWD_LINE.match(line):
+            return f"line {number} is not user:hash"
+        users += 1
+    return "" if users else "no user in the file"
+
+
+class UserFiles:
+    """What the loop remembers across passes: the last version of each file nginx accepted, and which
+    contents (by digest) nginx refused, so a refused file is not tried again until it changes."""
+
+    def __init__(self) -> None:
+        self.good: dict[Key, UserFile] = {}
+        self.refused: dict[str, str] = {}  # digest -> nginx's reason
+
+    def choose(self, found: Found) -> tuple[Chosen, set[str]]:
+        chosen: dict[Key, UserFile] = {}
+        problems = set(found.problems)
+        for key, file in found.files.items():
+            if file.kind == HTPASSWD and file.digest not in self.refused:
+                reason = htpasswd_problem(file.content)
+                if reason:
+                    self.refused[file.digest] = reason
+            reason = self.refused.get(file.digest)
+            if reason is None:
+                chosen[key] = file
+                continue
+            last = self.good.get(key)
+            if last is not None and last.digest not in self.refused:
+                chosen[key] = last
+                outcome = "its last good version stays in use"
+            else:
+                outcome = "left out until it changes"
+            problems.add(printable(f"{file.source}: refused ({reason}); {outcome}"))
+        return Chosen(chosen), problems
+
+    def apply(
+        self,
+        found: Found,
+        render: Callable[[Chosen], Mapping[str, str]],
+        apply: Callable[[Mapping[str, str]], ApplyResult],
+        conf_dir: Path,
+    ) -> tuple[ApplyResult, set[str]]:
+        """Render and apply; when nginx refuses and its error names one of the copies, refuse that file and
+        try again without it, so one broken file holds back only the hosts that use it."""
+        for _ in range(MAX_ROUNDS):
+            chosen, problems = self.choose(found)
+            files = render(chosen)
+            result = apply(files)
+            if result.ok:
+                self.good = dict(chosen.files)
+                present = {file.digest for file in found.files.values()}
+                self.refused = {digest: why for digest, why in self.refused.items() if digest in present}
+                remove_stale_copies(conf_dir, files)
+                return result, problems
+            culprits = [
+                file
+                for file in chosen.files.values()
+                if file.digest not in self.refused and (file.copy_name in result.error or file.source in result.error)
+            ]
+            if not culprits:
+                return result, problems
+            reason = _nginx_words(result.error)
+            for file in culprits:
+                self.refused[file.digest] = reason
+        return result, problems
+
+
+def _nginx_words(error: str) -> str:
+    """nginx's refusal without our own preamble, short enough for one log line."""
+    text = error.removeprefix("nginx rejected the new configuration: ")
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def remove_stale_copies(conf_dir: Path, files: Mapping[str, str]) -> None:
+    """Copies no rendered file includes any more (unlink removes the entry itself, never a link's target)."""
+    try:
+        entries = [entry.name for entry in os.scandir(conf_dir)]
+    except OSError:
+        return
+    for name in entries:
+        if name.startswith(COPY_PREFIX) and name not in files:
+            try:
+                (conf_dir / name).unlink()
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", conf_dir / name, exc.strerror or exc)
