@@ -155,20 +155,22 @@ class UserFiles:
         self.good: dict[Key, UserFile] = {}
         self.refused: dict[str, str] = {}  # digest -> nginx's reason
 
-    def choose(self, found: Found) -> tuple[Chosen, set[str]]:
+    def choose(self, found: Found, trial: Mapping[str, str] | None = None) -> tuple[Chosen, set[str]]:
+        """The files to render: each as found, or, when refused (or left out on `trial`), its last good version."""
+        refused = {**self.refused, **(trial or {})}
         chosen: dict[Key, UserFile] = {}
         problems = set(found.problems)
         for key, file in found.files.items():
-            if file.kind == HTPASSWD and file.digest not in self.refused:
+            if file.kind == HTPASSWD and file.digest not in refused:
                 reason = htpasswd_problem(file.content)
                 if reason:
-                    self.refused[file.digest] = reason
-            reason = self.refused.get(file.digest)
+                    self.refused[file.digest] = refused[file.digest] = reason
+            reason = refused.get(file.digest)
             if reason is None:
                 chosen[key] = file
                 continue
             last = self.good.get(key)
-            if last is not None and last.digest not in self.refused:
+            if last is not None and last.digest not in refused:
                 chosen[key] = last
                 outcome = "its last good version stays in use"
             else:
@@ -183,28 +185,50 @@ class UserFiles:
         apply: Callable[[Mapping[str, str]], ApplyResult],
         conf_dir: Path,
     ) -> tuple[ApplyResult, set[str]]:
-        """Render and apply; when nginx refuses and its error names one of the copies, refuse that file and
-        try again without it, so one broken file holds back only the hosts that use it."""
-        for _ in range(MAX_ROUNDS):
-            chosen, problems = self.choose(found)
+        """Render and apply. When nginx refuses, the files to blame are those its error names (a copy's path);
+        when it names none (`unknown "x" variable` names no file), those not yet accepted, tried one at a time.
+        Each is refused and the rest applied, so one broken file holds back only the hosts that use it."""
+        rounds = 0
+
+        def attempt(trial: Mapping[str, str] | None = None) -> tuple[ApplyResult, Chosen, set[str], Mapping[str, str]]:
+            nonlocal rounds
+            rounds += 1
+            chosen, problems = self.choose(found, trial)
             files = render(chosen)
-            result = apply(files)
-            if result.ok:
-                self.good = dict(chosen.files)
-                present = {file.digest for file in found.files.values()}
-                self.refused = {digest: why for digest, why in self.refused.items() if digest in present}
-                remove_stale_copies(conf_dir, files)
-                return result, problems
-            culprits = [
-                file
-                for file in chosen.files.values()
-                if file.digest not in self.refused and (file.copy_name in result.error or file.source in result.error)
-            ]
-            if not culprits:
-                return result, problems
+            return apply(files), chosen, problems, files
+
+        result, chosen, problems, files = attempt()
+        while not result.ok and rounds < MAX_ROUNDS:
             reason = _nginx_words(result.error)
-            for file in culprits:
-                self.refused[file.digest] = reason
+            fresh = [file for file in chosen.files.values() if file.digest not in self.refused]
+            named = [file for file in fresh if file.copy_name in result.error or file.source in result.error]
+            if named:
+                self.refused.update((file.digest, reason) for file in named)
+                result, chosen, problems, files = attempt()
+                continue
+            suspects = [file for file in fresh if self.good.get((file.kind, file.name)) != file]
+            if not suspects:
+                break
+            for suspect in suspects:
+                if rounds >= MAX_ROUNDS:
+                    break
+                result, chosen, problems, files = attempt({suspect.digest: reason})
+                if result.ok:
+                    self.refused[suspect.digest] = reason
+                    problems = self.choose(found)[1]
+                    break
+            else:
+                before = dict(self.refused)
+                self.refused.update((file.digest, reason) for file in suspects)
+                result, chosen, problems, files = attempt()
+                if not result.ok:  # not theirs after all (a foreign file in conf.d, say): blame none of them
+                    self.refused = before
+                    break
+        if result.ok:
+            self.good = dict(chosen.files)
+            present = {file.digest for file in found.files.values()}
+            self.refused = {digest: why for digest, why in self.refused.items() if digest in present}
+            remove_stale_copies(conf_dir, files)
         return result, problems
 
 

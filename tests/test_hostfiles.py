@@ -1,0 +1,263 @@
+"""Per-host files and typed per-path settings: reading the folders safely, choosing the last good version,
+and the rendered config proved by the real `nginx -t` (no daemon started)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from companion import hostfiles, model, plan
+from companion.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
+from companion.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
+from companion.nginx import NginxControl, apply
+from companion.render import MAIN_FILE, render
+from tests.infra.tls import client_ca
+from tests.nginxcheck import Directive, NginxLayout, make_layout, parse_conf, walk
+
+
+def dirs_in(root: Path) -> Dirs:
+    for name in ("vhost.d", "htpasswd", "client_ca"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    return Dirs(str(root / "vhost.d"), str(root / "htpasswd"), str(root / "client_ca"), str(root / "proxy.conf"))
+
+
+def c(name: str, ip: str, **labels: str) -> ContainerInfo:
+    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
+
+
+# -- typed per-path settings --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("10m", "10m"), ("0", "0"), ("512K", "512k"), (" 1g ", "1g"), ("007", "7")]
+)
+def test_body_size_takes_nginx_sizes(value: str, expected: str) -> None:
+    assert model.parse_size(value) == expected
+
+
+@pytest.mark.parametrize("value", ["10 m", "1.5m", "10mb", "-1", "", "10m;", "1t", "9999999999"])
+def test_body_size_refuses_anything_else(value: str) -> None:
+    with pytest.raises(InvalidValue, match="size in nginx syntax"):
+        model.parse_size(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("60", "60s"), ("60s", "60s"), ("5m", "300s"), ("1500ms", "1500ms"), ("1h", "3600s")]
+)
+def test_durations_are_normalised(value: str, expected: str) -> None:
+    assert model.parse_duration(value) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "2d", "25h", "1.5s", "60 s", "$x", "1s;"])
+def test_durations_are_bounded(value: str) -> None:
+    with pytest.raises(InvalidValue, match="duration from 1ms to 86400s"):
+        model.parse_duration(value)
+
+
+def test_allow_list_parses_ipv4_ipv6_and_says_what_is_wrong() -> None:
+    assert model.parse_allow_list("10.0.0.0/8, 192.0.2.7,2001:db8::/32,10.0.0.0/8") == (
+        "10.0.0.0/8",
+        "192.0.2.7/32",
+        "2001:db8::/32",
+    )
+    with pytest.raises(InvalidValue, match="host bits set; the network is 10.0.0.0/8"):
+        model.parse_allow_list("10.1.2.3/8")
+    with pytest.raises(InvalidValue, match="not an IP address or CIDR"):
+        model.parse_allow_list("10.0.0.0/8; deny all")
+    with pytest.raises(InvalidValue, match="no address"):
+        model.parse_allow_list(" , ")
+
+
+def test_a_bad_typed_value_refuses_the_container_naming_the_variable() -> None:
+    got = parse_site(c("app", "10.0.0.2", VIRTUAL_HOST="a.example.com", PROXY_CONNECT_TIMEOUT="90s"))
+    assert isinstance(got, Rejection)
+    assert got.variable == "PROXY_CONNECT_TIMEOUT"
+    assert "container app: PROXY_CONNECT_TIMEOUT='90s' rejected: must be a duration from 1ms to 75s" in got.message
+
+
+def test_typed_values_reach_the_location_and_conflicts_are_named() -> None:
+    fleet = [
+        c("a", "10.0.0.2", VIRTUAL_HOST="t.example.com", PROXY_MAX_BODY_SIZE="20m", PROXY_BUFFERING="off"),
+        c("b", "10.0.0.3", VIRTUAL_HOST="t.example.com", PROXY_MAX_BODY_SIZE="1m"),
+    ]
+    desired = plan.build(fleet, {}, plan.CertFiles("/p/f.pem", "/p/k.pem"))
+    (location,) = desired.servers[0].locations
+    assert location.tuning == Tuning(max_body_size="20m", buffering=False)
+    assert any("disagree on PROXY_MAX_BODY_SIZE, PROXY_BUFFERING; using a's" in p for p in desired.problems)
+
+
+# -- reading the folders --------------------------------------------------------------------------------
+
+
+def test_only_files_named_exactly_for_a_served_host_are_read_and_never_through_a_link(tmp_path: Path) -> None:
+    dirs = dirs_in(tmp_path / "nginx")
+    vhost = Path(dirs.vhost)
+    (vhost / "a.example.com").write_text("add_header X-A a;\n")
+    (vhost / "default_location").write_text("add_header X-L l;\n")
+    (vhost / "other.example.com").write_text("not read: no such host\n")
+    secret = tmp_path / "secret"
+    secret.write_text("secret\n")
+    (vhost / "b.example.com").symlink_to(secret)
+    os.mkfifo(vhost / "c.example.com")
+    (Path(dirs.htpasswd) / "a.example.com").write_text("u:$apr1$x$y\n")
+    found = hostfiles.scan(dirs, ["a.example.com", "b.example.com", "c.example.com", "*.w.example.com"])
+    assert sorted(found.files) == [(HTPASSWD, "a.example.com"), (VHOST, "a.example.com"), (VHOST, "default_location")]
+    assert all("secret" not in f.content for f in found.files.values())
+    assert any("b.example.com: not used" in p and "symbolic link" in p for p in found.problems)
+    assert any("c.example.com: not used" in p and "FIFO" in p for p in found.problems)
+    chosen, _ = UserFiles().choose(found)
+    assert chosen.server("a.example.com").content == "add_header X-A a;\n"
+    assert chosen.server("b.example.com") is None
+    assert chosen.location("a.example.com").name == "default_location"
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("", "no user in the file"), ("# only a comment\n", "no user"), ("user\n", "line 1"), ("a:b c\n", "line 1")],
+)
+def test_an_htpasswd_file_nginx_could_not_use_is_refused(content: str, problem: str) -> None:
+    assert problem in hostfiles.htpasswd_problem(content)
+
+
+# -- proved by the real nginx -t ------------------------------------------------------------------------
+
+
+def servers(tree: tuple[Directive, ...], host: str) -> list[Directive]:
+    return [
+        d
+        for _, d in walk(tree)
+        if d.name == "server" and d.block is not None and d.find("server_name")[0].args == (host,)
+    ]
+
+
+def everything(layout: NginxLayout, tmp_path: Path) -> tuple[plan.Desired, hostfiles.Found]:
+    """A fleet using every typed value, and a file of every kind on disk."""
+    fleet = [
+        c(
+            "tuned",
+            "10.0.0.2",
+            VIRTUAL_HOST="a.example.com",
+            PROXY_MAX_BODY_SIZE="0",
+            PROXY_READ_TIMEOUT="5m",
+            PROXY_SEND_TIMEOUT="1500ms",
+            PROXY_CONNECT_TIMEOUT="75s",
+            PROXY_BUFFERING="off",
+            PROXY_ALLOW_FROM="10.0.0.0/8,2001:db8::/32",
+            NETWORK_ACCESS="internal",
+        ),
+        c("allow", "10.0.0.3", VIRTUAL_HOST="b.example.com", PROXY_ALLOW_FROM="192.0.2.1"),
+        c("plain", "10.0.0.4", VIRTUAL_HOST="c.example.com"),
+    ]
+    cert = layout.cert()
+    certs = {"a": plan.CertFiles(cert.fullchain, cert.privkey, domains=("a.example.com", "b.example.com"))}
+    desired = plan.build(fleet, certs, cert)
+    dirs = dirs_in(tmp_path / "user")
+    vhost = Path(dirs.vhost)
+    (vhost / "a.example.com").write_text("add_header X-Only-A yes;\n")
+    (vhost / "default").write_text("add_header X-Default yes;\n")
+    (vhost / "a.example.com_location").write_text("proxy_set_header X-Loc a;\n")
+    (Path(dirs.htpasswd) / "a.example.com").write_text("user:$2y$05$" + "a" * 53 + "\n")
+    ca, _ = client_ca(tmp_path / "ca")
+    (Path(dirs.client_ca) / "a.example.com").write_bytes(ca.read_bytes())
+    Path(dirs.proxy_conf).write_text("proxy_set_header Host $host;\nproxy_http_version 1.1;\n")
+    return desired, hostfiles.scan(dirs, [s.host for s in desired.servers])
+
+
+def test_every_kind_of_file_and_typed_value_renders_what_nginx_accepts(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path / "nginx")
+    desired, found = everything(layout, tmp_path)
+    chosen, problems = UserFiles().choose(found)
+    assert not problems
+    files = render(desired, layout.options(server_tokens="off", access_log="off", resolvers=("127.0.0.11",)), chosen)
+    ok, output = layout.check(files)
+    assert ok, output
+    tree = parse_conf(files[MAIN_FILE])
+    https_a = next(s for s in servers(tree, "a.example.com") if s.find("ssl_certificate"))
+    assert https_a.find("ssl_verify_client")[0].args == ("on",)
+    assert https_a.find("auth_basic_user_file")[0].args[0].endswith(".htpasswd")
+    location = https_a.find("location")[-1]
+    assert [d.args[0] for d in location.find("allow")] == ["10.0.0.0/8", "2001:db8::/32"]
+    assert {d.name: d.args for d in location.block if d.name.startswith(("client_", "proxy_"))} == {
+        "client_max_body_size": ("0",),
+        "proxy_connect_timeout": ("75s",),
+        "proxy_read_timeout": ("300s",),
+        "proxy_send_timeout": ("1500ms",),
+        "proxy_buffering": ("off",),
+        "proxy_pass": ("http://companion_u1",),
+    }
+    b = servers(tree, "b.example.com")
+    assert all(not s.find("ssl_verify_client") and not s.find("auth_basic") for s in b)
+    assert [d.args for d in b[-1].find("location")[-1].find("deny")] == [("all",)]
+    copies = {name: content for name, content in files.items() if name.startswith(hostfiles.COPY_PREFIX)}
+    assert "add_header X-Only-A yes;\n" in copies.values() and "add_header X-Default yes;\n" in copies.values()
+    acme = files["companion-acme.inc"]
+    assert "auth_basic off;" in acme and "allow all;" in acme
+
+
+def test_a_file_nginx_refuses_falls_back_to_its_last_good_and_the_others_move_on(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path / "nginx")
+    fleet = [c("a", "10.0.0.2", VIRTUAL_HOST="a.example.com"), c("b", "10.0.0.3", VIRTUAL_HOST="b.example.com")]
+    desired = plan.build(fleet, {}, layout.cert())
+    dirs = dirs_in(tmp_path / "user")
+    vhost = Path(dirs.vhost)
+    control = NginxControl(layout.test_command, "true")
+    state = UserFiles()
+
+    def one_pass() -> tuple[bool, set[str]]:
+        found = hostfiles.scan(dirs, ["a.example.com", "b.example.com"])
+        result, problems = state.apply(
+            found,
+            lambda chosen: render(desired, layout.options(), chosen),
+            lambda f: apply(layout.conf_dir, f, control),
+            layout.conf_dir,
+        )
+        return result.ok, problems
+
+    (vhost / "a.example.com").write_text("add_header X-A good;\n")
+    (vhost / "b.example.com").write_text("add_header X-B one;\n")
+    assert one_pass() == (True, set())
+    (vhost / "a.example.com").write_text("add_header X-A broken\n")  # no ";": nginx -t fails in this file
+    (vhost / "b.example.com").write_text("add_header X-B two;\n")
+    ok, problems = one_pass()
+    assert ok
+    (line,) = problems
+    assert f"{vhost / 'a.example.com'}: refused (" in line and "its last good version stays in use" in line
+    conf = (layout.conf_dir / MAIN_FILE).read_text()
+    included = {p.name: p.read_text() for p in layout.conf_dir.glob(hostfiles.COPY_PREFIX + "*")}
+    assert sorted(included.values()) == ["add_header X-A good;\n", "add_header X-B two;\n"]  # stale copies gone
+    assert all(name in conf for name in included)
+    assert layout.test()[0]
+    # fixed: the new version is used and the problem goes away
+    (vhost / "a.example.com").write_text("add_header X-A fixed;\n")
+    assert one_pass() == (True, set())
+    assert "add_header X-A fixed;\n" in {p.read_text() for p in layout.conf_dir.glob(hostfiles.COPY_PREFIX + "*")}
+
+
+def test_a_broken_file_without_a_last_good_is_left_out(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path / "nginx")
+    desired = plan.build([c("a", "10.0.0.2", VIRTUAL_HOST="a.example.com")], {}, layout.cert())
+    dirs = dirs_in(tmp_path / "user")
+    (Path(dirs.vhost) / "a.example.com_location").write_text("no_such_directive on;\n")
+    Path(dirs.proxy_conf).write_text("proxy_set_header Host $proxy_host_of_nginx_proxy;\n")  # unknown variable
+    state = UserFiles()
+    found = hostfiles.scan(dirs, ["a.example.com"])
+    control = NginxControl(layout.test_command, "true")
+    result, problems = state.apply(
+        found,
+        lambda chosen: render(desired, layout.options(), chosen),
+        lambda f: apply(layout.conf_dir, f, control),
+        layout.conf_dir,
+    )
+    assert result.ok, result.error
+    assert len(problems) == 2 and all("left out until it changes" in p for p in problems)
+    assert any("unknown directive" in p and "a.example.com_location" in p for p in problems)
+    assert not list(layout.conf_dir.glob(hostfiles.COPY_PREFIX + "*"))
+
+
+def test_htpasswd_made_by_apache2_utils_is_accepted(tmp_path: Path) -> None:
+    done = subprocess.run(["htpasswd", "-nbB", "alice", "s3cret"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, "htpasswd is missing: apt-get install apache2-utils"
+    assert hostfiles.htpasswd_problem(done.stdout) == ""
