@@ -223,6 +223,7 @@ class UserFiles:
                 result, chosen, problems, files = attempt()
                 if not result.ok:  # not theirs after all (a foreign file in conf.d, say): blame none of them
                     self.refused = before
+                    problems = self.choose(found)[1]
                     break
         if result.ok:
             self.good = dict(chosen.files)

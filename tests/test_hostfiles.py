@@ -261,3 +261,31 @@ def test_htpasswd_made_by_apache2_utils_is_accepted(tmp_path: Path) -> None:
     done = subprocess.run(["htpasswd", "-nbB", "alice", "s3cret"], capture_output=True, text=True, check=False)
     assert done.returncode == 0, "htpasswd is missing: apt-get install apache2-utils"
     assert hostfiles.htpasswd_problem(done.stdout) == ""
+
+
+def test_a_foreign_broken_file_in_conf_d_blames_no_host_file(tmp_path: Path) -> None:
+    """nginx refuses because of a file that is not ours: no host file is refused for it, and once it is
+    fixed the host files apply as they are."""
+    layout = make_layout(tmp_path / "nginx")
+    desired = plan.build([c("a", "10.0.0.2", VIRTUAL_HOST="a.example.com")], {}, layout.cert())
+    dirs = dirs_in(tmp_path / "user")
+    (Path(dirs.vhost) / "a.example.com").write_text("add_header X-A a;\n")
+    (layout.conf_dir / "foreign.conf").write_text("set $x $undefined_variable_here;\n")
+    state = UserFiles()
+    found = hostfiles.scan(dirs, ["a.example.com"])
+    control = NginxControl(layout.test_command, "true")
+
+    def one_pass() -> tuple[bool, set[str]]:
+        result, problems = state.apply(
+            found,
+            lambda chosen: render(desired, layout.options(), chosen),
+            lambda f: apply(layout.conf_dir, f, control),
+            layout.conf_dir,
+        )
+        return result.ok, problems
+
+    assert one_pass() == (False, set())
+    assert not state.refused
+    (layout.conf_dir / "foreign.conf").unlink()
+    assert one_pass() == (True, set())
+    assert [p.read_text() for p in layout.conf_dir.glob(hostfiles.COPY_PREFIX + "*")] == ["add_header X-A a;\n"]
