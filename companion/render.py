@@ -129,6 +129,7 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
         "includes": includes,
+        "proxy_conf": bool(proxy_conf),
         "server_tokens": options.server_tokens,
         "access_log": options.access_log,
         "resolvers": options.resolvers,

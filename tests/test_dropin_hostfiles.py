@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import json
 import ssl
 import subprocess
 import uuid
@@ -189,13 +190,20 @@ def post(nginx: HostNginx, host: str, size: int) -> int:
 
 
 def test_typed_labels_set_the_body_limit_and_the_allow_list(
-    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion], tag: str
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion], tag: str, tmp_path: Path
 ) -> None:
-    companion = make_companion(ALLOWED_DOMAINS=f"*-{tag}.example.test")
+    """Also the proxy-wide SERVER_TOKENS and LOG_JSON, as a client and the log file see them."""
+    access = tmp_path / "access.json"
+    companion = make_companion(
+        ALLOWED_DOMAINS=f"*-{tag}.example.test", SERVER_TOKENS="off", LOG_JSON="true", ACCESS_LOG_PATH=str(access)
+    )
     host = f"upload-{tag}.example.test"
     command = ["/bin/sh", "-c", UPLOAD]
     first = apps("upload", environment={"VIRTUAL_HOST": host}, command=command)
     wait_for(lambda: body(host_nginx, host) == (200, "up"), what="upload app routed")
+    assert host_nginx.get(host)[1]["Server"] == "nginx"  # no version
+    logged = [json.loads(line) for line in access.read_text().splitlines()]
+    assert {"host": host, "status": 200, "request": "GET / HTTP/1.1"}.items() <= logged[-1].items()
     two_mib = 2 * 1024 * 1024
     assert post(host_nginx, host, 1000) == 200
     assert post(host_nginx, host, two_mib) == 413  # nginx's default limit is 1m

@@ -162,19 +162,40 @@ def everything(layout: NginxLayout, tmp_path: Path) -> tuple[plan.Desired, hostf
     (Path(dirs.htpasswd) / "a.example.com").write_text("user:$2y$05$" + "a" * 53 + "\n")
     ca, _ = client_ca(tmp_path / "ca")
     (Path(dirs.client_ca) / "a.example.com").write_bytes(ca.read_bytes())
-    Path(dirs.proxy_conf).write_text("proxy_set_header Host $host;\nproxy_http_version 1.1;\n")
+    # as written for nginx-proxy: its variable names work here too
+    Path(dirs.proxy_conf).write_text(
+        "proxy_http_version 1.1;\nproxy_set_header Host $host;\nproxy_set_header Connection $proxy_connection;\n"
+        "proxy_set_header X-Forwarded-Proto $proxy_x_forwarded_proto;\n"
+        "proxy_set_header X-Forwarded-Host $proxy_x_forwarded_host;\n"
+        "proxy_set_header X-Forwarded-Port $proxy_x_forwarded_port;\n"
+        "proxy_set_header X-Forwarded-Ssl $proxy_x_forwarded_ssl;\n"
+    )
     return desired, hostfiles.scan(dirs, [s.host for s in desired.servers])
 
 
-def test_every_kind_of_file_and_typed_value_renders_what_nginx_accepts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "proxy_wide",
+    [
+        {"server_tokens": "off", "access_log": "off", "resolvers": ("127.0.0.11",)},
+        {"server_tokens": "build", "access_log": "LOG", "resolvers": ("[::1]:53", "10.0.0.1:5353")},
+        {"trust_downstream_proxy": True, "external_http_port": 8080, "external_https_port": 8443},
+    ],
+)
+def test_every_kind_of_file_and_typed_value_renders_what_nginx_accepts(tmp_path: Path, proxy_wide: dict) -> None:
     layout = make_layout(tmp_path / "nginx")
     desired, found = everything(layout, tmp_path)
     chosen, problems = UserFiles().choose(found)
     assert not problems
-    files = render(desired, layout.options(server_tokens="off", access_log="off", resolvers=("127.0.0.11",)), chosen)
+    if proxy_wide.get("access_log") == "LOG":
+        proxy_wide = {**proxy_wide, "access_log": str(layout.prefix / "logs" / "access.json")}
+    files = render(desired, layout.options(**proxy_wide), chosen)
     ok, output = layout.check(files)
     assert ok, output
     tree = parse_conf(files[MAIN_FILE])
+    for _, server in walk(tree):
+        if server.name == "server" and server.block is not None and "server_tokens" in proxy_wide:
+            assert server.find("server_tokens")[0].args == (proxy_wide["server_tokens"],)
+            assert [d.args for d in server.find("resolver")] == [proxy_wide["resolvers"]]
     https_a = next(s for s in servers(tree, "a.example.com") if s.find("ssl_certificate"))
     assert https_a.find("ssl_verify_client")[0].args == ("on",)
     assert https_a.find("auth_basic_user_file")[0].args[0].endswith(".htpasswd")
