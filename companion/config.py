@@ -384,8 +384,8 @@ def _validate(s: Settings) -> None:
     if s.log_format not in ("text", "json"):
         shown = s.log_format.encode("unicode_escape").decode("ascii")
         raise SettingsError(
-            f"log format {shown!r} must be text or json (nginx-proxy's LOG_FORMAT, for nginx's access log, "
-            "goes in nginx.conf)"
+            f"log format {shown!r} must be text or json: LOG_FORMAT is the companion's own log here (for "
+            "nginx's access log, nginx-proxy's LOG_FORMAT, use LOG_JSON=true or nginx.conf)"
         )
     try:
         parse_ca_url(s.acme_staging_server)
