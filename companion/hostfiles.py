@@ -121,8 +121,11 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
     `/` or `..`); a link, FIFO, folder or oversized file there is reported and not used."""
     files: dict[Key, UserFile] = {}
     problems: list[str] = []
+    listed = {kind: _names(dirs.folder(kind)) for kind in (VHOST, HTPASSWD, CLIENT_CA)}
     for key in sorted(wanted(hosts)):
         kind, name = key
+        if kind != PROXY and name not in listed[kind]:
+            continue  # one listing per folder, not a lookup per host: a pass over 10,000 hosts stays cheap
         path = Path(dirs.proxy_conf) if kind == PROXY else dirs.folder(kind) / name
         try:
             data = read_regular(path, MAX_BYTES)
@@ -133,6 +136,14 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
             continue
         files[key] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
     return Found(files, tuple(problems))
+
+
+def _names(folder: Path) -> frozenset[str]:
+    """The entry names in `folder`; none when it is missing or not a folder (the operator's to create)."""
+    try:
+        return frozenset(os.listdir(folder))
+    except OSError:
+        return frozenset()
 
 
 def htpasswd_problem(content: str) -> str:

@@ -101,6 +101,11 @@ def test_vhost_files_reach_only_their_host_a_change_applies_and_a_broken_one_kee
     (vhost / a).write_text("add_header X-Custom a-fixed;\n")
     wait_for(lambda: header(host_nginx, a, "X-Custom") == "a-fixed", what="the fixed file applied")
     companion.wait_log(rf"resolved: {vhost / a}: refused")
+    # `companion render --all` shows the same includes and copies, writing nothing
+    shown = companion.cli("render", "--all")
+    assert shown.returncode == 0, shown.stderr
+    assert "add_header X-Custom a-fixed;" in shown.stdout and "add_header X-Custom default-two;" in shown.stdout
+    assert shown.stdout.count(f"include {host_nginx.conf_dir}/companion-user-") >= 3
 
 
 def test_htpasswd_file_asks_for_credentials_but_the_acme_challenge_stays_open(
