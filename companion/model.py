@@ -8,6 +8,7 @@ Templates only ever see what these parsers return, so no character of a label ca
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -139,6 +140,18 @@ class Tuning:
     connect_timeout: str | None = None
     buffering: bool | None = None
     allow_from: tuple[str, ...] = ()  # normalised networks ("10.0.0.0/8", "2001:db8::/32"); others get 403
+
+    @functools.cached_property
+    def directives(self) -> tuple[str, ...]:
+        """The location directives these values make (the allow-list is rendered apart: it goes before deny)."""
+        named = (
+            ("client_max_body_size", self.max_body_size),
+            ("proxy_connect_timeout", self.connect_timeout),
+            ("proxy_read_timeout", self.read_timeout),
+            ("proxy_send_timeout", self.send_timeout),
+            ("proxy_buffering", None if self.buffering is None else "on" if self.buffering else "off"),
+        )
+        return tuple(f"{name} {value};" for name, value in named if value is not None)
 
 
 class InvalidValue(ValueError):

@@ -70,6 +70,23 @@ _ENV = jinja2.Environment(
 _DHPARAM = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
 
 
+NO_INCLUDES = HostIncludes()
+
+
+def _server_lines(options: RenderOptions) -> str:
+    """The proxy-wide directives every server repeats (the same text for all: made once, not per server)."""
+    lines = []
+    if options.server_tokens:
+        lines.append(f"server_tokens {options.server_tokens};")
+    if options.access_log:
+        lines.append(
+            "access_log off;" if options.access_log == "off" else f"access_log {options.access_log} companion_json;"
+        )
+    if options.resolvers:
+        lines.append(f"resolver {' '.join(options.resolvers)};")
+    return "".join(f"\n    {line}" for line in lines)
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
@@ -90,15 +107,17 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
     proxy_conf = copy(user.proxy())
     if proxy_conf:  # PROXY_CONF replaces both header snippets (with and without keepalive)
         files["proxy"] = files["proxy_close"] = proxy_conf
-    includes = {
-        server.host: HostIncludes(
-            copy(user.server(server.host)),
-            copy(user.location(server.host)),
-            copy(user.htpasswd(server.host)),
-            copy(user.client_ca(server.host)),
-        )
-        for server in desired.servers
-    }
+    includes = {}
+    if user.files:
+        for server in desired.servers:
+            found = HostIncludes(
+                copy(user.server(server.host)),
+                copy(user.location(server.host)),
+                copy(user.htpasswd(server.host)),
+                copy(user.client_ca(server.host)),
+            )
+            if found != NO_INCLUDES:
+                includes[server.host] = found
     names = len(desired.servers) + 1
     external_http = options.external_http_port or options.http_port
     external_https = options.external_https_port or options.https_port
@@ -129,10 +148,10 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
         "includes": includes,
+        "no_includes": NO_INCLUDES,
+        "server_lines": _server_lines(options),
         "proxy_conf": bool(proxy_conf),
-        "server_tokens": options.server_tokens,
-        "access_log": options.access_log,
-        "resolvers": options.resolvers,
+        "json_log": options.access_log not in ("", "off"),
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for key, (name, template) in SNIPPETS.items():
