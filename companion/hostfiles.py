@@ -106,27 +106,30 @@ class Chosen:
 NONE = Chosen()
 
 
-def wanted(hosts: Iterable[str]) -> set[Key]:
-    """Every file a set of served hosts may use. Wildcard hosts have none: nginx reads `*` in an include
-    path as a pattern, and a file name must be exactly the host it is for."""
-    keys: set[Key] = {(VHOST, DEFAULT), (VHOST, DEFAULT + LOCATION_SUFFIX), (PROXY, PROXY)}
-    for host in hosts:
-        if "*" not in host:
-            keys |= {(VHOST, host), (VHOST, host + LOCATION_SUFFIX), (HTPASSWD, host), (CLIENT_CA, host)}
-    return keys
+def used(kind: str, name: str, hosts: set[str]) -> bool:
+    """True when a file of `kind` named `name` is one a served host uses. Wildcard hosts use none: nginx
+    reads `*` in an include path as a pattern, and a file name must be exactly the host it is for."""
+    if kind == VHOST:
+        if name in (DEFAULT, DEFAULT + LOCATION_SUFFIX):
+            return True
+        name = name.removesuffix(LOCATION_SUFFIX)
+    return name in hosts and "*" not in name
 
 
 def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
-    """Read the files the hosts may use. A name is only ever looked up as a served host's (validated, so no
-    `/` or `..`); a link, FIFO, folder or oversized file there is reported and not used."""
+    """Read the files the hosts use: one listing per folder, then only names that are exactly a served
+    host's (validated, so no `/` or `..`); a link, FIFO, folder or oversized file there is reported and
+    not used, never followed or opened."""
+    served = set(hosts)
     files: dict[Key, UserFile] = {}
     problems: list[str] = []
-    listed = {kind: _names(dirs.folder(kind)) for kind in (VHOST, HTPASSWD, CLIENT_CA)}
-    for key in sorted(wanted(hosts)):
-        kind, name = key
-        if kind != PROXY and name not in listed[kind]:
-            continue  # one listing per folder, not a lookup per host: a pass over 10,000 hosts stays cheap
-        path = Path(dirs.proxy_conf) if kind == PROXY else dirs.folder(kind) / name
+    candidates = [
+        (kind, name, dirs.folder(kind) / name)
+        for kind in (VHOST, HTPASSWD, CLIENT_CA)
+        for name in sorted(_names(dirs.folder(kind)))
+        if used(kind, name, served)
+    ]
+    for kind, name, path in [*candidates, (PROXY, PROXY, Path(dirs.proxy_conf))]:
         try:
             data = read_regular(path, MAX_BYTES)
         except (FileNotFoundError, NotADirectoryError):
@@ -134,7 +137,7 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
         except (UnsafeFile, OSError) as exc:
             problems.append(printable(f"{path}: not used ({exc.strerror or exc})"))
             continue
-        files[key] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
+        files[(kind, name)] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
     return Found(files, tuple(problems))
 
 
