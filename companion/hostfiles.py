@@ -11,6 +11,7 @@ other host moves on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -60,11 +61,11 @@ class UserFile:
     source: str  # its path, for messages
     content: str
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.content.encode("utf-8", "surrogateescape")).hexdigest()
 
-    @property
+    @functools.cached_property
     def copy_name(self) -> str:
         """The copy's name in the conf dir: its content's digest, so a change renders a new include."""
         return f"{COPY_PREFIX}{self.digest[:24]}{_SUFFIX[self.kind]}"
@@ -84,23 +85,20 @@ class Chosen:
 
     files: Mapping[Key, UserFile] = field(default_factory=dict)
 
-    def _first(self, *keys: Key) -> UserFile | None:
-        return next((self.files[key] for key in keys if key in self.files), None)
-
     def server(self, host: str) -> UserFile | None:
-        return self._first((VHOST, host), (VHOST, DEFAULT))
+        return self.files.get((VHOST, host)) or self.files.get((VHOST, DEFAULT))
 
     def location(self, host: str) -> UserFile | None:
-        return self._first((VHOST, host + LOCATION_SUFFIX), (VHOST, DEFAULT + LOCATION_SUFFIX))
+        return self.files.get((VHOST, host + LOCATION_SUFFIX)) or self.files.get((VHOST, DEFAULT + LOCATION_SUFFIX))
 
     def htpasswd(self, host: str) -> UserFile | None:
-        return self._first((HTPASSWD, host))
+        return self.files.get((HTPASSWD, host))
 
     def client_ca(self, host: str) -> UserFile | None:
-        return self._first((CLIENT_CA, host))
+        return self.files.get((CLIENT_CA, host))
 
     def proxy(self) -> UserFile | None:
-        return self._first((PROXY, PROXY))
+        return self.files.get((PROXY, PROXY))
 
 
 NONE = Chosen()

@@ -50,12 +50,26 @@ class RenderOptions:
 
 @dataclass(frozen=True)
 class HostIncludes:
-    """The copies of a host's own files in the conf dir, by full path ("" when it has none)."""
+    """A host's own files as the lines its servers and locations get (each line starts with its newline
+    and indent; made here once per host, not by a template macro per server)."""
 
-    server: str = ""
-    location: str = ""
-    htpasswd: str = ""
-    client_ca: str = ""
+    server: str = ""  # basic auth and the vhost.d include, at the end of each proxying server
+    location: str = ""  # the <host>_location include, in each proxied location
+    client_ca: str = ""  # mTLS, in the HTTPS server
+
+
+def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str) -> HostIncludes:
+    """The lines for the copies at these paths ("" for none)."""
+    server_lines = ""
+    if htpasswd:
+        server_lines += f'\n    auth_basic "{host}";\n    auth_basic_user_file {htpasswd};'
+    if server:
+        server_lines += f"\n    include {server};"
+    return HostIncludes(
+        server_lines,
+        f"\n        include {location};" if location else "",
+        f"\n    ssl_client_certificate {client_ca};\n    ssl_verify_client on;" if client_ca else "",
+    )
 
 
 _ENV = jinja2.Environment(
@@ -68,9 +82,6 @@ _ENV = jinja2.Environment(
 
 # Shipped, never generated: RFC 7919's ffdhe2048 group. Read once, not on every pass.
 _DHPARAM = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
-
-
-NO_INCLUDES = HostIncludes()
 
 
 def _server_lines(options: RenderOptions) -> str:
@@ -107,17 +118,17 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
     proxy_conf = copy(user.proxy())
     if proxy_conf:  # PROXY_CONF replaces both header snippets (with and without keepalive)
         files["proxy"] = files["proxy_close"] = proxy_conf
-    includes = {}
-    if user.files:
-        for server in desired.servers:
-            found = HostIncludes(
-                copy(user.server(server.host)),
-                copy(user.location(server.host)),
-                copy(user.htpasswd(server.host)),
-                copy(user.client_ca(server.host)),
-            )
-            if found != NO_INCLUDES:
-                includes[server.host] = found
+    # Only when a file is in use: otherwise the template skips every lookup (no cost for sites without any).
+    includes = {
+        server.host: _host_includes(
+            copy(user.server(server.host)),
+            copy(user.location(server.host)),
+            copy(user.htpasswd(server.host)),
+            copy(user.client_ca(server.host)),
+            server.host,
+        )
+        for server in (desired.servers if user.files else ())
+    }
     names = len(desired.servers) + 1
     external_http = options.external_http_port or options.http_port
     external_https = options.external_https_port or options.https_port
@@ -148,7 +159,6 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
         "includes": includes,
-        "no_includes": NO_INCLUDES,
         "server_lines": _server_lines(options),
         "proxy_conf": bool(proxy_conf),
         "json_log": options.access_log not in ("", "off"),
