@@ -86,6 +86,13 @@ class Settings:
     resolvers: Resolvers = ()
 
     @property
+    def access_log_directive(self) -> str:
+        """What the servers' access_log says: "" (nginx.conf's), "off", or the file LOG_JSON writes to."""
+        if self.disable_access_logs:
+            return "off"
+        return self.access_log if self.log_json else ""
+
+    @property
     def docker_mode(self) -> bool:
         """True when nginx runs in a container that we exec into and signal."""
         return self.reload == "docker" or self.nginx_test == "docker"

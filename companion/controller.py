@@ -199,7 +199,7 @@ class Controller:
             non_get_redirect=self.settings.non_get_redirect,
             default_root=self.settings.default_root,
             server_tokens=self.settings.server_tokens.strip().lower(),
-            access_log=access_log(self.settings),
+            access_log=self.settings.access_log_directive,
             resolvers=self.settings.resolvers,
         )
         return render(desired, options, user)
@@ -402,13 +402,6 @@ def decide(inputs: Inputs, default_problem: str) -> plan.Desired:
     if default_problem:
         desired = dataclasses.replace(desired, problems=(*desired.problems, default_problem))
     return desired
-
-
-def access_log(settings: Settings) -> str:
-    """What the servers' access_log says: "" (nginx.conf's), "off", or the file LOG_JSON writes to."""
-    if settings.disable_access_logs:
-        return "off"
-    return settings.access_log if settings.log_json else ""
 
 
 def heartbeat_problem(path: Path, now: dt.datetime) -> str:
