@@ -36,6 +36,7 @@ DEFAULT, LOCATION_SUFFIX = "default", "_location"
 MAX_BYTES = 1024 * 1024
 # Enough for one nginx refusal per file a pass may use, without letting a pathological case spin.
 MAX_ROUNDS = 8
+REFUSED = "nginx rejected the new configuration: "  # how nginx.apply words a refused nginx -t
 _HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
 
 Key = tuple[str, str]  # (kind, file name in its folder)
@@ -210,7 +211,8 @@ class UserFiles:
             return apply(files), chosen, problems, files
 
         result, chosen, problems, files = attempt()
-        while not result.ok and rounds < MAX_ROUNDS:
+        # Only nginx -t's refusals are the files' doing (not a full disk, nor a failed reload).
+        while not result.ok and result.error.startswith(REFUSED) and rounds < MAX_ROUNDS:
             reason = _nginx_words(result.error)
             fresh = [file for file in chosen.files.values() if file.digest not in self.refused]
             named = [file for file in fresh if file.copy_name in result.error or file.source in result.error]
@@ -247,7 +249,7 @@ class UserFiles:
 
 def _nginx_words(error: str) -> str:
     """nginx's refusal without our own preamble, short enough for one log line."""
-    text = error.removeprefix("nginx rejected the new configuration: ")
+    text = error.removeprefix(REFUSED)
     return text if len(text) <= 300 else text[:300] + "..."
 
 
