@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logformat.setup(settings.log_level, settings.log_format)
+    logformat.setup(settings.log_level, settings.own_log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler = {

@@ -21,6 +21,9 @@ CaUrls = tuple[str, ...]  # ACME directory URLs, kept exactly as written (their 
 NotifyUrls = tuple[str, ...]  # Apprise URLs; they hold tokens and passwords, so never shown
 Resolvers = tuple[str, ...]  # nginx `resolver` addresses: an IP, an IP:port or [IPv6]:port, normalised
 SERVER_TOKENS = ("on", "off", "build")
+OWN_LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values for the companion's own log; others are nginx-proxy's
+LOG_ESCAPES = ("default", "json", "none")
+MAX_LOG_FORMAT = 4096
 
 
 class SslPolicy(StrEnum):
@@ -75,6 +78,7 @@ class Settings:
     notify_urls: NotifyUrls = field(default=(), repr=False)
     notify_expiry_days: float = 14.0
     log_format: str = "text"
+    log_format_escape: str = "default"
     vhost_dir: str = "/etc/nginx/vhost.d"
     htpasswd_dir: str = "/etc/nginx/htpasswd"
     client_ca_dir: str = "/etc/nginx/client_ca"
@@ -86,11 +90,22 @@ class Settings:
     resolvers: Resolvers = ()
 
     @property
+    def own_log_format(self) -> str:
+        """The companion's own log: LOG_FORMAT when it is text or json, else text (the value is nginx's)."""
+        return self.log_format if self.log_format in OWN_LOG_FORMATS else "text"
+
+    @property
+    def access_log_format(self) -> str:
+        """nginx-proxy's LOG_FORMAT: a custom access log format ("" when LOG_FORMAT is text or json)."""
+        return "" if self.log_format in OWN_LOG_FORMATS else self.log_format
+
+    @property
     def access_log_directive(self) -> str:
-        """What the servers' access_log says: "" (nginx.conf's), "off", or the file LOG_JSON writes to."""
+        """What the servers' access_log says: "" (nginx.conf's), "off", or the file LOG_JSON or a custom
+        LOG_FORMAT writes to."""
         if self.disable_access_logs:
             return "off"
-        return self.access_log if self.log_json else ""
+        return self.access_log if self.log_json or self.access_log_format else ""
 
     @property
     def docker_mode(self) -> bool:
@@ -224,7 +239,19 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "notify_expiry_days",
         "alert once a day when a certificate in use has fewer days left (0: never)",
     ),
-    ("--log-format", "LOG_FORMAT", "log_format", "the companion's own log: text, or json (one object per line)"),
+    (
+        "--log-format",
+        "LOG_FORMAT",
+        "log_format",
+        "text or json: the companion's own log (json: one object per line); anything else is nginx-proxy's "
+        "meaning, nginx's access log format (written to ACCESS_LOG_PATH)",
+    ),
+    (
+        "--log-format-escape",
+        "LOG_FORMAT_ESCAPE",
+        "log_format_escape",
+        "escaping of variables in a custom LOG_FORMAT: default, json or none",
+    ),
     (
         "--vhost-dir",
         "VHOST_DIR",
@@ -388,12 +415,17 @@ def _validate(s: Settings) -> None:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
     if not math.isfinite(s.notify_expiry_days) or s.notify_expiry_days < 0:
         raise SettingsError("notify-expiry-days must be a finite, non-negative number of days")
-    if s.log_format not in ("text", "json"):
-        shown = s.log_format.encode("unicode_escape").decode("ascii")
+    if s.log_format not in OWN_LOG_FORMATS and (
+        not s.log_format.strip() or len(s.log_format) > MAX_LOG_FORMAT or not s.log_format.isprintable()
+    ):
+        shown = s.log_format[:80].encode("unicode_escape").decode("ascii")
         raise SettingsError(
-            f"log format {shown!r} must be text or json: LOG_FORMAT is the companion's own log here (for "
-            "nginx's access log, nginx-proxy's LOG_FORMAT, use LOG_JSON=true or nginx.conf)"
+            f"log format {shown!r} must be text or json (the companion's own log), or nginx's access log format "
+            f"(nginx-proxy's meaning): printable, at most {MAX_LOG_FORMAT} characters"
         )
+    if s.log_format_escape not in LOG_ESCAPES:
+        shown = s.log_format_escape.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"log format escape {shown!r} must be one of {', '.join(LOG_ESCAPES)}")
     try:
         parse_ca_url(s.acme_staging_server)
     except InvalidValue as exc:

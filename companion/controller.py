@@ -200,6 +200,8 @@ class Controller:
             default_root=self.settings.default_root,
             server_tokens=self.settings.server_tokens.strip().lower(),
             access_log=self.settings.access_log_directive,
+            access_log_format=self.settings.access_log_format,
+            access_log_escape=self.settings.log_format_escape,
             resolvers=self.settings.resolvers,
         )
         return render(desired, options, user)

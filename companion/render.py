@@ -44,7 +44,9 @@ class RenderOptions:
     non_get_redirect: int = 301
     default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
     server_tokens: str = ""  # "": nginx.conf's
-    access_log: str = ""  # "": nginx.conf's; "off"; else the file LOG_JSON writes to
+    access_log: str = ""  # "": nginx.conf's; "off"; else the file LOG_JSON or a custom LOG_FORMAT writes to
+    access_log_format: str = ""  # a custom LOG_FORMAT (nginx-proxy's); "": JSON
+    access_log_escape: str = "default"
     resolvers: tuple[str, ...] = ()
 
 
@@ -89,13 +91,21 @@ def _server_lines(options: RenderOptions) -> str:
     lines = []
     if options.server_tokens:
         lines.append(f"server_tokens {options.server_tokens};")
-    if options.access_log:
-        lines.append(
-            "access_log off;" if options.access_log == "off" else f"access_log {options.access_log} companion_json;"
-        )
+    if options.access_log == "off":
+        lines.append("access_log off;")
+    elif options.access_log:
+        named = "companion_custom" if options.access_log_format else "companion_json"
+        lines.append(f"access_log {options.access_log} {named};")
     if options.resolvers:
         lines.append(f"resolver {' '.join(options.resolvers)};")
     return "".join(f"\n    {line}" for line in lines)
+
+
+def _quoted(text: str) -> str:
+    """`text` as one single-quoted nginx string: a backslash or quote in it stays text ("" for none)."""
+    if not text:
+        return ""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _next_power_of_two(n: int) -> int:
@@ -161,7 +171,9 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "includes": includes,
         "server_lines": _server_lines(options),
         "proxy_conf": bool(proxy_conf),
-        "json_log": options.access_log not in ("", "off"),
+        "json_log": options.access_log not in ("", "off") and not options.access_log_format,
+        "custom_log": _quoted(options.access_log_format) if options.access_log not in ("", "off") else "",
+        "custom_log_escape": options.access_log_escape,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for key, (name, template) in SNIPPETS.items():

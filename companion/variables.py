@@ -143,10 +143,11 @@ REGISTRY: tuple[Variable, ...] = (
     Variable(
         "LOG_FORMAT",
         _P,
-        _D,
-        "on the companion: its own log, text or json; for nginx's access log use LOG_JSON or nginx.conf",
+        _S,
+        "`text` and `json` name the companion's own log format; any other value is nginx's access log format, "
+        "as in nginx-proxy",
     ),
-    Variable("LOG_FORMAT_ESCAPE", _P, _N, "configure logging in nginx's own nginx.conf"),
+    Variable("LOG_FORMAT_ESCAPE", _P, _S),
     Variable("LOG_JSON", _P, _S, "written to ACCESS_LOG_PATH in the companion's JSON format"),
     Variable("DISABLE_ACCESS_LOGS", _P, _S),
     Variable("DEBUG_ENDPOINT", _P, _N),

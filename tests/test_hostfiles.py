@@ -179,6 +179,8 @@ def everything(layout: NginxLayout, tmp_path: Path) -> tuple[plan.Desired, hostf
         {"server_tokens": "off", "access_log": "off", "resolvers": ("127.0.0.11",)},
         {"server_tokens": "build", "access_log": "LOG", "resolvers": ("[::1]:53", "10.0.0.1:5353")},
         {"trust_downstream_proxy": True, "external_http_port": 8080, "external_https_port": 8443},
+        # nginx-proxy's LOG_FORMAT: quotes and backslashes stay text inside the one quoted string
+        {"access_log": "LOG", "access_log_format": "$host '$request' \\\" \\' {x};", "access_log_escape": "json"},
     ],
 )
 def test_every_kind_of_file_and_typed_value_renders_what_nginx_accepts(tmp_path: Path, proxy_wide: dict) -> None:
@@ -192,6 +194,9 @@ def test_every_kind_of_file_and_typed_value_renders_what_nginx_accepts(tmp_path:
     ok, output = layout.check(files)
     assert ok, output
     tree = parse_conf(files[MAIN_FILE])
+    if "access_log_format" in proxy_wide:
+        (log_format,) = [d for d in tree if d.name == "log_format"]
+        assert log_format.args == ("companion_custom", "escape=json", proxy_wide["access_log_format"])
     for _, server in walk(tree):
         if server.name == "server" and server.block is not None and "server_tokens" in proxy_wide:
             assert server.find("server_tokens")[0].args == (proxy_wide["server_tokens"],)
