@@ -19,6 +19,7 @@ from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
 from tests.infra.tls import client_ca, client_cert
 from tests.nginxcheck import self_signed
+from tests.test_dropin_proxy import ECHO_COMMAND, echoed
 
 pytestmark = pytest.mark.integration
 
@@ -234,3 +235,30 @@ def test_typed_labels_set_the_body_limit_and_the_allow_list(
     bad = f"bad-{tag}.example.test"
     apps("bad", environment={"VIRTUAL_HOST": bad}, labels={"PROXY_ALLOW_FROM": "10.1.2.3/8"})
     companion.wait_log(r"PROXY_ALLOW_FROM='10.1.2.3/8' rejected: '10.1.2.3/8' has host bits set")
+
+
+def test_a_proxy_conf_written_for_nginx_proxy_replaces_the_header_snippet(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion], folders: dict[str, Path], tag: str
+) -> None:
+    """nginx-proxy's variable names work in it, and its Host (no port) replaces ours (with the port)."""
+    proxy_conf = folders["vhost.d"].parent / "proxy.conf"
+    make_companion(**settings(folders, tag))
+    host = f"echo-{tag}.example.test"
+    apps("echo", environment={"VIRTUAL_HOST": host}, command=ECHO_COMMAND)
+    port = host_nginx.http_port
+    before = wait_for(lambda: echoed(port, f"{host}:{port}"), what="echo app routed")
+    assert before["host"] == f"{host}:{port}"  # the companion's snippet passes the client's Host, port included
+    proxy_conf.write_text(
+        "proxy_http_version 1.1;\n"
+        "proxy_set_header Host $host;\n"
+        "proxy_set_header Connection $proxy_connection;\n"
+        "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+        "proxy_set_header X-Forwarded-Proto $proxy_x_forwarded_proto;\n"
+        "proxy_set_header X-Forwarded-Host $proxy_x_forwarded_host;\n"
+        "proxy_set_header X-Forwarded-Port $proxy_x_forwarded_port;\n"
+        "proxy_set_header X-Forwarded-Ssl $proxy_x_forwarded_ssl;\n"
+    )
+    after = wait_for(
+        lambda: (got := echoed(port, f"{host}:{port}")) and got["host"] == host and got, what="proxy.conf applied"
+    )
+    assert (after["proto"], after["fhost"], after["port"], after["ssl"]) == ("http", f"{host}:{port}", str(port), "off")
