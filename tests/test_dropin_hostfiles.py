@@ -17,6 +17,7 @@ import pytest
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
 from tests.infra.nginx import HostNginx, body
+from tests.infra.nginxcontainer import NginxContainer
 from tests.infra.tls import client_ca, client_cert
 from tests.nginxcheck import self_signed
 from tests.test_dropin_proxy import ECHO_COMMAND, echoed
@@ -262,3 +263,34 @@ def test_a_proxy_conf_written_for_nginx_proxy_replaces_the_header_snippet(
         lambda: (got := echoed(port, f"{host}:{port}")) and got["host"] == host and got, what="proxy.conf applied"
     )
     assert (after["proto"], after["fhost"], after["port"], after["ssl"]) == ("http", f"{host}:{port}", str(port), "off")
+
+
+def test_with_nginx_in_a_container_only_the_companion_needs_the_folders(
+    apps: AppRunner,
+    docker_nginx: NginxContainer,
+    docker_companion: Callable[..., Companion],
+    folders: dict[str, Path],
+    tag: str,
+) -> None:
+    """nginx (a container mounting only the conf dir, certs and webroot) serves the copies; `nginx -t` by
+    docker exec names a broken copy, and that host keeps its last good version."""
+    vhost = folders["vhost.d"]
+    a, b = f"a-{tag}.example.test", f"b-{tag}.example.test"
+    (vhost / a).write_text("add_header X-Custom only-a;\n")
+    (vhost / "default").write_text("add_header X-Custom default;\n")
+    companion = docker_companion(**settings(folders, tag))
+    apps("a", environment={"VIRTUAL_HOST": a, "APP_ID": "a"})
+    apps("b", environment={"VIRTUAL_HOST": b, "APP_ID": "b"})
+
+    def custom(host: str) -> str | None:
+        status, headers, _ = docker_nginx.get(host)
+        return headers.get("X-Custom") if status == 200 else None
+
+    wait_for(lambda: (custom(a), custom(b)) == ("only-a", "default"), timeout=30, what="copies served by nginx")
+    (vhost / a).write_text("add_header X-Custom broken\n")
+    (vhost / "default").write_text("add_header X-Custom default-two;\n")
+    wait_for(lambda: custom(b) == "default-two", timeout=30, what="default's change applied beside a broken file")
+    companion.wait_log(rf"{vhost / a}: refused \([^\n]*companion-user-[0-9a-f]+\.inc[^\n]*\); its last good")
+    assert custom(a) == "only-a"
+    code, output = docker_nginx.check()
+    assert code == 0, output
