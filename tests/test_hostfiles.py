@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from companion.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
 from companion.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
 from companion.nginx import NginxControl, apply
 from companion.render import MAIN_FILE, render
+from companion.watch import watch_host_files
 from tests.infra.tls import client_ca
 from tests.nginxcheck import Directive, NginxLayout, make_layout, parse_conf, walk
 
@@ -315,3 +318,33 @@ def test_a_foreign_broken_file_in_conf_d_blames_no_host_file(tmp_path: Path) -> 
     (layout.conf_dir / "foreign.conf").unlink()
     assert one_pass() == (True, set())
     assert [p.read_text() for p in layout.conf_dir.glob(hostfiles.COPY_PREFIX + "*")] == ["add_header X-A a;\n"]
+
+
+def test_the_watch_wakes_for_a_change_but_not_for_the_companions_own_reads(tmp_path: Path) -> None:
+    """Reading the folders every pass must not wake the next pass (a loop); a write does, and in
+    PROXY_CONF's folder only PROXY_CONF itself."""
+    dirs = dirs_in(tmp_path)
+    (Path(dirs.vhost) / "a.example.com").write_text("add_header X-A a;\n")
+    wakes: list[str] = []
+    observer = watch_host_files(dirs, wakes.append)
+    try:
+        time.sleep(0.2)
+        for _ in range(3):
+            hostfiles.scan(dirs, ["a.example.com"])
+        (tmp_path / "unrelated.conf").write_text("x\n")
+        time.sleep(0.5)
+        assert wakes == []
+        (Path(dirs.htpasswd) / "a.example.com").write_text("u:$apr1$x$y\n")
+        wait_until(lambda: wakes)
+        wakes.clear()
+        Path(dirs.proxy_conf).write_text("proxy_http_version 1.1;\n")
+        wait_until(lambda: wakes)
+    finally:
+        observer.stop()
+
+
+def wait_until(probe: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        assert time.monotonic() < deadline, "no wake within 5 s"
+        time.sleep(0.02)
