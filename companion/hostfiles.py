@@ -40,6 +40,7 @@ REFUSED = "nginx rejected the new configuration: "  # how nginx.apply words a re
 _HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
 
 Key = tuple[str, str]  # (kind, file name in its folder)
+ACCESS_KINDS = (HTPASSWD, CLIENT_CA)  # files that guard a host: one that cannot be used closes it
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,17 @@ class Found:
 
     files: Mapping[Key, UserFile] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
+    unusable: frozenset[Key] = frozenset()  # there, but not a regular file of at most MAX_BYTES
 
 
 @dataclass(frozen=True)
 class Chosen:
-    """The files a render uses, by (kind, name): read from disk, or a refused file's last good version."""
+    """The files a render uses, by (kind, name): read from disk, or a refused file's last good version; and
+    the hosts whose htpasswd or client CA is there but unusable with no last good: they answer 403 (an
+    access control that cannot be applied closes the host rather than open it)."""
 
     files: Mapping[Key, UserFile] = field(default_factory=dict)
+    closed: frozenset[str] = frozenset()
 
     def server(self, host: str) -> UserFile | None:
         return self.files.get((VHOST, host)) or self.files.get((VHOST, DEFAULT))
@@ -122,6 +127,7 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
     served = set(hosts)
     files: dict[Key, UserFile] = {}
     problems: list[str] = []
+    unusable: set[Key] = set()
     candidates = [
         (kind, name, dirs.folder(kind) / name)
         for kind in (VHOST, HTPASSWD, CLIENT_CA)
@@ -135,9 +141,10 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
             continue
         except (UnsafeFile, OSError) as exc:
             problems.append(printable(f"{path}: not used ({exc.strerror or exc})"))
+            unusable.add((kind, name))
             continue
         files[(kind, name)] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
-    return Found(files, tuple(problems))
+    return Found(files, tuple(problems), frozenset(unusable))
 
 
 def _names(folder: Path) -> frozenset[str]:
@@ -173,6 +180,14 @@ class UserFiles:
         refused = {**self.refused, **(trial or {})}
         chosen: dict[Key, UserFile] = {}
         problems = set(found.problems)
+        closed: set[str] = set()
+        for key in sorted(k for k in found.unusable if k[0] in ACCESS_KINDS):
+            last = self.good.get(key)
+            if last is not None:
+                chosen[key] = last
+            else:
+                closed.add(key[1])
+                problems.add(printable(f"host {key[1]}: its {key[0]} file cannot be used; it answers 403 until it can"))
         for key, file in found.files.items():
             if file.kind == HTPASSWD and file.digest not in refused:
                 reason = htpasswd_problem(file.content)
@@ -186,10 +201,13 @@ class UserFiles:
             if last is not None and last.digest not in refused:
                 chosen[key] = last
                 outcome = "its last good version stays in use"
+            elif key[0] in ACCESS_KINDS:
+                closed.add(key[1])
+                outcome = f"{key[1]} answers 403 until it changes"
             else:
                 outcome = "left out until it changes"
             problems.add(printable(f"{file.source}: refused ({reason}); {outcome}"))
-        return Chosen(chosen), problems
+        return Chosen(chosen, frozenset(closed)), problems
 
     def apply(
         self,

@@ -60,8 +60,9 @@ class HostIncludes:
     client_ca: str = ""  # mTLS, in the HTTPS server
 
 
-def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str) -> HostIncludes:
-    """The lines for the copies at these paths ("" for none)."""
+def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str, closed: bool) -> HostIncludes:
+    """The lines for the copies at these paths ("" for none). `closed` (an access file cannot be used): every
+    proxied location answers 403, while the ACME challenge, a location of its own, stays served."""
     server_lines = ""
     if htpasswd:
         server_lines += f'\n    auth_basic "{host}";\n    auth_basic_user_file {htpasswd};'
@@ -69,7 +70,7 @@ def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, ho
         server_lines += f"\n    include {server};"
     return HostIncludes(
         server_lines,
-        f"\n        include {location};" if location else "",
+        ("\n        return 403;" if closed else "") + (f"\n        include {location};" if location else ""),
         f"\n    ssl_client_certificate {client_ca};\n    ssl_verify_client on;" if client_ca else "",
     )
 
@@ -136,8 +137,9 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
             copy(user.htpasswd(server.host)),
             copy(user.client_ca(server.host)),
             server.host,
+            server.host in user.closed,
         )
-        for server in (desired.servers if user.files else ())
+        for server in (desired.servers if user.files or user.closed else ())
     }
     names = len(desired.servers) + 1
     external_http = options.external_http_port or options.http_port

@@ -138,6 +138,13 @@ def test_htpasswd_file_asks_for_credentials_but_the_acme_challenge_stays_open(
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_text("token-body")
     assert body(host_nginx, guarded, "/.well-known/acme-challenge/tok-auth") == (200, "token-body")
+    # an htpasswd file that cannot be applied closes its host (403) instead of serving it without auth
+    broken = f"broken-{tag}.example.test"
+    (folders["htpasswd"] / broken).write_text("alice\n")
+    apps("broken", environment={"VIRTUAL_HOST": broken, "APP_ID": "broken"})
+    wait_for(lambda: body(host_nginx, broken)[0] == 403, what="a host with an unusable htpasswd closed")
+    assert body(host_nginx, broken, "/.well-known/acme-challenge/tok-auth") == (200, "token-body")
+    companion.wait_log(rf"{folders['htpasswd'] / broken}: refused \(line 1 is not user:hash\); {broken} answers 403")
 
 
 def https_status(nginx: HostNginx, host: str, cert: tuple[Path, Path] | None = None) -> int | str:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -348,3 +349,36 @@ def wait_until(probe: Callable[[], object], timeout: float = 5.0) -> None:
     while not probe():
         assert time.monotonic() < deadline, "no wake within 5 s"
         time.sleep(0.02)
+
+
+def test_an_access_file_that_cannot_be_used_closes_its_host_not_opens_it(tmp_path: Path) -> None:
+    """A refused htpasswd (or client CA) with no last good, or a link in its place, would otherwise serve the
+    host without its access control: its proxied locations answer 403 instead; a last good one stays."""
+    layout = make_layout(tmp_path / "nginx")
+    fleet = [c(n, f"10.0.0.{i}", VIRTUAL_HOST=f"{n}.example.com") for i, n in enumerate(("a", "b", "c", "d"), 2)]
+    cert = layout.cert()
+    desired = plan.build(fleet, {"c": replace(cert, domains=("c.example.com",))}, cert)  # a CA needs HTTPS
+    dirs = dirs_in(tmp_path / "user")
+    htpasswd, ca = Path(dirs.htpasswd), Path(dirs.client_ca)
+    (htpasswd / "a.example.com").write_text("alice\n")  # not user:hash
+    (htpasswd / "b.example.com").symlink_to(tmp_path / "elsewhere")
+    (ca / "c.example.com").write_text("not a certificate\n")
+    state = UserFiles()
+    control = NginxControl(layout.test_command, "true")
+    hosts = [f"{n}.example.com" for n in "abcd"]
+    result, problems = state.apply(
+        hostfiles.scan(dirs, hosts),
+        lambda chosen: render(desired, layout.options(), chosen),
+        lambda f: apply(layout.conf_dir, f, control),
+        layout.conf_dir,
+    )
+    assert result.ok, result.error
+    tree = parse_conf((layout.conf_dir / MAIN_FILE).read_text())
+    for host, closed in (("a", True), ("b", True), ("c", True), ("d", False)):
+        server = servers(tree, f"{host}.example.com")[-1]  # c: its HTTPS server
+        location = server.find("location")[-1]
+        assert (location.find("return") == [Directive("return", ("403",))]) is closed, host
+        assert server.find("include")  # the ACME challenge location stays
+    assert any("a.example.com: refused (line 1 is not user:hash); a.example.com answers 403" in p for p in problems)
+    assert any("host b.example.com: its htpasswd file cannot be used; it answers 403" in p for p in problems)
+    assert any("c.example.com: refused (" in p and "c.example.com answers 403" in p for p in problems)
