@@ -130,7 +130,7 @@ class Controller:
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
-        self.user_files = hostfiles.UserFiles()
+        self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
         self.host_dirs = hostfiles.Dirs(
             settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf
         )

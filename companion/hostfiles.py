@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .logsafe import printable
-from .safefiles import UnsafeFile, read_regular
+from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 if TYPE_CHECKING:  # nginx imports render, which imports this module
     from .nginx import ApplyResult
@@ -37,6 +38,8 @@ MAX_BYTES = 1024 * 1024
 # Enough for one nginx refusal per file a pass may use, without letting a pathological case spin.
 MAX_ROUNDS = 8
 REFUSED = "nginx rejected the new configuration: "  # how nginx.apply words a refused nginx -t
+GOOD_FILE = "companion/host-files.json"  # in the certs dir: which copy is each file's last good version
+_COPY_RE = re.compile(rf"^{COPY_PREFIX}[0-9a-f]{{24}}\.(?:inc|htpasswd|pem)\Z")
 _HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
 
 Key = tuple[str, str]  # (kind, file name in its folder)
@@ -171,8 +174,11 @@ class UserFiles:
     """What the loop remembers across passes: the last version of each file nginx accepted, and which
     contents (by digest) nginx refused, so a refused file is not tried again until it changes."""
 
-    def __init__(self) -> None:
-        self.good: dict[Key, UserFile] = {}
+    def __init__(self, certs_dir: Path | None = None, conf_dir: Path | None = None) -> None:
+        """With `certs_dir` and `conf_dir`, the last good versions survive a restart (GOOD_FILE names their
+        copies in the conf dir); without, they are kept in memory only."""
+        self.certs_dir = certs_dir
+        self.good: dict[Key, UserFile] = load_good(certs_dir, conf_dir) if certs_dir and conf_dir else {}
         self.refused: dict[str, str] = {}  # digest -> nginx's reason
 
     def choose(self, found: Found, trial: Mapping[str, str] | None = None) -> tuple[Chosen, set[str]]:
@@ -258,11 +264,50 @@ class UserFiles:
                     problems = self.choose(found)[1]
                     break
         if result.ok:
+            if dict(chosen.files) != self.good and self.certs_dir is not None:
+                save_good(self.certs_dir, chosen.files)
             self.good = dict(chosen.files)
             present = {file.digest for file in found.files.values()}
             self.refused = {digest: why for digest, why in self.refused.items() if digest in present}
             remove_stale_copies(conf_dir, files)
         return result, problems
+
+
+def load_good(certs_dir: Path, conf_dir: Path) -> dict[Key, UserFile]:
+    """The last good versions recorded before a restart, read back from their copies in the conf dir; an
+    entry whose copy is gone or does not match its digest is dropped, an unreadable record reported."""
+    path = certs_dir / GOOD_FILE
+    try:
+        entries = json.loads(read_regular(path, MAX_BYTES))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+    good: dict[Key, UserFile] = {}
+    for entry in entries if isinstance(entries, list) else ():
+        try:
+            kind, name, source, copy = (str(entry[k]) for k in ("kind", "name", "source", "copy"))
+            if kind not in _SUFFIX or not _COPY_RE.match(copy):
+                continue
+            content = read_regular(conf_dir / copy, MAX_BYTES).decode("utf-8", "surrogateescape")
+        except (OSError, TypeError, KeyError):
+            continue
+        file = UserFile(kind, name, source, content)
+        if file.copy_name == copy:
+            good[(kind, name)] = file
+    return good
+
+
+def save_good(certs_dir: Path, files: Mapping[Key, UserFile]) -> None:
+    entries = [
+        {"kind": f.kind, "name": f.name, "source": f.source, "copy": f.copy_name} for _, f in sorted(files.items())
+    ]
+    try:
+        real_dir(certs_dir, "companion")
+        write_atomic(certs_dir / GOOD_FILE, json.dumps(entries, indent=1) + "\n", mode=0o600)
+    except OSError as exc:
+        log.error("cannot save %s: %s", certs_dir / GOOD_FILE, exc.strerror or exc)
 
 
 def _nginx_words(error: str) -> str:

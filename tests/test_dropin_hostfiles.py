@@ -99,6 +99,14 @@ def test_vhost_files_reach_only_their_host_a_change_applies_and_a_broken_one_kee
     assert companion.alive and companion.process is not None and companion.process.pid == pid
     assert host_nginx.check().returncode == 0
 
+    # a restart keeps the last good version of the still broken file (recorded in the certs dir)
+    companion.stop()
+    seen = companion.count("its last good version stays in use")
+    companion = make_companion(**settings(folders, tag))
+    wait_for(lambda: companion.count("its last good version stays in use") > seen, what="the restart reports it")
+    settled(host_nginx)
+    assert header(host_nginx, a, "X-Custom") == "a-two"
+
     # fixed: the new version applies and the problem is resolved
     (vhost / a).write_text("add_header X-Custom a-fixed;\n")
     wait_for(lambda: header(host_nginx, a, "X-Custom") == "a-fixed", what="the fixed file applied")

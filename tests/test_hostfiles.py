@@ -3,6 +3,7 @@ and the rendered config proved by the real `nginx -t` (no daemon started)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -382,3 +383,39 @@ def test_an_access_file_that_cannot_be_used_closes_its_host_not_opens_it(tmp_pat
     assert any("a.example.com: refused (line 1 is not user:hash); a.example.com answers 403" in p for p in problems)
     assert any("host b.example.com: its htpasswd file cannot be used; it answers 403" in p for p in problems)
     assert any("c.example.com: refused (" in p and "c.example.com answers 403" in p for p in problems)
+
+
+def test_last_good_versions_survive_a_restart_and_a_tampered_record_is_dropped(tmp_path: Path) -> None:
+    layout = make_layout(tmp_path / "nginx")
+    desired = plan.build([c("a", "10.0.0.2", VIRTUAL_HOST="a.example.com")], {}, layout.cert())
+    dirs = dirs_in(tmp_path / "user")
+    certs_dir = tmp_path / "certs"
+    certs_dir.mkdir()
+    control = NginxControl(layout.test_command, "true")
+
+    def one_pass(state: UserFiles) -> tuple[bool, set[str]]:
+        result, problems = state.apply(
+            hostfiles.scan(dirs, ["a.example.com"]),
+            lambda chosen: render(desired, layout.options(), chosen),
+            lambda f: apply(layout.conf_dir, f, control),
+            layout.conf_dir,
+        )
+        return result.ok, problems
+
+    (Path(dirs.vhost) / "a.example.com").write_text("add_header X-A good;\n")
+    (Path(dirs.htpasswd) / "a.example.com").write_text("alice:$apr1$x$y\n")
+    assert one_pass(UserFiles(certs_dir, layout.conf_dir)) == (True, set())
+    record = certs_dir / hostfiles.GOOD_FILE
+    assert record.stat().st_mode & 0o777 == 0o600
+    # broken while the companion was away: the restarted one still has the last good versions
+    (Path(dirs.vhost) / "a.example.com").write_text("add_header X-A broken\n")
+    (Path(dirs.htpasswd) / "a.example.com").write_text("alice\n")
+    ok, problems = one_pass(UserFiles(certs_dir, layout.conf_dir))
+    assert ok and len(problems) == 2 and all("its last good version stays in use" in p for p in problems)
+    conf = (layout.conf_dir / MAIN_FILE).read_text()
+    assert "auth_basic_user_file" in conf and "return 403" not in conf
+    # a record naming a copy whose content is not what its name says is not believed
+    entries = json.loads(record.read_text())
+    copy = layout.conf_dir / entries[0]["copy"]
+    copy.write_text("tampered\n")
+    assert (entries[0]["kind"], entries[0]["name"]) not in hostfiles.load_good(certs_dir, layout.conf_dir)
