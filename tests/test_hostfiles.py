@@ -419,3 +419,15 @@ def test_last_good_versions_survive_a_restart_and_a_tampered_record_is_dropped(t
     copy = layout.conf_dir / entries[0]["copy"]
     copy.write_text("tampered\n")
     assert (entries[0]["kind"], entries[0]["name"]) not in hostfiles.load_good(certs_dir, layout.conf_dir)
+
+
+def test_a_wildcard_host_gets_only_the_default_files(tmp_path: Path) -> None:
+    dirs = dirs_in(tmp_path)
+    vhost = Path(dirs.vhost)
+    (vhost / "default").write_text("add_header X-D d;\n")
+    (vhost / "*.w.example.com").write_text("add_header X-W w;\n")
+    (Path(dirs.htpasswd) / "*.w.example.com").write_text("u:$apr1$x$y\n")
+    found = hostfiles.scan(dirs, ["*.w.example.com"])
+    assert sorted(found.files) == [(VHOST, "default")]
+    chosen, _ = UserFiles().choose(found)
+    assert chosen.server("*.w.example.com").name == "default" and chosen.htpasswd("*.w.example.com") is None
