@@ -28,7 +28,7 @@ from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
 from .variables import setting_problems
-from .watch import watch_certs
+from .watch import watch_certs, watch_host_files
 
 log = logging.getLogger("companion")
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logformat.setup(settings.log_level, settings.log_format)
+    logformat.setup(settings.log_level, settings.own_log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "proxy":
@@ -201,6 +201,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
+    host_files = watch_host_files(controller.host_dirs, controller.wake)
     control = start_control_server(Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
@@ -218,6 +219,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             control.stop()
         acme.stop()
         observer.stop()
+        host_files.stop()
         if notifier is not None:
             notifier.stop()
     log.info("stopped")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import certs, owners, plan, status
+from . import certs, hostfiles, owners, plan, status
 from .acme import CertState
 from .alerts import in_use
 from .config import Settings
@@ -130,6 +130,10 @@ class Controller:
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
+        self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
+        self.host_dirs = hostfiles.Dirs(
+            settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf
+        )
 
     def self_check_url(self) -> str:
         """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
@@ -178,7 +182,10 @@ class Controller:
             return None
         return explain(name, inputs, self.acme.states() if self.acme is not None else {})
 
-    def render_files(self, desired: plan.Desired) -> dict[str, str]:
+    def render_files(self, desired: plan.Desired, user: hostfiles.Chosen | None = None) -> dict[str, str]:
+        """The files for `desired`, with the operator's per-host files as `user` (read from disk when None)."""
+        if user is None:
+            user, _ = self.user_files.choose(hostfiles.scan(self.host_dirs, (s.host for s in desired.servers)))
         options = RenderOptions(
             conf_dir=self.settings.conf_dir,
             webroot=self.settings.webroot,
@@ -192,8 +199,13 @@ class Controller:
             external_https_port=self.settings.external_https_port,
             non_get_redirect=self.settings.non_get_redirect,
             default_root=self.settings.default_root,
+            server_tokens=self.settings.server_tokens.strip().lower(),
+            access_log=self.settings.access_log_directive,
+            access_log_format=self.settings.access_log_format,
+            access_log_escape=self.settings.log_format_escape,
+            resolvers=self.settings.resolvers,
         )
-        return render(desired, options)
+        return render(desired, options, user)
 
     def nginx_version(self) -> tuple[int, ...]:
         """Asked once per set of nginx containers; an unknown version is asked again next pass."""
@@ -247,9 +259,14 @@ class Controller:
         }
         self._desired, self._statuses = desired, statuses
         self.inputs = inputs
-        files = self.render_files(desired)
+        found = hostfiles.scan(self.host_dirs, (server.host for server in desired.servers))
         started = time.monotonic()
-        result = apply(self.conf_dir, files, self.control)
+        result, file_problems = self.user_files.apply(
+            found,
+            lambda user: self.render_files(desired, user),
+            lambda files: apply(self.conf_dir, files, self.control),
+            self.conf_dir,
+        )
         if result.ok and not result.changed and self._reload_pending:
             result = self._retry_reload()
         self.metrics.apply_seconds.observe(time.monotonic() - started)
@@ -260,7 +277,7 @@ class Controller:
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
             log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
-        problems = set(desired.problems) | cert_problems | impostors
+        problems = set(desired.problems) | cert_problems | impostors | file_problems
         if result.error:
             problems.add(result.error)
         self._report(problems)
