@@ -14,6 +14,7 @@ Images come from e2e/images/build.py (cached by context hash); nothing here skip
 
 from __future__ import annotations
 
+import base64
 import copy
 import http.client
 import json
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import docker
 import pytest
 import requests
@@ -141,25 +143,39 @@ class ProxyStack:
 
     def https(self, host: str, root_pem: bytes) -> tuple[int, str, int]:
         """(status, body, serial of the served leaf), verified against `root_pem` with SNI = host."""
+        status, _, body, serial = self.exchange(host, root_pem)
+        return status, body, serial
+
+    def exchange(
+        self, host: str, root_pem: bytes, auth: tuple[str, str] | None = None
+    ) -> tuple[int, dict[str, str], str, int]:
+        """(status, headers, body, serial of the served leaf) of one GET / over verified TLS, with
+        basic-auth credentials when given."""
         context = ssl.create_default_context(cadata=root_pem.decode())
+        extra = ""
+        if auth is not None:
+            extra = "Authorization: Basic " + base64.b64encode(":".join(auth).encode()).decode() + "\r\n"
         with (
             socket.create_connection(("127.0.0.1", self.https_port), timeout=5) as raw,
             context.wrap_socket(raw, server_hostname=host) as tls,
         ):
             der = tls.getpeercert(binary_form=True)
             assert der is not None
-            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
             answer = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
             answer.begin()
             body = answer.read().decode(errors="replace")
-        return answer.status, body.strip(), x509.load_der_x509_certificate(der).serial_number
+        headers = {k.lower(): v for k, v in answer.getheaders()}
+        return answer.status, headers, body.strip(), x509.load_der_x509_certificate(der).serial_number
 
-    def wait_site(self, host: str, body: str, root_pem: bytes, timeout: float = 120) -> int:
+    def wait_site(
+        self, host: str, body: str, root_pem: bytes, timeout: float = 120, auth: tuple[str, str] | None = None
+    ) -> int:
         """Wait until https://host/ answers 200 with `body` under a certificate that verifies; its serial."""
 
         def probe() -> int | None:
             try:
-                status, text, serial = self.https(host, root_pem)
+                status, _, text, serial = self.exchange(host, root_pem, auth)
             except ssl.SSLCertVerificationError:
                 return None  # the placeholder until the certificate is there
             return serial if status == 200 and text == body else None
@@ -329,9 +345,16 @@ NGINX_PROXY_COMPOSE: dict[str, object] = {
     },
     "volumes": {"certs": {}, "vhost": {}, "htpasswd": {}, "html": {}, "acme": {}},
 }
-# Files the migrated proxy finds in its vhost.d and htpasswd folders (name -> content); empty for now.
-VHOST_FILES: dict[str, str] = {}
-HTPASSWD_FILES: dict[str, str] = {}
+# Files the migrated proxy finds in its vhost.d and htpasswd folders (name -> content), as nginx-proxy
+# users write them: a header for the shop only, another for every other host, basic auth on the blog.
+VHOST_FILES: dict[str, str] = {
+    SHOP: 'add_header X-Site-File "shop" always;\n',
+    "default": 'add_header X-Site-File "default" always;\n',
+}
+BLOG_USER = ("editor", "s3cret-words")
+HTPASSWD_FILES: dict[str, str] = {
+    BLOG: f"{BLOG_USER[0]}:{bcrypt.hashpw(BLOG_USER[1].encode(), bcrypt.gensalt(rounds=4)).decode()}\n",
+}
 
 
 def migrate(original: dict[str, object], image: str) -> dict[str, object]:
@@ -401,8 +424,8 @@ def test_a_migrated_stack_serves_every_site_with_its_imported_certificate(
     migrated: tuple[ProxyStack, TestCA, dict[str, int]],
 ) -> None:
     stack, ca, serials = migrated
-    for host, body in ((SHOP, "shop"), (BLOG, "blog"), (WWW_BLOG, "blog")):
-        assert stack.wait_site(host, body, ca.root_pem, timeout=60) == serials[host], host
+    for host, body, auth in ((SHOP, "shop", None), (BLOG, "blog", BLOG_USER), (WWW_BLOG, "blog", None)):
+        assert stack.wait_site(host, body, ca.root_pem, timeout=60, auth=auth) == serials[host], host
         assert stack.http(host)[0] == 301
     time.sleep(3)  # the passes after start have run (sites work): room for an order to show
     assert stack.orders() == 0, "a certificate was ordered although acme-companion's are valid"
@@ -411,11 +434,29 @@ def test_a_migrated_stack_serves_every_site_with_its_imported_certificate(
     assert f"certificate {BLOG} ({BLOG}, {WWW_BLOG}): imported from acme-companion's" in logs
 
 
+def test_a_migrated_stack_reads_its_vhost_d_and_htpasswd_files(
+    migrated: tuple[ProxyStack, TestCA, dict[str, int]],
+) -> None:
+    """nginx-proxy's per-host files keep working: the shop's own vhost.d file reaches only the shop,
+    `default` every other host, and the blog asks for the credentials of its htpasswd file."""
+    stack, ca, _ = migrated
+    stack.wait_site(BLOG, "blog", ca.root_pem, timeout=60, auth=BLOG_USER)
+    status, headers, _, _ = stack.exchange(SHOP, ca.root_pem)
+    assert (status, headers.get("x-site-file")) == (200, "shop")
+    status, headers, _, _ = stack.exchange(WWW_BLOG, ca.root_pem)
+    assert (status, headers.get("x-site-file")) == (200, "default")
+    assert stack.exchange(BLOG, ca.root_pem)[0] == 401
+    assert stack.exchange(BLOG, ca.root_pem, (BLOG_USER[0], "wrong"))[0] == 401
+    status, headers, body, _ = stack.exchange(BLOG, ca.root_pem, BLOG_USER)
+    assert (status, body, headers.get("x-site-file")) == (200, "blog", "default")
+
+
 def test_a_migrated_stack_warns_about_nothing(migrated: tuple[ProxyStack, TestCA, dict[str, int]]) -> None:
     """Every variable the compose file uses is one README's table lists as applied: no warning at all
     (other tests' containers on the shared daemon are left out of what is read here)."""
     stack, ca, _ = migrated
     stack.wait_site(SHOP, "shop", ca.root_pem, timeout=60)
+    stack.wait_site(BLOG, "blog", ca.root_pem, timeout=60, auth=BLOG_USER)
     ours = stack.project.name
     warnings = [
         line
