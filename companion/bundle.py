@@ -58,17 +58,17 @@ def canonical(
 
 
 def cert_paths(files: Mapping[str, str], certs_dir: str) -> tuple[str, ...]:
-    """The certificate files the rendered files name, relative to the certs dir, sorted.
+    """The certificate files the rendered files name below the certs dir, relative to it, sorted.
 
-    A path outside the certs dir is an error: only the certs dir travels to agents."""
+    Only the certs dir travels to agents: a path elsewhere (an operator's vhost.d file may name one) is
+    left to the node, whose nginx -t judges it."""
     root = PurePosixPath(certs_dir)
     found = set()
     for content in files.values():
         for match in _CERT_DIRECTIVE.finditer(content):
             path = PurePosixPath(match.group(1))
-            if not path.is_relative_to(root):
-                raise BadBundle(f"{path} is outside the certs dir {root}; agents get only the certs dir")
-            found.add(check_relative(str(path.relative_to(root))))
+            if path.is_relative_to(root):
+                found.add(check_relative(str(path.relative_to(root))))
     return tuple(sorted(found))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import logging
 import os
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import agent, certs, cluster, config, explain, logformat, service
+from . import agent, certs, cluster, config, explain, imports, logformat, service, supervisor
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .control import start_control_server
@@ -28,7 +29,7 @@ from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
 from .variables import setting_problems
-from .watch import watch_certs
+from .watch import watch_certs, watch_host_files
 
 log = logging.getLogger("companion")
 
@@ -51,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     renew = sub.add_parser("renew", parents=[settings], help="renew now (the running service reloads nginx)")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("name", nargs="?", default="", help="only this certificate")
-    sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
+    check = sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
+    check.add_argument(
+        "--nginx", action="store_true", help="and nginx answers HTTP on 127.0.0.1:HTTP_PORT (single-container image)"
+    )
+    sub.add_parser(
+        "proxy",
+        parents=[settings],
+        help="run nginx and the companion together, as PID 1 of the single-container image",
+    )
     explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
     explainer.add_argument("name", help="a container name or id prefix, or a host name")
     sub.add_parser(
@@ -86,9 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logformat.setup(settings.log_level, settings.log_format)
+    logformat.setup(settings.log_level, settings.own_log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "proxy":
+        # Checked above, so a bad setting stops the container at once; `companion run` reads the same flags
+        # (and the environment it inherits) itself.
+        return supervisor.main(supervisor.settings_flags(sys.argv[1:] if argv is None else argv))
     handler = {
         "run": cmd_run,
         "render": cmd_render,
@@ -175,6 +188,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
+    imports.import_all(Path(settings.certs_dir))  # before the first pass: an imported pair is not ordered
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
@@ -201,6 +215,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
+    host_files = watch_host_files(controller.host_dirs, controller.wake)
     control = start_control_server(Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
@@ -220,6 +235,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             control.stop()
         acme.stop()
         observer.stop()
+        host_files.stop()
         if notifier is not None:
             notifier.stop()
     log.info("stopped")
@@ -262,10 +278,25 @@ def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
     problem = heartbeat_problem(Path(settings.heartbeat_file), dt.datetime.now(dt.UTC))
+    if not problem and args.nginx:
+        problem = nginx_problem(settings.http_port)
     if problem:
         print(f"companion: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def nginx_problem(port: int) -> str:
+    """Why nginx counts as dead ('' when it answers): any HTTP answer on loopback will do, even a 503."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "companion-healthcheck.invalid"})
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"nginx does not answer on 127.0.0.1:{port} ({exc})"
+    finally:
+        conn.close()
+    return ""
 
 
 def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:

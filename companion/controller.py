@@ -13,12 +13,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import certs, owners, plan, status
+from . import certs, hostfiles, owners, plan, status
 from .acme import CertState
 from .alerts import in_use
 from .config import Settings
@@ -62,7 +62,7 @@ class ExpiryWatch(Protocol):
 class Publisher(Protocol):
     """Applies each pass's files elsewhere (Swarm: the agents on every node) instead of the local nginx."""
 
-    def apply(self, files: dict[str, str]) -> ApplyResult: ...
+    def apply(self, files: Mapping[str, str]) -> ApplyResult: ...
 
     def nginx_version(self) -> tuple[int, ...] | None: ...
 
@@ -143,6 +143,10 @@ class Controller:
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
+        self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
+        self.host_dirs = hostfiles.Dirs(
+            settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf
+        )
 
     def self_check_url(self) -> str:
         """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
@@ -157,11 +161,12 @@ class Controller:
 
     def pass_inputs(self, snapshot: Snapshot) -> tuple[Inputs, str]:
         """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
-        nginx_networks = None
-        host_address = plan.LOOPBACK
+        nginx_networks: tuple[str, ...] | None
         if self.settings.docker_mode and self.publisher is None:
             nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
             host_address = plan.host_address_from(snapshot.nginx)
+        else:
+            nginx_networks, host_address = plan.local_reach(snapshot.own)
         default, problem = certs.default_cert(self.certs_dir)
         inputs = Inputs(
             containers=snapshot.containers,
@@ -191,7 +196,10 @@ class Controller:
         found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
         return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
 
-    def render_files(self, desired: plan.Desired) -> dict[str, str]:
+    def render_files(self, desired: plan.Desired, user: hostfiles.Chosen | None = None) -> dict[str, str]:
+        """The files for `desired`, with the operator's per-host files as `user` (read from disk when None)."""
+        if user is None:
+            user, _ = self.user_files.choose(hostfiles.scan(self.host_dirs, (s.host for s in desired.servers)))
         options = RenderOptions(
             conf_dir=self.settings.conf_dir,
             webroot=self.settings.webroot,
@@ -206,8 +214,13 @@ class Controller:
             non_get_redirect=self.settings.non_get_redirect,
             default_root=self.settings.default_root,
             acme_proxy=f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else "",
+            server_tokens=self.settings.server_tokens.strip().lower(),
+            access_log=self.settings.access_log_directive,
+            access_log_format=self.settings.access_log_format,
+            access_log_escape=self.settings.log_format_escape,
+            resolvers=self.settings.resolvers,
         )
-        return render(desired, options)
+        return render(desired, options, user)
 
     def nginx_version(self) -> tuple[int, ...]:
         """Asked once per set of nginx containers; an unknown version is asked again next pass. With agents,
@@ -264,12 +277,14 @@ class Controller:
         }
         self._desired, self._statuses = desired, statuses
         self.inputs = inputs
-        files = self.render_files(desired)
+        found = hostfiles.scan(self.host_dirs, (server.host for server in desired.servers))
         started = time.monotonic()
-        if self.publisher is not None:
-            result = self.publisher.apply(files)
-        else:
-            result = apply(self.conf_dir, files, self.control)
+        result, file_problems = self.user_files.apply(
+            found,
+            lambda user: self.render_files(desired, user),
+            self._apply,
+            self.conf_dir,
+        )
         if result.ok and not result.changed and self._reload_pending:
             result = self._retry_reload()
         self.metrics.apply_seconds.observe(time.monotonic() - started)
@@ -280,7 +295,7 @@ class Controller:
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
             log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
-        problems = set(desired.problems) | cert_problems | impostors
+        problems = set(desired.problems) | cert_problems | impostors | file_problems
         if result.error:
             problems.add(result.error)
         self._report(problems)
@@ -291,6 +306,12 @@ class Controller:
         if self.expiry is not None and result.ok:
             self.expiry.check_expiry(in_use(desired.servers, statuses, self.certs_dir))
         return PassReport(result=result)
+
+    def _apply(self, files: Mapping[str, str]) -> ApplyResult:
+        """With agents (Swarm), publish to them; else write, test and reload the local nginx."""
+        if self.publisher is not None:
+            return self.publisher.apply(files)
+        return apply(self.conf_dir, files, self.control)
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that

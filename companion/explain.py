@@ -396,6 +396,17 @@ def _parsed(sites: tuple[Site, ...]) -> list[str]:
     )
     if first.cert_name:
         settings += f", CERT_NAME={first.cert_name}"
+    tuning = first.tuning
+    for name, value in (
+        ("PROXY_MAX_BODY_SIZE", tuning.max_body_size),
+        ("PROXY_READ_TIMEOUT", tuning.read_timeout),
+        ("PROXY_SEND_TIMEOUT", tuning.send_timeout),
+        ("PROXY_CONNECT_TIMEOUT", tuning.connect_timeout),
+        ("PROXY_BUFFERING", None if tuning.buffering is None else "on" if tuning.buffering else "off"),
+        ("PROXY_ALLOW_FROM", ",".join(tuning.allow_from) or None),
+    ):
+        if value is not None:
+            settings += f", {name}={value}"
     if first.cert is not None:
         server = first.cert.server or "the companion's CA"
         settings += f", certificate for {', '.join(first.cert.domains)} from {server}"

@@ -8,6 +8,8 @@ Templates only ever see what these parsers return, so no character of a label ca
 from __future__ import annotations
 
 import fnmatch
+import functools
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,21 @@ EMAIL_RULE = (
     "digits and . _ % + -; the domain is letters, digits and hyphens separated by dots"
 )
 
+# Companion-specific, per path: what nginx-proxy users most often put in vhost.d, as typed values.
+MAX_BODY_SIZE, READ_TIMEOUT, SEND_TIMEOUT, CONNECT_TIMEOUT, BUFFERING, ALLOW_FROM = TUNING_VARIABLES = (
+    "PROXY_MAX_BODY_SIZE",
+    "PROXY_READ_TIMEOUT",
+    "PROXY_SEND_TIMEOUT",
+    "PROXY_CONNECT_TIMEOUT",
+    "PROXY_BUFFERING",
+    "PROXY_ALLOW_FROM",
+)
+_SIZE_RE = re.compile(r"^([0-9]{1,9})([kmg]?)\Z")
+_DURATION_RE = re.compile(r"^([0-9]{1,9})(ms|s|m|h)?\Z")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+MAX_SECONDS = 86_400  # read/send: a day; an answer slower than that is a hung backend
+MAX_CONNECT_SECONDS = 75  # nginx's own note: a connect timeout usually cannot exceed 75 seconds
+MAX_ALLOW = 100
 VARIABLES = (
     "VIRTUAL_HOST",
     "VIRTUAL_PORT",
@@ -67,6 +84,7 @@ VARIABLES = (
     "VIRTUAL_HOST_MULTIPORTS",
     "NETWORK_ACCESS",
     "VIRTUAL_KEEPALIVE",
+    *TUNING_VARIABLES,
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -105,6 +123,35 @@ class NetworkAccess(StrEnum):
 class Keepalive(StrEnum):
     ON = "on"  # idle connections to the container are kept open and reused
     OFF = "off"  # one connection per request, `Connection: close`: for apps that mishandle reuse
+
+
+class Buffering(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Per-path proxy settings from PROXY_* variables, each already in nginx's own syntax; None/() when unset."""
+
+    max_body_size: str | None = None  # client_max_body_size: "10m", "0" for no limit
+    read_timeout: str | None = None  # "60s", "1500ms"
+    send_timeout: str | None = None
+    connect_timeout: str | None = None
+    buffering: bool | None = None
+    allow_from: tuple[str, ...] = ()  # normalised networks ("10.0.0.0/8", "2001:db8::/32"); others get 403
+
+    @functools.cached_property
+    def directives(self) -> tuple[str, ...]:
+        """The location directives these values make (the allow-list is rendered apart: it goes before deny)."""
+        named = (
+            ("client_max_body_size", self.max_body_size),
+            ("proxy_connect_timeout", self.connect_timeout),
+            ("proxy_read_timeout", self.read_timeout),
+            ("proxy_send_timeout", self.send_timeout),
+            ("proxy_buffering", None if self.buffering is None else "on" if self.buffering else "off"),
+        )
+        return tuple(f"{name} {value};" for name, value in named if value is not None)
 
 
 class InvalidValue(ValueError):
@@ -186,6 +233,7 @@ class Site:
     cert: CertRequest | None
     network_access: NetworkAccess = NetworkAccess.EXTERNAL
     keepalive: bool = True  # VIRTUAL_KEEPALIVE
+    tuning: Tuning = Tuning()
 
 
 @dataclass(frozen=True)
@@ -360,6 +408,65 @@ def parse_ca_url(value: str) -> str:
     return text
 
 
+def parse_size(value: str) -> str:
+    """An nginx size (client_max_body_size): digits with an optional k, m or g; 0 means no limit."""
+    text = value.strip().lower()
+    found = _SIZE_RE.match(text)
+    if not found:
+        raise InvalidValue(
+            "must be a size in nginx syntax: a whole number with an optional k, m or g (10m), or 0 for no limit"
+        )
+    return f"{int(found.group(1))}{found.group(2)}"
+
+
+def parse_duration(value: str, most: int = MAX_SECONDS) -> str:
+    """An nginx time for proxy timeouts: a whole number with ms, s (the default), m or h; 1 ms to `most` seconds."""
+    text = value.strip().lower()
+    found = _DURATION_RE.match(text)
+    rule = f"must be a duration from 1ms to {most}s: a whole number with ms, s, m or h (60s, 5m)"
+    if not found:
+        raise InvalidValue(rule)
+    ms = int(found.group(1)) * _DURATION_MS[found.group(2) or "s"]
+    if not 1 <= ms <= most * 1000:
+        raise InvalidValue(rule)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def parse_allow_list(value: str) -> tuple[str, ...]:
+    """A comma list of IP addresses and CIDR networks (IPv4 and IPv6), normalised, duplicates dropped."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise InvalidValue("no address given")
+    if len(parts) > MAX_ALLOW:
+        raise InvalidValue(f"more than {MAX_ALLOW} addresses")
+    networks = []
+    for part in parts:
+        try:
+            network = ipaddress.ip_network(part)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise InvalidValue(
+                    f"{part!r} is not an IP address or CIDR network (10.0.0.0/8, 2001:db8::/32)"
+                ) from None
+            raise InvalidValue(f"{part!r} has host bits set; the network is {loose}") from None
+        networks.append(str(network))
+    return tuple(dict.fromkeys(networks))
+
+
+def parse_tuning(get: Callable[[str], str]) -> Tuning:
+    """The PROXY_* variables of one container, each parsed by its own type (`get` records which is read)."""
+    return Tuning(
+        max_body_size=parse_size(get(MAX_BODY_SIZE)) if get(MAX_BODY_SIZE) else None,
+        read_timeout=parse_duration(get(READ_TIMEOUT)) if get(READ_TIMEOUT) else None,
+        send_timeout=parse_duration(get(SEND_TIMEOUT)) if get(SEND_TIMEOUT) else None,
+        connect_timeout=parse_duration(get(CONNECT_TIMEOUT), MAX_CONNECT_SECONDS) if get(CONNECT_TIMEOUT) else None,
+        buffering=parse_enum(get(BUFFERING), Buffering) is Buffering.ON if get(BUFFERING) else None,
+        allow_from=parse_allow_list(get(ALLOW_FROM)) if get(ALLOW_FROM) else (),
+    )
+
+
 def parse_bool(value: str) -> bool:
     text = value.strip().lower()
     if text not in ("true", "false", "1", "0", "yes", "no", ""):
@@ -435,6 +542,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
         access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
         keepalive = not get("VIRTUAL_KEEPALIVE") or parse_enum(get("VIRTUAL_KEEPALIVE"), Keepalive) is Keepalive.ON
+        tuning = parse_tuning(get)
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
         if cert_name:
             # A certificate name is a name too: it may not point outside what the operator allows.
@@ -472,6 +580,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         cert=cert,
         network_access=access,
         keepalive=keepalive,
+        tuning=tuning,
     )
 
 

@@ -21,6 +21,7 @@ from typing import NamedTuple
 from .logformat import Problem
 from .model import (
     DEFAULT_POLICY,
+    TUNING_VARIABLES,
     CertRequest,
     ContainerInfo,
     HttpsMethod,
@@ -29,6 +30,7 @@ from .model import (
     Proto,
     Rejection,
     Site,
+    Tuning,
     ignored_from_image,
 )
 from .multiports import parse_sites
@@ -71,6 +73,7 @@ class Location:
     dest: str
     internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
     keepalive: bool = True  # its upstream's: without keepalive, requests say `Connection: close` as before
+    tuning: Tuning = Tuning()  # PROXY_* of the path's deciding container
     # (container, address, port) of every claim, for the status report only (address "" when unreachable)
     backends: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
 
@@ -210,6 +213,17 @@ def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
     return gateways[0][1] if gateways else ""
 
 
+def local_reach(own: ContainerInfo | None) -> tuple[tuple[str, ...] | None, str]:
+    """(networks, host address) for an nginx that runs beside the companion (host mode).
+
+    In a container (the single-container image) nginx shares the companion's networks: a backend is
+    reached on one of those, never on a network the container is not on. On the host (no container of
+    our own, or the host's network) nginx reaches every container: any network, the host on loopback."""
+    if own is None or own.network_mode == HOST_NETWORK or not any(own.networks.values()):
+        return None, LOOPBACK
+    return tuple(sorted(n for n, ip in own.networks.items() if ip)), host_address_from((own,))
+
+
 def build(
     containers: Sequence[ContainerInfo],
     certs: Mapping[str, CertFiles],
@@ -346,6 +360,7 @@ def _locations(routes: list[_Route], names: Mapping[Backends, str]) -> tuple[Loc
             route.site.dest,
             route.site.network_access is NetworkAccess.INTERNAL,
             route.backends[1] if route.backends else True,
+            route.site.tuning,
             route.claimed,
         )
         for route in routes
@@ -445,8 +460,11 @@ def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: 
             )
 
 
+_TUNING_FIELDS = tuple(f.name for f in dataclasses.fields(Tuning))
+
+
 def disagreements(owner: Site, site: Site) -> list[str]:
-    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access)."""
+    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access, PROXY_*)."""
     pairs = [
         ("HTTPS_METHOD", owner.https_method, site.https_method),
         ("HSTS", owner.hsts, site.hsts),
@@ -458,5 +476,9 @@ def disagreements(owner: Site, site: Site) -> list[str]:
             ("VIRTUAL_PROTO", owner.proto, site.proto),
             ("VIRTUAL_DEST", owner.dest, site.dest),
             ("NETWORK_ACCESS", owner.network_access, site.network_access),
+            *(
+                (name, getattr(owner.tuning, attr), getattr(site.tuning, attr))
+                for name, attr in zip(TUNING_VARIABLES, _TUNING_FIELDS, strict=True)
+            ),
         ]
     return [name for name, mine, theirs in pairs if mine != theirs]

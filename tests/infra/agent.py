@@ -9,8 +9,6 @@ host in cluster mode; agents reach it at their network's gateway address.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,23 +19,16 @@ import docker
 from docker.models.containers import Container
 
 from .appimage import CONTAINER_LABEL, NAME_PREFIX, container_ip
+from .e2e import load_build
 from .nginx import http_get
 
-REPO = Path(__file__).resolve().parents[2]
 STATE_DIR = "/var/lib/companion-agent"
 SECRET_PATH = "/run/secrets/companion_cluster"
 
 
 def ensure_agent_image(client: docker.DockerClient) -> str:
     """``companion-agent:local``, built from the top-level Dockerfile's ``agent`` stage (cached by its context)."""
-    name = "e2e_images_build"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "e2e/images/build.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name].ensure_agent_image(client)
+    return str(load_build().ensure_agent_image(client))
 
 
 @dataclass
