@@ -294,7 +294,8 @@ class Controller:
             self._last_success = time.time()
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
-            log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
+            done = "nginx reloaded" if self.publisher is None else "published to the agents"
+            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), done)
         problems = set(desired.problems) | cert_problems | impostors | file_problems
         if result.error:
             problems.add(result.error)
