@@ -340,6 +340,13 @@ class Controller:
         now = time.time()
         self._reported = {line: self._reported.get(line, now) for line in problems}
 
+    def report(self) -> status.Report:
+        """The latest pass's report; with agents, their nodes as of now (they report between passes)."""
+        latest = self.latest
+        if self.publisher is None:
+            return latest
+        return dataclasses.replace(latest, nodes=self.publisher.nodes())
+
     def publish(self, report: PassReport | None, started: float, duration: float) -> None:
         """Record the pass and replace the status report (one reference swap: readers never wait)."""
         result = report.result if report is not None else None
