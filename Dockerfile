@@ -30,12 +30,40 @@ RUN set -eux; \
     /opt/companion/bin/companion --help >/dev/null; \
     /opt/companion/bin/python -c "import certbot.main"
 
-FROM debian:bookworm-slim
-
+# Stages keep the label (so a default build's untagged agent stage is cleaned up); the final stage drops it.
+FROM debian:bookworm-slim AS python
+LABEL io.companion.build-stage="true"
 RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3; \
     rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
+
+# The Swarm agent image (`docker build --target agent -t companion-agent:local .`): Debian's nginx run
+# by `companion agent` as its child, so the agent tests it with `nginx -t` and reloads it with SIGHUP
+# without a Docker socket. Laid out like the official image: conf.d/*.conf only, logs to stdout/stderr.
+# nginx is installed before the package is copied, so a code change does not reinstall it.
+FROM python AS agent
+RUN set -eux; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nginx; \
+    rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log \
+        /etc/nginx/sites-enabled /etc/nginx/sites-available /var/www/html; \
+    rm -f /etc/nginx/conf.d/*.conf; \
+    ln -sf /dev/stdout /var/log/nginx/access.log; \
+    ln -sf /dev/stderr /var/log/nginx/error.log; \
+    nginx -t
+COPY --from=build /opt/companion /opt/companion
+ENV PATH=/opt/companion/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# The node's last good files and certificates (volumes, so they outlive the container), and its state.
+VOLUME ["/etc/nginx/conf.d", "/etc/letsencrypt", "/var/lib/companion-agent"]
+EXPOSE 80 443
+ENTRYPOINT ["companion"]
+CMD ["agent"]
+
+FROM python
+LABEL io.companion.build-stage="false"
 
 COPY --from=build /opt/companion /opt/companion
 

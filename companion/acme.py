@@ -300,7 +300,7 @@ class AcmeManager:
         self,
         settings: Settings,
         wake: Callable[[str], None],
-        self_check_url: Callable[[], str],
+        self_check_url: Callable[[], str | list[str]],
         clock: Callable[[], float] = time.time,
         on_order: Callable[[bool], None] = lambda _ok: None,
         notify: Callable[[Alert | None], None] | None = None,
@@ -498,13 +498,18 @@ class AcmeManager:
         except OSError as exc:
             return f"self-check: cannot write to the webroot {self.settings.webroot}: {exc.strerror or exc}"
         try:
-            base = self.self_check_url()
+            bases = self.self_check_url()
+            if isinstance(bases, str):
+                bases = [bases]
+            if not bases:
+                return "self-check: no node's agent is up to serve the token"
             # The order is queued by the pass that just reloaded nginx, and a reload is asynchronous
             # (`nginx -s reload` returns before the new listeners and workers exist): right after a
             # first apply the port was still closed. Ask again for a moment before calling it failed.
             deadline = time.monotonic() + SELF_CHECK_SETTLE
             while True:
-                error = self._fetch_token(base, token, body, request.domains)
+                # Swarm: HTTP-01 may reach any node, so every node that is up must serve the token.
+                error = next((e for base in bases if (e := self._fetch_token(base, token, body, request.domains))), "")
                 if not error or time.monotonic() >= deadline or self.stopping.is_set():
                     return error
                 time.sleep(0.1)

@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, imports, logformat, service, supervisor
+from . import agent, certs, cluster, config, explain, imports, logformat, service, supervisor
 from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
 from .alerts import Notifier
 from .control import start_control_server
@@ -24,6 +24,7 @@ from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
 from .model import CertRequest
 from .nginx import NginxControl
+from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
 from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
     explainer.add_argument("name", help="a container name or id prefix, or a host name")
+    sub.add_parser(
+        "agent", parents=[settings], help="Swarm node: run nginx and keep it in line with the controller's files"
+    )
+    sub.add_parser("cluster-secret", help="print a new cluster secret (for `docker secret create`)")
     return parser
 
 
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         "certs": cmd_certs,
         "renew": cmd_renew,
         "explain": cmd_explain,
+        "agent": cmd_agent,
+        "cluster-secret": cmd_cluster_secret,
     }[args.command]
     return handler(args, settings)
 
@@ -185,7 +192,14 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
-    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier)
+    try:
+        cluster_server = start_cluster(settings) if settings.cluster_listen else None
+    except (OSError, cluster.SecretError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
+        return 2
+    publisher = cluster_server.publisher if cluster_server is not None else None
+    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier, publisher=publisher)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -195,7 +209,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     acme = AcmeManager(
         settings,
         controller.wake,
-        controller.self_check_url,
+        publisher.self_check_bases if publisher is not None else controller.self_check_url,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
         notify=notifier.send if notifier else None,
     )
@@ -215,6 +229,8 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if cluster_server is not None:
+            cluster_server.shutdown()
         if control is not None:
             control.stop()
         acme.stop()
@@ -224,6 +240,40 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             notifier.stop()
     log.info("stopped")
     return 0
+
+
+def start_cluster(settings: config.Settings) -> ClusterServer:
+    """The controller's side of Swarm: publish each pass to the agents over mutual TLS."""
+    secret = cluster.load_secret(Path(settings.cluster_secret_file))
+    publisher = ClusterPublisher(settings.conf_dir, settings.certs_dir, settings.webroot, settings.http_port)
+    return start_cluster_server(config.parse_listen(settings.cluster_listen, "cluster listen"), publisher, secret)
+
+
+def cmd_cluster_secret(args: argparse.Namespace, settings: config.Settings) -> int:
+    """A fresh private CA for one cluster: `companion cluster-secret | docker secret create companion_cluster -`."""
+    sys.stdout.write(cluster.new_secret())
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Run nginx as a child and keep it serving the controller's latest good generation (see agent.py)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        secret = cluster.load_secret(Path(settings.cluster_secret_file))
+        node = agent.node_name(settings)
+    except (cluster.SecretError, ValueError) as exc:
+        log.error("cannot start the agent: %s", printable(str(exc)))
+        return 2
+    code = agent.Agent(settings, secret, node, agent.ChildNginx()).run(stop)
+    log.info("stopped")
+    return code
 
 
 def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -272,10 +322,36 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
     rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
+    print_table(rows)
+    address = service.status_address(settings)
+    if address is not None:
+        try:
+            nodes = service.ask_nodes(address)
+        except service.NoAnswer:
+            nodes = []
+        if nodes:
+            print(f"\n# Swarm nodes, as the running service at {service.url_of(address, '/')} last heard from them")
+            print_table(
+                [("NODE", "ADDRESS", "GENERATION", "NGINX", "LAST SEEN (UTC)", "LAST ERROR")] + node_rows(nodes)
+            )
+    return 0
+
+
+def node_rows(nodes: list[dict[str, object]]) -> list[tuple[str, ...]]:
+    """One row per node: its agent's address, the generation it serves (and whether current), its last error."""
+    rows = []
+    for node in nodes:
+        generation = str(node.get("generation") or "none") + ("" if node.get("current") else " (behind)")
+        seen = str(node.get("last_seen", "")) + ("" if node.get("up") else " (away)")
+        fields = (node.get("node"), node.get("address"), generation, node.get("nginx_version"), seen)
+        rows.append((*(printable(str(v or "-")) for v in fields), printable(str(node.get("error") or "-"))))
+    return rows
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    return 0
 
 
 def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:

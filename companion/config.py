@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from urllib.parse import urlsplit
 
 from .alerts import BadNotifyUrl, parse_notify_urls
 from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_ca_url, parse_default_root, parse_hostname
@@ -88,6 +89,11 @@ class Settings:
     disable_access_logs: bool = False
     access_log: str = "/var/log/nginx/access.log"
     resolvers: Resolvers = ()
+    cluster_listen: str = ""  # IP:PORT where the controller serves its agents; "" keeps the cluster off
+    cluster_secret_file: str = "/run/secrets/companion_cluster"
+    controller_url: str = "https://companion:8443"
+    agent_state_dir: str = "/var/lib/companion-agent"
+    node_name: str = ""
 
     @property
     def own_log_format(self) -> str:
@@ -302,6 +308,32 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "resolvers",
         "nginx's `resolver`: IP addresses (optionally IP:port, [IPv6]:port), separated by spaces or commas",
     ),
+    (
+        "--cluster-listen",
+        "CLUSTER_LISTEN",
+        "cluster_listen",
+        "controller (Swarm): IP:PORT where agents fetch the configuration over mutual TLS (`0.0.0.0:8443`); "
+        "set, nginx is the agents' and nothing is applied locally; empty: off",
+    ),
+    (
+        "--cluster-secret-file",
+        "CLUSTER_SECRET_FILE",
+        "cluster_secret_file",
+        "controller and agents: the cluster secret (`companion cluster-secret` makes one; a Swarm secret)",
+    ),
+    (
+        "--controller-url",
+        "CONTROLLER_URL",
+        "controller_url",
+        "agent: the controller's cluster address, https://HOST:PORT",
+    ),
+    (
+        "--agent-state-dir",
+        "AGENT_STATE_DIR",
+        "agent_state_dir",
+        "agent: where it keeps the generation it serves (a volume, beside the conf and certs dirs)",
+    ),
+    ("--node-name", "NODE_NAME", "node_name", "agent: the name it reports (empty: the host name)"),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -434,6 +466,16 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
     if s.status_listen:
         parse_listen(s.status_listen)
+    if s.cluster_listen:
+        parse_listen(s.cluster_listen, "cluster listen")
+    url = urlsplit(s.controller_url)
+    try:
+        url.port  # noqa: B018 - raises for a bad port
+    except ValueError:
+        url = url._replace(scheme="")
+    if url.scheme != "https" or not url.hostname or url.path not in ("", "/") or url.query:
+        shown = s.controller_url.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"controller url {shown!r} must be https://HOST:PORT")
     if s.status_auth and not s.status_auth.startswith("/"):
         raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
     for path in (s.conf_dir, s.webroot, s.certs_dir, s.access_log):
@@ -471,7 +513,7 @@ def parse_resolvers(text: str) -> Resolvers:
     return tuple(dict.fromkeys(found))
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, what: str = "status listen") -> tuple[str, int]:
     """'127.0.0.1:8081' or '[::1]:8081' -> (host, port): an IP address, never a name to resolve."""
     host, sep, port = text.strip().rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
@@ -482,9 +524,9 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ValueError(host)
         ipaddress.ip_address(host)
     except ValueError:
-        raise SettingsError(f"status listen {shown!r} must be IP:PORT, e.g. 0.0.0.0:8081 or [::1]:8081") from None
+        raise SettingsError(f"{what} {shown!r} must be IP:PORT, e.g. 0.0.0.0:8081 or [::1]:8081") from None
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-        raise SettingsError(f"status listen {shown!r}: the port must be 1-65535") from None
+        raise SettingsError(f"{what} {shown!r}: the port must be 1-65535") from None
     return host, int(port)
 
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -23,11 +23,12 @@ from .acme import CertState
 from .alerts import in_use
 from .config import Settings
 from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
-from .explain import Explanation, Inputs, explain
+from .explain import Explanation, Inputs, explain, with_nodes
 from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
+from .publisher import CHALLENGE_RELAY_PORT
 from .render import RenderOptions, render
 from .trust import NGINX_LABEL
 
@@ -56,6 +57,16 @@ class CertificateManager(Protocol):
 
 class ExpiryWatch(Protocol):
     def check_expiry(self, in_use: dict[str, dt.datetime]) -> None: ...
+
+
+class Publisher(Protocol):
+    """Applies each pass's files elsewhere (Swarm: the agents on every node) instead of the local nginx."""
+
+    def apply(self, files: Mapping[str, str]) -> ApplyResult: ...
+
+    def nginx_version(self) -> tuple[int, ...] | None: ...
+
+    def nodes(self) -> tuple[status.NodeView, ...]: ...
 
 
 @dataclass
@@ -96,8 +107,10 @@ class Controller:
         control: NginxControl,
         acme: CertificateManager | None = None,
         expiry: ExpiryWatch | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
+        self.publisher = publisher
         self.docker = docker
         self.control = control
         self.acme = acme
@@ -149,7 +162,7 @@ class Controller:
     def pass_inputs(self, snapshot: Snapshot) -> tuple[Inputs, str]:
         """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
         nginx_networks: tuple[str, ...] | None
-        if self.settings.docker_mode:
+        if self.settings.docker_mode and self.publisher is None:
             nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
             host_address = plan.host_address_from(snapshot.nginx)
         else:
@@ -180,7 +193,8 @@ class Controller:
         inputs = self.inputs
         if inputs is None:
             return None
-        return explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
 
     def render_files(self, desired: plan.Desired, user: hostfiles.Chosen | None = None) -> dict[str, str]:
         """The files for `desired`, with the operator's per-host files as `user` (read from disk when None)."""
@@ -199,6 +213,7 @@ class Controller:
             external_https_port=self.settings.external_https_port,
             non_get_redirect=self.settings.non_get_redirect,
             default_root=self.settings.default_root,
+            acme_proxy=f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else "",
             server_tokens=self.settings.server_tokens.strip().lower(),
             access_log=self.settings.access_log_directive,
             access_log_format=self.settings.access_log_format,
@@ -208,7 +223,10 @@ class Controller:
         return render(desired, options, user)
 
     def nginx_version(self) -> tuple[int, ...]:
-        """Asked once per set of nginx containers; an unknown version is asked again next pass."""
+        """Asked once per set of nginx containers; an unknown version is asked again next pass. With agents,
+        the oldest nginx among the nodes that are up."""
+        if self.publisher is not None:
+            return self.publisher.nginx_version() or OLDEST_ASSUMED
         key = tuple(self.control.containers)
         if self._nginx_version is None or self._nginx_version[0] != key:
             version = self.control.version()
@@ -246,7 +264,7 @@ class Controller:
                 )
                 for info, reason in snapshot.impostors
             }
-        if self.settings.docker_mode and not snapshot.nginx:
+        if self.settings.docker_mode and not snapshot.nginx and self.publisher is None:
             self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
@@ -264,7 +282,7 @@ class Controller:
         result, file_problems = self.user_files.apply(
             found,
             lambda user: self.render_files(desired, user),
-            lambda files: apply(self.conf_dir, files, self.control),
+            self._apply,
             self.conf_dir,
         )
         if result.ok and not result.changed and self._reload_pending:
@@ -276,7 +294,8 @@ class Controller:
             self._last_success = time.time()
         self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
-            log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
+            done = "nginx reloaded" if self.publisher is None else "published to the agents"
+            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), done)
         problems = set(desired.problems) | cert_problems | impostors | file_problems
         if result.error:
             problems.add(result.error)
@@ -288,6 +307,12 @@ class Controller:
         if self.expiry is not None and result.ok:
             self.expiry.check_expiry(in_use(desired.servers, statuses, self.certs_dir))
         return PassReport(result=result)
+
+    def _apply(self, files: Mapping[str, str]) -> ApplyResult:
+        """With agents (Swarm), publish to them; else write, test and reload the local nginx."""
+        if self.publisher is not None:
+            return self.publisher.apply(files)
+        return apply(self.conf_dir, files, self.control)
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
@@ -314,6 +339,13 @@ class Controller:
             log.info("resolved: %s", line, extra=fields_of(line))
         now = time.time()
         self._reported = {line: self._reported.get(line, now) for line in problems}
+
+    def report(self) -> status.Report:
+        """The latest pass's report; with agents, their nodes as of now (they report between passes)."""
+        latest = self.latest
+        if self.publisher is None:
+            return latest
+        return dataclasses.replace(latest, nodes=self.publisher.nodes())
 
     def publish(self, report: PassReport | None, started: float, duration: float) -> None:
         """Record the pass and replace the status report (one reference swap: readers never wait)."""
@@ -342,6 +374,7 @@ class Controller:
             nginx_version=self._nginx_version[1] if self._nginx_version else None,
             nginx_containers=self._nginx_names,
             last_success=self._last_success,
+            nodes=self.publisher.nodes() if self.publisher is not None else (),
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -349,7 +382,8 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
         stop_waker.start()
-        remove_stale_temporaries(self.conf_dir)
+        if self.publisher is None:  # with agents, the conf dir here is not nginx's
+            remove_stale_temporaries(self.conf_dir)
         self.wake("start")
         retry = 0.0
         while not stop.is_set():

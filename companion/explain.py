@@ -32,6 +32,7 @@ from .model import (
 )
 from .multiports import parse_multiports, parse_sites
 from .plan import CertFiles
+from .status import NodeView
 from .variables import container_problems
 
 SOURCE = "computed from a fresh snapshot; the service was not asked"
@@ -417,3 +418,16 @@ def _parsed(sites: tuple[Site, ...]) -> list[str]:
         for host in site.hosts
     ]
     return [settings, *routes]
+
+
+def with_nodes(found: Explanation, nodes: Sequence[NodeView]) -> Explanation:
+    """Swarm: what each node's agent serves, since a site is served on a node only once its agent applied it."""
+    if not nodes:
+        return found
+    lines = ["nodes (Swarm agents; a node serves what its generation holds):"]
+    for node in nodes:
+        state = "current" if node.current else "behind"
+        line = f"  {node.node} at {node.address or '?'}: generation {node.generation or 'none'} ({state})"
+        line += "" if node.up else f", away since {node.last_seen}"
+        lines.append(line + (f"; last error: {node.error}" if node.error else ""))
+    return _made(found.subject, found.verdict, found.reason, (*found.lines, *lines))

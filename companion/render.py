@@ -43,6 +43,7 @@ class RenderOptions:
     external_https_port: int = 0  # 0: https_port
     non_get_redirect: int = 301
     default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
+    acme_proxy: str = ""  # Swarm agents: tokens are passed to this URL (the agent's relay), not read from a webroot
     server_tokens: str = ""  # "": nginx.conf's
     access_log: str = ""  # "": nginx.conf's; "off"; else the file LOG_JSON or a custom LOG_FORMAT writes to
     access_log_format: str = ""  # a custom LOG_FORMAT (nginx-proxy's); "": JSON
@@ -147,6 +148,7 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
     context = {
         "files": files,
         "webroot": options.webroot,
+        "acme_proxy": options.acme_proxy,
         "http_port": options.http_port,
         "https_port": options.https_port,
         "https_port_suffix": "" if external_https == 443 else f":{external_https}",

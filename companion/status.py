@@ -87,6 +87,20 @@ class NginxView:
 
 
 @dataclass(frozen=True)
+class NodeView:
+    """A Swarm node's agent as the controller last heard from it."""
+
+    node: str
+    address: str
+    generation: str  # the generation its nginx serves ("" before the first)
+    current: bool  # that is the controller's current generation
+    error: str  # its last error ("" when its last apply succeeded)
+    nginx_version: str
+    last_seen: str
+    up: bool  # heard from within the last LONG_POLL + 10 s
+
+
+@dataclass(frozen=True)
 class Report:
     generated_at: str
     sites: tuple[SiteView, ...]
@@ -96,6 +110,7 @@ class Report:
     passes: tuple[PassView, ...]
     nginx: NginxView
     last_success: str  # when a pass last applied without error, "" before the first
+    nodes: tuple[NodeView, ...] = ()  # Swarm: one per node's agent
     version: int = VERSION
 
     def to_json(self) -> dict[str, object]:
@@ -192,6 +207,7 @@ def build(
     nginx_version: tuple[int, ...] | None,
     nginx_containers: Iterable[str],
     last_success: float,
+    nodes: tuple[NodeView, ...] = (),
 ) -> Report:
     """The report for one pass. `desired` is None until a pass got as far as planning; `problems` maps each
     current problem to the unix time it appeared."""
@@ -207,4 +223,5 @@ def build(
         passes=tuple(passes),
         nginx=NginxView(".".join(map(str, nginx_version)) if nginx_version else "", tuple(nginx_containers)),
         last_success=iso(last_success),
+        nodes=nodes,
     )

@@ -47,6 +47,7 @@ PEBBLE_IMAGE = "companion-pebble:local"
 REPO = HERE.parents[1]
 COMPANION_IMAGE = "companion:local"  # the top-level Dockerfile, as docker-compose.yml tags it
 DEMO_IMAGE = "companion-demo:local"  # examples/quickstart/demo, as the quickstart tags it
+AGENT_IMAGE = "companion-agent:local"  # the top-level Dockerfile's `agent` stage: nginx run by `companion agent`
 PROXY_IMAGE = "companion-proxy:local"  # Dockerfile.proxy: nginx and the companion in one container
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LABEL_STANDIN = "io.companion.e2e.standin"
@@ -457,13 +458,15 @@ def build_image(
     role: str,
     network_mode: Callable[[], str | None] = lambda: None,
     dockerfile: str = "Dockerfile",
+    target: str | None = None,
 ) -> docker.models.images.Image:
-    """Build ``context`` (with ``dockerfile``) as ``ref`` unless an image with the same context hash exists.
+    """Build ``context`` (with ``dockerfile``, up to stage ``target`` when given) as ``ref`` unless an image
+    with the same context hash exists.
 
     ``network_mode`` is only asked when a build is needed (probing the network costs a container run).
     """
     base = client.images.get(BASE_IMAGE)
-    digest = context_hash(context, base.id, dockerfile=dockerfile)
+    digest = context_hash(context, base.id, *([f"target {target}"] if target else []), dockerfile=dockerfile)
     repo, _, tag = ref.partition(":")
     for image in client.images.list(filters={"label": f"{LABEL_HASH}={digest}"}):
         if ref not in image.tags:
@@ -482,6 +485,7 @@ def build_image(
         forcerm=True,
         pull=False,
         network_mode=network_mode(),
+        target=target,
         decode=True,
     )
     for chunk in stream:
@@ -575,6 +579,15 @@ def ensure_proxy_images(client: docker.DockerClient) -> dict[str, str]:
     return {**refs, "proxy": PROXY_IMAGE}
 
 
+def ensure_agent_image(client: docker.DockerClient) -> str:
+    """The Swarm agent image (the Dockerfile's ``agent`` stage: Debian's nginx under `companion agent`)."""
+    ensure_base(client)
+    with _lock():
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+        build_image(client, REPO, AGENT_IMAGE, "agent", lambda: build_network_mode(client, mirror), target="agent")
+    return AGENT_IMAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: build missing images and print their references as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -583,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quickstart", action="store_true", help="also build the companion and demo images of the quickstart"
     )
+    parser.add_argument("--agent", action="store_true", help="also build the Swarm agent image")
     parser.add_argument("--proxy", action="store_true", help="also build the single-container image (Dockerfile.proxy)")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -596,6 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     client = docker_client()
     refs = ensure_quickstart_images(client) if args.quickstart else ensure_images(client)
+    if args.agent:
+        refs["agent"] = ensure_agent_image(client)
     if args.proxy:
         refs.update(ensure_proxy_images(client))
     for ref in refs.values():
