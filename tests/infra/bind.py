@@ -29,7 +29,9 @@ ALGORITHM = "hmac-sha256"
 class Bind:
     """An authoritative `named` for `zone` on 127.0.0.1:`port` (UDP and TCP); updates need the TSIG key."""
 
-    def __init__(self, zone: str, workdir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, zone: str, workdir: str | os.PathLike[str] | None = None, every_name: str = "") -> None:
+        """`every_name`, an IPv4 address, answers A queries for every name in the zone (a `*` record), as
+        challtestsrv does, so the same Pebble can validate HTTP-01 too."""
         for exe, package in ((NAMED, "bind9"), (DIG, "bind9-dnsutils")):
             if not Path(exe).exists():
                 raise RuntimeError(f"{exe} is missing: apt-get install {package}")
@@ -44,7 +46,7 @@ class Bind:
             "$TTL 60\n"
             f"@ IN SOA ns.{self.zone}. hostmaster.{self.zone}. 1 60 60 600 60\n"
             f"@ IN NS ns.{self.zone}.\n"
-            "ns IN A 127.0.0.1\n"
+            "ns IN A 127.0.0.1\n" + (f"* IN A {every_name}\n" if every_name else "")
         )
         self.config_path.write_text(
             f"""options {{
