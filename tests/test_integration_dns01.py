@@ -88,9 +88,21 @@ def test_one_wildcard_serves_two_sites_and_a_host_pebble_cannot_reach_gets_its_o
     assert bind9.challenge_records() == {}
     assert sans(served_cert(host_nginx, first, context)) == [wildcard]
 
-    # The TSIG secret went to certbot by file name only: not in the log, not in the certs volume.
+    # Renewal takes the same path: through the service's worker, then by the command alone.
+    before = served_cert(host_nginx, second, context).serial_number
+    asked = companion.cli("renew", "--force", lineage)
+    assert asked.returncode == 0 and asked.stdout.endswith(f"{lineage}: renewed\n"), asked.stdout + asked.stderr
+    assert wait_for(lambda: served_cert(host_nginx, second, context).serial_number != before, timeout=20)
+    assert pebble.orders_seen() == 3
     companion.wait_idle()
-    assert bind9.secret not in companion.log()
+    assert companion.stop() == 0
+    alone = companion.cli("renew", "--force", lineage)
+    assert alone.returncode == 0 and alone.stdout == f"{lineage}: renewed\n", alone.stdout + alone.stderr
+    assert pebble.orders_seen() == 4
+    assert bind9.challenge_records() == {}
+
+    # The TSIG secret went to certbot by file name only: not in the log, not in the certs volume.
+    assert bind9.secret not in companion.log() + asked.stdout + asked.stderr + alone.stdout + alone.stderr
     assert files_holding(companion.certs_dir, bind9.secret) == []
     assert "Traceback" not in companion.log()
 
