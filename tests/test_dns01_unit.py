@@ -4,17 +4,19 @@ a site gets, what the status shows. The real run (BIND 9, Pebble, certbot) is te
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-from companion import dns, plan
+from companion import dns, plan, status
 from companion.acme import AcmeManager, certbot_command, lineage_request
 from companion.config import Settings, SettingsError, load
 from companion.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
 from companion.plan import CertFiles
 from companion.status import served_by
+from companion.statusserver import page
 
 DNS = Policy(dns_plugin="dns-rfc2136")
 PLACEHOLDER = CertFiles("/c/placeholder/fullchain.pem", "/c/placeholder/privkey.pem")
@@ -195,3 +197,26 @@ def test_one_wildcard_serves_every_host_under_it_and_a_hosts_own_certificate_win
         "_wildcard_.example.com": ("a.example.com", "b.example.com"),
         "c.example.com": ("c.example.com",),
     }
+
+
+def test_status_report_and_page_show_the_sites_a_wildcard_serves() -> None:
+    wildcard = lineage("_wildcard_.example.com", "*.example.com", not_after=9.0)
+    containers = [c(n, VIRTUAL_HOST=f"{n}.example.com", LETSENCRYPT_HOST="*.example.com") for n in ("a", "b")]
+    desired = plan.build(containers, {"_wildcard_.example.com": wildcard}, PLACEHOLDER, policy=DNS)
+    report = status.build(
+        now=0.0,
+        desired=desired,
+        statuses={},
+        acme_state={},
+        renew_before_days=0.0,
+        problems={},
+        passes=(),
+        nginx_version=None,
+        nginx_containers=(),
+        last_success=0.0,
+    )
+    (view,) = report.certificates
+    assert (view.name, view.serves) == ("_wildcard_.example.com", ("a.example.com", "b.example.com"))
+    shape = json.loads(json.dumps(report.to_json()))
+    assert shape["certificates"][0]["serves"] == ["a.example.com", "b.example.com"]
+    assert '<td class="mono serves">a.example.com, b.example.com</td>' in page(report, alive="")
