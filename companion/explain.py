@@ -20,6 +20,7 @@ from .logsafe import printable
 from .model import (
     MULTIPORTS,
     VARIABLES,
+    Challenge,
     ContainerInfo,
     HttpsMethod,
     InvalidValue,
@@ -289,7 +290,8 @@ class _World:
         if not ordered:
             return f"nothing ordered for {names} (see the warnings)"
         name = ordered[0].name
-        return f"lineage {name} for {names}; {self._state(name)}"
+        over = " over DNS-01" if site.cert.challenge is Challenge.DNS01 else ""
+        return f"lineage {name} for {names}{over}; {self._state(name)}"
 
     def _state(self, lineage: str) -> str:
         status = self.inputs.statuses.get(lineage)

@@ -13,6 +13,7 @@ import pytest
 from companion import dns, plan, status
 from companion.acme import AcmeManager, certbot_command, lineage_request
 from companion.config import Settings, SettingsError, load
+from companion.explain import Inputs, explain
 from companion.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
 from companion.plan import CertFiles
 from companion.status import served_by
@@ -220,3 +221,14 @@ def test_status_report_and_page_show_the_sites_a_wildcard_serves() -> None:
     shape = json.loads(json.dumps(report.to_json()))
     assert shape["certificates"][0]["serves"] == ["a.example.com", "b.example.com"]
     assert '<td class="mono serves">a.example.com, b.example.com</td>' in page(report, alive="")
+
+
+def test_explain_says_a_certificate_is_ordered_over_dns01() -> None:
+    inputs = Inputs(
+        containers=(c("nas", VIRTUAL_HOST="nas.example.com", LETSENCRYPT_HOST="*.example.com"),),
+        statuses={},
+        certs_dir=Path("/c"),
+        policy=DNS,
+    )
+    text = explain("nas", inputs, {}).text()
+    assert "certificate order: lineage _wildcard_.example.com for *.example.com over DNS-01; not issued yet" in text
