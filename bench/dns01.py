@@ -64,7 +64,7 @@ def main() -> int:
     companion: Companion | None = None
     try:
         nginx.start()
-        bind = Bind(f"{fleet.run_id}.example.test", work / "bind", every_name="127.0.0.1")
+        bind = Bind(f"{fleet.run_id}.example.test", every_name="127.0.0.1")
         pebble = Pebble(nginx.http_port, nonce_reject=0, workdir=work / "pebble", dnsserver=bind.address)
         companion = Companion(
             nginx,
@@ -115,7 +115,7 @@ def main() -> int:
         if pebble is not None:
             pebble.stop()
         if bind is not None:
-            bind.stop()
+            bind.cleanup()
         nginx.stop()
         fleet.cleanup()
         client.close()

@@ -86,10 +86,10 @@ def pebble(make_pebble: Callable[..., Pebble], host_nginx: HostNginx) -> Pebble:
 
 
 @pytest.fixture(scope="module")
-def bind9(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+def bind9() -> Iterator[Bind]:
     """A private BIND 9 on a loopback port, authoritative for a zone unique to the module (`bind9.zone`) and
     taking TSIG-signed updates of TXT records: Pebble's DNS for DNS-01 (`make_pebble(..., dnsserver=bind9.address)`)."""
-    with Bind(f"{uuid.uuid4().hex[:8]}.example.test", tmp_path_factory.mktemp("bind")) as server:
+    with Bind(f"{uuid.uuid4().hex[:8]}.example.test") as server:
         yield server
 
 

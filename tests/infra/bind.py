@@ -1,15 +1,16 @@
 """Debian's BIND 9 as a private authoritative server on a loopback port: one zone, TSIG-signed dynamic updates.
 
-Not the system service: `named -g` with its own config, zone and journal in a work dir, run as the current
-user. Pebble's `-dnsserver` points at it for DNS-01 validation, and certbot's dns-rfc2136 plugin adds and
-removes the `_acme-challenge` TXT records with the TSIG key (RFC 2136).
+Not the system service: `named -g` with its own config, zone and journal in a folder of its own under
+/var/cache/bind (the package's cache dir: Debian's AppArmor profile for named lets it write there, not
+in /tmp), run as the current user. Pebble's `-dnsserver` points at it for DNS-01 validation, and
+certbot's dns-rfc2136 plugin adds and removes the `_acme-challenge` TXT records with the TSIG key
+(RFC 2136).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import secrets
 import shutil
 import signal
@@ -22,6 +23,7 @@ from .ports import free_port
 
 NAMED = "/usr/sbin/named"
 DIG = "/usr/bin/dig"
+CACHE = Path("/var/cache/bind")
 KEY_NAME = "companion-test-key"
 ALGORITHM = "hmac-sha256"
 
@@ -29,15 +31,16 @@ ALGORITHM = "hmac-sha256"
 class Bind:
     """An authoritative `named` for `zone` on 127.0.0.1:`port` (UDP and TCP); updates need the TSIG key."""
 
-    def __init__(self, zone: str, workdir: str | os.PathLike[str] | None = None, every_name: str = "") -> None:
+    def __init__(self, zone: str, every_name: str = "") -> None:
         """`every_name`, an IPv4 address, answers A queries for every name in the zone (a `*` record), as
         challtestsrv does, so the same Pebble can validate HTTP-01 too."""
         for exe, package in ((NAMED, "bind9"), (DIG, "bind9-dnsutils")):
             if not Path(exe).exists():
                 raise RuntimeError(f"{exe} is missing: apt-get install {package}")
         self.zone = zone.rstrip(".")
-        self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ctest-bind-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not CACHE.is_dir():
+            raise RuntimeError(f"{CACHE} is missing: apt-get install bind9")
+        self.workdir = Path(tempfile.mkdtemp(prefix="companion-test-", dir=CACHE))
         self.port = free_port(udp=True)
         self.secret = base64.b64encode(secrets.token_bytes(32)).decode()
         self.log_path = self.workdir / "named.log"
