@@ -476,7 +476,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
             outside = [d for d in domains if d not in hosts and not d.startswith("*.")]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
-            idle = [d for d in domains if d not in hosts and not any(_wildcard_covers(d, h) for h in hosts)]
+            idle = [d for d in domains if not any(covers((d,), host) for host in hosts)]
             if idle:
                 raise InvalidValue(f"{', '.join(idle)} covers none of the VIRTUAL_HOST names")
             email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
@@ -513,9 +513,11 @@ def lineage_of(name: str) -> str:
     return WILDCARD_LINEAGE_PREFIX + name[2:] if name.startswith("*.") else name
 
 
-def _wildcard_covers(name: str, host: str) -> bool:
-    """True when `name` is a wildcard valid for `host`: `*.example.com` covers `a.example.com` (one label)."""
-    return name.startswith("*.") and not host.startswith("*.") and host.partition(".")[2] == name[2:]
+def covers(names: Sequence[str], host: str) -> bool:
+    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
+    if host in names:
+        return True
+    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
 
 
 def _challenge(get: Callable[[str], str], policy: Policy, names: str) -> Challenge:

@@ -29,6 +29,7 @@ from .model import (
     Proto,
     Rejection,
     Site,
+    covers,
     ignored_from_image,
 )
 from .multiports import parse_sites
@@ -150,13 +151,6 @@ def upstream_names(sets: Iterable[Backends]) -> dict[Backends, str]:
 
 LOOPBACK = "127.0.0.1"
 HOST_NETWORK = "host"
-
-
-def covers(names: Sequence[str], host: str) -> bool:
-    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
-    if host in names:
-        return True
-    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
 
 
 def lineage_digest(domains: Sequence[str]) -> str:

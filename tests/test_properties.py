@@ -98,13 +98,21 @@ GOOD = {
     "ACME_TEST": ["TRUE", "0"],
     "NETWORK_ACCESS": ["external", "internal", "Internal"],
     "VIRTUAL_KEEPALIVE": ["on", "off", " OFF "],
+    "ACME_CHALLENGE": ["http-01", "HTTP-01"],  # dns-01 needs a DNS plugin (tests/test_dns01_unit.py)
     MULTIPORTS: [
         "a.example.com:",
         '{"a.example.com": {"/": {"port": 8081}, "/x/": {"port": "8082", "dest": "/"}}}',
         "a.example.com:\n  /:\n  /api/:\n    port: 9000\nb.example.com:\n  /:\n    port: 9001\n    dest: /v2/",
     ],
 }
-ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
+ONLY_WITH_A_CERTIFICATE = {
+    "LETSENCRYPT_EMAIL",
+    "ACME_EMAIL",
+    "ACME_CA_URI",
+    "LETSENCRYPT_TEST",
+    "ACME_TEST",
+    "ACME_CHALLENGE",
+}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
 
