@@ -163,6 +163,7 @@ class Controller:
             default_host=self.settings.default_host,
             http_on_missing_cert=self.settings.http_on_missing_cert,
             default_cert=default,
+            now=time.time(),
         )
         return inputs, problem
 

@@ -54,6 +54,7 @@ class Inputs:
     default_host: str = ""
     http_on_missing_cert: bool = True
     default_cert: CertFiles | None = None
+    now: float = 0.0  # unix time of the pass: an expired certificate loses to a valid one covering the host
 
     @property
     def usable(self) -> dict[str, CertFiles]:
@@ -71,6 +72,7 @@ class Inputs:
             default_host=self.default_host,
             http_on_missing_cert=self.http_on_missing_cert,
             default_cert=self.default_cert,
+            now=self.now,
         )
 
 

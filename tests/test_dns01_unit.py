@@ -232,3 +232,13 @@ def test_explain_says_a_certificate_is_ordered_over_dns01() -> None:
     )
     text = explain("nas", inputs, {}).text()
     assert "certificate order: lineage _wildcard_.example.com for *.example.com over DNS-01; not issued yet" in text
+
+
+def test_an_expired_certificate_of_its_own_gives_way_to_a_valid_wildcard() -> None:
+    wildcard = lineage("_wildcard_.example.com", "*.example.com", not_after=200.0)
+    own = lineage("c.example.com", "c.example.com", not_after=100.0)
+    certs = {"_wildcard_.example.com": wildcard, "c.example.com": own}
+    site = [c("c", VIRTUAL_HOST="c.example.com", LETSENCRYPT_HOST="c.example.com")]
+    for now, expected in ((50.0, own), (150.0, wildcard), (250.0, own)):  # valid own; own expired; both expired
+        (served,) = plan.build(site, certs, PLACEHOLDER, policy=DNS, now=now).servers
+        assert served.cert == expected, now
