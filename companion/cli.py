@@ -14,15 +14,26 @@ import threading
 from pathlib import Path
 
 from . import agent, certs, cluster, config, explain, imports, logformat, service, supervisor
-from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
+from . import status as status_report
+from .acme import (
+    AcmeManager,
+    CertState,
+    certbot_command,
+    certbot_reason,
+    describe,
+    due_reason,
+    lineage_request,
+    load_state,
+)
 from .alerts import Notifier
 from .control import start_control_server
 from .controller import Controller, heartbeat_problem
+from .dns import credentials_problem
 from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
-from .model import CertRequest
+from .model import Challenge
 from .nginx import NginxControl
 from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
 from .render import MAIN_FILE
@@ -319,10 +330,23 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
     return rows
 
 
+def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
+    """Which sites each certificate serves, decided from a fresh snapshot as `render` does; None without Docker."""
+    try:
+        edge = edge_for(settings)
+        snapshot = edge.snapshot()
+    except DockerUnavailable as exc:
+        print(f"# sites not shown: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+    desired, _ = Controller(settings, edge, make_control(settings, edge)).desired_state(snapshot)
+    return status_report.served_by(desired)
+
+
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
+    """The table of certificates; under each one the sites nginx presents it for (a wildcard serves several)."""
     rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
-    print_table(rows)
+    print_table(rows, served_now(settings) or {})
     address = service.status_address(settings)
     if address is not None:
         try:
@@ -348,10 +372,13 @@ def node_rows(nodes: list[dict[str, object]]) -> list[tuple[str, ...]]:
     return rows
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
+def print_table(rows: list[tuple[str, ...]], serves: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Columns padded to their widest cell; under a row whose first cell `serves` names, the sites it serves."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+        if serves and serves.get(row[0]):
+            print(f"  serves: {', '.join(serves[row[0]])}")
 
 
 def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -401,9 +428,14 @@ def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
             failed += 1
             continue
         # The lineage keeps its CA and the account that ordered it (certbot's renewal file).
-        request = CertRequest(name, status.domains, settings.default_email, server=status.server)
+        request = lineage_request(settings, name, status.domains, status.server)
         if not args.force and not due_reason(request, status, now, settings.renew_before_days):
             print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
+            continue
+        refused = credentials_problem(settings.dns_credentials) if request.challenge is Challenge.DNS01 else ""
+        if refused:
+            print(f"{name}: renewal refused: {refused}", file=sys.stderr)
+            failed += 1
             continue
         env = dict(os.environ)
         if settings.ca_bundle:

@@ -12,8 +12,19 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from urllib.parse import urlsplit
 
+from . import dns
 from .alerts import BadNotifyUrl, parse_notify_urls
-from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_ca_url, parse_default_root, parse_hostname
+from .model import (
+    EMAIL_RULE,
+    Challenge,
+    InvalidValue,
+    RootAnswer,
+    is_email,
+    parse_ca_url,
+    parse_default_root,
+    parse_enum,
+    parse_hostname,
+)
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -61,6 +72,10 @@ class Settings:
     image_trust: ImageTrust = ImageTrust.ROUTING
     domain_owners: tuple[OwnerRule, ...] = ()
     self_check: bool = True
+    acme_challenge: Challenge = Challenge.HTTP01
+    dns_plugin: str = ""  # a certbot DNS plugin (dns-rfc2136, ...); DNS-01 and wildcards need one
+    dns_credentials: str = ""  # that plugin's credentials file; never read here, only checked and passed on
+    dns_propagation_seconds: int = -1  # -1: the plugin's own default
     default_host: str = ""
     default_root: RootAnswer | None = RootAnswer(404)
     http_on_missing_cert: bool = True
@@ -172,7 +187,33 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "domain_owners",
         "comma list of PATTERN=project:NAME or PATTERN=label:KEY=VALUE: only those containers may claim the names",
     ),
-    ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
+    ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before an HTTP-01 order"),
+    (
+        "--acme-challenge",
+        "ACME_CHALLENGE",
+        "acme_challenge",
+        "http-01, or dns-01 (needs --dns-plugin); a container's ACME_CHALLENGE overrides it",
+    ),
+    (
+        "--dns-plugin",
+        "ACME_DNS_PLUGIN",
+        "dns_plugin",
+        "certbot DNS plugin for DNS-01 and wildcard names: dns-rfc2136, dns-cloudflare, dns-route53, "
+        "dns-digitalocean or one a derived image adds (see DNS-01)",
+    ),
+    (
+        "--dns-credentials",
+        "ACME_DNS_CREDENTIALS",
+        "dns_credentials",
+        "the plugin's credentials file (a Docker secret; not readable by others); dns-route53 reads AWS_* instead",
+    ),
+    (
+        "--dns-propagation",
+        "ACME_DNS_PROPAGATION_SECONDS",
+        "dns_propagation_seconds",
+        "seconds the plugin waits for its TXT record to reach every DNS server before validation "
+        "(-1: the plugin's default)",
+    ),
     (
         "--default-host",
         "DEFAULT_HOST",
@@ -354,6 +395,8 @@ def _convert(name: str, raw: str) -> object:
     if kind == "SslPolicy":
         return _ssl_policy(raw)
     try:
+        if kind == "Challenge":
+            return parse_enum(raw, Challenge)
         if name == "default_host":
             return parse_hostname(raw) if raw.strip() else ""
         if kind == "RootAnswer | None":
@@ -476,6 +519,9 @@ def _validate(s: Settings) -> None:
     if url.scheme != "https" or not url.hostname or url.path not in ("", "/") or url.query:
         shown = s.controller_url.encode("unicode_escape").decode("ascii")
         raise SettingsError(f"controller url {shown!r} must be https://HOST:PORT")
+    problem = dns.settings_problem(s.acme_challenge, s.dns_plugin, s.dns_credentials, s.dns_propagation_seconds)
+    if problem:
+        raise SettingsError(problem)
     if s.status_auth and not s.status_auth.startswith("/"):
         raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
     for path in (s.conf_dir, s.webroot, s.certs_dir, s.access_log):

@@ -140,6 +140,8 @@ class Controller:
             acme_server=settings.acme_server,
             staging_server=settings.acme_staging_server,
             allowed_servers=settings.allowed_acme_servers,
+            default_challenge=settings.acme_challenge,
+            dns_plugin=settings.dns_plugin,
         )
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
@@ -179,6 +181,7 @@ class Controller:
             default_host=self.settings.default_host,
             http_on_missing_cert=self.settings.http_on_missing_cert,
             default_cert=default,
+            now=time.time(),
         )
         return inputs, problem
 

@@ -20,6 +20,7 @@ from .logsafe import printable
 from .model import (
     MULTIPORTS,
     VARIABLES,
+    Challenge,
     ContainerInfo,
     HttpsMethod,
     InvalidValue,
@@ -54,6 +55,7 @@ class Inputs:
     default_host: str = ""
     http_on_missing_cert: bool = True
     default_cert: CertFiles | None = None
+    now: float = 0.0  # unix time of the pass: an expired certificate loses to a valid one covering the host
 
     @property
     def usable(self) -> dict[str, CertFiles]:
@@ -71,6 +73,7 @@ class Inputs:
             default_host=self.default_host,
             http_on_missing_cert=self.http_on_missing_cert,
             default_cert=self.default_cert,
+            now=self.now,
         )
 
 
@@ -290,7 +293,8 @@ class _World:
         if not ordered:
             return f"nothing ordered for {names} (see the warnings)"
         name = ordered[0].name
-        return f"lineage {name} for {names}; {self._state(name)}"
+        over = " over DNS-01" if site.cert.challenge is Challenge.DNS01 else ""
+        return f"lineage {name} for {names}{over}; {self._state(name)}"
 
     def _state(self, lineage: str) -> str:
         status = self.inputs.statuses.get(lineage)

@@ -85,6 +85,7 @@ VARIABLES = (
     "NETWORK_ACCESS",
     "VIRTUAL_KEEPALIVE",
     *TUNING_VARIABLES,
+    "ACME_CHALLENGE",
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -154,6 +155,16 @@ class Tuning:
         return tuple(f"{name} {value};" for name, value in named if value is not None)
 
 
+class Challenge(StrEnum):
+    """How the CA checks that a name is ours: a file nginx serves, or a TXT record a certbot DNS plugin sets."""
+
+    HTTP01 = "http-01"
+    DNS01 = "dns-01"
+
+
+WILDCARD_LINEAGE_PREFIX = "_wildcard_."  # `*.example.com` is kept as `_wildcard_.example.com`: no host is named so
+
+
 class InvalidValue(ValueError):
     """A label or environment value that does not fit its type."""
 
@@ -189,6 +200,8 @@ class Policy:
     # CAs a container may name in ACME_CA_URI besides the two above: the order carries the operator's
     # DEFAULT_EMAIL, which a container must not be able to send to a server of its choosing.
     allowed_servers: tuple[str, ...] = ()
+    default_challenge: Challenge = Challenge.HTTP01  # the companion's ACME_CHALLENGE
+    dns_plugin: str = ""  # ACME_DNS_PLUGIN: DNS-01 (and so wildcards) only with one
 
     def may_use(self, server: str) -> bool:
         return server in (self.acme_server, self.staging_server, *self.allowed_servers)
@@ -215,6 +228,7 @@ class CertRequest:
     domains: tuple[str, ...]
     email: str
     server: str = ""
+    challenge: Challenge = Challenge.HTTP01
 
 
 @dataclass(frozen=True)
@@ -266,7 +280,7 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     prefix = ""
     if raw.startswith("*."):
         if not wildcard:
-            raise InvalidValue("wildcard names cannot be validated over HTTP-01")
+            raise InvalidValue(WILDCARD_NEEDS_DNS)
         prefix, raw = "*.", raw[2:]
     raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
     try:
@@ -286,6 +300,12 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     if labels[-1].isdigit():
         raise InvalidValue("IP addresses are not hostnames")
     return prefix + name
+
+
+WILDCARD_NEEDS_DNS = (
+    "a wildcard certificate can only be validated over DNS-01: set ACME_DNS_PLUGIN (and ACME_DNS_CREDENTIALS) "
+    "on the companion, then ACME_CHALLENGE=dns-01 here or on the companion"
+)
 
 
 def parse_host_list(value: str, *, wildcard: bool = True) -> tuple[str, ...]:
@@ -554,16 +574,28 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         host_var = "ACME_HOST" if get("ACME_HOST") else "LETSENCRYPT_HOST"
         cert = None
         if get(host_var):
-            domains = parse_host_list(get(host_var), wildcard=False)
+            challenge = _challenge(get, policy, get(host_var))
+            current = host_var
+            domains = parse_host_list(get(host_var), wildcard=challenge is Challenge.DNS01)
             # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
             # so the message says why a certificate will never be ordered for it.
             _check_allowed(domains, allowed_domains)
-            outside = [d for d in domains if d not in hosts]
+            _check_owner(info, domains, policy.owners)
+            outside = [d for d in domains if d not in hosts and not d.startswith("*.")]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
+            idle = [d for d in domains if not any(covers((d,), host) for host in hosts)]
+            if idle:
+                raise InvalidValue(f"{', '.join(idle)} covers none of the VIRTUAL_HOST names")
             email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
             email = parse_email(get(email_var)) if get(email_var) else policy.default_email
-            cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email, server=_server(get, policy))
+            cert = CertRequest(
+                name=cert_name or lineage_of(domains[0]),
+                domains=domains,
+                email=email,
+                server=_server(get, policy),
+                challenge=challenge,
+            )
     except InvalidValue as exc:
         shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
         return Rejection(info.name, current, shown, str(exc))
@@ -582,6 +614,35 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         keepalive=keepalive,
         tuning=tuning,
     )
+
+
+def lineage_of(name: str) -> str:
+    """The lineage a certificate is kept under when no CERT_NAME names it: its first name, a wildcard spelled
+    without the `*` (a file name every tool handles)."""
+    return WILDCARD_LINEAGE_PREFIX + name[2:] if name.startswith("*.") else name
+
+
+def covers(names: Sequence[str], host: str) -> bool:
+    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
+    if host in names:
+        return True
+    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
+
+
+def _challenge(get: Callable[[str], str], policy: Policy, names: str) -> Challenge:
+    """The container's ACME_CHALLENGE, else the companion's; a wildcard among `names` alone picks DNS-01 when
+    the companion can do it. DNS-01 without a DNS plugin on the companion is refused: nothing could answer it."""
+    if get("ACME_CHALLENGE"):
+        challenge = parse_enum(get("ACME_CHALLENGE"), Challenge)
+    elif policy.dns_plugin and any(part.strip().startswith("*.") for part in names.split(",")):
+        challenge = Challenge.DNS01
+    else:
+        challenge = policy.default_challenge
+    if challenge is Challenge.DNS01 and not policy.dns_plugin:
+        raise InvalidValue(
+            "DNS-01 needs a certbot DNS plugin on the companion: set ACME_DNS_PLUGIN (and ACME_DNS_CREDENTIALS)"
+        )
+    return challenge
 
 
 def _check_same(values: Mapping[str, str], new: str, legacy: str) -> None:

@@ -31,6 +31,7 @@ from .model import (
     Rejection,
     Site,
     Tuning,
+    covers,
     ignored_from_image,
 )
 from .multiports import parse_sites
@@ -155,13 +156,6 @@ LOOPBACK = "127.0.0.1"
 HOST_NETWORK = "host"
 
 
-def covers(names: Sequence[str], host: str) -> bool:
-    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
-    if host in names:
-        return True
-    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
-
-
 def lineage_digest(domains: Sequence[str]) -> str:
     return hashlib.sha256(",".join(sorted(domains)).encode()).hexdigest()[:8]
 
@@ -236,6 +230,7 @@ def build(
     default_host: str = "",
     http_on_missing_cert: bool = True,
     default_cert: CertFiles | None = None,
+    now: float = 0.0,
 ) -> Desired:
     """Compute the whole desired state from a snapshot of containers and the certificates on disk.
 
@@ -244,7 +239,8 @@ def build(
     reach still claims its hosts (they answer 502, not another site or nginx's 503); `host_address` is
     where nginx reaches containers on the host's network. `default_cert`, when the operator configured
     one, stands in for the placeholder: the one certificate that may be presented for names it does not
-    cover, because the operator chose it for exactly that.
+    cover, because the operator chose it for exactly that. `now` (unix time) lets a valid certificate win
+    over an expired one that covers the host too (0: every certificate counts as valid).
     """
     problems: list[str] = []
     left_out: list[tuple[str, str]] = []
@@ -307,7 +303,7 @@ def build(
             routes.append(_Route(path_claims[0][0], key, claimed))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
-            cert = _select_cert(host, owner, certs, index, problems)
+            cert = _select_cert(host, owner, certs, index, problems, now)
             if cert is None and default_cert is not None and covers(default_cert.domains, host):
                 cert = default_cert
         wants_tls = owner.cert is not None or bool(owner.cert_name)
@@ -380,10 +376,16 @@ def _cert_index(certs: Mapping[str, CertFiles]) -> dict[str, list[CertFiles]]:
 
 
 def _select_cert(
-    host: str, site: Site, certs: Mapping[str, CertFiles], index: Mapping[str, list[CertFiles]], problems: list[str]
+    host: str,
+    site: Site,
+    certs: Mapping[str, CertFiles],
+    index: Mapping[str, list[CertFiles]],
+    problems: list[str],
+    now: float = 0.0,
 ) -> CertFiles | None:
-    """CERT_NAME's lineage when it covers the host, else the freshest lineage naming the host, else a
-    covering wildcard; never a certificate that is not valid for the host. (nginx-proxy also serves a
+    """CERT_NAME's lineage when it covers the host, else the most specific valid certificate: the freshest
+    lineage naming the host, else the freshest covering wildcard; an expired one only when no valid one
+    covers the host. Never a certificate that is not valid for the host. (nginx-proxy also serves a
     parent's certificate, `example.com` for `a.example.com`; clients refuse it, so it is not chosen.)"""
     if site.cert_name and site.cert_name in certs:
         named = certs[site.cert_name]
@@ -398,13 +400,11 @@ def _select_cert(
                 certificate=site.cert_name,
             )
         )
-    exact = index.get(host)
-    if exact:
-        return exact[0]
-    if host.startswith("*.") or "." not in host:
-        return None
-    wildcard = index.get("*." + host.split(".", 1)[1])
-    return wildcard[0] if wildcard else None
+    found = list(index.get(host, ()))
+    if not host.startswith("*.") and "." in host:
+        found += index.get("*." + host.split(".", 1)[1], ())
+    valid = [files for files in found if files.not_after > now]
+    return (valid or found or [None])[0]
 
 
 def _requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[str]) -> dict[str, CertRequest]:

@@ -44,7 +44,7 @@ class Variable:
 _A, _L, _P, _C = Where.APP, Where.APP_LABEL, Where.PROXY, Where.ACME
 _S, _D, _R, _N = Status.SUPPORTED, Status.DIFFERENT, Status.REFUSED, Status.NOT_YET
 _RAW = "the value is raw nginx syntax, which no label may write here"
-_HTTP01 = "only HTTP-01 validation is used"
+_DNS_PLUGINS = "DNS-01 runs through certbot's DNS plugins: ACME_DNS_PLUGIN and ACME_DNS_CREDENTIALS on the companion"
 _ONE_KEY = "one key type for all certificates: the companion's KEY_TYPE and RSA_KEY_SIZE"
 _RENEW = "the companion's RENEW_BEFORE_DAYS, for all certificates"
 _HOOKS = "no shell commands run around orders"
@@ -114,8 +114,8 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("ACME_POST_HOOK", _A, _R, "a label may not run commands in the companion"),
     Variable("ACME_PREFERRED_CHAIN", _A, _N),
     Variable("ACME_CERT_PROFILE", _A, _N),
-    Variable("ACME_CHALLENGE", _A, _N, _HTTP01),
-    Variable("ACMESH_DNS_API_CONFIG", _A, _N, _HTTP01),
+    Variable("ACME_CHALLENGE", _A, _S, "`http-01` or `dns-01` (needs a DNS plugin on the companion)"),
+    Variable("ACMESH_DNS_API_CONFIG", _A, _D, _DNS_PLUGINS),
     Variable("ACME_EAB_KID", _A, _N),
     Variable("ACME_EAB_HMAC_KEY", _A, _N),
     Variable("ZEROSSL_API_KEY", _A, _N),
@@ -177,8 +177,8 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("DOCKER_CONTAINER_FILTERS", _C, _N),
     Variable("ACME_PRE_HOOK", _C, _N, _HOOKS),
     Variable("ACME_POST_HOOK", _C, _N, _HOOKS),
-    Variable("ACME_CHALLENGE", _C, _N, _HTTP01),
-    Variable("ACMESH_DNS_API_CONFIG", _C, _N, _HTTP01),
+    Variable("ACME_CHALLENGE", _C, _S, "`http-01` or `dns-01` (with ACME_DNS_PLUGIN)"),
+    Variable("ACMESH_DNS_API_CONFIG", _C, _D, _DNS_PLUGINS),
     Variable("ACME_CERT_PROFILE", _C, _N),
     Variable("ACME_EAB_KID", _C, _N),
     Variable("ACME_EAB_HMAC_KEY", _C, _N),

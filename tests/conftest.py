@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
+from tests.infra.bind import Bind  # noqa: E402
 from tests.infra.companion import Companion  # noqa: E402
 from tests.infra.compose import ComposeProject  # noqa: E402
 from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
@@ -87,6 +89,14 @@ def make_pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
 def pebble(make_pebble: Callable[..., Pebble], host_nginx: HostNginx) -> Pebble:
     """Pebble (nonce rejection off, 90-day certs) validating HTTP-01 on ``host_nginx.http_port``."""
     return make_pebble(host_nginx.http_port)
+
+
+@pytest.fixture(scope="module")
+def bind9() -> Iterator[Bind]:
+    """A private BIND 9 on a loopback port, authoritative for a zone unique to the module (`bind9.zone`) and
+    taking TSIG-signed updates of TXT records: Pebble's DNS for DNS-01 (`make_pebble(..., dnsserver=bind9.address)`)."""
+    with Bind(f"{uuid.uuid4().hex[:8]}.example.test") as server:
+        yield server
 
 
 @pytest.fixture

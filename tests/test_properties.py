@@ -104,13 +104,21 @@ GOOD = {
     "PROXY_CONNECT_TIMEOUT": ["5s", "75s"],
     "PROXY_BUFFERING": ["on", "OFF"],
     "PROXY_ALLOW_FROM": ["10.0.0.0/8", "192.0.2.1, 2001:db8::/32", "::1"],
+    "ACME_CHALLENGE": ["http-01", "HTTP-01"],  # dns-01 needs a DNS plugin (tests/test_dns01_unit.py)
     MULTIPORTS: [
         "a.example.com:",
         '{"a.example.com": {"/": {"port": 8081}, "/x/": {"port": "8082", "dest": "/"}}}',
         "a.example.com:\n  /:\n  /api/:\n    port: 9000\nb.example.com:\n  /:\n    port: 9001\n    dest: /v2/",
     ],
 }
-ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
+ONLY_WITH_A_CERTIFICATE = {
+    "LETSENCRYPT_EMAIL",
+    "ACME_EMAIL",
+    "ACME_CA_URI",
+    "LETSENCRYPT_TEST",
+    "ACME_TEST",
+    "ACME_CHALLENGE",
+}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
 

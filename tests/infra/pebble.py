@@ -95,6 +95,8 @@ class Pebble:
     an order stays in flight for seconds.
     The constructor starts both processes; ``stop()``/``start()`` take them down and up again on the
     same ports (a fresh Pebble has a new issuing root and forgets accounts and orders).
+    ``dnsserver`` ("127.0.0.1:PORT", e.g. tests/infra/bind.py's) replaces challtestsrv as the DNS Pebble's VA
+    asks: then DNS-01 is validated against the TXT records that server holds, and challtestsrv is not started.
     """
 
     def __init__(
@@ -107,8 +109,9 @@ class Pebble:
         default_ipv4: str = "127.0.0.1",
         start: bool = True,
         va_sleep: bool = False,
+        dnsserver: str | None = None,
     ) -> None:
-        for exe in (PEBBLE, CHALLTESTSRV):
+        for exe in (PEBBLE,) if dnsserver else (PEBBLE, CHALLTESTSRV):
             if not Path(exe).exists():
                 raise RuntimeError(f"{exe} is missing: apt-get install pebble")
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ctest-pebble-"))
@@ -121,7 +124,8 @@ class Pebble:
         self.default_ipv4 = default_ipv4
         self.acme_port = free_port()
         self.mgmt_port = free_port()
-        self.dns_port = free_port(udp=True)
+        self.dnsserver = dnsserver
+        self.dns_port = int(dnsserver.rpartition(":")[2]) if dnsserver else free_port(udp=True)
         self.chall_mgmt_port = free_port()
         self.ca_bundle_path, cert, key = _write_listener_certs(self.workdir)
         self.config_path = self.workdir / "pebble-config.json"
@@ -172,7 +176,7 @@ class Pebble:
         """Start challtestsrv and Pebble and wait until the directory answers."""
         if self._pebble is not None and self._pebble.poll() is None:
             return
-        if self._chall is None or self._chall.poll() is not None:
+        if not self.dnsserver and (self._chall is None or self._chall.poll() is not None):
             self._chall = self._spawn(
                 [
                     CHALLTESTSRV,
@@ -204,7 +208,7 @@ class Pebble:
         if self.nonce_reject is not None:
             env["PEBBLE_WFE_NONCEREJECT"] = str(self.nonce_reject)
         self._pebble = self._spawn(
-            [PEBBLE, "-config", str(self.config_path), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+            [PEBBLE, "-config", str(self.config_path), "-dnsserver", self.dnsserver or f"127.0.0.1:{self.dns_port}"],
             self.log_path,
             env,
         )
