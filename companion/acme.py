@@ -1,4 +1,4 @@
-"""Certificates from an ACME CA: when to order, certbot runs (webroot), self-check, backoff.
+"""Certificates from an ACME CA: when to order, certbot runs (webroot or a DNS plugin), self-check, backoff.
 
 One certbot process at a time (certbot locks its directories). A failed order keeps whatever is
 served now and is retried with exponential backoff per certificate; the backoff is kept in a state
@@ -32,8 +32,10 @@ import requests
 from .alerts import Alert, order_alert
 from .certs import CertStatus, scan, tighten
 from .config import Settings
+from .dns import certbot_args as dns_args
+from .dns import credentials_problem
 from .logsafe import printable
-from .model import CertRequest
+from .model import CertRequest, Challenge
 from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -136,17 +138,27 @@ def register_command(settings: Settings, server: str, email: str, config_dir: Pa
     return [*_certbot_base(settings, "register", config_dir, server), *_email_args(email)]
 
 
+def challenge_args(settings: Settings, challenge: Challenge) -> list[str]:
+    """How certbot proves the names: files in the webroot nginx serves, or TXT records set by the DNS plugin."""
+    if challenge is Challenge.DNS01:
+        return dns_args(settings.dns_plugin, settings.dns_credentials, settings.dns_propagation_seconds)
+    return ["--webroot", "--webroot-path", settings.webroot, "--preferred-challenges", "http"]
+
+
+def lineage_request(settings: Settings, name: str, domains: tuple[str, ...], server: str) -> CertRequest:
+    """An order for a lineage on disk that no container asks for: a wildcard can only be renewed over DNS-01."""
+    wildcard = any(domain.startswith("*.") for domain in domains)
+    challenge = Challenge.DNS01 if wildcard else settings.acme_challenge
+    return CertRequest(name, domains, settings.default_email, server=server, challenge=challenge)
+
+
 def certbot_command(settings: Settings, request: CertRequest, *, force: bool, account: str = "") -> list[str]:
     cmd = [
         *_certbot_base(settings, "certonly", Path(settings.certs_dir), request.server or settings.acme_server),
-        "--webroot",
-        "--webroot-path",
-        settings.webroot,
+        *challenge_args(settings, request.challenge),
         "--cert-name",
         request.name,
         "--no-random-sleep-on-renew",
-        "--preferred-challenges",
-        "http",
         "--max-log-backups",
         "5",
         "--key-type",
@@ -300,7 +312,7 @@ class AcmeManager:
         self,
         settings: Settings,
         wake: Callable[[str], None],
-        self_check_url: Callable[[], str],
+        self_check_url: Callable[[], str | list[str]],
         clock: Callable[[], float] = time.time,
         on_order: Callable[[bool], None] = lambda _ok: None,
         notify: Callable[[Alert | None], None] | None = None,
@@ -384,7 +396,7 @@ class AcmeManager:
                     continue
                 if request is None:  # on disk but no container asks for it: it keeps its CA
                     assert status is not None
-                    request = CertRequest(name, status.domains, self.settings.default_email, server=status.server)
+                    request = lineage_request(self.settings, name, status.domains, status.server)
                 entry = self.state.setdefault(name, CertState(domains=list(request.domains)))
                 if entry.in_progress:
                     answers[name] = "in progress"
@@ -441,7 +453,7 @@ class AcmeManager:
             request, renewing = self.queue.get()
             if self.stopping.is_set():
                 return
-            error = self.self_check(request) if self.settings.self_check else ""
+            error = self.precheck(request)
             account = ""
             if not error:
                 error, account = self.account_for(request)
@@ -487,6 +499,15 @@ class AcmeManager:
         except OSError as exc:
             log.error("cannot save %s: %s", self.certs_dir / STATE_FILE, exc)
 
+    def precheck(self, request: CertRequest) -> str:
+        """Why an order would fail before the CA is asked, or '': for HTTP-01 the self-check through nginx;
+        for DNS-01 (the CA never reaches nginx) the credentials file's permissions."""
+        if request.challenge is Challenge.DNS01:
+            if not self.settings.dns_plugin:
+                return "DNS-01 needs a DNS plugin on the companion (ACME_DNS_PLUGIN)"
+            return credentials_problem(self.settings.dns_credentials)
+        return self.self_check(request) if self.settings.self_check else ""
+
     def self_check(self, request: CertRequest) -> str:
         """Serve a token through nginx for each name before ordering; '' when nginx serves them all."""
         folder = Path(self.settings.webroot) / ".well-known" / "acme-challenge"
@@ -498,13 +519,18 @@ class AcmeManager:
         except OSError as exc:
             return f"self-check: cannot write to the webroot {self.settings.webroot}: {exc.strerror or exc}"
         try:
-            base = self.self_check_url()
+            bases = self.self_check_url()
+            if isinstance(bases, str):
+                bases = [bases]
+            if not bases:
+                return "self-check: no node's agent is up to serve the token"
             # The order is queued by the pass that just reloaded nginx, and a reload is asynchronous
             # (`nginx -s reload` returns before the new listeners and workers exist): right after a
             # first apply the port was still closed. Ask again for a moment before calling it failed.
             deadline = time.monotonic() + SELF_CHECK_SETTLE
             while True:
-                error = self._fetch_token(base, token, body, request.domains)
+                # Swarm: HTTP-01 may reach any node, so every node that is up must serve the token.
+                error = next((e for base in bases if (e := self._fetch_token(base, token, body, request.domains))), "")
                 if not error or time.monotonic() >= deadline or self.stopping.is_set():
                     return error
                 time.sleep(0.1)

@@ -125,6 +125,11 @@ def _read_pair(name: str, chain: Path, key: Path, folders: tuple[Path, ...]) -> 
     return cached[1]
 
 
+def check_files(chain: Path, key: Path) -> str:
+    """Why nginx could not serve this pair of regular files ('' when it can), checked as lineages are."""
+    return _parse("check", chain, key).problem
+
+
 def _parse(name: str, chain: Path, key_path: Path) -> CertStatus:
     """`chain` and `key_path` are the checked regular files themselves (no links left to follow)."""
     try:

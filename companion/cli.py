@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import logging
 import os
 import signal
@@ -12,24 +13,36 @@ import sys
 import threading
 from pathlib import Path
 
-from . import certs, config, explain, logformat, owners, service
-from .acme import AcmeManager, CertState, certbot_command, certbot_reason, describe, due_reason, load_state
+from . import agent, certs, cluster, config, explain, hostfiles, imports, logformat, owners, service, supervisor
+from . import status as status_report
+from .acme import (
+    AcmeManager,
+    CertState,
+    certbot_command,
+    certbot_reason,
+    describe,
+    due_reason,
+    lineage_request,
+    load_state,
+)
 from .alerts import Notifier
 from .control import start_control_server
 from .controller import Controller, heartbeat_problem, read_inputs
+from .dns import credentials_problem
 from .docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
 from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
-from .model import CertRequest
+from .model import Challenge
 from .nginx import OLDEST_ASSUMED, LocalApplier, NginxControl
-from .reconcile import policy_of, reconcile, render_options
+from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
+from .reconcile import Reconciled, policy_of, reconcile, render_options
 from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
 from .swarm import SwarmSource
 from .variables import setting_problems
-from .watch import watch_certs
+from .watch import watch_certs, watch_host_files
 
 log = logging.getLogger("companion")
 
@@ -52,9 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
     renew = sub.add_parser("renew", parents=[settings], help="renew now (the running service reloads nginx)")
     renew.add_argument("--force", action="store_true", help="renew even when not due")
     renew.add_argument("name", nargs="?", default="", help="only this certificate")
-    sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
+    check = sub.add_parser("check", parents=[settings], help="exit 0 when the service's loop is alive (HEALTHCHECK)")
+    check.add_argument(
+        "--nginx", action="store_true", help="and nginx answers HTTP on 127.0.0.1:HTTP_PORT (single-container image)"
+    )
+    sub.add_parser(
+        "proxy",
+        parents=[settings],
+        help="run nginx and the companion together, as PID 1 of the single-container image",
+    )
     explainer = sub.add_parser("explain", parents=[settings], help="why a container or host is served or left out")
     explainer.add_argument("name", help="a container name or id prefix, or a host name")
+    sub.add_parser(
+        "agent", parents=[settings], help="Swarm node: run nginx and keep it in line with the controller's files"
+    )
+    sub.add_parser("cluster-secret", help="print a new cluster secret (for `docker secret create`)")
     return parser
 
 
@@ -83,6 +108,14 @@ def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[explain.
     return read_inputs(settings, snapshot, policy_of(settings), owners.remembered(owners.load(certs_dir)), certs_dir)
 
 
+def reconciled_here(settings: config.Settings, edge: DockerEdge, snapshot: Snapshot) -> Reconciled:
+    """What a pass would decide now, computed in this process (render, certs): no Controller, nothing written."""
+    applier = make_applier(settings, edge)
+    applier.locate(snapshot.nginx)
+    inputs, default_problem = inputs_here(settings, snapshot)
+    return reconcile(inputs, render_options(settings, applier.nginx_version() or OLDEST_ASSUMED), default_problem)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -90,9 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"companion: invalid setting: {exc}", file=sys.stderr)
         return 2
-    logformat.setup(settings.log_level, settings.log_format)
+    logformat.setup(settings.log_level, settings.own_log_format)
     for noisy in ("urllib3", "docker", "watchdog"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "proxy":
+        # Checked above, so a bad setting stops the container at once; `companion run` reads the same flags
+        # (and the environment it inherits) itself.
+        return supervisor.main(supervisor.settings_flags(sys.argv[1:] if argv is None else argv))
     handler = {
         "run": cmd_run,
         "render": cmd_render,
@@ -100,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         "certs": cmd_certs,
         "renew": cmd_renew,
         "explain": cmd_explain,
+        "agent": cmd_agent,
+        "cluster-secret": cmd_cluster_secret,
     }[args.command]
     return handler(args, settings)
 
@@ -111,13 +150,15 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    applier = make_applier(settings, edge)
-    applier.locate(snapshot.nginx)
-    inputs, default_problem = inputs_here(settings, snapshot)
-    done = reconcile(inputs, render_options(settings, applier.nginx_version() or OLDEST_ASSUMED), default_problem)
+    done = reconciled_here(settings, edge, snapshot)
     for problem in done.desired.problems:
         print(f"# {problem}", file=sys.stderr)
-    for name, content in done.files.items():
+    certs_dir, conf_dir = Path(settings.certs_dir), Path(settings.conf_dir)
+    dirs = hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
+    user, _ = hostfiles.UserFiles(certs_dir, conf_dir).choose(
+        hostfiles.scan(dirs, (server.host for server in done.desired.servers))
+    )
+    for name, content in done.files(user).items():
         if name == MAIN_FILE or (args.all and name.endswith(".inc")):
             if args.all:
                 print(f"# ---- {name}")
@@ -177,11 +218,20 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     if edge is None:
         return 0
     log.info("connected to the Docker daemon; conf dir %s, certs dir %s", settings.conf_dir, settings.certs_dir)
+    imports.import_all(Path(settings.certs_dir))  # before the first pass: an imported pair is not ordered
     notifier = None
     if settings.notify_urls:
         notifier = Notifier(settings.notify_urls, Path(settings.certs_dir), settings.notify_expiry_days)
+    try:
+        cluster_server = start_cluster(settings) if settings.cluster_listen else None
+    except (OSError, cluster.SecretError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
+        return 2
+    publisher = cluster_server.publisher if cluster_server is not None else None
     source = SwarmSource(edge)
-    controller = Controller(settings, source, make_applier(settings, edge), expiry=notifier)
+    applier = make_applier(settings, edge)
+    controller = Controller(settings, source, applier, expiry=notifier, publisher=publisher)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -191,12 +241,13 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     acme = AcmeManager(
         settings,
         controller.wake,
-        controller.self_check_url,
+        publisher.self_check_bases if publisher is not None else controller.self_check_url,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
         notify=notifier.send if notifier else None,
     )
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
+    host_files = watch_host_files(controller.host_dirs, controller.wake)
     control = start_control_server(Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
@@ -210,22 +261,74 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     finally:
         if server is not None:
             server.shutdown()
+        if cluster_server is not None:
+            cluster_server.shutdown()
         if control is not None:
             control.stop()
         acme.stop()
         observer.stop()
+        host_files.stop()
         if notifier is not None:
             notifier.stop()
     log.info("stopped")
     return 0
 
 
+def start_cluster(settings: config.Settings) -> ClusterServer:
+    """The controller's side of Swarm: publish each pass to the agents over mutual TLS."""
+    secret = cluster.load_secret(Path(settings.cluster_secret_file))
+    publisher = ClusterPublisher(settings.conf_dir, settings.certs_dir, settings.webroot, settings.http_port)
+    return start_cluster_server(config.parse_listen(settings.cluster_listen, "cluster listen"), publisher, secret)
+
+
+def cmd_cluster_secret(args: argparse.Namespace, settings: config.Settings) -> int:
+    """A fresh private CA for one cluster: `companion cluster-secret | docker secret create companion_cluster -`."""
+    sys.stdout.write(cluster.new_secret())
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
+    """Run nginx as a child and keep it serving the controller's latest good generation (see agent.py)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        secret = cluster.load_secret(Path(settings.cluster_secret_file))
+        node = agent.node_name(settings)
+    except (cluster.SecretError, ValueError) as exc:
+        log.error("cannot start the agent: %s", printable(str(exc)))
+        return 2
+    code = agent.Agent(settings, secret, node, agent.ChildNginx()).run(stop)
+    log.info("stopped")
+    return code
+
+
 def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
     problem = heartbeat_problem(Path(settings.heartbeat_file), dt.datetime.now(dt.UTC))
+    if not problem and args.nginx:
+        problem = nginx_problem(settings.http_port)
     if problem:
         print(f"companion: {problem}", file=sys.stderr)
         return 1
     return 0
+
+
+def nginx_problem(port: int) -> str:
+    """Why nginx counts as dead ('' when it answers): any HTTP answer on loopback will do, even a 503."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/", headers={"Host": "companion-healthcheck.invalid"})
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as exc:
+        return f"nginx does not answer on 127.0.0.1:{port} ({exc})"
+    finally:
+        conn.close()
+    return ""
 
 
 def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:
@@ -248,13 +351,54 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
     return rows
 
 
+def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
+    """Which sites each certificate serves, decided from a fresh snapshot as `render` does; None without Docker."""
+    try:
+        edge = edge_for(settings)
+        snapshot = SwarmSource(edge).snapshot()
+    except DockerUnavailable as exc:
+        print(f"# sites not shown: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return None
+    return status_report.served_by(reconciled_here(settings, edge, snapshot).desired)
+
+
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
+    """The table of certificates; under each one the sites nginx presents it for (a wildcard serves several)."""
     rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
+    print_table(rows, served_now(settings) or {})
+    address = service.status_address(settings)
+    if address is not None:
+        try:
+            nodes = service.ask_nodes(address)
+        except service.NoAnswer:
+            nodes = []
+        if nodes:
+            print(f"\n# Swarm nodes, as the running service at {service.url_of(address, '/')} last heard from them")
+            print_table(
+                [("NODE", "ADDRESS", "GENERATION", "NGINX", "LAST SEEN (UTC)", "LAST ERROR")] + node_rows(nodes)
+            )
+    return 0
+
+
+def node_rows(nodes: list[dict[str, object]]) -> list[tuple[str, ...]]:
+    """One row per node: its agent's address, the generation it serves (and whether current), its last error."""
+    rows = []
+    for node in nodes:
+        generation = str(node.get("generation") or "none") + ("" if node.get("current") else " (behind)")
+        seen = str(node.get("last_seen", "")) + ("" if node.get("up") else " (away)")
+        fields = (node.get("node"), node.get("address"), generation, node.get("nginx_version"), seen)
+        rows.append((*(printable(str(v or "-")) for v in fields), printable(str(node.get("error") or "-"))))
+    return rows
+
+
+def print_table(rows: list[tuple[str, ...]], serves: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Columns padded to their widest cell; under a row whose first cell `serves` names, the sites it serves."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-    return 0
+        if serves and serves.get(row[0]):
+            print(f"  serves: {', '.join(serves[row[0]])}")
 
 
 def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
@@ -304,9 +448,14 @@ def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
             failed += 1
             continue
         # The lineage keeps its CA and the account that ordered it (certbot's renewal file).
-        request = CertRequest(name, status.domains, settings.default_email, server=status.server)
+        request = lineage_request(settings, name, status.domains, status.server)
         if not args.force and not due_reason(request, status, now, settings.renew_before_days):
             print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
+            continue
+        refused = credentials_problem(settings.dns_credentials) if request.challenge is Challenge.DNS01 else ""
+        if refused:
+            print(f"{name}: renewal refused: {refused}", file=sys.stderr)
+            failed += 1
             continue
         env = dict(os.environ)
         if settings.ca_bundle:

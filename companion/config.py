@@ -10,15 +10,32 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from urllib.parse import urlsplit
 
+from . import dns
 from .alerts import BadNotifyUrl, parse_notify_urls
-from .model import EMAIL_RULE, InvalidValue, RootAnswer, is_email, parse_ca_url, parse_default_root, parse_hostname
+from .model import (
+    EMAIL_RULE,
+    Challenge,
+    InvalidValue,
+    RootAnswer,
+    is_email,
+    parse_ca_url,
+    parse_default_root,
+    parse_enum,
+    parse_hostname,
+)
 from .trust import ImageTrust, OwnerRule, parse_owner_rules
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 CaUrls = tuple[str, ...]  # ACME directory URLs, kept exactly as written (their case matters)
 NotifyUrls = tuple[str, ...]  # Apprise URLs; they hold tokens and passwords, so never shown
+Resolvers = tuple[str, ...]  # nginx `resolver` addresses: an IP, an IP:port or [IPv6]:port, normalised
+SERVER_TOKENS = ("on", "off", "build")
+OWN_LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values for the companion's own log; others are nginx-proxy's
+LOG_ESCAPES = ("default", "json", "none")
+MAX_LOG_FORMAT = 4096
 
 
 class SslPolicy(StrEnum):
@@ -55,6 +72,10 @@ class Settings:
     image_trust: ImageTrust = ImageTrust.ROUTING
     domain_owners: tuple[OwnerRule, ...] = ()
     self_check: bool = True
+    acme_challenge: Challenge = Challenge.HTTP01
+    dns_plugin: str = ""  # a certbot DNS plugin (dns-rfc2136, ...); DNS-01 and wildcards need one
+    dns_credentials: str = ""  # that plugin's credentials file; never read here, only checked and passed on
+    dns_propagation_seconds: int = -1  # -1: the plugin's own default
     default_host: str = ""
     default_root: RootAnswer | None = RootAnswer(404)
     http_on_missing_cert: bool = True
@@ -73,6 +94,39 @@ class Settings:
     notify_urls: NotifyUrls = field(default=(), repr=False)
     notify_expiry_days: float = 14.0
     log_format: str = "text"
+    log_format_escape: str = "default"
+    vhost_dir: str = "/etc/nginx/vhost.d"
+    htpasswd_dir: str = "/etc/nginx/htpasswd"
+    client_ca_dir: str = "/etc/nginx/client_ca"
+    proxy_conf: str = "/etc/nginx/proxy.conf"
+    server_tokens: str = ""  # "": nginx's own (nginx.conf)
+    log_json: bool = False
+    disable_access_logs: bool = False
+    access_log: str = "/var/log/nginx/access.log"
+    resolvers: Resolvers = ()
+    cluster_listen: str = ""  # IP:PORT where the controller serves its agents; "" keeps the cluster off
+    cluster_secret_file: str = "/run/secrets/companion_cluster"
+    controller_url: str = "https://companion:8443"
+    agent_state_dir: str = "/var/lib/companion-agent"
+    node_name: str = ""
+
+    @property
+    def own_log_format(self) -> str:
+        """The companion's own log: LOG_FORMAT when it is text or json, else text (the value is nginx's)."""
+        return self.log_format if self.log_format in OWN_LOG_FORMATS else "text"
+
+    @property
+    def access_log_format(self) -> str:
+        """nginx-proxy's LOG_FORMAT: a custom access log format ("" when LOG_FORMAT is text or json)."""
+        return "" if self.log_format in OWN_LOG_FORMATS else self.log_format
+
+    @property
+    def access_log_directive(self) -> str:
+        """What the servers' access_log says: "" (nginx.conf's), "off", or the file LOG_JSON or a custom
+        LOG_FORMAT writes to."""
+        if self.disable_access_logs:
+            return "off"
+        return self.access_log if self.log_json or self.access_log_format else ""
 
     @property
     def docker_mode(self) -> bool:
@@ -133,7 +187,33 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "domain_owners",
         "comma list of PATTERN=project:NAME or PATTERN=label:KEY=VALUE: only those containers may claim the names",
     ),
-    ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before ordering"),
+    ("--self-check", "ACME_SELF_CHECK", "self_check", "fetch a test token through nginx before an HTTP-01 order"),
+    (
+        "--acme-challenge",
+        "ACME_CHALLENGE",
+        "acme_challenge",
+        "http-01, or dns-01 (needs --dns-plugin); a container's ACME_CHALLENGE overrides it",
+    ),
+    (
+        "--dns-plugin",
+        "ACME_DNS_PLUGIN",
+        "dns_plugin",
+        "certbot DNS plugin for DNS-01 and wildcard names: dns-rfc2136, dns-cloudflare, dns-route53, "
+        "dns-digitalocean or one a derived image adds (see DNS-01)",
+    ),
+    (
+        "--dns-credentials",
+        "ACME_DNS_CREDENTIALS",
+        "dns_credentials",
+        "the plugin's credentials file (a Docker secret; not readable by others); dns-route53 reads AWS_* instead",
+    ),
+    (
+        "--dns-propagation",
+        "ACME_DNS_PROPAGATION_SECONDS",
+        "dns_propagation_seconds",
+        "seconds the plugin waits for its TXT record to reach every DNS server before validation "
+        "(-1: the plugin's default)",
+    ),
     (
         "--default-host",
         "DEFAULT_HOST",
@@ -206,7 +286,95 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "notify_expiry_days",
         "alert once a day when a certificate in use has fewer days left (0: never)",
     ),
-    ("--log-format", "LOG_FORMAT", "log_format", "text, or json: one JSON object per line"),
+    (
+        "--log-format",
+        "LOG_FORMAT",
+        "log_format",
+        "text or json: the companion's own log (json: one object per line); anything else is nginx-proxy's "
+        "meaning, nginx's access log format (written to ACCESS_LOG_PATH)",
+    ),
+    (
+        "--log-format-escape",
+        "LOG_FORMAT_ESCAPE",
+        "log_format_escape",
+        "escaping of variables in a custom LOG_FORMAT: default, json or none",
+    ),
+    (
+        "--vhost-dir",
+        "VHOST_DIR",
+        "vhost_dir",
+        "folder of per-host nginx files: `<host>` (else `default`) goes into the host's servers, `<host>_location` "
+        "(else `default_location`) into its locations",
+    ),
+    (
+        "--htpasswd-dir",
+        "HTPASSWD_DIR",
+        "htpasswd_dir",
+        "folder of htpasswd files: `<host>` switches on basic auth for that host (the ACME challenge stays open)",
+    ),
+    (
+        "--client-ca-dir",
+        "CLIENT_CA_DIR",
+        "client_ca_dir",
+        "folder of CA files (PEM): `<host>` makes that host's HTTPS server require a client certificate it signed",
+    ),
+    (
+        "--proxy-conf",
+        "PROXY_CONF",
+        "proxy_conf",
+        "when this file exists it replaces the companion's proxy header snippet in every proxied location",
+    ),
+    (
+        "--server-tokens",
+        "SERVER_TOKENS",
+        "server_tokens",
+        "nginx's server_tokens in the companion's servers: on, off or build; empty: nginx.conf's",
+    ),
+    (
+        "--log-json",
+        "LOG_JSON",
+        "log_json",
+        "nginx's access log as one JSON object per request, in ACCESS_LOG_PATH (nginx-proxy's name)",
+    ),
+    (
+        "--disable-access-logs",
+        "DISABLE_ACCESS_LOGS",
+        "disable_access_logs",
+        "no access log for the companion's servers (nginx-proxy's name; wins over LOG_JSON)",
+    ),
+    ("--access-log-path", "ACCESS_LOG_PATH", "access_log", "the file LOG_JSON writes to, as nginx sees it"),
+    (
+        "--resolvers",
+        "RESOLVERS",
+        "resolvers",
+        "nginx's `resolver`: IP addresses (optionally IP:port, [IPv6]:port), separated by spaces or commas",
+    ),
+    (
+        "--cluster-listen",
+        "CLUSTER_LISTEN",
+        "cluster_listen",
+        "controller (Swarm): IP:PORT where agents fetch the configuration over mutual TLS (`0.0.0.0:8443`); "
+        "set, nginx is the agents' and nothing is applied locally; empty: off",
+    ),
+    (
+        "--cluster-secret-file",
+        "CLUSTER_SECRET_FILE",
+        "cluster_secret_file",
+        "controller and agents: the cluster secret (`companion cluster-secret` makes one; a Swarm secret)",
+    ),
+    (
+        "--controller-url",
+        "CONTROLLER_URL",
+        "controller_url",
+        "agent: the controller's cluster address, https://HOST:PORT",
+    ),
+    (
+        "--agent-state-dir",
+        "AGENT_STATE_DIR",
+        "agent_state_dir",
+        "agent: where it keeps the generation it serves (a volume, beside the conf and certs dirs)",
+    ),
+    ("--node-name", "NODE_NAME", "node_name", "agent: the name it reports (empty: the host name)"),
 )
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -227,6 +395,8 @@ def _convert(name: str, raw: str) -> object:
     if kind == "SslPolicy":
         return _ssl_policy(raw)
     try:
+        if kind == "Challenge":
+            return parse_enum(raw, Challenge)
         if name == "default_host":
             return parse_hostname(raw) if raw.strip() else ""
         if kind == "RootAnswer | None":
@@ -251,6 +421,8 @@ def _convert(name: str, raw: str) -> object:
             return tuple(parse_ca_url(p) for p in raw.split(",") if p.strip())
         if kind == "NotifyUrls":
             return parse_notify_urls(raw)
+        if kind == "Resolvers":
+            return parse_resolvers(raw)
     except InvalidValue as exc:
         raise SettingsError(f"{name}: {raw!r}: {exc}") from None
     except BadNotifyUrl as exc:
@@ -318,12 +490,17 @@ def _validate(s: Settings) -> None:
         raise SettingsError("renew-before must be a finite, non-negative number of days")
     if not math.isfinite(s.notify_expiry_days) or s.notify_expiry_days < 0:
         raise SettingsError("notify-expiry-days must be a finite, non-negative number of days")
-    if s.log_format not in ("text", "json"):
-        shown = s.log_format.encode("unicode_escape").decode("ascii")
+    if s.log_format not in OWN_LOG_FORMATS and (
+        not s.log_format.strip() or len(s.log_format) > MAX_LOG_FORMAT or not s.log_format.isprintable()
+    ):
+        shown = s.log_format[:80].encode("unicode_escape").decode("ascii")
         raise SettingsError(
-            f"log format {shown!r} must be text or json (nginx-proxy's LOG_FORMAT, for nginx's access log, "
-            "goes in nginx.conf)"
+            f"log format {shown!r} must be text or json (the companion's own log), or nginx's access log format "
+            f"(nginx-proxy's meaning): printable, at most {MAX_LOG_FORMAT} characters"
         )
+    if s.log_format_escape not in LOG_ESCAPES:
+        shown = s.log_format_escape.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"log format escape {shown!r} must be one of {', '.join(LOG_ESCAPES)}")
     try:
         parse_ca_url(s.acme_staging_server)
     except InvalidValue as exc:
@@ -332,14 +509,57 @@ def _validate(s: Settings) -> None:
         raise SettingsError(f"default email {s.default_email.encode('unicode_escape').decode('ascii')!r} {EMAIL_RULE}")
     if s.status_listen:
         parse_listen(s.status_listen)
+    if s.cluster_listen:
+        parse_listen(s.cluster_listen, "cluster listen")
+    url = urlsplit(s.controller_url)
+    try:
+        url.port  # noqa: B018 - raises for a bad port
+    except ValueError:
+        url = url._replace(scheme="")
+    if url.scheme != "https" or not url.hostname or url.path not in ("", "/") or url.query:
+        shown = s.controller_url.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"controller url {shown!r} must be https://HOST:PORT")
+    problem = dns.settings_problem(s.acme_challenge, s.dns_plugin, s.dns_credentials, s.dns_propagation_seconds)
+    if problem:
+        raise SettingsError(problem)
     if s.status_auth and not s.status_auth.startswith("/"):
         raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
-    for path in (s.conf_dir, s.webroot, s.certs_dir):
+    for path in (s.conf_dir, s.webroot, s.certs_dir, s.access_log):
         if not path.startswith("/") or any(c in path for c in " ;{}'\"\n\t$#"):
             raise SettingsError(f"path {path!r} must be absolute and free of spaces and nginx syntax")
+    for path in (s.vhost_dir, s.htpasswd_dir, s.client_ca_dir, s.proxy_conf):
+        if not path.startswith("/"):
+            raise SettingsError(f"path {path!r} must be absolute")
+    if s.server_tokens.strip().lower() not in ("", *SERVER_TOKENS):
+        shown = s.server_tokens.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"server tokens {shown!r} must be on, off or build (or empty for nginx.conf's)")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_resolvers(text: str) -> Resolvers:
+    """RESOLVERS: IP addresses for nginx's `resolver`, each with an optional port; never a name (nginx would
+    need a resolver to find its resolver)."""
+    found = []
+    for word in text.replace(",", " ").split():
+        host, port = word, ""
+        if word.startswith("["):
+            host, _, rest = word[1:].partition("]")
+            port = rest.removeprefix(":") if rest.startswith(":") else ("x" if rest else "")
+        elif word.count(":") == 1:
+            host, _, port = word.partition(":")
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise InvalidValue(f"{word!r} is not an IP address (IP, IP:port or [IPv6]:port)") from None
+        if port and (not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535):
+            raise InvalidValue(f"{word!r}: the port must be 1-65535")
+        shown = f"[{address}]" if address.version == 6 else str(address)
+        found.append(f"{shown}:{port}" if port else shown)
+    if len(found) > 16:
+        raise InvalidValue("more than 16 resolvers")
+    return tuple(dict.fromkeys(found))
+
+
+def parse_listen(text: str, what: str = "status listen") -> tuple[str, int]:
     """'127.0.0.1:8081' or '[::1]:8081' -> (host, port): an IP address, never a name to resolve."""
     host, sep, port = text.strip().rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
@@ -350,9 +570,9 @@ def parse_listen(text: str) -> tuple[str, int]:
             raise ValueError(host)
         ipaddress.ip_address(host)
     except ValueError:
-        raise SettingsError(f"status listen {shown!r} must be IP:PORT, e.g. 0.0.0.0:8081 or [::1]:8081") from None
+        raise SettingsError(f"{what} {shown!r} must be IP:PORT, e.g. 0.0.0.0:8081 or [::1]:8081") from None
     if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
-        raise SettingsError(f"status listen {shown!r}: the port must be 1-65535") from None
+        raise SettingsError(f"{what} {shown!r}: the port must be 1-65535") from None
     return host, int(port)
 
 

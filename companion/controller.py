@@ -1,7 +1,7 @@
 """The loop that ties the edges to the pure core: wake (debounced), snapshot, reconcile, apply.
 
-It sees the edges only through the protocols of companion/reconcile.py: a Source of snapshots and an
-Applier that tests and reloads nginx.
+It sees the edges through the protocols of companion/reconcile.py: a Source of snapshots and an Applier
+that tests and reloads nginx (or, with agents, a Publisher).
 
 Events only wake the loop; every pass starts from a fresh snapshot, so a missed event or a daemon
 restart costs one pass, never correctness. Problems are logged when they appear and when they go
@@ -10,26 +10,28 @@ away, not on every pass.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import certs, owners, plan, status
+from . import certs, hostfiles, owners, plan, status
 from .acme import CertState
 from .alerts import in_use
 from .config import Settings
 from .docker import DockerUnavailable, Snapshot, short_reason
-from .explain import Explanation, Inputs, explain
+from .explain import Explanation, Inputs, explain, with_nodes
 from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
 from .nginx import OLDEST_ASSUMED, ApplyResult
+from .publisher import CHALLENGE_RELAY_PORT
 from .reconcile import Applier, Source, policy_of, reconcile, render_options
 from .trust import NGINX_LABEL
 
@@ -58,6 +60,16 @@ class CertificateManager(Protocol):
 
 class ExpiryWatch(Protocol):
     def check_expiry(self, in_use: dict[str, dt.datetime]) -> None: ...
+
+
+class Publisher(Protocol):
+    """Applies each pass's files elsewhere (Swarm: the agents on every node) instead of the local nginx."""
+
+    def apply(self, files: Mapping[str, str]) -> ApplyResult: ...
+
+    def nginx_version(self) -> tuple[int, ...] | None: ...
+
+    def nodes(self) -> tuple[status.NodeView, ...]: ...
 
 
 @dataclass
@@ -98,8 +110,10 @@ class Controller:
         applier: Applier,
         acme: CertificateManager | None = None,
         expiry: ExpiryWatch | None = None,
+        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
+        self.publisher = publisher
         self.source = source
         self.applier = applier
         self.acme = acme
@@ -116,13 +130,17 @@ class Controller:
         self.latest = status.EMPTY  # replaced whole after every pass; the status endpoint only reads it
         self.inputs: Inputs | None = None  # what the last pass decided from, replaced whole like the report
         self.metrics = Metrics(lambda: self.latest)
-        self._nginx_version: tuple[int, ...] | None = None  # as the applier last told it
+        self._nginx_version: tuple[int, ...] | None = None  # as the applier (or the agents) last told it
         self.debouncer = Debouncer()
         self._nginx_address = "127.0.0.1"
         self._nginx_names: tuple[str, ...] = ()
         self.policy = policy_of(settings)
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
+        self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
+        self.host_dirs = hostfiles.Dirs(
+            settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf
+        )
 
     def self_check_url(self) -> str:
         """Where nginx answers plain HTTP: on this host, or at the nginx container's address."""
@@ -141,7 +159,14 @@ class Controller:
         inputs = self.inputs
         if inputs is None:
             return None
-        return explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
+        return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
+
+    def nginx_version(self) -> tuple[int, ...] | None:
+        """The version to render for (None: unknown). With agents, the oldest nginx among the nodes that are up."""
+        if self.publisher is not None:
+            return self.publisher.nginx_version()
+        return self.applier.nginx_version()
 
     def run_pass(self) -> PassReport:
         """Converge once. Docker being unreachable keeps everything as it is."""
@@ -171,31 +196,39 @@ class Controller:
                 )
                 for info, reason in snapshot.impostors
             }
-        if self.settings.docker_mode and not snapshot.nginx and not snapshot.nginx_tasks:
+        if self.settings.docker_mode and not snapshot.nginx and not snapshot.nginx_tasks and self.publisher is None:
             self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
         inputs, default_problem = read_inputs(
-            self.settings, snapshot, self.policy, owners.remembered(self.owners), self.certs_dir
+            self.settings,
+            snapshot,
+            self.policy,
+            owners.remembered(self.owners),
+            self.certs_dir,
+            agents=self.publisher is not None,
         )
-        self._nginx_version = self.applier.nginx_version()
+        self._nginx_version = self.nginx_version()
         if self._nginx_version is None:
             log.debug("nginx's version unknown; rendering for %s", OLDEST_ASSUMED)
-        options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED)
+        relay = f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else ""
+        options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED, relay)
         done = reconcile(inputs, options, default_problem)
         desired = done.desired
         self._desired, self._statuses = desired, dict(inputs.statuses)
         self.inputs = inputs
+        found = hostfiles.scan(self.host_dirs, (server.host for server in desired.servers))
         started = time.monotonic()
-        result = self.applier.apply(done.files)
+        result, file_problems = self.user_files.apply(found, done.files, self._apply, self.conf_dir)
         self.metrics.apply_seconds.observe(time.monotonic() - started)
         if result.changed:
             self.metrics.reloads.labels("ok" if result.ok else "failed").inc()
         if result.ok:
             self._last_success = time.time()
         if result.changed and result.ok:
-            log.info("applied %s (%d sites); nginx reloaded", ", ".join(result.changed), len(desired.servers))
-        problems = set(done.problems) | impostors
+            how = "nginx reloaded" if self.publisher is None else "published to the agents"
+            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), how)
+        problems = set(done.problems) | impostors | file_problems
         if result.error:
             problems.add(result.error)
         self._report(problems)
@@ -206,6 +239,12 @@ class Controller:
         if self.expiry is not None and result.ok:
             self.expiry.check_expiry(in_use(desired.servers, self._statuses, self.certs_dir))
         return PassReport(result=result)
+
+    def _apply(self, files: Mapping[str, str]) -> ApplyResult:
+        """With agents (Swarm), publish to them; else write, test and reload the local nginx."""
+        if self.publisher is not None:
+            return self.publisher.apply(files)
+        return self.applier.apply(files)
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
@@ -225,6 +264,13 @@ class Controller:
             log.info("resolved: %s", line, extra=fields_of(line))
         now = time.time()
         self._reported = {line: self._reported.get(line, now) for line in problems}
+
+    def report(self) -> status.Report:
+        """The latest pass's report; with agents, their nodes as of now (they report between passes)."""
+        latest = self.latest
+        if self.publisher is None:
+            return latest
+        return dataclasses.replace(latest, nodes=self.publisher.nodes())
 
     def publish(self, report: PassReport | None, started: float, duration: float) -> None:
         """Record the pass and replace the status report (one reference swap: readers never wait)."""
@@ -253,6 +299,7 @@ class Controller:
             nginx_version=self._nginx_version,
             nginx_containers=self._nginx_names,
             last_success=self._last_success,
+            nodes=self.publisher.nodes() if self.publisher is not None else (),
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -260,7 +307,8 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
         stop_waker.start()
-        remove_stale_temporaries(self.conf_dir)
+        if self.publisher is None:  # with agents, the conf dir here is not nginx's
+            remove_stale_temporaries(self.conf_dir)
         self.wake("start")
         retry = 0.0
         while not stop.is_set():
@@ -311,14 +359,23 @@ class Controller:
 
 
 def read_inputs(
-    settings: Settings, snapshot: Snapshot, policy: Policy, remembered: dict[str, str], certs_dir: Path
+    settings: Settings,
+    snapshot: Snapshot,
+    policy: Policy,
+    remembered: dict[str, str],
+    certs_dir: Path,
+    agents: bool = False,
 ) -> tuple[Inputs, str]:
-    """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
-    nginx_networks = None
-    host_address = plan.LOOPBACK
-    if settings.docker_mode:
+    """What a pass decides from (reads the certs dir and the clock), and the default certificate's problem.
+
+    nginx in a container is reached on its networks (a Swarm service carrying the nginx label counts too);
+    with agents (`agents`), backends are reached on the networks the companion's own container is on."""
+    nginx_networks: tuple[str, ...] | None
+    if settings.docker_mode and not agents:
         nginx_networks = tuple(sorted({n for info in (*snapshot.nginx, *snapshot.nginx_tasks) for n in info.networks}))
         host_address = plan.host_address_from(snapshot.nginx)
+    else:
+        nginx_networks, host_address = plan.local_reach(snapshot.own)
     default, problem = certs.default_cert(certs_dir)
     inputs = Inputs(
         containers=snapshot.containers,
@@ -331,6 +388,7 @@ def read_inputs(
         default_host=settings.default_host,
         http_on_missing_cert=settings.http_on_missing_cert,
         default_cert=default,
+        now=time.time(),
     )
     return inputs, problem
 

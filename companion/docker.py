@@ -41,6 +41,7 @@ class Snapshot:
     containers: tuple[ContainerInfo, ...]
     nginx: tuple[ContainerInfo, ...]  # the nginx container(s): by name, or by label and the shared conf dir
     own_networks: tuple[str, ...] = ()  # the companion's own networks when it runs in a container
+    own: ContainerInfo | None = None  # the companion's own container, when it runs in one it can see
     # containers carrying the nginx label that do not qualify, with the reason; routed like any other
     impostors: tuple[tuple[ContainerInfo, str], ...] = ()
     # nginx's Swarm tasks (a service carrying the nginx label): their networks are nginx's too, but they are
@@ -106,6 +107,7 @@ class DockerEdge:
             containers=others,
             nginx=nginx,
             own_networks=tuple(own.networks) if own else (),
+            own=own,
             impostors=impostors,
         )
 

@@ -20,6 +20,7 @@ from .logsafe import printable
 from .model import (
     MULTIPORTS,
     VARIABLES,
+    Challenge,
     ContainerInfo,
     HttpsMethod,
     InvalidValue,
@@ -32,6 +33,7 @@ from .model import (
 )
 from .multiports import parse_multiports, parse_sites
 from .plan import CertFiles
+from .status import NodeView
 from .variables import container_problems
 
 SOURCE = "computed from a fresh snapshot; the service was not asked"
@@ -53,6 +55,7 @@ class Inputs:
     default_host: str = ""
     http_on_missing_cert: bool = True
     default_cert: CertFiles | None = None
+    now: float = 0.0  # unix time of the pass: an expired certificate loses to a valid one covering the host
 
     @property
     def usable(self) -> dict[str, CertFiles]:
@@ -70,6 +73,7 @@ class Inputs:
             default_host=self.default_host,
             http_on_missing_cert=self.http_on_missing_cert,
             default_cert=self.default_cert,
+            now=self.now,
         )
 
 
@@ -289,7 +293,8 @@ class _World:
         if not ordered:
             return f"nothing ordered for {names} (see the warnings)"
         name = ordered[0].name
-        return f"lineage {name} for {names}; {self._state(name)}"
+        over = " over DNS-01" if site.cert.challenge is Challenge.DNS01 else ""
+        return f"lineage {name} for {names}{over}; {self._state(name)}"
 
     def _state(self, lineage: str) -> str:
         status = self.inputs.statuses.get(lineage)
@@ -395,6 +400,17 @@ def _parsed(sites: tuple[Site, ...]) -> list[str]:
     )
     if first.cert_name:
         settings += f", CERT_NAME={first.cert_name}"
+    tuning = first.tuning
+    for name, value in (
+        ("PROXY_MAX_BODY_SIZE", tuning.max_body_size),
+        ("PROXY_READ_TIMEOUT", tuning.read_timeout),
+        ("PROXY_SEND_TIMEOUT", tuning.send_timeout),
+        ("PROXY_CONNECT_TIMEOUT", tuning.connect_timeout),
+        ("PROXY_BUFFERING", None if tuning.buffering is None else "on" if tuning.buffering else "off"),
+        ("PROXY_ALLOW_FROM", ",".join(tuning.allow_from) or None),
+    ):
+        if value is not None:
+            settings += f", {name}={value}"
     if first.cert is not None:
         server = first.cert.server or "the companion's CA"
         settings += f", certificate for {', '.join(first.cert.domains)} from {server}"
@@ -406,3 +422,16 @@ def _parsed(sites: tuple[Site, ...]) -> list[str]:
         for host in site.hosts
     ]
     return [settings, *routes]
+
+
+def with_nodes(found: Explanation, nodes: Sequence[NodeView]) -> Explanation:
+    """Swarm: what each node's agent serves, since a site is served on a node only once its agent applied it."""
+    if not nodes:
+        return found
+    lines = ["nodes (Swarm agents; a node serves what its generation holds):"]
+    for node in nodes:
+        state = "current" if node.current else "behind"
+        line = f"  {node.node} at {node.address or '?'}: generation {node.generation or 'none'} ({state})"
+        line += "" if node.up else f", away since {node.last_seen}"
+        lines.append(line + (f"; last error: {node.error}" if node.error else ""))
+    return _made(found.subject, found.verdict, found.reason, (*found.lines, *lines))

@@ -8,6 +8,8 @@ Templates only ever see what these parsers return, so no character of a label ca
 from __future__ import annotations
 
 import fnmatch
+import functools
+import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +50,21 @@ EMAIL_RULE = (
     "digits and . _ % + -; the domain is letters, digits and hyphens separated by dots"
 )
 
+# Companion-specific, per path: what nginx-proxy users most often put in vhost.d, as typed values.
+MAX_BODY_SIZE, READ_TIMEOUT, SEND_TIMEOUT, CONNECT_TIMEOUT, BUFFERING, ALLOW_FROM = TUNING_VARIABLES = (
+    "PROXY_MAX_BODY_SIZE",
+    "PROXY_READ_TIMEOUT",
+    "PROXY_SEND_TIMEOUT",
+    "PROXY_CONNECT_TIMEOUT",
+    "PROXY_BUFFERING",
+    "PROXY_ALLOW_FROM",
+)
+_SIZE_RE = re.compile(r"^([0-9]{1,9})([kmg]?)\Z")
+_DURATION_RE = re.compile(r"^([0-9]{1,9})(ms|s|m|h)?\Z")
+_DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+MAX_SECONDS = 86_400  # read/send: a day; an answer slower than that is a hung backend
+MAX_CONNECT_SECONDS = 75  # nginx's own note: a connect timeout usually cannot exceed 75 seconds
+MAX_ALLOW = 100
 VARIABLES = (
     "VIRTUAL_HOST",
     "VIRTUAL_PORT",
@@ -67,6 +84,8 @@ VARIABLES = (
     "VIRTUAL_HOST_MULTIPORTS",
     "NETWORK_ACCESS",
     "VIRTUAL_KEEPALIVE",
+    *TUNING_VARIABLES,
+    "ACME_CHALLENGE",
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -107,6 +126,45 @@ class Keepalive(StrEnum):
     OFF = "off"  # one connection per request, `Connection: close`: for apps that mishandle reuse
 
 
+class Buffering(StrEnum):
+    ON = "on"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Per-path proxy settings from PROXY_* variables, each already in nginx's own syntax; None/() when unset."""
+
+    max_body_size: str | None = None  # client_max_body_size: "10m", "0" for no limit
+    read_timeout: str | None = None  # "60s", "1500ms"
+    send_timeout: str | None = None
+    connect_timeout: str | None = None
+    buffering: bool | None = None
+    allow_from: tuple[str, ...] = ()  # normalised networks ("10.0.0.0/8", "2001:db8::/32"); others get 403
+
+    @functools.cached_property
+    def directives(self) -> tuple[str, ...]:
+        """The location directives these values make (the allow-list is rendered apart: it goes before deny)."""
+        named = (
+            ("client_max_body_size", self.max_body_size),
+            ("proxy_connect_timeout", self.connect_timeout),
+            ("proxy_read_timeout", self.read_timeout),
+            ("proxy_send_timeout", self.send_timeout),
+            ("proxy_buffering", None if self.buffering is None else "on" if self.buffering else "off"),
+        )
+        return tuple(f"{name} {value};" for name, value in named if value is not None)
+
+
+class Challenge(StrEnum):
+    """How the CA checks that a name is ours: a file nginx serves, or a TXT record a certbot DNS plugin sets."""
+
+    HTTP01 = "http-01"
+    DNS01 = "dns-01"
+
+
+WILDCARD_LINEAGE_PREFIX = "_wildcard_."  # `*.example.com` is kept as `_wildcard_.example.com`: no host is named so
+
+
 class InvalidValue(ValueError):
     """A label or environment value that does not fit its type."""
 
@@ -143,6 +201,8 @@ class Policy:
     # CAs a container may name in ACME_CA_URI besides the two above: the order carries the operator's
     # DEFAULT_EMAIL, which a container must not be able to send to a server of its choosing.
     allowed_servers: tuple[str, ...] = ()
+    default_challenge: Challenge = Challenge.HTTP01  # the companion's ACME_CHALLENGE
+    dns_plugin: str = ""  # ACME_DNS_PLUGIN: DNS-01 (and so wildcards) only with one
 
     def may_use(self, server: str) -> bool:
         return server in (self.acme_server, self.staging_server, *self.allowed_servers)
@@ -169,6 +229,7 @@ class CertRequest:
     domains: tuple[str, ...]
     email: str
     server: str = ""
+    challenge: Challenge = Challenge.HTTP01
 
 
 @dataclass(frozen=True)
@@ -187,6 +248,7 @@ class Site:
     cert: CertRequest | None
     network_access: NetworkAccess = NetworkAccess.EXTERNAL
     keepalive: bool = True  # VIRTUAL_KEEPALIVE
+    tuning: Tuning = Tuning()
 
 
 @dataclass(frozen=True)
@@ -219,7 +281,7 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     prefix = ""
     if raw.startswith("*."):
         if not wildcard:
-            raise InvalidValue("wildcard names cannot be validated over HTTP-01")
+            raise InvalidValue(WILDCARD_NEEDS_DNS)
         prefix, raw = "*.", raw[2:]
     raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
     try:
@@ -239,6 +301,12 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     if labels[-1].isdigit():
         raise InvalidValue("IP addresses are not hostnames")
     return prefix + name
+
+
+WILDCARD_NEEDS_DNS = (
+    "a wildcard certificate can only be validated over DNS-01: set ACME_DNS_PLUGIN (and ACME_DNS_CREDENTIALS) "
+    "on the companion, then ACME_CHALLENGE=dns-01 here or on the companion"
+)
 
 
 def parse_host_list(value: str, *, wildcard: bool = True) -> tuple[str, ...]:
@@ -361,6 +429,65 @@ def parse_ca_url(value: str) -> str:
     return text
 
 
+def parse_size(value: str) -> str:
+    """An nginx size (client_max_body_size): digits with an optional k, m or g; 0 means no limit."""
+    text = value.strip().lower()
+    found = _SIZE_RE.match(text)
+    if not found:
+        raise InvalidValue(
+            "must be a size in nginx syntax: a whole number with an optional k, m or g (10m), or 0 for no limit"
+        )
+    return f"{int(found.group(1))}{found.group(2)}"
+
+
+def parse_duration(value: str, most: int = MAX_SECONDS) -> str:
+    """An nginx time for proxy timeouts: a whole number with ms, s (the default), m or h; 1 ms to `most` seconds."""
+    text = value.strip().lower()
+    found = _DURATION_RE.match(text)
+    rule = f"must be a duration from 1ms to {most}s: a whole number with ms, s, m or h (60s, 5m)"
+    if not found:
+        raise InvalidValue(rule)
+    ms = int(found.group(1)) * _DURATION_MS[found.group(2) or "s"]
+    if not 1 <= ms <= most * 1000:
+        raise InvalidValue(rule)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def parse_allow_list(value: str) -> tuple[str, ...]:
+    """A comma list of IP addresses and CIDR networks (IPv4 and IPv6), normalised, duplicates dropped."""
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts:
+        raise InvalidValue("no address given")
+    if len(parts) > MAX_ALLOW:
+        raise InvalidValue(f"more than {MAX_ALLOW} addresses")
+    networks = []
+    for part in parts:
+        try:
+            network = ipaddress.ip_network(part)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(part, strict=False)
+            except ValueError:
+                raise InvalidValue(
+                    f"{part!r} is not an IP address or CIDR network (10.0.0.0/8, 2001:db8::/32)"
+                ) from None
+            raise InvalidValue(f"{part!r} has host bits set; the network is {loose}") from None
+        networks.append(str(network))
+    return tuple(dict.fromkeys(networks))
+
+
+def parse_tuning(get: Callable[[str], str]) -> Tuning:
+    """The PROXY_* variables of one container, each parsed by its own type (`get` records which is read)."""
+    return Tuning(
+        max_body_size=parse_size(get(MAX_BODY_SIZE)) if get(MAX_BODY_SIZE) else None,
+        read_timeout=parse_duration(get(READ_TIMEOUT)) if get(READ_TIMEOUT) else None,
+        send_timeout=parse_duration(get(SEND_TIMEOUT)) if get(SEND_TIMEOUT) else None,
+        connect_timeout=parse_duration(get(CONNECT_TIMEOUT), MAX_CONNECT_SECONDS) if get(CONNECT_TIMEOUT) else None,
+        buffering=parse_enum(get(BUFFERING), Buffering) is Buffering.ON if get(BUFFERING) else None,
+        allow_from=parse_allow_list(get(ALLOW_FROM)) if get(ALLOW_FROM) else (),
+    )
+
+
 def parse_bool(value: str) -> bool:
     text = value.strip().lower()
     if text not in ("true", "false", "1", "0", "yes", "no", ""):
@@ -436,6 +563,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
         access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
         keepalive = not get("VIRTUAL_KEEPALIVE") or parse_enum(get("VIRTUAL_KEEPALIVE"), Keepalive) is Keepalive.ON
+        tuning = parse_tuning(get)
         cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
         if cert_name:
             # A certificate name is a name too: it may not point outside what the operator allows.
@@ -447,16 +575,28 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         host_var = "ACME_HOST" if get("ACME_HOST") else "LETSENCRYPT_HOST"
         cert = None
         if get(host_var):
-            domains = parse_host_list(get(host_var), wildcard=False)
+            challenge = _challenge(get, policy, get(host_var))
+            current = host_var
+            domains = parse_host_list(get(host_var), wildcard=challenge is Challenge.DNS01)
             # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
             # so the message says why a certificate will never be ordered for it.
             _check_allowed(domains, allowed_domains)
-            outside = [d for d in domains if d not in hosts]
+            _check_owner(info, domains, policy.owners)
+            outside = [d for d in domains if d not in hosts and not d.startswith("*.")]
             if outside:
                 raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
+            idle = [d for d in domains if not any(covers((d,), host) for host in hosts)]
+            if idle:
+                raise InvalidValue(f"{', '.join(idle)} covers none of the VIRTUAL_HOST names")
             email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
             email = parse_email(get(email_var)) if get(email_var) else policy.default_email
-            cert = CertRequest(name=cert_name or domains[0], domains=domains, email=email, server=_server(get, policy))
+            cert = CertRequest(
+                name=cert_name or lineage_of(domains[0]),
+                domains=domains,
+                email=email,
+                server=_server(get, policy),
+                challenge=challenge,
+            )
     except InvalidValue as exc:
         shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
         return Rejection(info.name, current, shown, str(exc))
@@ -473,7 +613,37 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         cert=cert,
         network_access=access,
         keepalive=keepalive,
+        tuning=tuning,
     )
+
+
+def lineage_of(name: str) -> str:
+    """The lineage a certificate is kept under when no CERT_NAME names it: its first name, a wildcard spelled
+    without the `*` (a file name every tool handles)."""
+    return WILDCARD_LINEAGE_PREFIX + name[2:] if name.startswith("*.") else name
+
+
+def covers(names: Sequence[str], host: str) -> bool:
+    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
+    if host in names:
+        return True
+    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
+
+
+def _challenge(get: Callable[[str], str], policy: Policy, names: str) -> Challenge:
+    """The container's ACME_CHALLENGE, else the companion's; a wildcard among `names` alone picks DNS-01 when
+    the companion can do it. DNS-01 without a DNS plugin on the companion is refused: nothing could answer it."""
+    if get("ACME_CHALLENGE"):
+        challenge = parse_enum(get("ACME_CHALLENGE"), Challenge)
+    elif policy.dns_plugin and any(part.strip().startswith("*.") for part in names.split(",")):
+        challenge = Challenge.DNS01
+    else:
+        challenge = policy.default_challenge
+    if challenge is Challenge.DNS01 and not policy.dns_plugin:
+        raise InvalidValue(
+            "DNS-01 needs a certbot DNS plugin on the companion: set ACME_DNS_PLUGIN (and ACME_DNS_CREDENTIALS)"
+        )
+    return challenge
 
 
 def _check_same(values: Mapping[str, str], new: str, legacy: str) -> None:

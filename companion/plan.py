@@ -21,6 +21,7 @@ from typing import NamedTuple
 from .logformat import Problem
 from .model import (
     DEFAULT_POLICY,
+    TUNING_VARIABLES,
     CertRequest,
     ContainerInfo,
     HttpsMethod,
@@ -29,6 +30,8 @@ from .model import (
     Proto,
     Rejection,
     Site,
+    Tuning,
+    covers,
     ignored_from_image,
 )
 from .multiports import parse_sites
@@ -71,6 +74,7 @@ class Location:
     dest: str
     internal: bool = False  # NETWORK_ACCESS=internal: private source addresses only
     keepalive: bool = True  # its upstream's: without keepalive, requests say `Connection: close` as before
+    tuning: Tuning = Tuning()  # PROXY_* of the path's deciding container
     # (container, address, port) of every claim, for the status report only (address "" when unreachable)
     backends: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
 
@@ -152,13 +156,6 @@ LOOPBACK = "127.0.0.1"
 HOST_NETWORK = "host"
 
 
-def covers(names: Sequence[str], host: str) -> bool:
-    """True when a certificate for `names` is valid for `host` (exactly, or by a one-label wildcard)."""
-    if host in names:
-        return True
-    return not host.startswith("*.") and "." in host and "*." + host.split(".", 1)[1] in names
-
-
 def lineage_digest(domains: Sequence[str]) -> str:
     return hashlib.sha256(",".join(sorted(domains)).encode()).hexdigest()[:8]
 
@@ -210,6 +207,17 @@ def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
     return gateways[0][1] if gateways else ""
 
 
+def local_reach(own: ContainerInfo | None) -> tuple[tuple[str, ...] | None, str]:
+    """(networks, host address) for an nginx that runs beside the companion (host mode).
+
+    In a container (the single-container image) nginx shares the companion's networks: a backend is
+    reached on one of those, never on a network the container is not on. On the host (no container of
+    our own, or the host's network) nginx reaches every container: any network, the host on loopback."""
+    if own is None or own.network_mode == HOST_NETWORK or not any(own.networks.values()):
+        return None, LOOPBACK
+    return tuple(sorted(n for n, ip in own.networks.items() if ip)), host_address_from((own,))
+
+
 def build(
     containers: Sequence[ContainerInfo],
     certs: Mapping[str, CertFiles],
@@ -222,6 +230,7 @@ def build(
     default_host: str = "",
     http_on_missing_cert: bool = True,
     default_cert: CertFiles | None = None,
+    now: float = 0.0,
 ) -> Desired:
     """Compute the whole desired state from a snapshot of containers and the certificates on disk.
 
@@ -230,7 +239,8 @@ def build(
     reach still claims its hosts (they answer 502, not another site or nginx's 503); `host_address` is
     where nginx reaches containers on the host's network. `default_cert`, when the operator configured
     one, stands in for the placeholder: the one certificate that may be presented for names it does not
-    cover, because the operator chose it for exactly that.
+    cover, because the operator chose it for exactly that. `now` (unix time) lets a valid certificate win
+    over an expired one that covers the host too (0: every certificate counts as valid).
     """
     problems: list[str] = []
     left_out: list[tuple[str, str]] = []
@@ -293,7 +303,7 @@ def build(
             routes.append(_Route(path_claims[0][0], key, claimed))
         cert = None
         if owner.https_method is not HttpsMethod.NOHTTPS:
-            cert = _select_cert(host, owner, certs, index, problems)
+            cert = _select_cert(host, owner, certs, index, problems, now)
             if cert is None and default_cert is not None and covers(default_cert.domains, host):
                 cert = default_cert
         wants_tls = owner.cert is not None or bool(owner.cert_name)
@@ -346,6 +356,7 @@ def _locations(routes: list[_Route], names: Mapping[Backends, str]) -> tuple[Loc
             route.site.dest,
             route.site.network_access is NetworkAccess.INTERNAL,
             route.backends[1] if route.backends else True,
+            route.site.tuning,
             route.claimed,
         )
         for route in routes
@@ -365,10 +376,16 @@ def _cert_index(certs: Mapping[str, CertFiles]) -> dict[str, list[CertFiles]]:
 
 
 def _select_cert(
-    host: str, site: Site, certs: Mapping[str, CertFiles], index: Mapping[str, list[CertFiles]], problems: list[str]
+    host: str,
+    site: Site,
+    certs: Mapping[str, CertFiles],
+    index: Mapping[str, list[CertFiles]],
+    problems: list[str],
+    now: float = 0.0,
 ) -> CertFiles | None:
-    """CERT_NAME's lineage when it covers the host, else the freshest lineage naming the host, else a
-    covering wildcard; never a certificate that is not valid for the host. (nginx-proxy also serves a
+    """CERT_NAME's lineage when it covers the host, else the most specific valid certificate: the freshest
+    lineage naming the host, else the freshest covering wildcard; an expired one only when no valid one
+    covers the host. Never a certificate that is not valid for the host. (nginx-proxy also serves a
     parent's certificate, `example.com` for `a.example.com`; clients refuse it, so it is not chosen.)"""
     if site.cert_name and site.cert_name in certs:
         named = certs[site.cert_name]
@@ -383,13 +400,11 @@ def _select_cert(
                 certificate=site.cert_name,
             )
         )
-    exact = index.get(host)
-    if exact:
-        return exact[0]
-    if host.startswith("*.") or "." not in host:
-        return None
-    wildcard = index.get("*." + host.split(".", 1)[1])
-    return wildcard[0] if wildcard else None
+    found = list(index.get(host, ()))
+    if not host.startswith("*.") and "." in host:
+        found += index.get("*." + host.split(".", 1)[1], ())
+    valid = [files for files in found if files.not_after > now]
+    return (valid or found or [None])[0]
 
 
 def _requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[str]) -> dict[str, CertRequest]:
@@ -445,8 +460,11 @@ def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: 
             )
 
 
+_TUNING_FIELDS = tuple(f.name for f in dataclasses.fields(Tuning))
+
+
 def disagreements(owner: Site, site: Site) -> list[str]:
-    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access)."""
+    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access, PROXY_*)."""
     pairs = [
         ("HTTPS_METHOD", owner.https_method, site.https_method),
         ("HSTS", owner.hsts, site.hsts),
@@ -458,5 +476,9 @@ def disagreements(owner: Site, site: Site) -> list[str]:
             ("VIRTUAL_PROTO", owner.proto, site.proto),
             ("VIRTUAL_DEST", owner.dest, site.dest),
             ("NETWORK_ACCESS", owner.network_access, site.network_access),
+            *(
+                (name, getattr(owner.tuning, attr), getattr(site.tuning, attr))
+                for name, attr in zip(TUNING_VARIABLES, _TUNING_FIELDS, strict=True)
+            ),
         ]
     return [name for name, mine, theirs in pairs if mine != theirs]

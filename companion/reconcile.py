@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from . import plan
 from .config import Settings
+from .hostfiles import NONE, Chosen
 from .logformat import Problem
 from .model import CertRequest, ContainerInfo, Policy
 from .render import RenderOptions, render
@@ -61,11 +62,15 @@ class Applier(Protocol):
 
 @dataclass(frozen=True)
 class Reconciled:
-    """What one pass wants: the plan, the files that express it, and what to report."""
+    """What one pass wants: the plan, how to render it, and what to report."""
 
     desired: plan.Desired
-    files: dict[str, str]
+    options: RenderOptions
     problems: frozenset[str]
+
+    def files(self, user: Chosen = NONE) -> dict[str, str]:
+        """The files that express the plan, with the operator's per-host files `user` (pure)."""
+        return render(self.desired, self.options, user)
 
     @property
     def certificates(self) -> tuple[CertRequest, ...]:
@@ -78,7 +83,7 @@ class Reconciled:
 
 
 def reconcile(inputs: Inputs, options: RenderOptions, default_problem: str = "") -> Reconciled:
-    """The desired files, problems, certificate requests and owners from a pass's inputs (pure)."""
+    """The desired state (files, problems, certificate requests, owners) from a pass's inputs (pure)."""
     desired = inputs.desired()
     problems = set(desired.problems)
     if default_problem:
@@ -89,7 +94,7 @@ def reconcile(inputs: Inputs, options: RenderOptions, default_problem: str = "")
         for name, status in inputs.statuses.items()
         if status.problem
     }
-    return Reconciled(desired=desired, files=render(desired, options), problems=frozenset(problems))
+    return Reconciled(desired=desired, options=options, problems=frozenset(problems))
 
 
 def policy_of(settings: Settings) -> Policy:
@@ -102,10 +107,13 @@ def policy_of(settings: Settings) -> Policy:
         acme_server=settings.acme_server,
         staging_server=settings.acme_staging_server,
         allowed_servers=settings.allowed_acme_servers,
+        default_challenge=settings.acme_challenge,
+        dns_plugin=settings.dns_plugin,
     )
 
 
-def render_options(settings: Settings, nginx_version: tuple[int, ...]) -> RenderOptions:
+def render_options(settings: Settings, nginx_version: tuple[int, ...], acme_proxy: str = "") -> RenderOptions:
+    """`acme_proxy`: with agents, where nginx passes ACME tokens (the agent's relay) instead of the webroot."""
     return RenderOptions(
         conf_dir=settings.conf_dir,
         webroot=settings.webroot,
@@ -119,4 +127,10 @@ def render_options(settings: Settings, nginx_version: tuple[int, ...]) -> Render
         external_https_port=settings.external_https_port,
         non_get_redirect=settings.non_get_redirect,
         default_root=settings.default_root,
+        acme_proxy=acme_proxy,
+        server_tokens=settings.server_tokens.strip().lower(),
+        access_log=settings.access_log_directive,
+        access_log_format=settings.access_log_format,
+        access_log_escape=settings.log_format_escape,
+        resolvers=settings.resolvers,
     )

@@ -9,6 +9,7 @@ from pathlib import PurePosixPath
 import jinja2
 
 from .config import SslPolicy
+from .hostfiles import NONE, Chosen, UserFile
 from .model import RootAnswer
 from .plan import Desired
 
@@ -45,6 +46,37 @@ class RenderOptions:
     external_https_port: int = 0  # 0: https_port
     non_get_redirect: int = 301
     default_root: RootAnswer | None = RootAnswer(404)  # DEFAULT_ROOT; None: no `location /` is added
+    acme_proxy: str = ""  # Swarm agents: tokens are passed to this URL (the agent's relay), not read from a webroot
+    server_tokens: str = ""  # "": nginx.conf's
+    access_log: str = ""  # "": nginx.conf's; "off"; else the file LOG_JSON or a custom LOG_FORMAT writes to
+    access_log_format: str = ""  # a custom LOG_FORMAT (nginx-proxy's); "": JSON
+    access_log_escape: str = "default"
+    resolvers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostIncludes:
+    """A host's own files as the lines its servers and locations get (each line starts with its newline
+    and indent; made here once per host, not by a template macro per server)."""
+
+    server: str = ""  # basic auth and the vhost.d include, at the end of each proxying server
+    location: str = ""  # the <host>_location include, in each proxied location
+    client_ca: str = ""  # mTLS, in the HTTPS server
+
+
+def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str, closed: bool) -> HostIncludes:
+    """The lines for the copies at these paths ("" for none). `closed` (an access file cannot be used): every
+    proxied location answers 403, while the ACME challenge, a location of its own, stays served."""
+    server_lines = ""
+    if htpasswd:
+        server_lines += f'\n    auth_basic "{host}";\n    auth_basic_user_file {htpasswd};'
+    if server:
+        server_lines += f"\n    include {server};"
+    return HostIncludes(
+        server_lines,
+        ("\n        return 403;" if closed else "") + (f"\n        include {location};" if location else ""),
+        f"\n    ssl_client_certificate {client_ca};\n    ssl_verify_client on;" if client_ca else "",
+    )
 
 
 _ENV = jinja2.Environment(
@@ -59,21 +91,67 @@ _ENV = jinja2.Environment(
 _DHPARAM = resources.files("companion").joinpath("templates/ffdhe2048.pem").read_text()
 
 
+def _server_lines(options: RenderOptions) -> str:
+    """The proxy-wide directives every server repeats (the same text for all: made once, not per server)."""
+    lines = []
+    if options.server_tokens:
+        lines.append(f"server_tokens {options.server_tokens};")
+    if options.access_log == "off":
+        lines.append("access_log off;")
+    elif options.access_log:
+        named = "companion_custom" if options.access_log_format else "companion_json"
+        lines.append(f"access_log {options.access_log} {named};")
+    if options.resolvers:
+        lines.append(f"resolver {' '.join(options.resolvers)};")
+    return "".join(f"\n    {line}" for line in lines)
+
+
+def _quoted(text: str) -> str:
+    """`text` as one single-quoted nginx string: a backslash or quote in it stays text ("" for none)."""
+    if not text:
+        return ""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
-    """Return every file the companion owns in the conf dir, by file name."""
+def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dict[str, str]:
+    """Return every file the companion owns in the conf dir, by file name (`user`'s copies included)."""
     conf_dir = PurePosixPath(options.conf_dir)
     files = {key: str(conf_dir / name) for key, (name, _) in SNIPPETS.items()}
     files["dhparam"] = str(conf_dir / DHPARAM_FILE)
+    copies: dict[str, str] = {}
+
+    def copy(file: UserFile | None) -> str:
+        if file is None:
+            return ""
+        copies[file.copy_name] = file.content
+        return str(conf_dir / file.copy_name)
+
+    proxy_conf = copy(user.proxy())
+    if proxy_conf:  # PROXY_CONF replaces both header snippets (with and without keepalive)
+        files["proxy"] = files["proxy_close"] = proxy_conf
+    # Only when a file is in use: otherwise the template skips every lookup (no cost for sites without any).
+    includes = {
+        server.host: _host_includes(
+            copy(user.server(server.host)),
+            copy(user.location(server.host)),
+            copy(user.htpasswd(server.host)),
+            copy(user.client_ca(server.host)),
+            server.host,
+            server.host in user.closed,
+        )
+        for server in (desired.servers if user.files or user.closed else ())
+    }
     names = len(desired.servers) + 1
     external_http = options.external_http_port or options.http_port
     external_https = options.external_https_port or options.https_port
     context = {
         "files": files,
         "webroot": options.webroot,
+        "acme_proxy": options.acme_proxy,
         "http_port": options.http_port,
         "https_port": options.https_port,
         "https_port_suffix": "" if external_https == 443 else f":{external_https}",
@@ -98,9 +176,16 @@ def render(desired: Desired, options: RenderOptions) -> dict[str, str]:
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
         "connect_timeout": CONNECT_TIMEOUT,
+        "includes": includes,
+        "server_lines": _server_lines(options),
+        "proxy_conf": bool(proxy_conf),
+        "json_log": options.access_log not in ("", "off") and not options.access_log_format,
+        "custom_log": _quoted(options.access_log_format) if options.access_log not in ("", "off") else "",
+        "custom_log_escape": options.access_log_escape,
     }
     out = {MAIN_FILE: _ENV.get_template("companion.conf.j2").render(context)}
     for key, (name, template) in SNIPPETS.items():
         out[name] = _ENV.get_template(template).render(context, close=key == "proxy_close")
     out[DHPARAM_FILE] = _DHPARAM
+    out.update(sorted(copies.items()))
     return out

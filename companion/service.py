@@ -64,6 +64,23 @@ def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
     return lines, code
 
 
+def ask_nodes(address: tuple[str, int]) -> list[dict[str, object]]:
+    """The Swarm nodes in the service's /status.json (empty without agents); NoAnswer when it cannot be asked."""
+    connection = http.client.HTTPConnection(*address, timeout=ASK_TIMEOUT)
+    try:
+        connection.request("GET", "/status.json")
+        answer = connection.getresponse()
+        data = answer.read(ANSWER_MAX_BYTES + 1)
+    except (OSError, http.client.HTTPException) as exc:
+        raise NoAnswer(str(exc) or type(exc).__name__) from None
+    finally:
+        connection.close()
+    nodes = _answer_json(answer.status, data).get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
+        raise NoAnswer("an answer of another shape")
+    return nodes
+
+
 def _answer_json(status: int, data: bytes) -> dict:
     """The service's JSON object; NoAnswer, with the HTTP status and the service's own words, otherwise."""
     try:

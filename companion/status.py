@@ -62,6 +62,7 @@ class CertView:
     last_error: str
     next_try: str  # ISO 8601 UTC of the next attempt while failing
     renew_at: str  # ISO 8601 UTC of the planned renewal while valid
+    serves: tuple[str, ...] = ()  # the sites (hosts) nginx presents it for: a wildcard serves several
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,20 @@ class NginxView:
 
 
 @dataclass(frozen=True)
+class NodeView:
+    """A Swarm node's agent as the controller last heard from it."""
+
+    node: str
+    address: str
+    generation: str  # the generation its nginx serves ("" before the first)
+    current: bool  # that is the controller's current generation
+    error: str  # its last error ("" when its last apply succeeded)
+    nginx_version: str
+    last_seen: str
+    up: bool  # heard from within the last LONG_POLL + 10 s
+
+
+@dataclass(frozen=True)
 class Report:
     generated_at: str
     sites: tuple[SiteView, ...]
@@ -96,6 +111,7 @@ class Report:
     passes: tuple[PassView, ...]
     nginx: NginxView
     last_success: str  # when a pass last applied without error, "" before the first
+    nodes: tuple[NodeView, ...] = ()  # Swarm: one per node's agent
     version: int = VERSION
 
     def to_json(self) -> dict[str, object]:
@@ -128,6 +144,15 @@ def cert_state(status: CertStatus | None, entry: CertState) -> str:
     return "valid"
 
 
+def served_by(desired: Desired) -> dict[str, tuple[str, ...]]:
+    """Lineage name -> the hosts nginx presents it for (a placeholder serves nobody as a certificate)."""
+    served: dict[str, list[str]] = {}
+    for server in desired.servers:
+        if server.cert is not None and not server.placeholder:
+            served.setdefault(lineage_name(server.cert), []).append(server.host)
+    return {name: tuple(hosts) for name, hosts in served.items()}
+
+
 def sites(desired: Desired) -> tuple[SiteView, ...]:
     return tuple(
         SiteView(
@@ -151,8 +176,9 @@ def certificates(
     wanted: Iterable[str],
     now: dt.datetime,
     renew_before_days: float,
+    served: Mapping[str, tuple[str, ...]] | None = None,
 ) -> tuple[CertView, ...]:
-    """Every lineage on disk, ordered or wanted by a container, by name."""
+    """Every lineage on disk, ordered or wanted by a container, by name; `served` names each one's sites."""
     views = []
     for name in sorted(set(statuses) | set(state) | set(wanted)):
         status = statuses.get(name)
@@ -175,6 +201,7 @@ def certificates(
                 renew_at=renew_at(status, renew_before_days).isoformat(timespec="seconds")
                 if usable and status is not None and status.not_before is not None
                 else "",
+                serves=(served or {}).get(name, ()),
             )
         )
     return tuple(views)
@@ -192,6 +219,7 @@ def build(
     nginx_version: tuple[int, ...] | None,
     nginx_containers: Iterable[str],
     last_success: float,
+    nodes: tuple[NodeView, ...] = (),
 ) -> Report:
     """The report for one pass. `desired` is None until a pass got as far as planning; `problems` maps each
     current problem to the unix time it appeared."""
@@ -201,10 +229,16 @@ def build(
         sites=sites(desired) if desired is not None else (),
         left_out=tuple(LeftOut(*pair) for pair in desired.left_out) if desired is not None else (),
         certificates=certificates(
-            statuses, acme_state, wanted, dt.datetime.fromtimestamp(now, dt.UTC), renew_before_days
+            statuses,
+            acme_state,
+            wanted,
+            dt.datetime.fromtimestamp(now, dt.UTC),
+            renew_before_days,
+            served_by(desired) if desired is not None else None,
         ),
         problems=tuple(Problem(text, iso(since)) for text, since in sorted(problems.items(), key=lambda p: p[::-1])),
         passes=tuple(passes),
         nginx=NginxView(".".join(map(str, nginx_version)) if nginx_version else "", tuple(nginx_containers)),
         last_success=iso(last_success),
+        nodes=nodes,
     )

@@ -234,7 +234,7 @@ def start_status_server(settings: Settings, controller: Controller, gate: Gate |
     host, port = parse_listen(settings.status_listen)
     server = StatusServer(
         (host, port),
-        lambda: controller.latest,
+        controller.report,
         controller.metrics,
         Path(settings.heartbeat_file),
         controller.explain,

@@ -44,7 +44,7 @@ class Variable:
 _A, _L, _P, _C = Where.APP, Where.APP_LABEL, Where.PROXY, Where.ACME
 _S, _D, _R, _N = Status.SUPPORTED, Status.DIFFERENT, Status.REFUSED, Status.NOT_YET
 _RAW = "the value is raw nginx syntax, which no label may write here"
-_HTTP01 = "only HTTP-01 validation is used"
+_DNS_PLUGINS = "DNS-01 runs through certbot's DNS plugins: ACME_DNS_PLUGIN and ACME_DNS_CREDENTIALS on the companion"
 _ONE_KEY = "one key type for all certificates: the companion's KEY_TYPE and RSA_KEY_SIZE"
 _RENEW = "the companion's RENEW_BEFORE_DAYS, for all certificates"
 _HOOKS = "no shell commands run around orders"
@@ -70,6 +70,17 @@ REGISTRY: tuple[Variable, ...] = (
         _A,
         _S,
         "companion-specific: upstream keepalive is on (16 idle connections); `off` for apps that mishandle reuse",
+    ),
+    Variable("PROXY_MAX_BODY_SIZE", _A, _S, "companion-specific: `client_max_body_size` (`10m`; `0`: no limit)"),
+    Variable("PROXY_READ_TIMEOUT", _A, _S, "companion-specific: `proxy_read_timeout` (`60s`, `5m`; at most 1 day)"),
+    Variable("PROXY_SEND_TIMEOUT", _A, _S, "companion-specific: `proxy_send_timeout` (at most 1 day)"),
+    Variable("PROXY_CONNECT_TIMEOUT", _A, _S, "companion-specific: `proxy_connect_timeout` (at most 75s)"),
+    Variable("PROXY_BUFFERING", _A, _S, "companion-specific: `proxy_buffering` `on` or `off`"),
+    Variable(
+        "PROXY_ALLOW_FROM",
+        _A,
+        _S,
+        "companion-specific: comma list of IPs/CIDRs (IPv4, IPv6); others get 403, the ACME challenge stays open",
     ),
     Variable("HTTPS_METHOD", _A, _S),
     Variable("HSTS", _A, _S),
@@ -103,8 +114,8 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("ACME_POST_HOOK", _A, _R, "a label may not run commands in the companion"),
     Variable("ACME_PREFERRED_CHAIN", _A, _N),
     Variable("ACME_CERT_PROFILE", _A, _N),
-    Variable("ACME_CHALLENGE", _A, _N, _HTTP01),
-    Variable("ACMESH_DNS_API_CONFIG", _A, _N, _HTTP01),
+    Variable("ACME_CHALLENGE", _A, _S, "`http-01` or `dns-01` (needs a DNS plugin on the companion)"),
+    Variable("ACMESH_DNS_API_CONFIG", _A, _D, _DNS_PLUGINS),
     Variable("ACME_EAB_KID", _A, _N),
     Variable("ACME_EAB_HMAC_KEY", _A, _N),
     Variable("ZEROSSL_API_KEY", _A, _N),
@@ -120,7 +131,7 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("HTTPS_PORT", _P, _S),
     Variable("HTTPS_METHOD", _P, _N, "set HTTPS_METHOD on each app container"),
     Variable("HSTS", _P, _N, "set HSTS on each app container"),
-    Variable("RESOLVERS", _P, _D, "upstreams are container addresses, nothing is resolved by nginx"),
+    Variable("RESOLVERS", _P, _S, "IP addresses only (IP, IP:port, [IPv6]:port)"),
     Variable("ENABLE_HTTP2", _P, _D, "HTTP/2 is always on"),
     Variable("ENABLE_HTTP3", _P, _N),
     Variable("PREFER_IPV6_NETWORK", _P, _N),
@@ -132,12 +143,13 @@ REGISTRY: tuple[Variable, ...] = (
     Variable(
         "LOG_FORMAT",
         _P,
-        _D,
-        "on the companion: its own log, text or json; nginx's access log format goes in nginx.conf",
+        _S,
+        "`text` and `json` name the companion's own log format; any other value is nginx's access log format, "
+        "as in nginx-proxy",
     ),
-    Variable("LOG_FORMAT_ESCAPE", _P, _N, "configure logging in nginx's own nginx.conf"),
-    Variable("LOG_JSON", _P, _N, "configure logging in nginx's own nginx.conf"),
-    Variable("DISABLE_ACCESS_LOGS", _P, _N, "configure logging in nginx's own nginx.conf"),
+    Variable("LOG_FORMAT_ESCAPE", _P, _S),
+    Variable("LOG_JSON", _P, _S, "written to ACCESS_LOG_PATH in the companion's JSON format"),
+    Variable("DISABLE_ACCESS_LOGS", _P, _S),
     Variable("DEBUG_ENDPOINT", _P, _N),
     # -- on the acme-companion container: set them on the companion --------------------------------
     Variable("DEFAULT_EMAIL", _C, _S),
@@ -165,8 +177,8 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("DOCKER_CONTAINER_FILTERS", _C, _N),
     Variable("ACME_PRE_HOOK", _C, _N, _HOOKS),
     Variable("ACME_POST_HOOK", _C, _N, _HOOKS),
-    Variable("ACME_CHALLENGE", _C, _N, _HTTP01),
-    Variable("ACMESH_DNS_API_CONFIG", _C, _N, _HTTP01),
+    Variable("ACME_CHALLENGE", _C, _S, "`http-01` or `dns-01` (with ACME_DNS_PLUGIN)"),
+    Variable("ACMESH_DNS_API_CONFIG", _C, _D, _DNS_PLUGINS),
     Variable("ACME_CERT_PROFILE", _C, _N),
     Variable("ACME_EAB_KID", _C, _N),
     Variable("ACME_EAB_HMAC_KEY", _C, _N),

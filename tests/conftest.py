@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+from hypothesis import settings
+
+# Hypothesis's per-example deadline is a timed assertion: on a loaded 2-core machine a slow example
+# is noise, not a failure (speed is measured under bench/, never asserted in tests).
+settings.register_profile("companion", deadline=None)
+settings.load_profile("companion")
 
 # make ``tests.infra`` importable however pytest was started (plain ``pytest`` does not add the cwd)
 _ROOT = str(Path(__file__).resolve().parent.parent)
@@ -16,6 +23,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from tests.infra.appimage import AppRunner, ensure_app_image  # noqa: E402
+from tests.infra.bind import Bind  # noqa: E402
 from tests.infra.companion import Companion  # noqa: E402
 from tests.infra.compose import ComposeProject  # noqa: E402
 from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
@@ -90,6 +98,14 @@ def make_pebble(tmp_path: Path) -> Iterator[Callable[..., Pebble]]:
 def pebble(make_pebble: Callable[..., Pebble], host_nginx: HostNginx) -> Pebble:
     """Pebble (nonce rejection off, 90-day certs) validating HTTP-01 on ``host_nginx.http_port``."""
     return make_pebble(host_nginx.http_port)
+
+
+@pytest.fixture(scope="module")
+def bind9() -> Iterator[Bind]:
+    """A private BIND 9 on a loopback port, authoritative for a zone unique to the module (`bind9.zone`) and
+    taking TSIG-signed updates of TXT records: Pebble's DNS for DNS-01 (`make_pebble(..., dnsserver=bind9.address)`)."""
+    with Bind(f"{uuid.uuid4().hex[:8]}.example.test") as server:
+        yield server
 
 
 @pytest.fixture

@@ -227,7 +227,7 @@ def test_certbot_command_carries_every_setting() -> None:
     joined = " ".join(cmd)
     for part in (
         "certonly --config-dir /c --work-dir /c/companion/work --logs-dir /c/companion/logs --server https://ca/dir",
-        "--webroot --webroot-path /w --cert-name n",
+        "--webroot --webroot-path /w --preferred-challenges http --cert-name n",
         "--non-interactive --agree-tos",
         "--no-random-sleep-on-renew",
         "--key-type rsa --rsa-key-size 4096",

@@ -240,6 +240,23 @@ def test_unknown_log_level_is_refused() -> None:
         ),
         ({}, "http_on_missing_cert", True),
         ({"ENABLE_HTTP_ON_MISSING_CERT": "false"}, "http_on_missing_cert", False),
+        ({"VHOST_DIR": "/srv/vhost.d"}, "vhost_dir", "/srv/vhost.d"),
+        ({"SERVER_TOKENS": "off"}, "server_tokens", "off"),
+        ({"RESOLVERS": "127.0.0.11"}, "resolvers", ("127.0.0.11",)),
+        (
+            {"RESOLVERS": "1.1.1.1:53, 2001:db8::1 [::1]:5353"},
+            "resolvers",
+            ("1.1.1.1:53", "[2001:db8::1]", "[::1]:5353"),
+        ),
+        ({"LOG_JSON": "true"}, "log_json", True),
+        ({"DISABLE_ACCESS_LOGS": "true"}, "disable_access_logs", True),
+        ({"LOG_FORMAT": "json"}, "own_log_format", "json"),
+        ({"LOG_FORMAT": "json"}, "access_log_format", ""),
+        ({"LOG_FORMAT": "$host $status"}, "own_log_format", "text"),
+        ({"LOG_FORMAT": "$host $status"}, "access_log_format", "$host $status"),
+        ({"LOG_FORMAT": "$host $status"}, "access_log_directive", "/var/log/nginx/access.log"),
+        ({"LOG_FORMAT": "$host", "DISABLE_ACCESS_LOGS": "true"}, "access_log_directive", "off"),
+        ({"LOG_FORMAT": "text"}, "access_log_directive", ""),
     ],
 )
 def test_drop_in_settings(env: dict[str, str], field: str, expected: object) -> None:
@@ -254,6 +271,13 @@ def test_drop_in_settings(env: dict[str, str], field: str, expected: object) -> 
         ({"DEFAULT_ROOT": "301 /x;return 200 hi"}, ["default_root", "target must be"]),
         ({"DEFAULT_ROOT": "4040"}, ["default_root", "status code from 100 to 599"]),
         ({"ENABLE_HTTP_ON_MISSING_CERT": "maybe"}, ["http_on_missing_cert", "'maybe'"]),
+        ({"SERVER_TOKENS": "off; x"}, ["server tokens", "on, off or build"]),
+        ({"RESOLVERS": "dns.google"}, ["resolvers", "not an IP address"]),
+        ({"RESOLVERS": "1.1.1.1:99999"}, ["resolvers", "port must be 1-65535"]),
+        ({"ACCESS_LOG_PATH": "/var/log/a b.log"}, ["must be absolute and free of spaces"]),
+        ({"VHOST_DIR": "vhost.d"}, ["'vhost.d' must be absolute"]),
+        ({"LOG_FORMAT": "$host\n$status"}, ["log format", "text or json (the companion's own log)", "printable"]),
+        ({"LOG_FORMAT_ESCAPE": "xml"}, ["log format escape 'xml' must be one of default, json, none"]),
     ],
 )
 def test_bad_drop_in_settings_stop_startup_naming_the_setting(env: dict[str, str], words: list[str]) -> None:

@@ -56,6 +56,16 @@ def test_served_container_names_its_variables_network_conflict_role_and_certific
     assert ask("abcdef01", web, policy=Policy()).verdict is Verdict.SERVED
 
 
+def test_typed_proxy_settings_are_shown_parsed() -> None:
+    labels = {"VIRTUAL_HOST": "t.example.com", "PROXY_MAX_BODY_SIZE": "10M", "PROXY_READ_TIMEOUT": "5m"}
+    tuned = c("tuned", **labels, PROXY_BUFFERING="off", PROXY_ALLOW_FROM="10.0.0.0/8, ::1")
+    text = ask("tuned", tuned, policy=Policy()).text()
+    assert (
+        "PROXY_MAX_BODY_SIZE=10m, PROXY_READ_TIMEOUT=300s, PROXY_BUFFERING=off, PROXY_ALLOW_FROM=10.0.0.0/8,::1/128"
+        in text
+    )
+
+
 def test_hostile_value_is_left_out_naming_the_variable_and_shown_escaped() -> None:
     hostile = "evil.test;\n}\x1b[31m\u202e"
     found = ask("bad", c("bad", VIRTUAL_HOST=hostile), policy=Policy())

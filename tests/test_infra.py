@@ -20,9 +20,7 @@ from tests.infra.pebble import CERTBOT, Pebble
 def test_app_container_answers_with_app_id(apps: AppRunner, docker_client: docker.DockerClient) -> None:
     named = apps("infra-a", environment={"APP_ID": "alpha"})
     unnamed = apps("infra-b", hostname="bravo-host")
-    other_port = apps(
-        "infra-c", environment={"APP_ID": "charlie", "APP_PORT": "8080", "APP_PATHS": "/api /x/y"}
-    )
+    other_port = apps("infra-c", environment={"APP_ID": "charlie", "APP_PORT": "8080", "APP_PATHS": "/api /x/y"})
     assert named.name.startswith("ctest-infra-a-")
     assert docker_client.images.get(IMAGE).attrs["Config"]["ExposedPorts"] == {"80/tcp": {}}
 

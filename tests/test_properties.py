@@ -98,13 +98,27 @@ GOOD = {
     "ACME_TEST": ["TRUE", "0"],
     "NETWORK_ACCESS": ["external", "internal", "Internal"],
     "VIRTUAL_KEEPALIVE": ["on", "off", " OFF "],
+    "PROXY_MAX_BODY_SIZE": ["10m", "0", "512K", " 1g "],
+    "PROXY_READ_TIMEOUT": ["60", "60s", "5m", "1500ms"],
+    "PROXY_SEND_TIMEOUT": ["30s", "1h"],
+    "PROXY_CONNECT_TIMEOUT": ["5s", "75s"],
+    "PROXY_BUFFERING": ["on", "OFF"],
+    "PROXY_ALLOW_FROM": ["10.0.0.0/8", "192.0.2.1, 2001:db8::/32", "::1"],
+    "ACME_CHALLENGE": ["http-01", "HTTP-01"],  # dns-01 needs a DNS plugin (tests/test_dns01_unit.py)
     MULTIPORTS: [
         "a.example.com:",
         '{"a.example.com": {"/": {"port": 8081}, "/x/": {"port": "8082", "dest": "/"}}}',
         "a.example.com:\n  /:\n  /api/:\n    port: 9000\nb.example.com:\n  /:\n    port: 9001\n    dest: /v2/",
     ],
 }
-ONLY_WITH_A_CERTIFICATE = {"LETSENCRYPT_EMAIL", "ACME_EMAIL", "ACME_CA_URI", "LETSENCRYPT_TEST", "ACME_TEST"}
+ONLY_WITH_A_CERTIFICATE = {
+    "LETSENCRYPT_EMAIL",
+    "ACME_EMAIL",
+    "ACME_CA_URI",
+    "LETSENCRYPT_TEST",
+    "ACME_TEST",
+    "ACME_CHALLENGE",
+}
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
 
@@ -174,7 +188,18 @@ ALLOWED = {
         "ssl_stapling",
         "ssl_stapling_verify",
     },
-    ("server", "location"): {"include", "proxy_pass", "return"},
+    ("server", "location"): {
+        "include",
+        "proxy_pass",
+        "return",
+        "allow",
+        "deny",
+        "client_max_body_size",
+        "proxy_connect_timeout",
+        "proxy_read_timeout",
+        "proxy_send_timeout",
+        "proxy_buffering",
+    },
 }
 GOOD_CONTAINER = ContainerInfo(
     id="id-good", name="good", labels={"VIRTUAL_HOST": "good.example.org"}, networks={"proxy": "10.0.0.2"}
@@ -202,6 +227,7 @@ def check_typed(
     includes = {str(layout.conf_dir / n) for n in snippets}
     certs = {cert.fullchain, cert.privkey, placeholder.fullchain, placeholder.privkey}
     hsts = {s.hsts for s in sites}
+    networks = {network for s in sites for network in s.tuning.allow_from}
     for parents, d in walk(parse_conf(text)):
         assert d.name in ALLOWED[parents], (parents, d)
         args = d.args
@@ -230,6 +256,16 @@ def check_typed(
             assert args in (("503",), ("404",), ("301", "https://$host$request_uri")), d
         elif d.name in ("http2", "ssl_reject_handshake", "ssl_stapling", "ssl_stapling_verify"):
             assert args == ("on",), d
+        elif d.name == "allow":
+            assert len(args) == 1 and args[0] in networks, d
+        elif d.name == "deny":
+            assert args == ("all",), d
+        elif d.name == "client_max_body_size":
+            assert len(args) == 1 and re.fullmatch(r"[0-9]{1,9}[kmg]?", args[0]), d
+        elif d.name in ("proxy_connect_timeout", "proxy_read_timeout", "proxy_send_timeout"):
+            assert len(args) == 1 and re.fullmatch(r"[0-9]{1,9}m?s", args[0]), d
+        elif d.name == "proxy_buffering":
+            assert args in (("on",), ("off",)), d
 
 
 TIMES: list[float] = []
@@ -286,7 +322,8 @@ def test_labels_are_rejected_or_render_a_valid_typed_config(
             if (name in ONLY_WITH_A_CERTIFICATE and sites[0].cert is None) or name == MULTIPORTS:
                 continue  # only read with a certificate request; never written to nginx either way
             allowed = set("; ") if name == "HSTS" else set()
-            parts = value.split(",") if name in ("VIRTUAL_HOST", "LETSENCRYPT_HOST", "ACME_HOST") else [value]
+            lists = ("VIRTUAL_HOST", "LETSENCRYPT_HOST", "ACME_HOST", "PROXY_ALLOW_FROM")
+            parts = value.split(",") if name in lists else [value]
             for part in parts:
                 assert not (SPECIAL - allowed) & set(part.strip()), (name, value)
     started = time.perf_counter()

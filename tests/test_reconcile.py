@@ -102,7 +102,7 @@ def test_reconcile_routes_each_site_and_names_its_owner() -> None:
         inputs(app("a", "10.0.0.2", VIRTUAL_HOST="a.test"), app("b", "10.0.0.3", VIRTUAL_HOST="b.test")), OPTIONS
     )
     assert done.owners == {"a.test": "a", "b.test": "b"}
-    assert "server 10.0.0.2:80" in done.files[MAIN_FILE] and "server 10.0.0.3:80" in done.files[MAIN_FILE]
+    assert "server 10.0.0.2:80" in done.files()[MAIN_FILE] and "server 10.0.0.3:80" in done.files()[MAIN_FILE]
     assert done.problems == frozenset()
     assert done.certificates == ()
 
@@ -110,7 +110,7 @@ def test_reconcile_routes_each_site_and_names_its_owner() -> None:
 def test_reconcile_is_pure_same_inputs_same_files() -> None:
     world = inputs(app("a", "10.0.0.2", VIRTUAL_HOST="a.test", LETSENCRYPT_HOST="a.test"))
     first, second = reconcile(world, OPTIONS), reconcile(world, OPTIONS)
-    assert first.files == second.files
+    assert first.files() == second.files()
     assert [c.domains for c in first.certificates] == [("a.test",)]
 
 

@@ -75,8 +75,8 @@ def test_service_labels_win_over_container_labels_which_win_over_environment() -
             task["Spec"]["ContainerSpec"]["Env"].append("VIRTUAL_PROTO=https")
             task["Spec"]["ContainerSpec"]["Labels"]["VIRTUAL_PROTO"] = "http"
     done = reconcile(inputs(*web_entries(services, tasks)), OPTIONS)
-    assert ":8080;" in done.files["companion.conf"]
-    assert "proxy_pass http://" in done.files["companion.conf"]
+    assert ":8080;" in done.files()["companion.conf"]
+    assert "proxy_pass http://" in done.files()["companion.conf"]
 
 
 def inputs(*containers: ContainerInfo, owners: dict[str, str] | None = None) -> Inputs:
@@ -91,7 +91,7 @@ def test_the_service_owns_its_hosts_and_every_task_is_a_server() -> None:
     done = reconcile(inputs(*entries), OPTIONS)
     assert done.owners == {"web.test": "web"}
     for info in entries:
-        assert f"server {info.networks['proxy']}:80;" in done.files["companion.conf"]
+        assert f"server {info.networks['proxy']}:80;" in done.files()["companion.conf"]
     assert not done.problems
 
 

@@ -5,6 +5,8 @@
 * ``nginx:latest``: pulled if possible, else built from Debian's nginx, laid out like the official image.
 * ``companion-pebble:local``: Debian's pebble + pebble-challtestsrv with an entrypoint that creates a
   per-volume CA for Pebble's listener in ``/pebble-ca``.
+* ``companion-proxy:local`` (:func:`ensure_proxy_images`, ``--proxy``): ``Dockerfile.proxy``, nginx and the
+  companion in one container.
 * ``companion:local`` and ``companion-demo:local`` (:func:`ensure_quickstart_images`, ``--quickstart``):
   the top-level Dockerfile and ``examples/quickstart/demo``, tagged as the compose files name them.
 
@@ -45,6 +47,8 @@ PEBBLE_IMAGE = "companion-pebble:local"
 REPO = HERE.parents[1]
 COMPANION_IMAGE = "companion:local"  # the top-level Dockerfile, as docker-compose.yml tags it
 DEMO_IMAGE = "companion-demo:local"  # examples/quickstart/demo, as the quickstart tags it
+AGENT_IMAGE = "companion-agent:local"  # the top-level Dockerfile's `agent` stage: nginx run by `companion agent`
+PROXY_IMAGE = "companion-proxy:local"  # Dockerfile.proxy: nginx and the companion in one container
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LABEL_STANDIN = "io.companion.e2e.standin"
 LABEL_HASH = "io.companion.e2e.context-hash"
@@ -398,21 +402,23 @@ def ensure_base(client: docker.DockerClient, mirror: str | None = None) -> docke
 # Dockerfile builds
 
 
-def _context_files(context: Path) -> list[Path]:
+def _context_files(context: Path, dockerfile: str = "Dockerfile") -> list[Path]:
     """The files Docker sends as the build context: all of them, or those ``.dockerignore`` keeps."""
     ignore = context / ".dockerignore"
     if not ignore.is_file():
         return [p for p in context.rglob("*") if p.is_file()]
     patterns = [line.strip() for line in ignore.read_text().splitlines()]
     patterns = [p for p in patterns if p and not p.startswith("#")]
-    kept = docker.utils.build.exclude_paths(str(context), patterns, dockerfile="Dockerfile")
+    kept = docker.utils.build.exclude_paths(str(context), patterns, dockerfile=dockerfile)
     return [context / rel for rel in kept if (context / rel).is_file()]
 
 
-def context_hash(context: Path, *extra: str) -> str:
+def context_hash(context: Path, *extra: str, dockerfile: str = "Dockerfile") -> str:
     """sha256 over the build context's paths, exec bits and contents, plus ``extra`` strings."""
     digest = hashlib.sha256(f"schema {SCHEMA}\n".encode())
-    for path in sorted(p for p in _context_files(context) if "__pycache__" not in p.parts):
+    if dockerfile != "Dockerfile":  # another image from the same context
+        digest.update(f"dockerfile {dockerfile}\n".encode())
+    for path in sorted(p for p in _context_files(context, dockerfile) if "__pycache__" not in p.parts):
         rel = path.relative_to(context).as_posix()
         executable = "x" if path.stat().st_mode & 0o111 else "-"  # not the rest: umask differs per checkout
         digest.update(f"{rel}\0{executable}\0".encode())
@@ -451,13 +457,16 @@ def build_image(
     ref: str,
     role: str,
     network_mode: Callable[[], str | None] = lambda: None,
+    dockerfile: str = "Dockerfile",
+    target: str | None = None,
 ) -> docker.models.images.Image:
-    """Build ``context`` as ``ref`` unless an image with the same context hash exists.
+    """Build ``context`` (with ``dockerfile``, up to stage ``target`` when given) as ``ref`` unless an image
+    with the same context hash exists.
 
     ``network_mode`` is only asked when a build is needed (probing the network costs a container run).
     """
     base = client.images.get(BASE_IMAGE)
-    digest = context_hash(context, base.id)
+    digest = context_hash(context, base.id, *([f"target {target}"] if target else []), dockerfile=dockerfile)
     repo, _, tag = ref.partition(":")
     for image in client.images.list(filters={"label": f"{LABEL_HASH}={digest}"}):
         if ref not in image.tags:
@@ -470,11 +479,13 @@ def build_image(
     stream = client.api.build(
         path=str(context),
         tag=ref,
+        dockerfile=dockerfile,
         labels={LABEL_HASH: digest, LABEL_STANDIN: role},
         rm=True,
         forcerm=True,
         pull=False,
         network_mode=network_mode(),
+        target=target,
         decode=True,
     )
     for chunk in stream:
@@ -559,6 +570,24 @@ def ensure_quickstart_images(client: docker.DockerClient) -> dict[str, str]:
     return {**refs, "companion": COMPANION_IMAGE, "demo": DEMO_IMAGE}
 
 
+def ensure_proxy_images(client: docker.DockerClient) -> dict[str, str]:
+    """ensure_images plus the single-container image (``Dockerfile.proxy``), cached by its context hash."""
+    refs = ensure_images(client)
+    with _lock():
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+        build_image(client, REPO, PROXY_IMAGE, "proxy", lambda: build_network_mode(client, mirror), "Dockerfile.proxy")
+    return {**refs, "proxy": PROXY_IMAGE}
+
+
+def ensure_agent_image(client: docker.DockerClient) -> str:
+    """The Swarm agent image (the Dockerfile's ``agent`` stage: Debian's nginx under `companion agent`)."""
+    ensure_base(client)
+    with _lock():
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+        build_image(client, REPO, AGENT_IMAGE, "agent", lambda: build_network_mode(client, mirror), target="agent")
+    return AGENT_IMAGE
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: build missing images and print their references as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -567,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quickstart", action="store_true", help="also build the companion and demo images of the quickstart"
     )
+    parser.add_argument("--agent", action="store_true", help="also build the Swarm agent image")
+    parser.add_argument("--proxy", action="store_true", help="also build the single-container image (Dockerfile.proxy)")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s", datefmt="%X"
@@ -579,6 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     client = docker_client()
     refs = ensure_quickstart_images(client) if args.quickstart else ensure_images(client)
+    if args.agent:
+        refs["agent"] = ensure_agent_image(client)
+    if args.proxy:
+        refs.update(ensure_proxy_images(client))
     for ref in refs.values():
         image = client.images.get(ref)
         log.info(

@@ -5,22 +5,21 @@ These tests fail, never skip, when debootstrap or dockerd is missing: without th
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import shutil
-import sys
 import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import docker
 import pytest
 import urllib3
 from docker.models.containers import Container
+
+from tests.infra.e2e import load_build
 
 pytestmark = pytest.mark.e2e
 
@@ -28,18 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 RUN_LABEL = "io.companion.e2e.test-images"
 
 
-def _load_build() -> ModuleType:
-    """Import e2e/images/build.py (e2e/ is not a package)."""
-    path = REPO / "e2e/images/build.py"
-    spec = importlib.util.spec_from_file_location("e2e_images_build", path)
-    assert spec and spec.loader, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-build = _load_build()
+build = load_build()
 
 
 @pytest.fixture(scope="module")

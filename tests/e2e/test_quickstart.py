@@ -13,11 +13,8 @@ import contextlib
 import datetime as dt
 import functools
 import http.client
-import importlib.util
 import io
-import ipaddress
 import os
-import random
 import shutil
 import socket
 import ssl
@@ -29,7 +26,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TypeVar
 
 import docker
@@ -40,6 +36,9 @@ from cryptography import x509
 from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.infra.compose import free_subnet
+from tests.infra.e2e import load_build, wait_for
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,20 +47,6 @@ DEMO_HOST = "demo.localhost"
 DEMO_GREETING = "Hello from the companion quickstart"
 SITE_TIMEOUT = 120.0
 T = TypeVar("T")
-
-
-def _load_build() -> ModuleType:
-    """Import e2e/images/build.py (e2e/ is not a package)."""
-    name = "e2e_images_build"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = REPO / "e2e/images/build.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _compose_binary() -> str:
@@ -75,37 +60,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _free_subnet(client: docker.DockerClient) -> ipaddress.IPv4Network:
-    """A /24 that no Docker network uses (several stacks may run at once on one daemon)."""
-    used = []
-    for network in client.networks.list():
-        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
-            if config.get("Subnet", "").count("."):
-                used.append(ipaddress.ip_network(config["Subnet"], strict=False))
-    candidates = [ipaddress.ip_network(f"172.29.{n}.0/24") for n in range(256)]
-    random.shuffle(candidates)
-    for subnet in candidates:
-        if not any(subnet.overlaps(other) for other in used):
-            return subnet
-    pytest.fail(f"no free /24 in 172.29.0.0/16 for the quickstart network (used: {used})")
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, diagnose: Callable[[], str]) -> T:
-    """Call probe until it returns something other than None; fail with diagnostics after timeout."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            result = probe()
-            if result is not None:
-                return result
-        except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})\n{diagnose()}")
-        time.sleep(0.3)
 
 
 def docker_retry(fn: Callable[..., T]) -> Callable[..., T]:
@@ -294,7 +248,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    build = _load_build()
+    build = load_build()
     compose_bin = _compose_binary()
     try:
         client = build.docker_client(start=True)
@@ -304,7 +258,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     refs = build.ensure_quickstart_images(client)
     print(f"ensure_quickstart_images took {time.monotonic() - started:.1f}s: {refs}")
 
-    subnet = _free_subnet(client)
+    subnet = free_subnet(client, 29)
     nginx_ip = str(subnet.network_address + 10)
     ports = {"http": _free_port(), "https": _free_port(), "mgmt": _free_port(), "status": _free_port()}
     env = dict(os.environ)

@@ -88,9 +88,7 @@ def ensure_busybox() -> Path:
             check=False,
         )
     if not _is_static(BUSYBOX):
-        raise RuntimeError(
-            "a static /bin/busybox is needed for the test app image: apt-get install -y busybox-static"
-        )
+        raise RuntimeError("a static /bin/busybox is needed for the test app image: apt-get install -y busybox-static")
     return BUSYBOX
 
 

@@ -6,11 +6,15 @@ The drop-in tests prove behaviour from compose files as nginx-proxy users write 
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import random
 import subprocess
 import sys
 import uuid
 from pathlib import Path
+
+import docker
 
 COMPOSE = Path(sys.executable).parent / "docker-compose"
 
@@ -43,3 +47,19 @@ class ComposeProject:
             done = self.run("down", "-v", "--remove-orphans", "-t", "1")
             assert done.returncode == 0, done.stderr
             self.started = False
+
+
+def free_subnet(client: docker.DockerClient, second_octet: int) -> ipaddress.IPv4Network:
+    """A /24 in 172.<second_octet>.0.0/16 that no Docker network uses (several stacks may share one daemon),
+    for a compose network whose members need fixed addresses (challtestsrv answers with the proxy's)."""
+    used = []
+    for network in client.networks.list():
+        for config in (network.attrs.get("IPAM") or {}).get("Config") or []:
+            if config.get("Subnet", "").count("."):
+                used.append(ipaddress.ip_network(config["Subnet"], strict=False))
+    candidates = [ipaddress.ip_network(f"172.{second_octet}.{n}.0/24") for n in range(256)]
+    random.shuffle(candidates)
+    for subnet in candidates:
+        if not any(subnet.overlaps(other) for other in used):
+            return subnet
+    raise AssertionError(f"no free /24 in 172.{second_octet}.0.0/16 for a test network (used: {used})")

@@ -115,9 +115,7 @@ class DockerDaemon:
                     f"dockerd exited with {self._proc.returncode}; see {self.log_path}:\n" + self.log_tail()
                 )
             time.sleep(0.1)
-        raise TimeoutError(
-            f"dockerd did not answer within {timeout}s; see {self.log_path}:\n" + self.log_tail()
-        )
+        raise TimeoutError(f"dockerd did not answer within {timeout}s; see {self.log_path}:\n" + self.log_tail())
 
     def stop(self, timeout: float = 30.0) -> None:
         """Send SIGTERM to dockerd and wait for it to exit (containers keep running with live-restore)."""

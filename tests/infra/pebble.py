@@ -54,9 +54,7 @@ def _write_listener_certs(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -71,24 +69,18 @@ def _write_listener_certs(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
     ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_path.chmod(0o600)
     return ca_path, cert_path, key_path
@@ -103,6 +95,8 @@ class Pebble:
     an order stays in flight for seconds.
     The constructor starts both processes; ``stop()``/``start()`` take them down and up again on the
     same ports (a fresh Pebble has a new issuing root and forgets accounts and orders).
+    ``dnsserver`` ("127.0.0.1:PORT", e.g. tests/infra/bind.py's) replaces challtestsrv as the DNS Pebble's VA
+    asks: then DNS-01 is validated against the TXT records that server holds, and challtestsrv is not started.
     """
 
     def __init__(
@@ -115,8 +109,9 @@ class Pebble:
         default_ipv4: str = "127.0.0.1",
         start: bool = True,
         va_sleep: bool = False,
+        dnsserver: str | None = None,
     ) -> None:
-        for exe in (PEBBLE, CHALLTESTSRV):
+        for exe in (PEBBLE,) if dnsserver else (PEBBLE, CHALLTESTSRV):
             if not Path(exe).exists():
                 raise RuntimeError(f"{exe} is missing: apt-get install pebble")
         self.workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ctest-pebble-"))
@@ -129,7 +124,8 @@ class Pebble:
         self.default_ipv4 = default_ipv4
         self.acme_port = free_port()
         self.mgmt_port = free_port()
-        self.dns_port = free_port(udp=True)
+        self.dnsserver = dnsserver
+        self.dns_port = int(dnsserver.rpartition(":")[2]) if dnsserver else free_port(udp=True)
         self.chall_mgmt_port = free_port()
         self.ca_bundle_path, cert, key = _write_listener_certs(self.workdir)
         self.config_path = self.workdir / "pebble-config.json"
@@ -180,7 +176,7 @@ class Pebble:
         """Start challtestsrv and Pebble and wait until the directory answers."""
         if self._pebble is not None and self._pebble.poll() is None:
             return
-        if self._chall is None or self._chall.poll() is not None:
+        if not self.dnsserver and (self._chall is None or self._chall.poll() is not None):
             self._chall = self._spawn(
                 [
                     CHALLTESTSRV,
@@ -212,7 +208,7 @@ class Pebble:
         if self.nonce_reject is not None:
             env["PEBBLE_WFE_NONCEREJECT"] = str(self.nonce_reject)
         self._pebble = self._spawn(
-            [PEBBLE, "-config", str(self.config_path), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+            [PEBBLE, "-config", str(self.config_path), "-dnsserver", self.dnsserver or f"127.0.0.1:{self.dns_port}"],
             self.log_path,
             env,
         )
