@@ -2,9 +2,12 @@
 pure reconcile step between them.
 
 The loop is `snapshot = source.snapshot()` -> `applier.locate(snapshot.nginx)` -> inputs (the snapshot and
-the certificates on disk) -> `reconcile(...)` (pure) -> `applier.apply(files)`. Two sources exist (the
-Docker daemon's containers, and on a Swarm manager its services beside them) and more than one way to
-apply (nginx on this machine or in a container; remote agents), so both are small protocols:
+the certificates on disk) -> `reconcile(...)` (pure: the plan, problems, certificate requests, owners;
+`files(user)` renders it with the operator's per-host files) -> `applier.apply(files)`. Two sources exist
+(the Docker daemon's containers, and on a Swarm manager its services beside them: swarm.SwarmSource)
+and two ways to apply (nginx.LocalApplier: nginx on this machine or in a container; with agents,
+controller.Publisher, which has `apply` and `nginx_version` as below plus `nodes()`, takes its place),
+so both are small protocols:
 
 Source
     ``snapshot() -> Snapshot``: every site-bearing container (or task) afresh, and the nginx instances
