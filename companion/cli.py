@@ -13,7 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
-from . import agent, certs, cluster, config, explain, imports, logformat, service, supervisor
+from . import agent, certs, cluster, config, explain, hostfiles, imports, logformat, owners, service, supervisor
 from . import status as status_report
 from .acme import (
     AcmeManager,
@@ -27,18 +27,20 @@ from .acme import (
 )
 from .alerts import Notifier
 from .control import start_control_server
-from .controller import Controller, heartbeat_problem
+from .controller import Controller, heartbeat_problem, read_inputs
 from .dns import credentials_problem
-from .docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from .docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
 from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from .htpasswd import Gate, HtpasswdError, parse
 from .logsafe import printable
 from .model import Challenge
-from .nginx import NginxControl
+from .nginx import OLDEST_ASSUMED, LocalApplier, NginxControl
 from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
+from .reconcile import Reconciled, policy_of, reconcile, render_options
 from .render import MAIN_FILE
 from .safefiles import read_regular
 from .statusserver import start_status_server
+from .swarm import SwarmSource
 from .variables import setting_problems
 from .watch import watch_certs, watch_host_files
 
@@ -90,13 +92,28 @@ def edge_for(settings: config.Settings) -> DockerEdge:
     return DockerEdge(settings.nginx_container, settings.conf_dir, settings.image_trust)
 
 
-def make_control(settings: config.Settings, edge: DockerEdge | None) -> NginxControl:
-    return NginxControl(
+def make_applier(settings: config.Settings, edge: DockerEdge | None) -> LocalApplier:
+    control = NginxControl(
         settings.nginx_test,
         settings.reload,
         exec_in=edge.exec if edge else None,
         signal=edge.signal if edge else None,
     )
+    return LocalApplier(Path(settings.conf_dir), control)
+
+
+def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[explain.Inputs, str]:
+    """A pass's inputs computed in this process, with the owners the service remembers on disk."""
+    certs_dir = Path(settings.certs_dir)
+    return read_inputs(settings, snapshot, policy_of(settings), owners.remembered(owners.load(certs_dir)), certs_dir)
+
+
+def reconciled_here(settings: config.Settings, edge: DockerEdge, snapshot: Snapshot) -> Reconciled:
+    """What a pass would decide now, computed in this process (render, certs): no Controller, nothing written."""
+    applier = make_applier(settings, edge)
+    applier.locate(snapshot.nginx)
+    inputs, default_problem = inputs_here(settings, snapshot)
+    return reconcile(inputs, render_options(settings, applier.nginx_version() or OLDEST_ASSUMED), default_problem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,17 +146,19 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
     try:
         edge = edge_for(settings)
-        snapshot = edge.snapshot()
+        snapshot = SwarmSource(edge).snapshot()
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    controller = Controller(settings, edge, make_control(settings, edge))
-    controller.control.containers = [info.id for info in snapshot.nginx]
-    desired, _ = controller.desired_state(snapshot)
-    for problem in desired.problems:
+    done = reconciled_here(settings, edge, snapshot)
+    for problem in done.desired.problems:
         print(f"# {problem}", file=sys.stderr)
-    files = controller.render_files(desired)
-    for name, content in files.items():
+    certs_dir, conf_dir = Path(settings.certs_dir), Path(settings.conf_dir)
+    dirs = hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
+    user, _ = hostfiles.UserFiles(certs_dir, conf_dir).choose(
+        hostfiles.scan(dirs, (server.host for server in done.desired.servers))
+    )
+    for name, content in done.files(user).items():
         if name == MAIN_FILE or (args.all and name.endswith(".inc")):
             if args.all:
                 print(f"# ---- {name}")
@@ -166,11 +185,11 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
             return code
     try:
         edge = edge_for(settings)
-        snapshot = edge.snapshot()
+        snapshot = SwarmSource(edge).snapshot()
     except DockerUnavailable as exc:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    inputs, _ = Controller(settings, edge, make_control(settings, edge)).pass_inputs(snapshot)
+    inputs, _ = inputs_here(settings, snapshot)
     found = explain.explain(args.name, inputs, load_state(Path(settings.certs_dir)))
     print(f"# {explain.SOURCE}")
     sys.stdout.write(found.text())
@@ -210,7 +229,9 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
         return 2
     publisher = cluster_server.publisher if cluster_server is not None else None
-    controller = Controller(settings, edge, make_control(settings, edge), expiry=notifier, publisher=publisher)
+    source = SwarmSource(edge)
+    applier = make_applier(settings, edge)
+    controller = Controller(settings, source, applier, expiry=notifier, publisher=publisher)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -234,7 +255,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
             metrics.docker_events.inc()
         controller.wake(reason)
 
-    edge.watch_events(on_event, stop)
+    source.watch(on_event, stop)
     try:
         controller.run(stop)
     finally:
@@ -334,12 +355,11 @@ def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
     """Which sites each certificate serves, decided from a fresh snapshot as `render` does; None without Docker."""
     try:
         edge = edge_for(settings)
-        snapshot = edge.snapshot()
+        snapshot = SwarmSource(edge).snapshot()
     except DockerUnavailable as exc:
         print(f"# sites not shown: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return None
-    desired, _ = Controller(settings, edge, make_control(settings, edge)).desired_state(snapshot)
-    return status_report.served_by(desired)
+    return status_report.served_by(reconciled_here(settings, edge, snapshot).desired)
 
 
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:

@@ -1,4 +1,7 @@
-"""The loop that ties the edges to the pure core: wake (debounced), snapshot, plan, render, apply.
+"""The loop that ties the edges to the pure core: wake (debounced), snapshot, reconcile, apply.
+
+It sees the edges through the protocols of companion/reconcile.py: a Source of snapshots and an Applier
+that tests and reloads nginx (or, with agents, a Publisher).
 
 Events only wake the loop; every pass starts from a fresh snapshot, so a missed event or a daemon
 restart costs one pass, never correctness. Problems are logged when they appear and when they go
@@ -22,14 +25,14 @@ from . import certs, hostfiles, owners, plan, status
 from .acme import CertState
 from .alerts import in_use
 from .config import Settings
-from .docker import DockerEdge, DockerUnavailable, Snapshot, short_reason
+from .docker import DockerUnavailable, Snapshot, short_reason
 from .explain import Explanation, Inputs, explain, with_nodes
 from .logformat import Problem, fields_of
 from .metrics import Metrics
 from .model import CertRequest, Policy
-from .nginx import OLDEST_ASSUMED, ApplyResult, NginxControl, apply
+from .nginx import OLDEST_ASSUMED, ApplyResult
 from .publisher import CHALLENGE_RELAY_PORT
-from .render import RenderOptions, render
+from .reconcile import Applier, Source, policy_of, reconcile, render_options
 from .trust import NGINX_LABEL
 
 log = logging.getLogger(__name__)
@@ -103,16 +106,16 @@ class Controller:
     def __init__(
         self,
         settings: Settings,
-        docker: DockerEdge,
-        control: NginxControl,
+        source: Source,
+        applier: Applier,
         acme: CertificateManager | None = None,
         expiry: ExpiryWatch | None = None,
         publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
         self.publisher = publisher
-        self.docker = docker
-        self.control = control
+        self.source = source
+        self.applier = applier
         self.acme = acme
         self.expiry = expiry
         self.certs_dir = Path(settings.certs_dir)
@@ -127,22 +130,11 @@ class Controller:
         self.latest = status.EMPTY  # replaced whole after every pass; the status endpoint only reads it
         self.inputs: Inputs | None = None  # what the last pass decided from, replaced whole like the report
         self.metrics = Metrics(lambda: self.latest)
-        self._reload_pending = False
-        self._nginx_version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+        self._nginx_version: tuple[int, ...] | None = None  # as the applier (or the agents) last told it
         self.debouncer = Debouncer()
         self._nginx_address = "127.0.0.1"
         self._nginx_names: tuple[str, ...] = ()
-        self.policy = Policy(
-            default_email=settings.default_email,
-            allowed_domains=settings.allowed_domains,
-            image_trust=settings.image_trust,
-            owners=settings.domain_owners,
-            acme_server=settings.acme_server,
-            staging_server=settings.acme_staging_server,
-            allowed_servers=settings.allowed_acme_servers,
-            default_challenge=settings.acme_challenge,
-            dns_plugin=settings.dns_plugin,
-        )
+        self.policy = policy_of(settings)
         self.owners = owners.load(self.certs_dir)
         self._owners_saved = 0.0
         self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
@@ -161,35 +153,6 @@ class Controller:
 
     # -- one pass -------------------------------------------------------------------------------
 
-    def pass_inputs(self, snapshot: Snapshot) -> tuple[Inputs, str]:
-        """What a pass decides from (reads the certs dir), and the default certificate's problem, if any."""
-        nginx_networks: tuple[str, ...] | None
-        if self.settings.docker_mode and self.publisher is None:
-            nginx_networks = tuple(sorted({n for info in snapshot.nginx for n in info.networks}))
-            host_address = plan.host_address_from(snapshot.nginx)
-        else:
-            nginx_networks, host_address = plan.local_reach(snapshot.own)
-        default, problem = certs.default_cert(self.certs_dir)
-        inputs = Inputs(
-            containers=snapshot.containers,
-            statuses=certs.scan(self.certs_dir),
-            certs_dir=self.certs_dir,
-            policy=self.policy,
-            owners=owners.remembered(self.owners),
-            nginx_networks=nginx_networks,
-            host_address=host_address,
-            default_host=self.settings.default_host,
-            http_on_missing_cert=self.settings.http_on_missing_cert,
-            default_cert=default,
-            now=time.time(),
-        )
-        return inputs, problem
-
-    def desired_state(self, snapshot: Snapshot) -> tuple[plan.Desired, dict[str, certs.CertStatus]]:
-        """Pure apart from reading the certs dir; writes nothing (used by `companion render` too)."""
-        inputs, problem = self.pass_inputs(snapshot)
-        return decide(inputs, problem), dict(inputs.statuses)
-
     def explain(self, name: str) -> Explanation | None:
         """Explain `name` as the last pass decided it (None before the first pass). Runs in the caller's
         thread: it reads the kept inputs once and the ACME state under its own short lock."""
@@ -199,55 +162,21 @@ class Controller:
         found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
         return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
 
-    def render_files(self, desired: plan.Desired, user: hostfiles.Chosen | None = None) -> dict[str, str]:
-        """The files for `desired`, with the operator's per-host files as `user` (read from disk when None)."""
-        if user is None:
-            user, _ = self.user_files.choose(hostfiles.scan(self.host_dirs, (s.host for s in desired.servers)))
-        options = RenderOptions(
-            conf_dir=self.settings.conf_dir,
-            webroot=self.settings.webroot,
-            http_port=self.settings.http_port,
-            https_port=self.settings.https_port,
-            nginx_version=self.nginx_version(),
-            trust_downstream_proxy=self.settings.trust_downstream_proxy,
-            ssl_policy=self.settings.ssl_policy,
-            enable_ipv6=self.settings.enable_ipv6,
-            external_http_port=self.settings.external_http_port,
-            external_https_port=self.settings.external_https_port,
-            non_get_redirect=self.settings.non_get_redirect,
-            default_root=self.settings.default_root,
-            acme_proxy=f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else "",
-            server_tokens=self.settings.server_tokens.strip().lower(),
-            access_log=self.settings.access_log_directive,
-            access_log_format=self.settings.access_log_format,
-            access_log_escape=self.settings.log_format_escape,
-            resolvers=self.settings.resolvers,
-        )
-        return render(desired, options, user)
-
-    def nginx_version(self) -> tuple[int, ...]:
-        """Asked once per set of nginx containers; an unknown version is asked again next pass. With agents,
-        the oldest nginx among the nodes that are up."""
+    def nginx_version(self) -> tuple[int, ...] | None:
+        """The version to render for (None: unknown). With agents, the oldest nginx among the nodes that are up."""
         if self.publisher is not None:
-            return self.publisher.nginx_version() or OLDEST_ASSUMED
-        key = tuple(self.control.containers)
-        if self._nginx_version is None or self._nginx_version[0] != key:
-            version = self.control.version()
-            if version is None:
-                log.debug("nginx's version unknown; rendering for %s", OLDEST_ASSUMED)
-                return OLDEST_ASSUMED
-            self._nginx_version = (key, version)
-        return self._nginx_version[1]
+            return self.publisher.nginx_version()
+        return self.applier.nginx_version()
 
     def run_pass(self) -> PassReport:
         """Converge once. Docker being unreachable keeps everything as it is."""
         try:
-            snapshot = self.docker.snapshot()
+            snapshot = self.source.snapshot()
         except DockerUnavailable as exc:
             reason = short_reason(exc)
             self._report({*self._reported, f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
-        self.control.containers = [info.id for info in snapshot.nginx]
+        self.applier.locate(snapshot.nginx)
         self._nginx_names = tuple(info.name for info in snapshot.nginx)
         # The self-check reaches nginx on a network we share with it, when we run in a container.
         addresses = sorted(
@@ -267,55 +196,55 @@ class Controller:
                 )
                 for info, reason in snapshot.impostors
             }
-        if self.settings.docker_mode and not snapshot.nginx and self.publisher is None:
+        if self.settings.docker_mode and not snapshot.nginx and not snapshot.nginx_tasks and self.publisher is None:
             self._report({*self._reported, NO_NGINX, *impostors})
             return PassReport(skipped="no nginx")
         certs.ensure_placeholder(self.certs_dir)
-        inputs, default_problem = self.pass_inputs(snapshot)
-        desired, statuses = decide(inputs, default_problem), dict(inputs.statuses)
-        cert_problems = {
-            Problem(f"certificate {name}: {status.problem}; its sites fall back to the placeholder", certificate=name)
-            for name, status in statuses.items()
-            if status.problem
-        }
-        self._desired, self._statuses = desired, statuses
+        inputs, default_problem = read_inputs(
+            self.settings,
+            snapshot,
+            self.policy,
+            owners.remembered(self.owners),
+            self.certs_dir,
+            agents=self.publisher is not None,
+        )
+        self._nginx_version = self.nginx_version()
+        if self._nginx_version is None:
+            log.debug("nginx's version unknown; rendering for %s", OLDEST_ASSUMED)
+        relay = f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else ""
+        options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED, relay)
+        done = reconcile(inputs, options, default_problem)
+        desired = done.desired
+        self._desired, self._statuses = desired, dict(inputs.statuses)
         self.inputs = inputs
         found = hostfiles.scan(self.host_dirs, (server.host for server in desired.servers))
         started = time.monotonic()
-        result, file_problems = self.user_files.apply(
-            found,
-            lambda user: self.render_files(desired, user),
-            self._apply,
-            self.conf_dir,
-        )
-        if result.ok and not result.changed and self._reload_pending:
-            result = self._retry_reload()
+        result, file_problems = self.user_files.apply(found, done.files, self._apply, self.conf_dir)
         self.metrics.apply_seconds.observe(time.monotonic() - started)
         if result.changed:
             self.metrics.reloads.labels("ok" if result.ok else "failed").inc()
         if result.ok:
             self._last_success = time.time()
-        self._reload_pending = bool(result.changed) and not result.ok
         if result.changed and result.ok:
-            done = "nginx reloaded" if self.publisher is None else "published to the agents"
-            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), done)
-        problems = set(desired.problems) | cert_problems | impostors | file_problems
+            how = "nginx reloaded" if self.publisher is None else "published to the agents"
+            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), how)
+        problems = set(done.problems) | impostors | file_problems
         if result.error:
             problems.add(result.error)
         self._report(problems)
         if result.ok:
-            self._remember_owners(dict(desired.owners))
+            self._remember_owners(done.owners)
         if self.acme is not None and result.ok:
-            self.acme.update(desired.certificates, statuses)
+            self.acme.update(done.certificates, self._statuses)
         if self.expiry is not None and result.ok:
-            self.expiry.check_expiry(in_use(desired.servers, statuses, self.certs_dir))
+            self.expiry.check_expiry(in_use(desired.servers, self._statuses, self.certs_dir))
         return PassReport(result=result)
 
     def _apply(self, files: Mapping[str, str]) -> ApplyResult:
         """With agents (Swarm), publish to them; else write, test and reload the local nginx."""
         if self.publisher is not None:
             return self.publisher.apply(files)
-        return apply(self.conf_dir, files, self.control)
+        return self.applier.apply(files)
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
@@ -327,13 +256,6 @@ class Controller:
             owners.save(self.certs_dir, merged)
             self._owners_saved = now
         self.owners = merged
-
-    def _retry_reload(self) -> ApplyResult:
-        try:
-            self.control.reload()
-        except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
-            return ApplyResult(changed=("reload",), error=f"nginx reload failed: {exc}")
-        return ApplyResult(changed=("reload",))
 
     def _report(self, problems: set[str]) -> None:
         for line in sorted(problems - self._reported.keys()):
@@ -374,7 +296,7 @@ class Controller:
             renew_before_days=self.settings.renew_before_days,
             problems=self._reported,
             passes=reversed(self._passes),
-            nginx_version=self._nginx_version[1] if self._nginx_version else None,
+            nginx_version=self._nginx_version,
             nginx_containers=self._nginx_names,
             last_success=self._last_success,
             nodes=self.publisher.nodes() if self.publisher is not None else (),
@@ -436,12 +358,39 @@ class Controller:
             log.debug("heartbeat not written: %s", exc)
 
 
-def decide(inputs: Inputs, default_problem: str) -> plan.Desired:
-    """The desired state from a pass's inputs, with the default certificate's problem among its problems."""
-    desired = inputs.desired()
-    if default_problem:
-        desired = dataclasses.replace(desired, problems=(*desired.problems, default_problem))
-    return desired
+def read_inputs(
+    settings: Settings,
+    snapshot: Snapshot,
+    policy: Policy,
+    remembered: dict[str, str],
+    certs_dir: Path,
+    agents: bool = False,
+) -> tuple[Inputs, str]:
+    """What a pass decides from (reads the certs dir and the clock), and the default certificate's problem.
+
+    nginx in a container is reached on its networks (a Swarm service carrying the nginx label counts too);
+    with agents (`agents`), backends are reached on the networks the companion's own container is on."""
+    nginx_networks: tuple[str, ...] | None
+    if settings.docker_mode and not agents:
+        nginx_networks = tuple(sorted({n for info in (*snapshot.nginx, *snapshot.nginx_tasks) for n in info.networks}))
+        host_address = plan.host_address_from(snapshot.nginx)
+    else:
+        nginx_networks, host_address = plan.local_reach(snapshot.own)
+    default, problem = certs.default_cert(certs_dir)
+    inputs = Inputs(
+        containers=snapshot.containers,
+        statuses=certs.scan(certs_dir),
+        certs_dir=certs_dir,
+        policy=policy,
+        owners=remembered,
+        nginx_networks=nginx_networks,
+        host_address=host_address,
+        default_host=settings.default_host,
+        http_on_missing_cert=settings.http_on_missing_cert,
+        default_cert=default,
+        now=time.time(),
+    )
+    return inputs, problem
 
 
 def heartbeat_problem(path: Path, now: dt.datetime) -> str:

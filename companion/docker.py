@@ -3,7 +3,8 @@
 The only Docker API calls the companion makes (README lists them for socket proxies):
 GET /_ping, GET /version, GET /containers/json, GET /containers/{id}/json, GET /images/{id}/json, GET /events,
 POST /containers/{id}/exec + POST /exec/{id}/start + GET /exec/{id}/json (nginx -t, nginx -v),
-POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wait for the reload).
+POST /containers/{id}/kill?signal=SIGHUP (reload), GET /containers/{id}/top (wait for the reload);
+on a Swarm manager also GET /info, GET /services and GET /tasks (companion/swarm.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import docker
@@ -43,6 +44,9 @@ class Snapshot:
     own: ContainerInfo | None = None  # the companion's own container, when it runs in one it can see
     # containers carrying the nginx label that do not qualify, with the reason; routed like any other
     impostors: tuple[tuple[ContainerInfo, str], ...] = ()
+    # nginx's Swarm tasks (a service carrying the nginx label): their networks are nginx's too, but they are
+    # reached by agents, not tested or signalled from here
+    nginx_tasks: tuple[ContainerInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class DockerEdge:
         image_trust: ImageTrust = ImageTrust.ROUTING,
         timeout: int = 10,
     ) -> None:
-        self.api = _client(timeout)
+        self.api = api_client(timeout)
         self.nginx_name = nginx_name.lstrip("/")
         self.conf_dir = conf_dir
         self.image_trust = image_trust
@@ -133,7 +137,7 @@ class DockerEdge:
     def _facts(self, inspect: dict) -> _Facts:
         """Environment, exposed ports, and which labels and variables the image set rather than the container."""
         config = inspect.get("Config") or {}
-        env = _env_dict(config.get("Env"))
+        env = env_dict(config.get("Env"))
         image_labels: dict[str, str] = {}
         image_env: dict[str, str] = {}
         image_id = inspect.get("Image") or ""
@@ -143,7 +147,7 @@ class DockerEdge:
                     image_config = self.api.inspect_image(image_id).get("Config") or {}
                 except docker.errors.NotFound:
                     image_config = {}  # the image is gone (rmi -f): nothing can be told apart
-                self._images[image_id] = (image_config.get("Labels") or {}, _env_dict(image_config.get("Env")))
+                self._images[image_id] = (image_config.get("Labels") or {}, env_dict(image_config.get("Env")))
             image_labels, image_env = self._images[image_id]
         labels = config.get("Labels") or {}
         return _Facts(
@@ -196,8 +200,11 @@ class DockerEdge:
         pid = top["Titles"].index("PID") if "PID" in top["Titles"] else 1
         return {row[pid] for row in top.get("Processes") or [] if row[column].strip() == "nginx: worker process"}
 
-    def watch_events(self, wake: Callable[[str], None], stop: threading.Event) -> threading.Thread:
-        """Start a daemon thread that wakes the loop on every relevant event and reconnects forever."""
+    def watch(
+        self, wake: Callable[[str], None], stop: threading.Event, events: Mapping[str, list[str]] = WAKING_EVENTS
+    ) -> threading.Thread:
+        """Start a daemon thread that wakes the loop on every event of `events` (type -> actions) and
+        reconnects forever."""
 
         def run() -> None:
             delay = 0.2
@@ -205,7 +212,7 @@ class DockerEdge:
             last_failure = ""
             while not stop.is_set():
                 try:
-                    stream = _client(timeout=None).events(decode=True, filters={"type": list(WAKING_EVENTS)})
+                    stream = api_client(timeout=None).events(decode=True, filters={"type": list(events)})
                     if connected_before:
                         log.info("docker event stream reconnected")
                     # A reconnect may have missed events: a full pass makes up for them.
@@ -214,7 +221,7 @@ class DockerEdge:
                     for event in stream:
                         if stop.is_set():
                             return
-                        if event.get("Action", "").split(":")[0] in WAKING_EVENTS.get(event.get("Type", ""), ()):
+                        if event.get("Action", "").split(":")[0] in events.get(event.get("Type", ""), ()):
                             wake(f"{event.get('Type')}:{event.get('Action')}")
                     log.warning("docker event stream ended; reconnecting")
                 except DockerUnavailable as exc:
@@ -232,7 +239,7 @@ class DockerEdge:
         return thread
 
 
-def _client(timeout: int | None) -> docker.APIClient:
+def api_client(timeout: int | None) -> docker.APIClient:
     """A low-level client for DOCKER_HOST (or the default socket), API version negotiated."""
     kwargs = docker.utils.kwargs_from_env()
     return docker.APIClient(version="auto", timeout=timeout, **kwargs)
@@ -243,7 +250,7 @@ def short_reason(exc: BaseException) -> str:
     return printable(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__
 
 
-def _env_dict(entries: list[str] | None) -> dict[str, str]:
+def env_dict(entries: list[str] | None) -> dict[str, str]:
     env = {}
     for entry in entries or []:
         key, sep, value = entry.partition("=")

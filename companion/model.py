@@ -185,6 +185,7 @@ class ContainerInfo:
     image_labels: frozenset[str] = frozenset()  # label keys whose value the image set, not the container
     image_env: frozenset[str] = frozenset()  # environment names whose value the image set
     mounts: tuple[tuple[str, str], ...] = ()  # (source on the Docker host, destination) per mount
+    service: str = ""  # the Swarm service a task belongs to: who owns the task's hosts, across its tasks
 
 
 @dataclass(frozen=True)
@@ -600,7 +601,7 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
         return Rejection(info.name, current, shown, str(exc))
     return Site(
-        container=info.name,
+        container=info.service or info.name,
         hosts=hosts,
         port=port,
         proto=proto,

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from .config import SettingsError, parse_nginx_version
 from .logsafe import printable
+from .model import ContainerInfo
 from .render import MAIN_FILE
 from .safefiles import UnsafeFile, read_regular, write_atomic
 
@@ -176,3 +177,41 @@ def apply(conf_dir: Path, files: Mapping[str, str], control: NginxControl) -> Ap
     except NginxError as exc:
         return ApplyResult(changed=tuple(changed), error=f"nginx reload failed: {exc}")
     return ApplyResult(changed=tuple(changed))
+
+
+class LocalApplier:
+    """The Applier for an nginx this process can test and signal: on this host, or in containers of the
+    Docker daemon it reads (docker exec/kill). See companion/reconcile.py for the protocol."""
+
+    def __init__(self, conf_dir: Path, control: NginxControl) -> None:
+        self.conf_dir = conf_dir
+        self.control = control
+        self._reload_pending = False
+        self._version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+
+    def locate(self, nginx: Sequence[ContainerInfo]) -> None:
+        self.control.containers = [info.id for info in nginx]
+
+    def nginx_version(self) -> tuple[int, ...] | None:
+        """Asked once per set of nginx containers; an unknown version is asked again next pass."""
+        key = tuple(self.control.containers)
+        if self._version is None or self._version[0] != key:
+            version = self.control.version()
+            if version is None:
+                return None
+            self._version = (key, version)
+        return self._version[1]
+
+    def apply(self, files: Mapping[str, str]) -> ApplyResult:
+        result = apply(self.conf_dir, files, self.control)
+        if result.ok and not result.changed and self._reload_pending:
+            result = self._retry_reload()
+        self._reload_pending = bool(result.changed) and not result.ok
+        return result
+
+    def _retry_reload(self) -> ApplyResult:
+        try:
+            self.control.reload()
+        except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
+            return ApplyResult(changed=("reload",), error=f"nginx reload failed: {exc}")
+        return ApplyResult(changed=("reload",))

@@ -27,6 +27,9 @@ HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 # Idle connections each worker keeps per upstream: enough for a busy app's concurrency between
 # requests, few enough that thousands of upstreams hold no more sockets than the apps would see anyway.
 KEEPALIVE = 16
+# Backends share a host or an overlay with nginx and accept in milliseconds; a connect that takes longer
+# is to one that is gone (a Swarm node that died drops packets), and nginx should try the next server.
+CONNECT_TIMEOUT = "3s"
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,7 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "upstreams": desired.upstreams,
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,
+        "connect_timeout": CONNECT_TIMEOUT,
         "includes": includes,
         "server_lines": _server_lines(options),
         "proxy_conf": bool(proxy_conf),

@@ -30,6 +30,7 @@ from tests.infra.dockerd import DockerDaemon, ensure_dockerd  # noqa: E402
 from tests.infra.nginx import HostNginx  # noqa: E402
 from tests.infra.nginxcontainer import NginxContainer  # noqa: E402
 from tests.infra.pebble import Pebble  # noqa: E402
+from tests.infra.swarm import SwarmNodes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +68,14 @@ def host_nginx(tmp_path: Path) -> Iterator[HostNginx]:
     nginx.start()
     yield nginx
     nginx.stop()
+
+
+@pytest.fixture(scope="session")
+def swarm_nodes(docker_daemon: DockerDaemon) -> Iterator[SwarmNodes]:
+    """A real 3-node Swarm (one dockerd per network namespace), up once per test run and removed after."""
+    nodes = SwarmNodes.from_env(3).up()
+    yield nodes
+    nodes.down()
 
 
 @pytest.fixture

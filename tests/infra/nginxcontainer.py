@@ -72,7 +72,13 @@ class NginxContainer:
         webroot: Path,
         labels: dict[str, str] | None = None,
         name: str = "nginx",
+        endpoint: tuple[str, int] | None = None,
+        image: str = "",
+        **run_options: object,
     ) -> None:
+        """`run_options` go to ``containers.run`` (e.g. ``network``, ``ports``); `endpoint` is where tests
+        reach its port 80 when not at its own address (a published port), HTTPS then being unused; `image`
+        one already on `client`'s daemon (by default the e2e nginx image, built there if missing)."""
         self.client = client
         self.workdir = workdir
         self.conf_dir = conf_dir
@@ -81,9 +87,12 @@ class NginxContainer:
         self.labels = {CONTAINER_LABEL: "1", NGINX_LABEL: "", **(labels or {})}
         self.name = f"{NAME_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
         self.container: Container | None = None
+        self.endpoint = endpoint
+        self.image = image
+        self.run_options = run_options
 
     def start(self, timeout: float = 20.0) -> NginxContainer:
-        image = ensure_nginx_image(self.client)
+        image = self.image or ensure_nginx_image(self.client)
         include_dir = self.workdir / "nginx-include"
         for folder in (include_dir, self.conf_dir, self.certs_dir, self.webroot):
             folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +104,7 @@ class NginxContainer:
             f"{self.webroot}:{self.webroot}:ro",
         ]
         self.container = self.client.containers.run(
-            image, name=self.name, labels=self.labels, volumes=volumes, detach=True
+            image, name=self.name, labels=self.labels, volumes=volumes, detach=True, **self.run_options
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -133,7 +142,10 @@ class NginxContainer:
     ) -> tuple[int, Message, bytes]:
         """GET through this nginx with ``Host: host`` (and SNI ``host`` over TLS)."""
         port = self.https_port if https else self.http_port
-        return http_get(self.address, port, host, path, https=https, timeout=timeout, context=context, headers=headers)
+        address = self.address
+        if self.endpoint is not None and not https:
+            address, port = self.endpoint
+        return http_get(address, port, host, path, https=https, timeout=timeout, context=context, headers=headers)
 
     def body(self, host: str, path: str = "/") -> tuple[int, str]:
         status, _, data = self.get(host, path)
