@@ -552,3 +552,17 @@ def test_http_held_at_503_until_a_real_certificate_keeps_the_challenge(layout: N
         assert root_answers(block_of(text, "a.com", False))[0][0] == "301"
     else:
         assert [https for name, https, _ in server_blocks(text) if name == "a.com"] == [True]
+
+
+def test_one_connect_timeout_per_location_the_containers_or_the_short_default() -> None:
+    """The short default (a vanished Swarm node must not hold a request 60 s) and PROXY_CONNECT_TIMEOUT
+    never meet in one location: nginx refuses a duplicate directive."""
+    containers = [
+        c("own", "10.0.0.2", VIRTUAL_HOST="own.example.com", PROXY_CONNECT_TIMEOUT="20s"),
+        c("plain", "10.0.0.3", VIRTUAL_HOST="plain.example.com"),
+    ]
+    _, files = render_fleet(containers=containers)
+    for host, expected in (("own.example.com", ("20s",)), ("plain.example.com", ("3s",))):
+        (location,) = block_of(files[MAIN_FILE], host, False).find("location")
+        assert [d.args for d in location.find("proxy_connect_timeout")] == [expected], host
+    assert "proxy_connect_timeout" not in files[SNIPPETS["proxy"][0]]
