@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from companion import cluster
 from tests.infra.agent import ensure_agent_image, ensure_companion_image
 from tests.infra.appimage import ensure_app_image
 from tests.infra.companion import wait_for
@@ -115,11 +116,23 @@ def stage(swarm_nodes: SwarmNodes, docker_client, tmp_path_factory: pytest.TempP
     except subprocess.CalledProcessError as error:
         pytest.fail(f"{error.cmd} failed: {error.stderr}")
     finally:
-        print(stage.diagnose())
         for service in stage.services:
             nodes.docker(1, "service", "rm", service, check=False)
         stack.remove()
         pebble.cleanup()
+    left = stack.leftovers()
+    assert not left, f"the stack left things behind on the nodes: {left}"
+
+
+def _running(stage: Stage, service: str) -> bool:
+    states = stage.nodes.docker(
+        1, "service", "ps", "-f", "desired-state=running", "--format", "{{.CurrentState}}", service
+    )
+    return states.stdout.startswith("Running")
+
+
+def _output(done: subprocess.CompletedProcess[str]) -> str:
+    return done.stdout + done.stderr
 
 
 def _answers(stack: Stack, n: int) -> bool:
@@ -186,9 +199,7 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
     assert all(stage.fingerprint(n, "web") == before for n in stage.nodes.nodes)
 
     late = stage.create("late")
-    wait_for(lambda: stage.nodes.docker(1, "service", "ps", "-q", "-f", "desired-state=running", late).stdout.strip()
-             and "Running" in stage.nodes.docker(1, "service", "ps", "--format", "{{.CurrentState}}", late).stdout,
-             30, what="the late service's task running")  # fmt: skip
+    wait_for(lambda: _running(stage, late), 30, what="the late service's task running")
     assert all(stage.stack.body(n, stage.host("late")) != late for n in stage.nodes.nodes)
 
     t_scale = time.time()
@@ -205,3 +216,30 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
     )
     wait_all(stage, lambda n: stage.https_body(n, "web"), expected, 10, "HTTPS after the controller's return")
     assert stage.pebble.orders_seen() == 1
+
+
+def test_an_agent_with_another_clusters_secret_gets_nothing_from_the_deployed_controller(
+    stage: Stage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """tests/test_agent.py covers the channel's refusals on one host; here the stack's own controller, found
+    by its service name on the overlay, refuses a stranger (the nodes share the host's files: a bind mount)."""
+    other = tmp_path_factory.mktemp("stranger") / "other.pem"
+    other.write_text(cluster.new_secret())
+    other.chmod(0o644)
+    image = stage.stack.env["NGINX_IMAGE"]
+    name = f"stranger-{SUFFIX}"
+    stage.nodes.docker(
+        1, "run", "-d", "--name", name, "--network", stage.stack.network,
+        "-v", f"{other}:/run/secrets/companion_cluster:ro",
+        "-e", "CONTROLLER_URL=https://companion:8443", "-e", "NODE_NAME=stranger", image, "agent",
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: "certificate verify failed" in _output(stage.nodes.docker(1, "logs", name, check=False)),
+            30,
+            what="the stranger's TLS failure",
+        )
+        files = stage.nodes.docker(1, "exec", name, "find", "/etc/nginx/conf.d", "/etc/letsencrypt", "-type", "f")
+        assert files.stdout.split() == []
+    finally:
+        stage.nodes.docker(1, "rm", "-fv", name, check=False)

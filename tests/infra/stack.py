@@ -92,6 +92,29 @@ class Stack:
     def logs(self, role: str) -> str:
         return self.nodes.docker(1, "service", "logs", "--raw", "--tail", "200", self.service(role), check=False).stdout
 
+    def leftovers(self) -> list[str]:
+        """What of the stack is still on the nodes (services, containers, volumes, secrets, its network)."""
+        label = f"label=com.docker.stack.namespace={self.name}"
+        found = [f"service {s}" for s in self.nodes.docker(1, "service", "ls", "-q", "--filter", label).stdout.split()]
+        found += [f"secret {s}" for s in self.nodes.docker(1, "secret", "ls", "-q", "--filter", label).stdout.split()]
+        found += [f"secret {SECRET}"] * bool(
+            self.nodes.docker(1, "secret", "ls", "-q", "-f", f"name={SECRET}").stdout.split()
+        )
+        found += [f"network {self.network}"] * (
+            self.network in self.nodes.docker(1, "network", "ls", "--format", "{{.Name}}").stdout.split()
+        )
+        for n in self.nodes.nodes:
+            if self.nodes.alive(n):
+                found += [
+                    f"{self.nodes.ns(n)} container {c}"
+                    for c in self.nodes.docker(n, "ps", "-aq", "--filter", label).stdout.split()
+                ]
+                found += [
+                    f"{self.nodes.ns(n)} volume {v}"
+                    for v in self.nodes.docker(n, "volume", "ls", "-q", "--filter", label).stdout.split()
+                ]
+        return found
+
     def remove(self) -> None:
         """Stack, its containers on every node, its volumes and the secret: nothing of it is left."""
         self.nodes.docker(1, "stack", "rm", self.name, check=False)
