@@ -50,7 +50,8 @@ class Stage:
 
     def create(self, name: str, tls: bool = False) -> str:
         """An app service on the stack's overlay, VIRTUAL_HOST (and LETSENCRYPT_HOST) as service labels;
-        its task answers with its APP_ID. Returns that answer."""
+        its task answers with its APP_ID. Returns that answer. (The app, PID 1 without a SIGTERM handler, is
+        killed after 1 s rather than 10 s: the stack's overlay can only go once it is.)"""
         full = f"{name}-{SUFFIX}"
         labels = ["--label", f"VIRTUAL_HOST={self.host(name)}"]
         if tls:
@@ -58,7 +59,7 @@ class Stage:
         self.nodes.docker(
             1, "service", "create", "-d", "--quiet", "--no-resolve-image", "--name", full,
             "--endpoint-mode", "dnsrr", "--network", self.stack.network, *labels,
-            "--env", f"APP_ID={full}", APP_IMAGE,
+            "--env", f"APP_ID={full}", "--stop-grace-period", "1s", APP_IMAGE,
         )  # fmt: skip
         self.services.append(full)
         return full
@@ -165,6 +166,7 @@ def test_https_on_every_node_one_certificate_one_order(stage: Stage) -> None:
     fingerprints = {n: stage.fingerprint(n, "web") for n in stage.nodes.nodes}
     assert len(set(fingerprints.values())) == 1, fingerprints
     assert stage.pebble.orders_seen() == 1, stage.pebble.log_text()[-3000:]
+    assert stage.pebble.log_text().count("Issued certificate serial") == 1
     # Pebble validated through the node its DNS names: a worker, whose nginx relayed the token.
     relayed = {
         n: sum(
@@ -176,6 +178,22 @@ def test_https_on_every_node_one_certificate_one_order(stage: Stage) -> None:
     }
     assert relayed[VALIDATED_NODE] >= 1 and sum(relayed.values()) == relayed[VALIDATED_NODE], relayed
     print(f"one certificate {fingerprints[1]} on every node, {stage.pebble.orders_seen()} order; validations {relayed}")
+    # `companion certs` in the controller's container: the certificate, and each node serving the current generation.
+    table = wait_for(lambda: _current_nodes(stage), 15, what="every node current in `companion certs`")
+    assert stage.host("web") in table, table
+
+
+def _current_nodes(stage: Stage) -> str:
+    """`companion certs` run in the controller's container, once it shows every node up and current."""
+    (controller,) = stage.stack.containers(1, "companion")
+    table = stage.nodes.docker(1, "exec", controller, "companion", "certs").stdout
+    rows = [
+        line.split()
+        for line in table.splitlines()
+        if line.split()[:1] in ([stage.nodes.ns(n)] for n in stage.nodes.nodes)
+    ]
+    fine = [row for row in rows if "(behind)" not in row and "(away)" not in row and row[2] != "none"]
+    return table if len(fine) == stage.nodes.count else ""
 
 
 def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage) -> None:
