@@ -579,6 +579,16 @@ def ensure_proxy_images(client: docker.DockerClient) -> dict[str, str]:
     return {**refs, "proxy": PROXY_IMAGE}
 
 
+def ensure_companion_image(client: docker.DockerClient) -> str:
+    """The companion image (the top-level Dockerfile's last stage), as docker-compose.yml and docker-stack.yml
+    name it."""
+    ensure_base(client)
+    with _lock():
+        mirror = (client.images.get(BASE_IMAGE).labels or {}).get(LABEL_MIRROR) or detect_mirror()
+        build_image(client, REPO, COMPANION_IMAGE, "companion", lambda: build_network_mode(client, mirror))
+    return COMPANION_IMAGE
+
+
 def ensure_agent_image(client: docker.DockerClient) -> str:
     """The Swarm agent image (the Dockerfile's ``agent`` stage: Debian's nginx under `companion agent`)."""
     ensure_base(client)

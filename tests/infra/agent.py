@@ -31,6 +31,11 @@ def ensure_agent_image(client: docker.DockerClient) -> str:
     return str(load_build().ensure_agent_image(client))
 
 
+def ensure_companion_image(client: docker.DockerClient) -> str:
+    """``companion:local``, the controller's image (the top-level Dockerfile, cached by its context)."""
+    return str(load_build().ensure_companion_image(client))
+
+
 @dataclass
 class NoLocalNginx:
     """What a cluster-mode controller gets where a host-mode one gets its nginx: nothing is applied locally."""

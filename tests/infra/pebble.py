@@ -40,8 +40,8 @@ ORDER_REQUEST_RE = re.compile(r"POST /order-plz -> calling handler\(\)")
 CERTBOT = [sys.executable, "-c", "import sys; from certbot.main import main; sys.exit(main())"]
 
 
-def _write_listener_certs(directory: Path) -> tuple[Path, Path, Path]:
-    """Create a throwaway CA and a localhost/127.0.0.1 server cert for Pebble's HTTPS listeners."""
+def _write_listener_certs(directory: Path, listen: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """Create a throwaway CA and a server cert for Pebble's HTTPS listeners (localhost, 127.0.0.1, ``listen``)."""
     now = dt.datetime.now(dt.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "companion tests: Pebble listener CA")])
@@ -69,7 +69,10 @@ def _write_listener_certs(directory: Path) -> tuple[Path, Path, Path]:
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost")]
+                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in sorted({"127.0.0.1", listen})]
+            ),
             critical=False,
         )
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -93,6 +96,8 @@ class Pebble:
     ``nonce_reject`` sets PEBBLE_WFE_NONCEREJECT (percent); ``None`` keeps Pebble's default of 5.
     ``va_sleep`` keeps Pebble's random pause before each validation (PEBBLE_VA_NOSLEEP is not set), so
     an order stays in flight for seconds.
+    ``listen`` is the address Pebble's ACME and management listeners bind (e.g. a bridge address that
+    containers on other network namespaces reach); challtestsrv stays on loopback.
     The constructor starts both processes; ``stop()``/``start()`` take them down and up again on the
     same ports (a fresh Pebble has a new issuing root and forgets accounts and orders).
     ``dnsserver`` ("127.0.0.1:PORT", e.g. tests/infra/bind.py's) replaces challtestsrv as the DNS Pebble's VA
@@ -110,6 +115,7 @@ class Pebble:
         start: bool = True,
         va_sleep: bool = False,
         dnsserver: str | None = None,
+        listen: str = "127.0.0.1",
     ) -> None:
         for exe in (PEBBLE,) if dnsserver else (PEBBLE, CHALLTESTSRV):
             if not Path(exe).exists():
@@ -122,19 +128,20 @@ class Pebble:
         self.nonce_reject = nonce_reject
         self.va_sleep = va_sleep
         self.default_ipv4 = default_ipv4
+        self.listen = listen
         self.acme_port = free_port()
         self.mgmt_port = free_port()
         self.dnsserver = dnsserver
         self.dns_port = int(dnsserver.rpartition(":")[2]) if dnsserver else free_port(udp=True)
         self.chall_mgmt_port = free_port()
-        self.ca_bundle_path, cert, key = _write_listener_certs(self.workdir)
+        self.ca_bundle_path, cert, key = _write_listener_certs(self.workdir, listen)
         self.config_path = self.workdir / "pebble-config.json"
         self.config_path.write_text(
             json.dumps(
                 {
                     "pebble": {
-                        "listenAddress": f"127.0.0.1:{self.acme_port}",
-                        "managementListenAddress": f"127.0.0.1:{self.mgmt_port}",
+                        "listenAddress": f"{listen}:{self.acme_port}",
+                        "managementListenAddress": f"{listen}:{self.mgmt_port}",
                         "certificate": str(cert),
                         "privateKey": str(key),
                         "httpPort": http_port,
@@ -161,11 +168,11 @@ class Pebble:
     @property
     def directory_url(self) -> str:
         """The ACME directory URL (HTTPS, signed by ``ca_bundle_path``)."""
-        return f"https://127.0.0.1:{self.acme_port}/dir"
+        return f"https://{self.listen}:{self.acme_port}/dir"
 
     @property
     def mgmt_url(self) -> str:
-        return f"https://127.0.0.1:{self.mgmt_port}"
+        return f"https://{self.listen}:{self.mgmt_port}"
 
     @property
     def chall_url(self) -> str:

@@ -245,21 +245,30 @@ class SwarmNodes:
     # -- images, failures ----------------------------------------------------------------------------
 
     def load(self, *images: str) -> None:
-        """`docker save` from the host's daemon, `docker load` into every live node."""
-        with tempfile.TemporaryDirectory(prefix="swarm-load-") as tmp:
-            archive = f"{tmp}/images.tar"
-            _run("docker", "save", "-o", archive, *images, timeout=300)
-            loads = [
-                subprocess.Popen(["docker", "-H", self.socket(n), "load", "-i", archive], stdout=subprocess.DEVNULL)
-                for n in self.nodes
-                if self.alive(n)
-            ]
-            for process in loads:
-                process.wait(300)
-        for n in self.nodes:
+        """`docker save` from the host's daemon, `docker load` into every live node lacking an image (by ID)."""
+        wanted = {image: _run("docker", "image", "inspect", "--format", "{{.Id}}", image).stdout for image in images}
+        wanted = {image: image_id.strip() for image, image_id in wanted.items()}
+
+        def present(n: int, image: str) -> bool:
+            got = self.docker(n, "image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
+            return got == wanted[image]
+
+        live = [n for n in self.nodes if self.alive(n)]
+        missing = [image for image in images if not all(present(n, image) for n in live)]
+        if missing:
+            with tempfile.TemporaryDirectory(prefix="swarm-load-") as tmp:
+                archive = f"{tmp}/images.tar"
+                _run("docker", "save", "-o", archive, *missing, timeout=300)
+                loads = [
+                    subprocess.Popen(["docker", "-H", self.socket(n), "load", "-i", archive], stdout=subprocess.DEVNULL)
+                    for n in live
+                ]
+                for process in loads:
+                    process.wait(300)
+        for n in live:
             for image in images:
-                if self.alive(n):
-                    self.docker(n, "image", "inspect", "--format", "{{.Id}}", image)
+                if not present(n, image):
+                    raise SwarmUnavailable(f"image {image} did not load into node {n}")
 
     def kill_daemon(self, n: int) -> None:
         """Stop node n's dockerd (SIGTERM, as a node going away): its containers stop with it."""

@@ -16,14 +16,18 @@ from cryptography.x509.oid import NameOID
 from tests.infra.nginx import HostNginx
 
 
-def served_cert(nginx: HostNginx, host: str, context: ssl.SSLContext | None = None) -> x509.Certificate:
-    """The leaf nginx serves for SNI `host`; chain and name verified when a context is given, else taken as is."""
+def served_cert(
+    nginx: HostNginx | tuple[str, int], host: str, context: ssl.SSLContext | None = None
+) -> x509.Certificate:
+    """The leaf nginx (a host nginx, or any address and port) serves for SNI `host`; chain and name verified
+    when a context is given, else taken as is."""
+    endpoint = nginx if isinstance(nginx, tuple) else ("127.0.0.1", nginx.https_port)
     if context is None:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     with (
-        socket.create_connection(("127.0.0.1", nginx.https_port), timeout=3) as raw,
+        socket.create_connection(endpoint, timeout=3) as raw,
         context.wrap_socket(raw, server_hostname=host) as tls,
     ):
         der = tls.getpeercert(binary_form=True)
