@@ -196,7 +196,9 @@ def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
     return found.exit_code
 
 
-def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM (docker stop) or SIGINT (Ctrl-C): the long-running commands finish their
+    current step and exit cleanly instead of dying mid-write."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -205,6 +207,11 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
+def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
+    stop = stop_on_signals()
     for problem in setting_problems(os.environ):
         log.warning("%s", problem)
     try:
@@ -289,14 +296,7 @@ def cmd_cluster_secret(args: argparse.Namespace, settings: config.Settings) -> i
 
 def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
     """Run nginx as a child and keep it serving the controller's latest good generation (see agent.py)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     try:
         secret = cluster.load_secret(Path(settings.cluster_secret_file))
         node = agent.node_name(settings)

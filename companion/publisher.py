@@ -15,12 +15,11 @@ import json
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import bundle, cluster, status
 from .certs import PEM_MAX_BYTES
 from .config import parse_nginx_version
+from .httpserve import CappedServer
 from .logsafe import printable
 from .nginx import ApplyResult
 from .safefiles import UnsafeFile, read_regular, resolve_inside
@@ -272,39 +272,19 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("cluster %s: %s", self.address_string(), printable(format % args))
 
 
-class ClusterServer(ThreadingHTTPServer):
+class ClusterServer(CappedServer):
     """Mutual TLS: a client without a certificate from the cluster CA is refused in the handshake."""
 
-    daemon_threads = True
-    block_on_close = False
-
     def __init__(self, address: tuple[str, int], publisher: ClusterPublisher, secret: cluster.ClusterSecret) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.publisher = publisher
         self.secret = secret
         self.long_poll = LONG_POLL
         self.context = cluster.server_context(secret)
-        self.slots = threading.BoundedSemaphore(MAX_AGENTS)
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler, MAX_AGENTS, "cluster")
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = self.socket.accept()
         return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("cluster: connection from %s failed", client_address, exc_info=True)
 
 
 def start_cluster_server(

@@ -48,16 +48,7 @@ def url_of(address: tuple[str, int], path: str) -> str:
 
 def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
     """The service's /explain answer for `name` (its lines and exit code); NoAnswer when it cannot give one."""
-    connection = http.client.HTTPConnection(*address, timeout=ASK_TIMEOUT)
-    try:
-        connection.request("GET", "/explain?name=" + quote(name, safe=""))
-        answer = connection.getresponse()
-        data = answer.read(ANSWER_MAX_BYTES + 1)
-    except (OSError, http.client.HTTPException) as exc:
-        raise NoAnswer(str(exc) or type(exc).__name__) from None
-    finally:
-        connection.close()
-    found = _answer_json(answer.status, data)
+    found = _get_json(address, "/explain?name=" + quote(name, safe=""))
     lines, code = found.get("lines"), found.get("exit_code")
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines) or code not in (0, 1, 2):
         raise NoAnswer("an answer of another shape")
@@ -66,19 +57,24 @@ def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
 
 def ask_nodes(address: tuple[str, int]) -> list[dict[str, object]]:
     """The Swarm nodes in the service's /status.json (empty without agents); NoAnswer when it cannot be asked."""
+    nodes = _get_json(address, "/status.json").get("nodes", [])
+    if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
+        raise NoAnswer("an answer of another shape")
+    return nodes
+
+
+def _get_json(address: tuple[str, int], path: str) -> dict:
+    """GET `path` from the service's status endpoint: its JSON object, or NoAnswer saying why not."""
     connection = http.client.HTTPConnection(*address, timeout=ASK_TIMEOUT)
     try:
-        connection.request("GET", "/status.json")
+        connection.request("GET", path)
         answer = connection.getresponse()
         data = answer.read(ANSWER_MAX_BYTES + 1)
     except (OSError, http.client.HTTPException) as exc:
         raise NoAnswer(str(exc) or type(exc).__name__) from None
     finally:
         connection.close()
-    nodes = _answer_json(answer.status, data).get("nodes", [])
-    if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
-        raise NoAnswer("an answer of another shape")
-    return nodes
+    return _answer_json(answer.status, data)
 
 
 def _answer_json(status: int, data: bytes) -> dict:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs
@@ -25,6 +24,7 @@ from .config import Settings, parse_listen
 from .controller import Controller, heartbeat_problem
 from .explain import Explanation
 from .htpasswd import Gate
+from .httpserve import CappedServer
 from .logsafe import printable
 from .metrics import Metrics
 from .status import CertView, Report
@@ -190,10 +190,7 @@ def explanation_json(found: Explanation) -> dict[str, object]:
     }
 
 
-class StatusServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
+class StatusServer(CappedServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -203,30 +200,12 @@ class StatusServer(ThreadingHTTPServer):
         explainer: Callable[[str], Explanation | None],
         gate: Gate | None = None,
     ):
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.latest = latest
         self.explainer = explainer
         self.gate = gate  # STATUS_AUTH: every route but /healthz needs a password
         self.metrics = metrics
         self.heartbeat = heartbeat
-        self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            log.debug("status: %d connections open; closing one from %s", MAX_CLIENTS, client_address)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("status: connection from %s failed", client_address, exc_info=True)
+        super().__init__(address, _Handler, MAX_CLIENTS, "status")
 
 
 def start_status_server(settings: Settings, controller: Controller, gate: Gate | None = None) -> StatusServer:
