@@ -8,6 +8,7 @@ same value. Every value from outside (labels, environment, a CA's words) is esca
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -122,6 +123,13 @@ def explain(name: str, inputs: Inputs, acme_state: Mapping[str, CertState]) -> E
     world = _World(inputs, acme_state)
     if matches:
         return world.container(matches[0])
+    tasks = sorted((info for info in inputs.containers if info.service and info.service == wanted), key=_task_order)
+    if tasks:
+        # Every task of a Swarm service carries the service's variables: its first task stands for them all.
+        found = world.container(tasks[0])
+        names = ", ".join(info.name for info in tasks)
+        said = f"Swarm service {wanted}: {len(tasks)} running task(s) ({names}); as its task {tasks[0].name}:"
+        return dataclasses.replace(found, lines=(printable(said), *found.lines))
     try:
         host = parse_hostname(wanted)
     except InvalidValue:
@@ -130,6 +138,12 @@ def explain(name: str, inputs: Inputs, acme_state: Mapping[str, CertState]) -> E
     if found is None:
         return _made(name, Verdict.UNKNOWN, f"no running container and no host is named {quoted(wanted)}", ())
     return found
+
+
+def _task_order(info: ContainerInfo) -> tuple[int, str]:
+    """Tasks are named `<service>.<slot>`: slot 2 before slot 10."""
+    slot = info.name.rpartition(".")[2]
+    return (int(slot) if slot.isdigit() else 0, info.name)
 
 
 class _World:

@@ -220,3 +220,22 @@ def test_certificate_state_words_are_the_certs_commands_and_escape_the_ca() -> N
     assert describe(None, CertState(in_progress=True)) == "renewing"
     assert describe(CertStatus("a", problem="no key"), CertState()) == "placeholder (no key)"
     assert describe(valid("a", "a.com"), CertState()) == "valid"
+
+
+def test_a_swarm_service_is_explained_by_its_name_through_its_first_task() -> None:
+    """`companion explain web` on a Swarm controller: the service, not only its tasks `web.1`, `web.2`."""
+
+    def task(slot: int, ip: str) -> ContainerInfo:
+        return ContainerInfo(
+            id=f"task{slot}",
+            name=f"web.{slot}",
+            service="web",
+            labels={"VIRTUAL_HOST": "web.example.com"},
+            networks={"proxy": ip},
+        )
+
+    found = ask("web", task(10, "10.0.0.10"), task(2, "10.0.0.2"), c("other", VIRTUAL_HOST="o.example.com"))
+    assert found.exit_code == 0
+    assert found.lines[0] == "Swarm service web: 2 running task(s) (web.2, web.10); as its task web.2:"
+    assert found.subject == "web.2"
+    assert ask("we", task(1, "10.0.0.1")).exit_code == 2  # a service name is matched whole, not as a prefix
