@@ -5,8 +5,10 @@ worker) started side by side: the config `plan.build` + `render.render` make for
 VIRTUAL_KEEPALIVE=off (a new backend connection per request, as before upstream keepalive), and a
 reference written by the book (upstream keepalive 32, proxy_http_version 1.1, Connection "", HTTP/2 on TLS
 with a self-signed certificate). Each is loaded over plain HTTP/1.1 and HTTPS/1.1 (wrk) and HTTP/2 on TLS
-(h2load, latency from its per-request log); the ratio generated ÷ reference is printed per line
-(target: at least 0.95 for requests per second). No Docker is involved; traffic stays on 127.0.0.1.
+(h2load, latency from its per-request log) in --rounds rounds that run the generated config and the
+reference back to back in alternating order, so a noisy machine weighs on both alike. Printed per line:
+medians over the rounds, and the median and range of the per-round ratio generated ÷ reference (target:
+at least 0.95 for requests per second). No Docker is involved; traffic stays on 127.0.0.1.
 """
 
 from __future__ import annotations
