@@ -69,7 +69,7 @@ REGISTRY: tuple[Variable, ...] = (
         "VIRTUAL_KEEPALIVE",
         _A,
         _S,
-        "companion-specific: upstream keepalive is on (16 idle connections); `off` for apps that mishandle reuse",
+        "companion-specific: upstream keepalive is on (32 idle connections); `off` for apps that mishandle reuse",
     ),
     Variable("PROXY_MAX_BODY_SIZE", _A, _S, "companion-specific: `client_max_body_size` (`10m`; `0`: no limit)"),
     Variable("PROXY_READ_TIMEOUT", _A, _S, "companion-specific: `proxy_read_timeout` (`60s`, `5m`; at most 1 day)"),

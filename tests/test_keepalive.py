@@ -75,7 +75,7 @@ def test_a_backend_replaced_under_traffic_with_keepalive_fails_no_request(
         return want <= seen
 
     assert wait_for(lambda: both({"old", "steady"}), timeout=30, what="both backends answering")
-    assert "keepalive 16;" in upstream_block(host_nginx, old_ip)
+    assert "keepalive 32;" in upstream_block(host_nginx, old_ip)
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
@@ -106,7 +106,7 @@ def test_a_backend_replaced_under_traffic_with_keepalive_fails_no_request(
     assert failed == [], failed[:5]
     assert {text for _, text in results} <= {"old", "steady", "new"}
     assert {text for _, text in results[mark:]} == {"steady", "new"}
-    assert "keepalive 16;" in upstream_block(host_nginx, container_ip(new))
+    assert "keepalive 32;" in upstream_block(host_nginx, container_ip(new))
     print(f"\nkeepalive: {len(results)} requests while a backend was replaced (new IP), 0 failed")
 
 
@@ -131,7 +131,7 @@ def test_the_app_gets_connection_upgrade_for_websockets_and_close_only_without_k
     upgrade = connection_seen(host_nginx, host, Upgrade="websocket", Connection="Upgrade")
     assert upgrade == ("upgrade", "websocket")
     block = upstream_block(host_nginx, container_ip(app))
-    assert ("keepalive 16;" in block) == (keepalive == "on"), block
+    assert ("keepalive 32;" in block) == (keepalive == "on"), block
 
 
 def backend_nginx(prefix: Path, port: int) -> HostNginx:
@@ -181,7 +181,7 @@ def test_nginx_reuses_backend_connections_with_keepalive_and_opens_one_per_reque
         wait_for(lambda: body(host_nginx, host) == (200, "backend"), timeout=30, what="backend routed")
         # Until the reload's old worker has left, it may still take a request, with the config before.
         wait_for(lambda: len(host_nginx.worker_pids()) == 1, timeout=30, what="old nginx worker gone")
-        assert ("keepalive 16;" in upstream_block_at(host_nginx, f"127.0.0.1:{port}")) == (keepalive == "on")
+        assert ("keepalive 32;" in upstream_block_at(host_nginx, f"127.0.0.1:{port}")) == (keepalive == "on")
         requests = 40
         answers = [body(host_nginx, host, "/counted") for _ in range(requests)]
         assert answers == [(200, "backend")] * requests

@@ -244,7 +244,7 @@ def check_typed(
         elif d.name == "upstream":
             assert len(args) == 1 and args[0] in upstreams, d
         elif d.name == "keepalive":
-            assert args == ("16",), d
+            assert args == ("32",), d
         elif d.name == "include":
             assert len(args) == 1 and args[0] in includes, d
         elif d.name in ("ssl_certificate", "ssl_certificate_key"):

@@ -296,14 +296,14 @@ def test_upstreams() -> None:
         ("10.0.0.2:80",),
         ("10.0.0.3:8080",),
     ]
-    assert all(u.find("keepalive")[0].args == ("16",) for u in upstreams.values())
+    assert all(u.find("keepalive")[0].args == ("32",) for u in upstreams.values())
     # www.a.example.com is served by app alone: its own set, not a.example.com's
     assert [s.args for s in upstreams[upstream_of(desired, "www.a.example.com")].find("server")] == [("10.0.0.2:80",)]
     # one upstream per distinct backend set: s1 and s2 share the container "shared"
     assert upstream_of(desired, "s1.example.com") == upstream_of(desired, "s2.example.com")
     assert len(upstreams) == len({u.servers for u in desired.upstreams}) == len(fleet()) - 1  # not "rejected"
     assert "10.0.0.16" not in text  # the rejected container
-    assert "upstream " not in files["companion-proxy.inc"] and text.count("keepalive 16;") == len(upstreams)
+    assert "upstream " not in files["companion-proxy.inc"] and text.count("keepalive 32;") == len(upstreams)
 
 
 @pytest.mark.parametrize(
