@@ -12,11 +12,14 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import logging
 import time
 from email.message import Message
 from pathlib import Path
 
 from .ports import free_port
+
+log = logging.getLogger(__name__)
 
 NGINX = "/usr/sbin/nginx"
 
@@ -174,6 +177,33 @@ class HostNginx:
                 pids.append(int(entry.name))
         return sorted(pids)
 
+    def _titles(self) -> list[str]:
+        """Process titles of the master's live children ('nginx: worker process', '... is shutting down')."""
+        titles = []
+        for pid in self.worker_pids():
+            with contextlib.suppress(OSError):
+                titles.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip())
+        return titles
+
+    def settle(self, timeout: float = 5.0) -> None:
+        """Wait until one generation of workers answers: after a reload, nginx runs the new worker beside
+        the old one for about 100 ms before telling the old one to quit, and the old one serves its
+        last connections while 'shutting down'. A request sent in that time can meet the old config.
+
+        Returns at once when nginx is not running. A test that holds connections open keeps an old
+        worker alive: after `timeout` the request goes ahead and the titles are in the debug log."""
+        deadline = time.monotonic() + timeout
+        titles: list[str] = []
+        while time.monotonic() < deadline:
+            if self.master_pid() is None:
+                return
+            titles = self._titles()
+            workers = [t for t in titles if "worker process" in t]
+            if len(workers) == 1 and "shutting down" not in workers[0]:
+                return
+            time.sleep(0.02)
+        log.debug("nginx workers did not settle within %ss: %s", timeout, titles)
+
     def error_log_text(self) -> str:
         """Contents of the error log ('' if none yet)."""
         try:
@@ -202,8 +232,10 @@ class HostNginx:
         """GET ``path`` from 127.0.0.1 with ``Host: host``; return (status, headers, body).
 
         With ``https`` the TLS SNI is ``host``; without a ``context`` the server certificate is not
-        verified (pass a context that trusts Pebble's root to verify it).
+        verified (pass a context that trusts Pebble's root to verify it). Waits for one generation of
+        workers first (`settle`), so an answer never comes from the config before the last reload.
         """
+        self.settle()
         return http_get(
             "127.0.0.1",
             port or (self.https_port if https else self.http_port),

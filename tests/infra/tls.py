@@ -21,6 +21,8 @@ def served_cert(
 ) -> x509.Certificate:
     """The leaf nginx (a host nginx, or any address and port) serves for SNI `host`; chain and name verified
     when a context is given, else taken as is."""
+    if not isinstance(nginx, tuple):
+        nginx.settle()
     endpoint = nginx if isinstance(nginx, tuple) else ("127.0.0.1", nginx.https_port)
     if context is None:
         context = ssl.create_default_context()
