@@ -255,7 +255,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
     host_files = watch_host_files(controller.host_dirs, controller.wake)
-    control = start_control_server(Path(settings.certs_dir), acme.order_now)
+    control = start_control_server(Path(settings.control_socket), Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
         if reason != "events-connected":  # the stream (re)connecting, not an event
@@ -406,9 +406,9 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
     lock, self-check, backoff and state file), and its watcher reloads nginx. Without one, renew here."""
     certs_dir = Path(settings.certs_dir)
     serials = {name: status.serial for name, status in certs.scan(certs_dir).items()}
-    where = service.control_socket(certs_dir)
+    where = Path(settings.control_socket)
     try:
-        orders = service.ask_renew(certs_dir, [args.name] if args.name else [], args.force)
+        orders = service.ask_renew(where, [args.name] if args.name else [], args.force)
     except service.NoService:
         return renew_here(args, settings)
     except service.NoAnswer as exc:

@@ -17,7 +17,6 @@ from urllib.parse import quote
 from .acme import CERTBOT_TIMEOUT, load_state
 from .certs import scan
 from .config import Settings, parse_listen
-from .control import SOCKET
 
 ASK_TIMEOUT = 3.0  # seconds: the service answers from memory, or it is not there
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -100,16 +99,12 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock.connect(str(self.socket_path))
 
 
-def control_socket(certs_dir: Path) -> Path:
-    return certs_dir / SOCKET
-
-
-def ask_renew(certs_dir: Path, names: list[str], force: bool) -> dict[str, str]:
+def ask_renew(path: Path, names: list[str], force: bool) -> dict[str, str]:
     """Have the service queue the orders: name -> "queued", "in progress", "not due (...)" or why not.
 
     NoService when no socket is there or nothing listens on it (a companion that was killed); NoAnswer when
     one is there but does not answer as the service does (say, no permission to connect)."""
-    connection = _UnixConnection(control_socket(certs_dir))
+    connection = _UnixConnection(path)
     try:
         connection.request(
             "POST", "/renew", json.dumps({"names": names, "force": force}), {"Content-Type": "application/json"}
