@@ -92,6 +92,7 @@ class Settings:
     non_get_redirect: int = 301
     status_listen: str = ""  # HOST:PORT of the status endpoint; "" keeps it off
     status_auth: str = ""  # htpasswd file (bcrypt) whose users may read the status endpoint
+    status_credentials: str = ""  # `user:password` file the commands send to a status endpoint with STATUS_AUTH
     # In the companion's own container, never in a volume another container mounts (nginx mounts the certs).
     control_socket: str = "/run/companion/control.sock"
     renew_limit_minutes: float = 60.0
@@ -283,6 +284,12 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "STATUS_AUTH",
         "status_auth",
         "htpasswd file (bcrypt: htpasswd -B) whose users may read the status endpoint; /healthz stays open",
+    ),
+    (
+        "--status-credentials",
+        "STATUS_CREDENTIALS",
+        "status_credentials",
+        "file holding `user:password` of a STATUS_AUTH user: `explain` and `certs` send it when they ask the service",
     ),
     (
         "--control-socket",
@@ -553,6 +560,9 @@ def _validate(s: Settings) -> None:
         raise SettingsError("renew-limit-minutes must be a finite, non-negative number of minutes")
     if s.renew_limit_per_hour < 1:
         raise SettingsError("renew-limit-per-hour must be at least 1")
+    if s.status_credentials and not s.status_credentials.startswith("/"):
+        shown = s.status_credentials.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"status credentials {shown!r} must be an absolute path to a user:password file")
     if s.status_auth and not s.status_auth.startswith("/"):
         raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
     for path in (s.conf_dir, s.webroot, s.certs_dir, s.access_log):

@@ -7,6 +7,7 @@ put between the command and the service.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -17,6 +18,7 @@ from urllib.parse import quote
 from .acme import CERTBOT_TIMEOUT, load_state
 from .certs import scan
 from .config import Settings, parse_listen
+from .safefiles import read_regular
 
 ASK_TIMEOUT = 3.0  # seconds: the service answers from memory, or it is not there
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -29,7 +31,31 @@ class NoAnswer(Exception):
 
 
 class NoService(NoAnswer):
-    """No service listens on the control socket: the command may do the work itself."""
+    """No service listens (on the control socket, or the status address): the command may do the work itself."""
+
+
+class BadCredentials(ValueError):
+    """STATUS_CREDENTIALS cannot be used; the message never shows the password."""
+
+
+CREDENTIALS_MAX_BYTES = 4096
+
+
+def read_credentials(path: str) -> str:
+    """The Authorization header for STATUS_CREDENTIALS, a file of one `user:password` line ('' when unset)."""
+    if not path:
+        return ""
+    try:
+        text = read_regular(Path(path), CREDENTIALS_MAX_BYTES).decode("utf-8")
+    except OSError as exc:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: not UTF-8 text") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    user, sep, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
+    if not sep or not user or not password:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: expected one line user:password")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def status_address(settings: Settings) -> tuple[str, int] | None:
@@ -45,34 +71,46 @@ def url_of(address: tuple[str, int], path: str) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
-def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
-    """The service's /explain answer for `name` (its lines and exit code); NoAnswer when it cannot give one."""
-    found = _get_json(address, "/explain?name=" + quote(name, safe=""))
+def ask_explain(address: tuple[str, int], name: str, auth: str = "") -> tuple[list[str], int]:
+    """The service's /explain answer for `name` (its lines and exit code); NoService when nothing listens,
+    NoAnswer saying why when the service cannot or will not give one (a password refused, say)."""
+    found = _get_json(address, "/explain?name=" + quote(name, safe=""), auth)
     lines, code = found.get("lines"), found.get("exit_code")
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines) or code not in (0, 1, 2):
         raise NoAnswer("an answer of another shape")
     return lines, code
 
 
-def ask_nodes(address: tuple[str, int]) -> list[dict[str, object]]:
+def ask_nodes(address: tuple[str, int], auth: str = "") -> list[dict[str, object]]:
     """The Swarm nodes in the service's /status.json (empty without agents); NoAnswer when it cannot be asked."""
-    nodes = _get_json(address, "/status.json").get("nodes", [])
+    nodes = _get_json(address, "/status.json", auth).get("nodes", [])
     if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
         raise NoAnswer("an answer of another shape")
     return nodes
 
 
-def _get_json(address: tuple[str, int], path: str) -> dict:
-    """GET `path` from the service's status endpoint: its JSON object, or NoAnswer saying why not."""
+def _get_json(address: tuple[str, int], path: str, auth: str = "") -> dict:
+    """GET `path` from the service's status endpoint (with `auth` as Authorization when given): its JSON object;
+    NoService when nothing listens there, NoAnswer saying why not otherwise."""
     connection = http.client.HTTPConnection(*address, timeout=ASK_TIMEOUT)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"Authorization": auth} if auth else {})
         answer = connection.getresponse()
         data = answer.read(ANSWER_MAX_BYTES + 1)
+    except ConnectionRefusedError as exc:
+        raise NoService(str(exc)) from None
+    except TimeoutError:
+        raise NoAnswer(f"no answer within {ASK_TIMEOUT:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise NoAnswer(str(exc) or type(exc).__name__) from None
     finally:
         connection.close()
+    if answer.status == 401:
+        raise NoAnswer(
+            "HTTP 401: the credentials in STATUS_CREDENTIALS were refused"
+            if auth
+            else "HTTP 401: the service requires a STATUS_AUTH password; set STATUS_CREDENTIALS to a user:password file"
+        )
     return _answer_json(answer.status, data)
 
 
