@@ -35,6 +35,7 @@ MAX_NAMES = 1000
 MAX_NAME = 255
 MAX_CLIENTS = 16  # connections open at once; one more closes the oldest still sending its request
 WORKERS = 2
+BACKLOG = 128  # connects waiting to be accepted; the loop accepts them all and closes the oldest unfinished
 REFUSAL_LOG_INTERVAL = 60.0
 
 Order = Callable[[Sequence[str], bool], dict[str, str]]
@@ -125,7 +126,7 @@ class ControlServer(GatheringServer):
         try:
             listener.bind(str(path))
             os.chmod(path, 0o600)  # before listen(): until then a connect is refused, so nobody gets in early
-            listener.listen(MAX_CLIENTS)
+            listener.listen(BACKLOG)
         except OSError:
             listener.close()
             raise

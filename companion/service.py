@@ -132,9 +132,19 @@ class _UnixConnection(http.client.HTTPConnection):
         self.socket_path = path
 
     def connect(self) -> None:
+        """A full backlog makes a unix connect with a timeout fail at once (EAGAIN) rather than wait: the
+        service is busy accepting, so try again until the timeout."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self.socket_path))
+        deadline = time.monotonic() + ASK_TIMEOUT
+        while True:
+            try:
+                self.sock.connect(str(self.socket_path))
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"the service accepted no connection within {ASK_TIMEOUT:g} s") from None
+                time.sleep(0.05)
 
 
 def ask_renew(path: Path, names: list[str], force: bool) -> dict[str, str]:
