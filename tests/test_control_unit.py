@@ -1,25 +1,20 @@
-"""The control socket and the STATUS_AUTH gate without Docker, nginx or ports: the rate limit (pure, clock
-injected), the peer check, the cap and deadline of a real unix socket, and constant work per user name."""
+"""The control socket without Docker, nginx or ports: the rate limit (pure, clock injected), the peer check,
+and the cap, deadline and limit of a real unix socket in front of a real AcmeManager."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
 import pytest
 
-from companion import htpasswd, service
+from companion import service
 from companion.acme import AcmeManager
 from companion.config import Settings
 from companion.control import peer_problem, start_control_server
-from companion.htpasswd import Gate, parse
 from companion.orderlimit import OrderLimit
 from tests.infra.companion import wait_for
 from tests.test_acme_unit import make_lineage
@@ -221,67 +216,3 @@ def test_a_refused_peer_is_answered_403_with_the_reason_and_nothing_is_ordered(
         assert not acme.states()  # never asked
     finally:
         server.stop()
-
-
-# -- STATUS_AUTH -----------------------------------------------------------------------------------
-
-
-def _line(user: str, password: str, rounds: int) -> str:
-    return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()}"
-
-
-def _basic(user: str, password: str, scheme: str = "Basic") -> str:
-    return f"{scheme} " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def test_an_unknown_user_costs_the_same_bcrypt_check_as_a_known_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Counted, not timed: each refusal runs exactly one bcrypt check, against a hash of the same cost."""
-    gate = Gate(parse(_line("admin", "s3cret", 5) + "\n" + _line("ops", "pw", 6)))
-    checked: list[bytes] = []
-    real = bcrypt.checkpw
-
-    def counting(password: bytes, digest: bytes) -> bool:
-        checked.append(digest)
-        return real(password, digest)
-
-    monkeypatch.setattr(htpasswd.bcrypt, "checkpw", counting)
-    for header in (_basic("admin", "wrong"), _basic("nobody", "wrong"), _basic("", "x"), _basic("a" * 200, "x")):
-        checked.clear()
-        assert not gate.allows(header)
-        assert len(checked) == 1, header
-        assert checked[0][:7] in (b"$2b$06$", b"$2y$06$") or checked[0].startswith(b"$2b$05$"), checked
-    checked.clear()
-    gate.allows(_basic("nobody", "x"))
-    assert checked[0][4:6] == b"06"  # an unknown name: the file's highest cost
-
-
-def test_the_basic_scheme_is_accepted_in_any_case() -> None:
-    gate = Gate(parse(_line("admin", "s3cret", 4)))
-    for scheme in ("basic", "BASIC", "bAsIc"):
-        assert gate.allows(_basic("admin", "s3cret", scheme)), scheme
-    assert not gate.allows(_basic("admin", "s3cret", "Bearer"))
-
-
-# -- STATUS_CREDENTIALS ----------------------------------------------------------------------------
-
-
-def test_status_credentials_make_a_basic_header_and_a_bad_file_says_why_without_the_password(
-    tmp_path: Path,
-) -> None:
-    good = tmp_path / "good"
-    good.write_text("admin:s3:cret\n")
-    assert service.read_credentials(str(good)) == _basic("admin", "s3:cret")
-    assert service.read_credentials("") == ""
-    bad = tmp_path / "bad"
-    for text in ("admin\n", "admin:\n", ":pw\n", "a:b\nc:d\n", ""):
-        bad.write_text(text)
-        with pytest.raises(service.BadCredentials, match="expected one line user:password") as caught:
-            service.read_credentials(str(bad))
-        assert "pw" not in str(caught.value)
-    with pytest.raises(service.BadCredentials, match="No such file"):
-        service.read_credentials(str(tmp_path / "missing"))
-    link = tmp_path / "link"
-    os.symlink(good, link)
-    with pytest.raises(service.BadCredentials):
-        service.read_credentials(str(link))
-    assert json.dumps(service.read_credentials(str(good)))  # a plain ASCII header
