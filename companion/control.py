@@ -5,7 +5,7 @@ A unix socket in the companion's own container (CONTROL_SOCKET, /run/companion/c
 does not stop a connect. The peer is checked too (SO_PEERCRED): the service's own user or root, in the
 service's own PID namespace, so a process of another container is refused even if the socket is put
 where it can see it. Connections are capped and each has a whole-request deadline; `POST /renew` is all
-it answers, and the orders it queues are rate-limited (acme.OrderLimit).
+it answers, and the orders it queues are rate-limited (orderlimit.OrderLimit, applied in AcmeManager.order_now).
 """
 
 from __future__ import annotations
