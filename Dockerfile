@@ -91,6 +91,7 @@ ENV PATH=/opt/companion/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 # that answers /.well-known/acme-challenge/. The generated nginx config goes to /etc/nginx/conf.d,
 # which the compose file mounts from a volume nginx shares.
 VOLUME ["/etc/letsencrypt", "/var/www/letsencrypt"]
+# The control socket (`companion renew`) is /run/companion/control.sock: in the container, in no volume.
 
 # `companion check` fails when the loop has not finished a pass for two minutes (heartbeat file age).
 HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["companion", "check"]

@@ -36,6 +36,7 @@ from .dns import certbot_args as dns_args
 from .dns import credentials_problem
 from .logsafe import printable
 from .model import CertRequest, Challenge
+from .orderlimit import OrderLimit
 from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
@@ -324,6 +325,7 @@ class AcmeManager:
         self.wake = wake
         self.self_check_url = self_check_url
         self.clock = clock
+        self.asked = OrderLimit(settings.renew_limit_minutes * 60, settings.renew_limit_per_hour, clock)
         self.lock = threading.Lock()
         self.state = load_state(self.certs_dir)
         self.accounts = load_accounts(self.certs_dir)  # only the worker thread uses them
@@ -381,8 +383,9 @@ class AcmeManager:
     def order_now(self, names: Sequence[str], force: bool) -> dict[str, str]:
         """Queue the named lineages (all on disk when none is named) for `companion renew`, through the same
         worker, self-check, backoff and state file as every order. An operator asked, so a backoff does not
-        hold it; one already being ordered is left to that order. Answers "queued", "in progress", "not due
-        (...)" or why it cannot be ordered, per name."""
+        hold it, but RENEW_LIMIT_* do (self.asked); one already being ordered is left to that order. Answers
+        "queued", "in progress", "not due (...)", "refused: next order ... allowed at ..." or why it cannot be
+        ordered, per name."""
         statuses = scan(self.certs_dir)
         now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
         chosen = list(names) or sorted(name for name in statuses if not name.startswith("companion"))
@@ -406,6 +409,11 @@ class AcmeManager:
                     assert status is not None and status.not_after is not None
                     answers[name] = f"not due (expires {status.not_after:%Y-%m-%d})"
                     continue
+                refused = self.asked.refusal(name)
+                if refused:
+                    answers[name] = refused
+                    continue
+                self.asked.record(name)
                 log.info(
                     "certificate %s (%s): ordering, asked by `companion renew` (%s)",
                     name,

@@ -169,15 +169,22 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
 def cmd_explain(args: argparse.Namespace, settings: config.Settings) -> int:
     """0 when served, 1 when left out, 2 when the name is unknown or Docker cannot be asked.
 
-    The running service is asked first, so the answer is what it decided; without one, the same rules
-    run on a fresh snapshot here."""
+    The running service is asked first, so the answer is what it decided; when nothing listens there, the
+    same rules run on a fresh snapshot here. A service that answers but cannot be used (a password refused,
+    say) is an error that says why: a fresh snapshot could tell another story than the service's."""
     address = service.status_address(settings)
     if address is not None:
         url = service.url_of(address, "/explain")
         try:
-            lines, code = service.ask_explain(address, args.name)
-        except service.NoAnswer as exc:
+            lines, code = service.ask_explain(address, args.name, service.read_credentials(settings.status_credentials))
+        except service.BadCredentials as exc:
+            print(f"companion: cannot ask the service at {url}: {printable(str(exc))}", file=sys.stderr)
+            return 2
+        except service.NoService as exc:
             print(f"# the service did not answer at {url} ({printable(str(exc))})")
+        except service.NoAnswer as exc:
+            print(f"companion: the service at {url} did not explain: {printable(str(exc))}", file=sys.stderr)
+            return 2
         else:
             print(f"# asked the running service at {url}")
             for line in lines:
@@ -255,7 +262,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     controller.acme = acme
     observer = watch_certs(Path(settings.certs_dir), controller.wake)  # makes the certs dir's folders
     host_files = watch_host_files(controller.host_dirs, controller.wake)
-    control = start_control_server(Path(settings.certs_dir), acme.order_now)
+    control = start_control_server(Path(settings.control_socket), Path(settings.certs_dir), acme.order_now)
 
     def on_event(reason: str) -> None:
         if reason != "events-connected":  # the stream (re)connecting, not an event
@@ -370,8 +377,11 @@ def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
     address = service.status_address(settings)
     if address is not None:
         try:
-            nodes = service.ask_nodes(address)
-        except service.NoAnswer:
+            nodes = service.ask_nodes(address, service.read_credentials(settings.status_credentials))
+        except service.NoService:
+            nodes = []
+        except (service.NoAnswer, service.BadCredentials) as exc:
+            print(f"# Swarm nodes not shown: {printable(str(exc))}", file=sys.stderr)
             nodes = []
         if nodes:
             print(f"\n# Swarm nodes, as the running service at {service.url_of(address, '/')} last heard from them")
@@ -406,9 +416,9 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
     lock, self-check, backoff and state file), and its watcher reloads nginx. Without one, renew here."""
     certs_dir = Path(settings.certs_dir)
     serials = {name: status.serial for name, status in certs.scan(certs_dir).items()}
-    where = service.control_socket(certs_dir)
+    where = Path(settings.control_socket)
     try:
-        orders = service.ask_renew(certs_dir, [args.name] if args.name else [], args.force)
+        orders = service.ask_renew(where, [args.name] if args.name else [], args.force)
     except service.NoService:
         return renew_here(args, settings)
     except service.NoAnswer as exc:

@@ -36,6 +36,7 @@ SERVER_TOKENS = ("on", "off", "build")
 OWN_LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values for the companion's own log; others are nginx-proxy's
 LOG_ESCAPES = ("default", "json", "none")
 MAX_LOG_FORMAT = 4096
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the closing NUL
 
 
 class SslPolicy(StrEnum):
@@ -91,6 +92,11 @@ class Settings:
     non_get_redirect: int = 301
     status_listen: str = ""  # HOST:PORT of the status endpoint; "" keeps it off
     status_auth: str = ""  # htpasswd file (bcrypt) whose users may read the status endpoint
+    status_credentials: str = ""  # `user:password` file the commands send to a status endpoint with STATUS_AUTH
+    # In the companion's own container, never in a volume another container mounts (nginx mounts the certs).
+    control_socket: str = "/run/companion/control.sock"
+    renew_limit_minutes: float = 60.0
+    renew_limit_per_hour: int = 20
     notify_urls: NotifyUrls = field(default=(), repr=False)
     notify_expiry_days: float = 14.0
     log_format: str = "text"
@@ -278,6 +284,31 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "STATUS_AUTH",
         "status_auth",
         "htpasswd file (bcrypt: htpasswd -B) whose users may read the status endpoint; /healthz stays open",
+    ),
+    (
+        "--status-credentials",
+        "STATUS_CREDENTIALS",
+        "status_credentials",
+        "file holding `user:password` of a STATUS_AUTH user: `explain` and `certs` send it when they ask the service",
+    ),
+    (
+        "--control-socket",
+        "CONTROL_SOCKET",
+        "control_socket",
+        "unix socket where the service takes `companion renew`'s orders (its folder is made 0700): keep it out of "
+        "every volume another container mounts",
+    ),
+    (
+        "--renew-limit-minutes",
+        "RENEW_LIMIT_MINUTES",
+        "renew_limit_minutes",
+        "`companion renew` (forced or not) may make the service order each certificate once in this many minutes",
+    ),
+    (
+        "--renew-limit-per-hour",
+        "RENEW_LIMIT_PER_HOUR",
+        "renew_limit_per_hour",
+        "and this many orders in all in any hour",
     ),
     ("--notify", "NOTIFY_URLS", "notify_urls", "comma list of Apprise URLs that get alerts (see Alerts)"),
     (
@@ -522,6 +553,16 @@ def _validate(s: Settings) -> None:
     problem = dns.settings_problem(s.acme_challenge, s.dns_plugin, s.dns_credentials, s.dns_propagation_seconds)
     if problem:
         raise SettingsError(problem)
+    if not s.control_socket.startswith("/") or not 0 < len(s.control_socket.encode()) <= MAX_SOCKET_PATH:
+        shown = s.control_socket.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"control socket {shown!r} must be an absolute path of at most {MAX_SOCKET_PATH} bytes")
+    if not math.isfinite(s.renew_limit_minutes) or s.renew_limit_minutes < 0:
+        raise SettingsError("renew-limit-minutes must be a finite, non-negative number of minutes")
+    if s.renew_limit_per_hour < 1:
+        raise SettingsError("renew-limit-per-hour must be at least 1")
+    if s.status_credentials and not s.status_credentials.startswith("/"):
+        shown = s.status_credentials.encode("unicode_escape").decode("ascii")
+        raise SettingsError(f"status credentials {shown!r} must be an absolute path to a user:password file")
     if s.status_auth and not s.status_auth.startswith("/"):
         raise SettingsError(f"status auth {s.status_auth!r} must be an absolute path to an htpasswd file")
     for path in (s.conf_dir, s.webroot, s.certs_dir, s.access_log):

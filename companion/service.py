@@ -7,6 +7,7 @@ put between the command and the service.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import socket
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from .acme import CERTBOT_TIMEOUT, load_state
 from .certs import scan
 from .config import Settings, parse_listen
-from .control import SOCKET
+from .safefiles import read_regular
 
 ASK_TIMEOUT = 3.0  # seconds: the service answers from memory, or it is not there
 ANSWER_MAX_BYTES = 1024 * 1024
@@ -30,7 +31,31 @@ class NoAnswer(Exception):
 
 
 class NoService(NoAnswer):
-    """No service listens on the control socket: the command may do the work itself."""
+    """No service listens (on the control socket, or the status address): the command may do the work itself."""
+
+
+class BadCredentials(ValueError):
+    """STATUS_CREDENTIALS cannot be used; the message never shows the password."""
+
+
+CREDENTIALS_MAX_BYTES = 4096
+
+
+def read_credentials(path: str) -> str:
+    """The Authorization header for STATUS_CREDENTIALS, a file of one `user:password` line ('' when unset)."""
+    if not path:
+        return ""
+    try:
+        text = read_regular(Path(path), CREDENTIALS_MAX_BYTES).decode("utf-8")
+    except OSError as exc:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: not UTF-8 text") from None
+    lines = [line for line in text.splitlines() if line.strip()]
+    user, sep, password = lines[0].partition(":") if len(lines) == 1 else ("", "", "")
+    if not sep or not user or not password:
+        raise BadCredentials(f"STATUS_CREDENTIALS {path}: expected one line user:password")
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def status_address(settings: Settings) -> tuple[str, int] | None:
@@ -46,34 +71,46 @@ def url_of(address: tuple[str, int], path: str) -> str:
     return f"http://{f'[{host}]' if ':' in host else host}:{port}{path}"
 
 
-def ask_explain(address: tuple[str, int], name: str) -> tuple[list[str], int]:
-    """The service's /explain answer for `name` (its lines and exit code); NoAnswer when it cannot give one."""
-    found = _get_json(address, "/explain?name=" + quote(name, safe=""))
+def ask_explain(address: tuple[str, int], name: str, auth: str = "") -> tuple[list[str], int]:
+    """The service's /explain answer for `name` (its lines and exit code); NoService when nothing listens,
+    NoAnswer saying why when the service cannot or will not give one (a password refused, say)."""
+    found = _get_json(address, "/explain?name=" + quote(name, safe=""), auth)
     lines, code = found.get("lines"), found.get("exit_code")
     if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines) or code not in (0, 1, 2):
         raise NoAnswer("an answer of another shape")
     return lines, code
 
 
-def ask_nodes(address: tuple[str, int]) -> list[dict[str, object]]:
+def ask_nodes(address: tuple[str, int], auth: str = "") -> list[dict[str, object]]:
     """The Swarm nodes in the service's /status.json (empty without agents); NoAnswer when it cannot be asked."""
-    nodes = _get_json(address, "/status.json").get("nodes", [])
+    nodes = _get_json(address, "/status.json", auth).get("nodes", [])
     if not isinstance(nodes, list) or not all(isinstance(node, dict) for node in nodes):
         raise NoAnswer("an answer of another shape")
     return nodes
 
 
-def _get_json(address: tuple[str, int], path: str) -> dict:
-    """GET `path` from the service's status endpoint: its JSON object, or NoAnswer saying why not."""
+def _get_json(address: tuple[str, int], path: str, auth: str = "") -> dict:
+    """GET `path` from the service's status endpoint (with `auth` as Authorization when given): its JSON object;
+    NoService when nothing listens there, NoAnswer saying why not otherwise."""
     connection = http.client.HTTPConnection(*address, timeout=ASK_TIMEOUT)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"Authorization": auth} if auth else {})
         answer = connection.getresponse()
         data = answer.read(ANSWER_MAX_BYTES + 1)
+    except ConnectionRefusedError as exc:
+        raise NoService(str(exc)) from None
+    except TimeoutError:
+        raise NoAnswer(f"no answer within {ASK_TIMEOUT:g} s") from None
     except (OSError, http.client.HTTPException) as exc:
         raise NoAnswer(str(exc) or type(exc).__name__) from None
     finally:
         connection.close()
+    if answer.status == 401:
+        raise NoAnswer(
+            "HTTP 401: the credentials in STATUS_CREDENTIALS were refused"
+            if auth
+            else "HTTP 401: the service requires a STATUS_AUTH password; set STATUS_CREDENTIALS to a user:password file"
+        )
     return _answer_json(answer.status, data)
 
 
@@ -95,21 +132,27 @@ class _UnixConnection(http.client.HTTPConnection):
         self.socket_path = path
 
     def connect(self) -> None:
+        """A full backlog makes a unix connect with a timeout fail at once (EAGAIN) rather than wait: the
+        service is busy accepting, so try again until the timeout."""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(self.timeout)
-        self.sock.connect(str(self.socket_path))
+        deadline = time.monotonic() + ASK_TIMEOUT
+        while True:
+            try:
+                self.sock.connect(str(self.socket_path))
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"the service accepted no connection within {ASK_TIMEOUT:g} s") from None
+                time.sleep(0.05)
 
 
-def control_socket(certs_dir: Path) -> Path:
-    return certs_dir / SOCKET
-
-
-def ask_renew(certs_dir: Path, names: list[str], force: bool) -> dict[str, str]:
+def ask_renew(path: Path, names: list[str], force: bool) -> dict[str, str]:
     """Have the service queue the orders: name -> "queued", "in progress", "not due (...)" or why not.
 
     NoService when no socket is there or nothing listens on it (a companion that was killed); NoAnswer when
     one is there but does not answer as the service does (say, no permission to connect)."""
-    connection = _UnixConnection(control_socket(certs_dir))
+    connection = _UnixConnection(path)
     try:
         connection.request(
             "POST", "/renew", json.dumps({"names": names, "force": force}), {"Content-Type": "application/json"}

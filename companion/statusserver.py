@@ -2,8 +2,10 @@
 
 It runs in daemon threads and only reads: the loop replaces the report and the pass's inputs whole after
 each pass, so neither side ever waits for the other (an explanation is computed here, in the server's
-thread). Each connection has a timeout, each request a size cap, and
-the number of connections served at once is bounded, so slow or hostile clients cannot pile up.
+thread). Each connection has CLIENT_TIMEOUT from its connect to send its request and read the answer,
+each request a size cap, and the connections open at once are bounded; requests are read whole by one
+selector thread before anything answers them, and /healthz is answered there at once, so clients that
+trickle bytes or hold connections open cannot make a health check fail.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import parse_qs
 
 import jinja2
@@ -24,16 +26,17 @@ from .config import Settings, parse_listen
 from .controller import Controller, heartbeat_problem
 from .explain import Explanation
 from .htpasswd import Gate
-from .httpserve import CappedServer
+from .httpserve import GatheredHandler, GatheringServer, tcp_listener
 from .logsafe import printable
 from .metrics import Metrics
 from .status import CertView, Report
 
 log = logging.getLogger(__name__)
 
-CLIENT_TIMEOUT = 5.0  # seconds a connection may take to send its request or read the answer
+CLIENT_TIMEOUT = 5.0  # seconds from the connect to send the whole request and read the answer
 MAX_REQUEST_BYTES = 16 * 1024  # request line and headers together
-MAX_CLIENTS = 32  # connections served at once; more are closed at once
+MAX_CLIENTS = 128  # connections open at once; one more closes the oldest still sending its request
+WORKERS = 4  # threads answering the pages; /healthz never waits for them
 MAX_NAME = 253  # the longest host name; container names and id prefixes are shorter
 REFRESH_SECONDS = 10
 BAR_FULL_DAYS = 90.0
@@ -70,38 +73,10 @@ def page(report: Report, alive: str) -> str:
     )
 
 
-class _Capped:
-    """The request stream, cut off after MAX_REQUEST_BYTES: a client cannot make us read forever."""
-
-    def __init__(self, stream: BinaryIO, limit: int) -> None:
-        self.stream = stream
-        self.left = limit
-        self.exceeded = False
-
-    def readline(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            self.exceeded = True
-            return b""
-        line = self.stream.readline(self.left if size < 0 else min(size, self.left))
-        self.left -= len(line)
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        return b""  # GET and HEAD carry no body worth reading
-
-    def close(self) -> None:
-        self.stream.close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: StatusServer
-    timeout = CLIENT_TIMEOUT
+class _Handler(GatheredHandler):
+    server: StatusServer  # type: ignore[assignment]
     server_version = "companion"
     sys_version = ""
-
-    def setup(self) -> None:
-        super().setup()
-        self.rfile = _Capped(self.rfile, MAX_REQUEST_BYTES)  # type: ignore[assignment]
 
     def do_GET(self) -> None:
         self._answer(body=True)
@@ -115,9 +90,6 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _refuse_method
 
     def _answer(self, body: bool) -> None:
-        if self.rfile.exceeded:  # type: ignore[attr-defined]
-            self._send(431, "text/plain; charset=utf-8", b"request too large\n", body)
-            return
         path = self.path.split("?", 1)[0]
         if (
             path != "/healthz"
@@ -190,7 +162,10 @@ def explanation_json(found: Explanation) -> dict[str, object]:
     }
 
 
-class StatusServer(CappedServer):
+_HEALTHZ = re.compile(rb"(GET|HEAD) /healthz(\?[^ ]*)? HTTP/")
+
+
+class StatusServer(GatheringServer):
     def __init__(
         self,
         address: tuple[str, int],
@@ -205,7 +180,19 @@ class StatusServer(CappedServer):
         self.gate = gate  # STATUS_AUTH: every route but /healthz needs a password
         self.metrics = metrics
         self.heartbeat = heartbeat
-        super().__init__(address, _Handler, MAX_CLIENTS, "status")
+        super().__init__(
+            tcp_listener(address),
+            _Handler,
+            label="status",
+            max_clients=MAX_CLIENTS,
+            workers=WORKERS,
+            deadline=CLIENT_TIMEOUT,
+            max_head=MAX_REQUEST_BYTES,
+        )
+
+    def inline(self, head: bytes) -> bool:
+        """/healthz is a file's age: answered in the reading thread, it never queues behind a slow page."""
+        return _HEALTHZ.match(head) is not None
 
 
 def start_status_server(settings: Settings, controller: Controller, gate: Gate | None = None) -> StatusServer:

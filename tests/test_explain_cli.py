@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,39 @@ def test_explain_asks_the_running_service_and_falls_back_when_it_is_gone(
     assert fallback.stdout.startswith(f"# the service did not answer at http://127.0.0.1:{port}/explain (")
     assert SOURCE + f"container {served.name} " in fallback.stdout
     assert fallback.stdout.endswith(f"verdict: served: {served_host}/ (port 80)\n")
+
+
+def test_explain_authenticates_to_a_service_with_status_auth_and_says_why_when_it_cannot(
+    apps: AppRunner, host_nginx: HostNginx, make_companion: Callable[..., Companion], tmp_path: Path
+) -> None:
+    """Without STATUS_CREDENTIALS (or with wrong ones) explain used to fall back to a fresh snapshot without
+    saying the service had refused it."""
+    import bcrypt
+
+    users = tmp_path / "status.htpasswd"
+    users.write_text(f"admin:{bcrypt.hashpw(b's3cret', bcrypt.gensalt(rounds=4)).decode()}\n")
+    good, wrong = tmp_path / "good", tmp_path / "wrong"
+    good.write_text("admin:s3cret\n")
+    wrong.write_text("admin:guess\n")
+    port = free_port()
+    companion = make_companion(STATUS_LISTEN=f"127.0.0.1:{port}", STATUS_AUTH=str(users))
+    served_host = unique_host("auth")
+    served = apps("explain-auth", environment={"VIRTUAL_HOST": served_host})
+    assert wait_for(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
+    url = f"http://127.0.0.1:{port}/explain"
+
+    result = companion.cli("explain", served.name, env={"STATUS_CREDENTIALS": str(good)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"# asked the running service at {url}\n")
+    assert result.stdout.endswith(f"verdict: served: {served_host}/ (port 80)\n")
+
+    missing = companion.cli("explain", served.name)
+    assert (missing.returncode, missing.stdout) == (2, "")
+    assert missing.stderr == (
+        f"companion: the service at {url} did not explain: HTTP 401: the service requires a STATUS_AUTH password; "
+        "set STATUS_CREDENTIALS to a user:password file\n"
+    )
+    refused = companion.cli("explain", served.name, env={"STATUS_CREDENTIALS": str(wrong)})
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "HTTP 401: the credentials in STATUS_CREDENTIALS were refused" in refused.stderr
+    assert "guess" not in refused.stderr

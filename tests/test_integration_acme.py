@@ -101,7 +101,7 @@ def test_forced_renewal_is_served_without_restarting_anything(
     orders = pebble.orders_seen()
     result = companion.cli("renew", "--force", host)
     assert result.returncode == 0, result.stdout + result.stderr
-    socket = companion.certs_dir / "companion" / "control.sock"
+    socket = companion.control_socket
     assert result.stdout == f"# asked the running service at {socket}\n{host}: renewed\n"
     assert stat.S_IMODE(socket.stat().st_mode) == 0o600
     # The service's own worker ordered it: one order, and its log says who asked.

@@ -10,6 +10,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -212,6 +214,58 @@ def test_routes_methods_and_hostile_clients(
     finally:
         silent.close()
         half.close()
+    assert companion.alive
+
+
+def test_sixty_clients_trickling_bytes_never_make_healthz_fail(
+    host_nginx: HostNginx, status_companion: Callable[..., tuple[Companion, int]]
+) -> None:
+    """The attack: sixty clients send a request line and then one byte a second, reconnecting when closed.
+    Every /healthz probe meanwhile must answer 200, and every slow connection is ended by the whole-request
+    deadline (5 s from the connect), which a per-read timeout never reached."""
+    companion, port = status_companion()
+    wait_for(lambda: get(port, "/healthz")[0] == 200, what="alive")
+    stop = threading.Event()
+    lifetimes: list[float] = []  # seconds each slow connection lasted until the server closed it
+    lock = threading.Lock()
+
+    def slow_client() -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"GET /status.json HTTP/1.1\r\n")
+                while not stop.is_set():
+                    try:
+                        sock.sendall(b"X")
+                        sock.recv(4096)  # the server's 408, or its close: either way it ended the request
+                    except TimeoutError:
+                        continue  # a second went by without an answer: the next byte
+                    except OSError:
+                        pass  # reset: ended too
+                    with lock:
+                        lifetimes.append(time.monotonic() - started)
+                    break
+
+    clients = [threading.Thread(target=slow_client, daemon=True) for _ in range(60)]
+    for client in clients:
+        client.start()
+    probes: list[tuple[float, object]] = []
+    try:
+        end = time.monotonic() + 15
+        while time.monotonic() < end:
+            try:
+                probes.append((time.monotonic(), get(port, "/healthz")[0]))
+            except OSError as exc:
+                probes.append((time.monotonic(), exc))
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=10)
+    failed = [probe for probe in probes if probe[1] != 200]
+    assert not failed, f"{len(failed)} of {len(probes)} probes failed: {failed[:5]}"
+    assert len(lifetimes) >= 60, f"only {len(lifetimes)} slow connections were ended by the server"
+    assert max(lifetimes) < 10, sorted(lifetimes)[-5:]  # 5 s from the connect; trickling went on for 15 s
     assert companion.alive
 
 

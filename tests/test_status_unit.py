@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import http.client
 import json
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import bcrypt
 import pytest
 
-from companion import config, plan, status
+from companion import config, htpasswd, plan, service, status
 from companion.acme import CertState
 from companion.certs import CertStatus
 from companion.config import SettingsError
 from companion.explain import Explanation, Verdict
+from companion.htpasswd import Gate, parse
 from companion.metrics import Metrics
 from companion.model import ContainerInfo
 from companion.statusserver import StatusServer, page
@@ -204,3 +208,63 @@ def test_gate_checks_basic_credentials_and_remembers_good_ones() -> None:
         "Basic " + "A" * 2000,
     ):
         assert not gate.allows(refused), refused
+
+
+def _line(user: str, password: str, rounds: int) -> str:
+    return f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=rounds)).decode()}"
+
+
+def _basic(user: str, password: str, scheme: str = "Basic") -> str:
+    return f"{scheme} " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_an_unknown_user_costs_the_same_bcrypt_check_as_a_known_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counted, not timed: each refusal runs exactly one bcrypt check, against a hash of the same cost."""
+    gate = Gate(parse(_line("admin", "s3cret", 5) + "\n" + _line("ops", "pw", 6)))
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counting(password: bytes, digest: bytes) -> bool:
+        checked.append(digest)
+        return real(password, digest)
+
+    monkeypatch.setattr(htpasswd.bcrypt, "checkpw", counting)
+    for header in (_basic("admin", "wrong"), _basic("nobody", "wrong"), _basic("", "x"), _basic("a" * 200, "x")):
+        checked.clear()
+        assert not gate.allows(header)
+        assert len(checked) == 1, header
+        assert checked[0][:7] in (b"$2b$06$", b"$2y$06$") or checked[0].startswith(b"$2b$05$"), checked
+    checked.clear()
+    gate.allows(_basic("nobody", "x"))
+    assert checked[0][4:6] == b"06"  # an unknown name: the file's highest cost
+
+
+def test_the_basic_scheme_is_accepted_in_any_case() -> None:
+    gate = Gate(parse(_line("admin", "s3cret", 4)))
+    for scheme in ("basic", "BASIC", "bAsIc"):
+        assert gate.allows(_basic("admin", "s3cret", scheme)), scheme
+    assert not gate.allows(_basic("admin", "s3cret", "Bearer"))
+
+
+# -- STATUS_CREDENTIALS ----------------------------------------------------------------------------
+
+
+def test_status_credentials_make_a_basic_header_and_a_bad_file_says_why_without_the_password(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "good"
+    good.write_text("admin:s3:cret\n")
+    assert service.read_credentials(str(good)) == _basic("admin", "s3:cret")
+    assert service.read_credentials("") == ""
+    bad = tmp_path / "bad"
+    for text in ("admin\n", "admin:\n", ":pw\n", "a:b\nc:d\n", ""):
+        bad.write_text(text)
+        with pytest.raises(service.BadCredentials, match="expected one line user:password") as caught:
+            service.read_credentials(str(bad))
+        assert "pw" not in str(caught.value)
+    with pytest.raises(service.BadCredentials, match="No such file"):
+        service.read_credentials(str(tmp_path / "missing"))
+    link = tmp_path / "link"
+    os.symlink(good, link)
+    with pytest.raises(service.BadCredentials):
+        service.read_credentials(str(link))

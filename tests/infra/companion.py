@@ -43,6 +43,7 @@ class Companion:
         self.webroot = workdir / "webroot"
         self.reload_counter = workdir / "reloads.txt"
         self.log_path = workdir / "companion.log"
+        self.control_socket = workdir / "run" / "control.sock"  # each its own, as each container has its own /run
         self.webroot.mkdir(parents=True, exist_ok=True)
         self.env = {
             "CONF_DIR": str(nginx.conf_dir),
@@ -53,6 +54,7 @@ class Companion:
             "NGINX_TEST": nginx.test_command,
             "NGINX_RELOAD": f"echo x >> {self.reload_counter} && {nginx.reload_command}",
             "HEARTBEAT_FILE": str(workdir / "heartbeat"),
+            "CONTROL_SOCKET": str(self.control_socket),
             # Never the real Let's Encrypt from a test: a labelled container of anything else on the
             # daemon would otherwise send an order to the internet. Tests that issue pass Pebble's URL.
             "ACME_CA_URI": "https://127.0.0.1:9/directory",
