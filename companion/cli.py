@@ -151,13 +151,13 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
         print(f"companion: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
     done = reconciled_here(settings, edge, snapshot)
-    for problem in done.desired.problems:
-        print(f"# {problem}", file=sys.stderr)
     certs_dir, conf_dir = Path(settings.certs_dir), Path(settings.conf_dir)
     dirs = hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
-    user, _ = hostfiles.UserFiles(certs_dir, conf_dir).choose(
-        hostfiles.scan(dirs, (server.host for server in done.desired.servers))
-    )
+    found = hostfiles.scan(dirs, (server.host for server in done.desired.servers))
+    done = done.with_client_certs(found.client_certs)
+    for problem in done.desired.problems:
+        print(f"# {problem}", file=sys.stderr)
+    user, _ = hostfiles.UserFiles(certs_dir, conf_dir).choose(found)
     for name, content in done.files(user).items():
         if name == MAIN_FILE or (args.all and name.endswith(".inc")):
             if args.all:
