@@ -316,7 +316,7 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--client-ca-dir",
         "CLIENT_CA_DIR",
         "client_ca_dir",
-        "folder of CA files (PEM): `<host>` makes that host's HTTPS server require a client certificate it signed",
+        "folder of CA files (PEM): `<host>` makes that host require a client certificate it signed (HTTP never reaches it)",
     ),
     (
         "--proxy-conf",
