@@ -316,7 +316,8 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--client-ca-dir",
         "CLIENT_CA_DIR",
         "client_ca_dir",
-        "folder of CA files (PEM): `<host>` makes that host require a client certificate it signed (HTTP never reaches it)",
+        "folder of CA files (PEM): `<host>` makes that host require a client certificate it signed "
+        "(HTTP: redirect or 403)",
     ),
     (
         "--proxy-conf",

@@ -182,14 +182,17 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
 def _client_certs(
     hosts: set[str], files: Mapping[Key, UserFile], unusable: set[Key], paths: Mapping[Key, Path]
 ) -> dict[str, str]:
-    """The hosts that require a client certificate, each with the file that says so."""
+    """The hosts that require a client certificate, each with the file that says so (each vhost.d file is
+    searched once: `default` may stand for thousands of hosts)."""
+    servers = [key for key in files if key[0] == VHOST and not key[1].endswith(LOCATION_SUFFIX)]
+    verifying = {key for key in servers if verifies_clients(files[key].content)}
     guarded: dict[str, str] = {}
     for host in sorted(hosts):
-        server = files.get((VHOST, host)) or files.get((VHOST, DEFAULT))
+        server = (VHOST, host) if (VHOST, host) in files else (VHOST, DEFAULT)
         if (CLIENT_CA, host) in files or (CLIENT_CA, host) in unusable:
             guarded[host] = printable(str(paths[(CLIENT_CA, host)]))
-        elif server is not None and verifies_clients(server.content):
-            guarded[host] = printable(server.source)
+        elif server in verifying:
+            guarded[host] = printable(files[server].source)
     return guarded
 
 
