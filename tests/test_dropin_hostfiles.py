@@ -67,11 +67,14 @@ def header(nginx: HostNginx, host: str, name: str) -> str | None:
 
 def wait_stable(probe: Callable[[], T], expected: T, what: str, timeout: float = 30, times: int = 5) -> None:
     """Until `probe()` answers `expected` `times` in a row (old workers answer for a moment after a reload);
-    fail with what it last answered."""
+    fail with what it last answered (or raised)."""
     deadline, streak, last = time.monotonic() + timeout, 0, None
     while streak < times:
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}; last: {last!r}"
-        last = probe()
+        try:
+            last = probe()
+        except (OSError, http.client.HTTPException) as exc:
+            last = exc
         streak = streak + 1 if last == expected else 0
         time.sleep(0.05)
 
@@ -277,8 +280,7 @@ def test_plain_http_never_reaches_a_client_cert_host_whatever_https_method_says(
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_text("token-body")
     for case in CLIENT_CERT_CASES:
-        if expected[case] != 503:
-            assert body(host_nginx, hosts[case], "/.well-known/acme-challenge/tok-mtls") == (200, "token-body")
+        assert body(host_nginx, hosts[case], "/.well-known/acme-challenge/tok-mtls") == (200, "token-body")
     # what overrules a container's settings is logged, naming the container, the variable and the file
     for case, words in (
         ("noredirect-issued", "HTTPS_METHOD=noredirect overruled: "),
@@ -329,7 +331,7 @@ def test_access_files_named_in_another_case_or_idn_form_guard_their_host(
     (folders["client_ca"] / f"MTLS-{tag}.Example.Test").write_bytes(ca[0].read_bytes())
     companion = make_companion(**settings(folders, tag))
     for host, app in ((upper, "upper"), (idn, "idn"), (mtls, "mtls"), (twice, "twice")):
-        apps(app, environment={"VIRTUAL_HOST": host, "APP_ID": app, "LETSENCRYPT_HOST": host})
+        apps(app, environment={"VIRTUAL_HOST": host, "APP_ID": app})
 
     def auth(user: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:s3cret".encode()).decode()}
@@ -346,7 +348,6 @@ def test_access_files_named_in_another_case_or_idn_form_guard_their_host(
     guarded = (401, 401, 401, 301, 400)
     wait_stable(seen, guarded, f"every host guarded {guarded}")
     settled(host_nginx)
-    assert body(host_nginx, upper) != (200, "upper")
     assert host_nginx.get(upper, headers=auth("alice"))[0] == 200
     assert host_nginx.get(idn, headers=auth("bob"))[0] == 200
     assert host_nginx.get(twice, headers=auth("carol"))[0] == 200
