@@ -218,7 +218,7 @@ class Controller:
         done = done.with_client_certs(found.client_certs)
         desired = done.desired
         self._desired, self._statuses = desired, dict(inputs.statuses)
-        self.inputs = inputs
+        self.inputs = dataclasses.replace(inputs, client_certs=found.client_certs)
         started = time.monotonic()
         result, file_problems = self.user_files.apply(found, done.files, self._apply, self.conf_dir)
         self.metrics.apply_seconds.observe(time.monotonic() - started)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from companion import hostfiles, plan
+from companion.explain import Inputs, explain
 from companion.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
 from companion.logformat import Problem
-from companion.model import ContainerInfo
+from companion.model import ContainerInfo, Policy
 from companion.plan import HttpAnswer
 from companion.render import MAIN_FILE, render
 from tests.infra.tls import client_ca
@@ -254,3 +255,15 @@ def test_a_link_or_fifo_named_in_another_case_closes_its_host(tmp_path: Path) ->
     for host in hosts:
         (location,) = server_of(files[MAIN_FILE], host, False).find("location")
         assert location.find("return") == [Directive("return", ("403",))]
+
+
+def test_explain_shows_what_overrules_a_container_for_its_client_ca() -> None:
+    """`companion explain` renders the pass's record: the warning for the container it overrules."""
+    web = c("web", VIRTUAL_HOST=HOST, HTTPS_METHOD="noredirect")
+    inputs = Inputs(containers=(web,), statuses={}, certs_dir=Path("/certs"), policy=Policy())
+    guarded = replace(inputs, client_certs={HOST: "/etc/nginx/client_ca/a.example.com"})
+    assert "overruled" not in explain("web", inputs, {}).text()
+    assert (
+        "HTTPS_METHOD=noredirect overruled: a.example.com requires a client certificate "
+        "(/etc/nginx/client_ca/a.example.com)" in explain("web", guarded, {}).text()
+    )
