@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import http.client
 import logging
@@ -103,9 +104,17 @@ def make_applier(settings: config.Settings, edge: DockerEdge | None) -> LocalApp
 
 
 def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[explain.Inputs, str]:
-    """A pass's inputs computed in this process, with the owners the service remembers on disk."""
+    """A pass's inputs computed in this process, with the owners the service remembers on disk and the hosts
+    the operator's files make require a client certificate (as a pass reads them, after the plan names the hosts)."""
     certs_dir = Path(settings.certs_dir)
-    return read_inputs(settings, snapshot, policy_of(settings), owners.remembered(owners.load(certs_dir)), certs_dir)
+    remembered = owners.remembered(owners.load(certs_dir))
+    inputs, problem = read_inputs(settings, snapshot, policy_of(settings), remembered, certs_dir)
+    found = hostfiles.scan(host_dirs(settings), (server.host for server in inputs.desired().servers))
+    return dataclasses.replace(inputs, client_certs=found.client_certs), problem
+
+
+def host_dirs(settings: config.Settings) -> hostfiles.Dirs:
+    return hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
 
 
 def reconciled_here(settings: config.Settings, edge: DockerEdge, snapshot: Snapshot) -> Reconciled:
@@ -154,9 +163,8 @@ def cmd_render(args: argparse.Namespace, settings: config.Settings) -> int:
     for problem in done.desired.problems:
         print(f"# {problem}", file=sys.stderr)
     certs_dir, conf_dir = Path(settings.certs_dir), Path(settings.conf_dir)
-    dirs = hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
     user, _ = hostfiles.UserFiles(certs_dir, conf_dir).choose(
-        hostfiles.scan(dirs, (server.host for server in done.desired.servers))
+        hostfiles.scan(host_dirs(settings), (server.host for server in done.desired.servers))
     )
     for name, content in done.files(user).items():
         if name == MAIN_FILE or (args.all and name.endswith(".inc")):

@@ -347,7 +347,8 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--client-ca-dir",
         "CLIENT_CA_DIR",
         "client_ca_dir",
-        "folder of CA files (PEM): `<host>` makes that host's HTTPS server require a client certificate it signed",
+        "folder of CA files (PEM): `<host>` makes that host require a client certificate it signed "
+        "(HTTP: redirect or 403)",
     ),
     (
         "--proxy-conf",

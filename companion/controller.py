@@ -214,10 +214,11 @@ class Controller:
         relay = f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else ""
         options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED, relay)
         done = reconcile(inputs, options, default_problem)
+        found = hostfiles.scan(self.host_dirs, (server.host for server in done.desired.servers))
+        done = done.with_client_certs(found.client_certs)
         desired = done.desired
         self._desired, self._statuses = desired, dict(inputs.statuses)
-        self.inputs = inputs
-        found = hostfiles.scan(self.host_dirs, (server.host for server in desired.servers))
+        self.inputs = dataclasses.replace(inputs, client_certs=found.client_certs)
         started = time.monotonic()
         result, file_problems = self.user_files.apply(found, done.files, self._apply, self.conf_dir)
         self.metrics.apply_seconds.observe(time.monotonic() - started)

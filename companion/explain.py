@@ -57,13 +57,16 @@ class Inputs:
     http_on_missing_cert: bool = True
     default_cert: CertFiles | None = None
     now: float = 0.0  # unix time of the pass: an expired certificate loses to a valid one covering the host
+    # host -> the operator's file that requires a client certificate (hostfiles.Found.client_certs); read after
+    # the plan names the served hosts, and kept here so `explain` shows what the pass decided
+    client_certs: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def usable(self) -> dict[str, CertFiles]:
         return certs.usable(dict(self.statuses), self.certs_dir)
 
     def desired(self) -> plan.Desired:
-        return plan.build(
+        built = plan.build(
             self.containers,
             self.usable,
             certs.placeholder_files(self.certs_dir),
@@ -76,6 +79,7 @@ class Inputs:
             default_cert=self.default_cert,
             now=self.now,
         )
+        return plan.require_client_certs(built, self.client_certs)
 
 
 class Verdict(StrEnum):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .logsafe import printable
+from .model import InvalidValue, parse_hostname
 from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 if TYPE_CHECKING:  # nginx imports render, which imports this module
@@ -41,6 +42,7 @@ REFUSED = "nginx rejected the new configuration: "  # how nginx.apply words a re
 GOOD_FILE = "companion/host-files.json"  # in the certs dir: which copy is each file's last good version
 _COPY_RE = re.compile(rf"^{COPY_PREFIX}[0-9a-f]{{24}}\.(?:inc|htpasswd|pem)\Z")
 _HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
+_VERIFY_CLIENT = re.compile(r"(?:^|[\s;{}])ssl_verify_client\s+([\"']?)(?:on|optional|optional_no_ca)\1\s*;")
 
 Key = tuple[str, str]  # (kind, file name in its folder)
 ACCESS_KINDS = (HTPASSWD, CLIENT_CA)  # files that guard a host: one that cannot be used closes it
@@ -83,6 +85,9 @@ class Found:
     files: Mapping[Key, UserFile] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
     unusable: frozenset[Key] = frozenset()  # there, but not a regular file of at most MAX_BYTES
+    # host -> the file that makes it require a client certificate: its CLIENT_CA_DIR file (usable or not), else
+    # the vhost.d file its servers include when that sets `ssl_verify_client`
+    client_certs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,21 +128,45 @@ def used(kind: str, name: str, hosts: set[str]) -> bool:
     return name in hosts and "*" not in name
 
 
+def normalised(kind: str, name: str) -> str | None:
+    """The name a file stands for once its host part is normalised as VIRTUAL_HOST is (lowercase, punycode):
+    `Upper.example.com` and `bücher.example` are the files of `upper.example.com` and `xn--bcher-kva.example`.
+    None for a name that is no host's (nor `default`, `default_location` spelled exactly)."""
+    if kind == VHOST and name in (DEFAULT, DEFAULT + LOCATION_SUFFIX):
+        return name
+    suffix = LOCATION_SUFFIX if kind == VHOST and name.endswith(LOCATION_SUFFIX) else ""
+    try:
+        host = parse_hostname(name.removesuffix(suffix), wildcard=False)
+    except InvalidValue:
+        return None
+    return None if host == DEFAULT else host + suffix
+
+
 def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
-    """Read the files the hosts use: one listing per folder, then only names that are exactly a served
-    host's (validated, so no `/` or `..`); a link, FIFO, folder or oversized file there is reported and
-    not used, never followed or opened."""
+    """Read the files the hosts use: one listing per folder, then only names that normalise to a served host's
+    (validated, so no `/` or `..`); a link, FIFO, folder or oversized file there is reported and not used,
+    never followed or opened. When several names stand for one host (`a.example.com`, `A.example.com`), the
+    exact one is used, else the first by code point, and the others are reported as not used."""
     served = set(hosts)
+    named: dict[Key, list[str]] = {}
+    for kind in (VHOST, HTPASSWD, CLIENT_CA):
+        for name in _names(dirs.folder(kind)):
+            key = name if used(kind, name, served) else normalised(kind, name)
+            if key is not None and used(kind, key, served):
+                named.setdefault((kind, key), []).append(name)
     files: dict[Key, UserFile] = {}
     problems: list[str] = []
     unusable: set[Key] = set()
-    candidates = [
-        (kind, name, dirs.folder(kind) / name)
-        for kind in (VHOST, HTPASSWD, CLIENT_CA)
-        for name in sorted(_names(dirs.folder(kind)))
-        if used(kind, name, served)
-    ]
-    for kind, name, path in [*candidates, (PROXY, PROXY, Path(dirs.proxy_conf))]:
+    paths: dict[Key, Path] = {}
+    for (kind, key), names in sorted(named.items()):
+        first, *others = sorted(names, key=lambda name: (name != key, name))
+        paths[(kind, key)] = dirs.folder(kind) / first
+        problems.extend(
+            printable(f"{dirs.folder(kind) / other}: not used ({paths[(kind, key)]} is the file for {key})")
+            for other in others
+        )
+    paths[(PROXY, PROXY)] = Path(dirs.proxy_conf)
+    for (kind, name), path in paths.items():
         try:
             data = read_regular(path, MAX_BYTES)
         except (FileNotFoundError, NotADirectoryError):
@@ -147,7 +176,31 @@ def scan(dirs: Dirs, hosts: Iterable[str]) -> Found:
             unusable.add((kind, name))
             continue
         files[(kind, name)] = UserFile(kind, name, str(path), data.decode("utf-8", "surrogateescape"))
-    return Found(files, tuple(problems), frozenset(unusable))
+    return Found(files, tuple(problems), frozenset(unusable), _client_certs(served, files, unusable, paths))
+
+
+def _client_certs(
+    hosts: set[str], files: Mapping[Key, UserFile], unusable: set[Key], paths: Mapping[Key, Path]
+) -> dict[str, str]:
+    """The hosts that require a client certificate, each with the file that says so (each vhost.d file is
+    searched once: `default` may stand for thousands of hosts)."""
+    servers = [key for key in files if key[0] == VHOST and not key[1].endswith(LOCATION_SUFFIX)]
+    verifying = {key for key in servers if verifies_clients(files[key].content)}
+    guarded: dict[str, str] = {}
+    for host in sorted(hosts):
+        server = (VHOST, host) if (VHOST, host) in files else (VHOST, DEFAULT)
+        if (CLIENT_CA, host) in files or (CLIENT_CA, host) in unusable:
+            guarded[host] = printable(str(paths[(CLIENT_CA, host)]))
+        elif server in verifying:
+            guarded[host] = printable(files[server].source)
+    return guarded
+
+
+def verifies_clients(content: str) -> bool:
+    """True when an nginx file sets `ssl_verify_client` to anything but `off` (nginx-proxy users' way to ask
+    for client certificates, in `vhost.d/<host>`). Comments are skipped; nothing else is interpreted."""
+    text = "\n".join(line.partition("#")[0] for line in content.splitlines())
+    return bool(_VERIFY_CLIENT.search(text))
 
 
 def _names(folder: Path) -> frozenset[str]:

@@ -16,9 +16,11 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import NamedTuple
 
 from .logformat import Problem
+from .logsafe import printable
 from .model import (
     DEFAULT_POLICY,
     TUNING_VARIABLES,
@@ -79,6 +81,15 @@ class Location:
     backends: tuple[tuple[str, str, int], ...] = field(default=(), compare=False)
 
 
+class HttpAnswer(StrEnum):
+    """What a host's plain-HTTP server answers outside the ACME challenge (which is always served)."""
+
+    PROXY = "proxy"  # its locations, as over HTTPS
+    REDIRECT = "redirect"  # to the same URL over HTTPS
+    UNAVAILABLE = "unavailable"  # 503: HTTPS_METHOD=nohttp, or held until the certificate exists
+    REFUSED = "refused"  # 403: it requires a client certificate and has no HTTPS server to send the client to
+
+
 @dataclass(frozen=True)
 class Server:
     host: str
@@ -89,11 +100,27 @@ class Server:
     placeholder: bool
     default: bool = False  # DEFAULT_HOST: answers names no server knows
     hold_http: bool = False  # ENABLE_HTTP_ON_MISSING_CERT=false: HTTP answers 503 until a real certificate exists
+    # A client CA guards the host (see `require_client_certs`): plain HTTP, where no certificate can be
+    # asked for, never reaches its app.
+    client_cert: bool = False
 
     @property
     def redirect(self) -> bool:
-        """HTTP answers with a redirect only once a real certificate is served."""
-        return self.cert is not None and not self.placeholder and self.https_method is HttpsMethod.REDIRECT
+        """HTTP answers with a redirect only once a real certificate is served: when HTTPS_METHOD=redirect,
+        and whatever it says for a host that requires a client certificate."""
+        real = self.cert is not None and not self.placeholder
+        return real and (self.https_method is HttpsMethod.REDIRECT or self.client_cert)
+
+    @property
+    def http(self) -> HttpAnswer:
+        """The one place that decides what plain HTTP answers; the template only renders it."""
+        if self.redirect:
+            return HttpAnswer.REDIRECT
+        if self.client_cert:
+            return HttpAnswer.REFUSED
+        if self.https_method is HttpsMethod.NOHTTP or self.hold_http:
+            return HttpAnswer.UNAVAILABLE
+        return HttpAnswer.PROXY
 
     @property
     def has_root(self) -> bool:
@@ -337,6 +364,40 @@ def build(
         default_cert=default_cert,
         left_out=tuple(left_out),
     )
+
+
+def require_client_certs(desired: Desired, guarded: Mapping[str, str]) -> Desired:
+    """`desired` with plain HTTP closed to the apps of the hosts in `guarded` (host -> the operator's file
+    that asks for a client certificate): only HTTPS can ask for one, so such a host redirects to HTTPS once
+    it serves a real certificate and answers 403 until then (the ACME challenge stays served).
+
+    Where that overrides what the deciding container asked for (HTTPS_METHOD=noredirect or nohttps, or no
+    certificate at all), a warning names the container, the variable and the file."""
+    if not guarded:
+        return desired
+    owners = dict(desired.owners)
+    problems: list[str] = []
+    servers = []
+    for server in desired.servers:
+        source = guarded.get(server.host)
+        if source is None:
+            servers.append(server)
+            continue
+        servers.append(dataclasses.replace(server, client_cert=True))
+        container, host = owners.get(server.host, ""), server.host
+        why = f"{host} requires a client certificate ({source}), which only HTTPS can ask for"
+        if server.https_method is HttpsMethod.NOREDIRECT:
+            variable, said = "HTTPS_METHOD", f"HTTPS_METHOD=noredirect overruled: {why}; plain HTTP redirects to HTTPS"
+            said += " (403 until its certificate is served)"
+        elif server.https_method is HttpsMethod.NOHTTPS:
+            variable, said = "HTTPS_METHOD", f"HTTPS_METHOD=nohttps: {why}; plain HTTP answers 403"
+        elif server.cert is None:
+            variable = "LETSENCRYPT_HOST"
+            said = f"{why}, and it has no certificate and asks for none (LETSENCRYPT_HOST); plain HTTP answers 403"
+        else:
+            continue
+        problems.append(Problem(printable(f"container {container}: {said}"), container=container, variable=variable))
+    return dataclasses.replace(desired, servers=tuple(servers), problems=(*desired.problems, *problems))
 
 
 class _Route(NamedTuple):

@@ -75,6 +75,12 @@ class Reconciled:
         """The files that express the plan, with the operator's per-host files `user` (pure)."""
         return render(self.desired, self.options, user)
 
+    def with_client_certs(self, guarded: Mapping[str, str]) -> Reconciled:
+        """This plan with plain HTTP closed to the apps of the hosts in `guarded` (host -> the operator's file
+        that asks for client certificates: `hostfiles.Found.client_certs`), and the warnings that come with it."""
+        desired = plan.require_client_certs(self.desired, guarded)
+        return dataclasses.replace(self, desired=desired, problems=self.problems | set(desired.problems))
+
     @property
     def certificates(self) -> tuple[CertRequest, ...]:
         return self.desired.certificates

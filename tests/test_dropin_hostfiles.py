@@ -8,9 +8,11 @@ import http.client
 import json
 import ssl
 import subprocess
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -23,6 +25,7 @@ from tests.nginxcheck import self_signed
 from tests.test_dropin_proxy import ECHO_COMMAND, echoed
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 # busybox httpd with a CGI that reads the whole request body, so a POST of any size can answer 200.
 UPLOAD = (
@@ -60,6 +63,20 @@ def settings(folders: dict[str, Path], tag: str) -> dict[str, str]:
 def header(nginx: HostNginx, host: str, name: str) -> str | None:
     status, headers, _ = nginx.get(host)
     return headers.get(name) if status == 200 else None
+
+
+def wait_stable(probe: Callable[[], T], expected: T, what: str, timeout: float = 30, times: int = 5) -> None:
+    """Until `probe()` answers `expected` `times` in a row (old workers answer for a moment after a reload);
+    fail with what it last answered (or raised)."""
+    deadline, streak, last = time.monotonic() + timeout, 0, None
+    while streak < times:
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}; last: {last!r}"
+        try:
+            last = probe()
+        except (OSError, http.client.HTTPException) as exc:
+            last = exc
+        streak = streak + 1 if last == expected else 0
+        time.sleep(0.05)
 
 
 def settled(nginx: HostNginx) -> None:
@@ -196,6 +213,148 @@ def test_a_client_ca_file_requires_a_certificate_it_signed(
     assert https_status(host_nginx, host, signed) == 200
     assert https_status(host_nginx, host, stranger) == 400  # "The SSL certificate error"
     assert https_status(host_nginx, other) == 200
+
+
+# HTTPS_METHOD, whether a certificate is served, wanted but not issued yet, or neither; and what plain HTTP
+# answers once the host requires a client certificate: a redirect to HTTPS, 403 when there is no HTTPS to
+# redirect to, or (nohttp with a certificate) no HTTP server for the host, so the catch-all's 503.
+CLIENT_CERT_CASES = {
+    "redirect-issued": ("redirect", "issued", 301),
+    "redirect-missing": ("redirect", "missing", 403),
+    "noredirect-issued": ("noredirect", "issued", 301),
+    "noredirect-missing": ("noredirect", "missing", 403),
+    "nohttp-issued": ("nohttp", "issued", 503),
+    "nohttp-missing": ("nohttp", "missing", 403),
+    "nohttps": ("nohttps", "unwanted", 403),
+    "unwanted": ("redirect", "unwanted", 403),
+}
+
+
+def test_plain_http_never_reaches_a_client_cert_host_whatever_https_method_says(
+    apps: AppRunner,
+    host_nginx: HostNginx,
+    make_companion: Callable[..., Companion],
+    folders: dict[str, Path],
+    tag: str,
+    tmp_path: Path,
+) -> None:
+    """The attack: `http://<host>/` served the app while HTTPS asked for a client certificate."""
+    live = tmp_path / "companion" / "certs" / "live"
+    hosts = {case: f"{case}-{tag}.example.test" for case in CLIENT_CERT_CASES}
+    ca = client_ca(tmp_path / "ca")
+    signed = client_cert(ca, tmp_path / "ca", "alice")
+    for case, (_, state, _) in CLIENT_CERT_CASES.items():
+        (folders["client_ca"] / hosts[case]).write_bytes(ca[0].read_bytes())
+        if state == "issued":
+            self_signed(live / hosts[case], hosts[case])
+    for folder in (live, live.parent):
+        folder.chmod(0o700)
+    companion = make_companion(**settings(folders, tag))
+    names = {}
+    for case, (method, state, _) in CLIENT_CERT_CASES.items():
+        environment = {"VIRTUAL_HOST": hosts[case], "HTTPS_METHOD": method, "APP_ID": case}
+        if state != "unwanted":
+            environment["LETSENCRYPT_HOST"] = hosts[case]
+        names[case] = apps(case, environment=environment).name
+    expected = {case: answer for case, (_, _, answer) in CLIENT_CERT_CASES.items()}
+
+    def answers() -> dict[str, int]:
+        return {case: host_nginx.get(hosts[case])[0] for case in CLIENT_CERT_CASES}
+
+    wait_stable(answers, expected, f"plain HTTP answering {expected}")
+    settled(host_nginx)
+    port = host_nginx.https_port
+    for case in ("redirect-issued", "noredirect-issued"):
+        _, headers, _ = host_nginx.get(hosts[case], "/x?y=1")
+        assert headers["Location"] == f"https://{hosts[case]}:{port}/x?y=1"
+    # every host is routed: its HTTPS answers with a signed client certificate (and only with one)
+    for case in ("redirect-issued", "noredirect-issued", "nohttp-issued"):
+        assert https_status(host_nginx, hosts[case]) == 400
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        context.load_cert_chain(*signed)
+        status, _, data = host_nginx.get(hosts[case], https=True, context=context)
+        assert (status, data.decode().strip()) == (200, case)
+    # the ACME challenge stays open on port 80, so the missing certificates can still be issued
+    token = companion.webroot / ".well-known" / "acme-challenge" / "tok-mtls"
+    token.parent.mkdir(parents=True, exist_ok=True)
+    token.write_text("token-body")
+    for case in CLIENT_CERT_CASES:
+        assert body(host_nginx, hosts[case], "/.well-known/acme-challenge/tok-mtls") == (200, "token-body")
+    # what overrules a container's settings is logged, naming the container, the variable and the file
+    for case, words in (
+        ("noredirect-issued", "HTTPS_METHOD=noredirect overruled: "),
+        ("noredirect-missing", "HTTPS_METHOD=noredirect overruled: "),
+        ("nohttps", "HTTPS_METHOD=nohttps: "),
+        ("unwanted", ""),
+    ):
+        file = folders["client_ca"] / hosts[case]
+        line = companion.wait_log(
+            rf"container {names[case]}: {words}{hosts[case]} requires a client certificate \({file}\)[^\n]*"
+        )
+        assert ("asks for none (LETSENCRYPT_HOST)" in line) is (case == "unwanted"), line
+    # the missing certificate arrives: that host now redirects instead of refusing
+    self_signed(live / hosts["redirect-missing"], hosts["redirect-missing"])
+    wait_stable(answers, {**expected, "redirect-missing": 301}, "a redirect once the certificate is issued")
+    assert host_nginx.check().returncode == 0
+
+
+def test_access_files_named_in_another_case_or_idn_form_guard_their_host(
+    apps: AppRunner,
+    host_nginx: HostNginx,
+    make_companion: Callable[..., Companion],
+    folders: dict[str, Path],
+    tag: str,
+    tmp_path: Path,
+) -> None:
+    """The attack: `htpasswd/Upper.example.com` and `htpasswd/bücher.example` were skipped, the hosts served open."""
+    upper, idn = f"upper-{tag}.example.test", f"xn--bcher-kva.idn-{tag}.example.test"
+    mtls, twice = f"mtls-{tag}.example.test", f"twice-{tag}.example.test"
+    live = tmp_path / "companion" / "certs" / "live" / mtls
+    self_signed(live, mtls)
+    for folder in (live, live.parent, live.parent.parent):
+        folder.chmod(0o700)
+    htpasswd = folders["htpasswd"]
+    for name, user in ((f"Upper-{tag}.example.test", "alice"), (f"bücher.idn-{tag}.example.test", "bob")):
+        made = subprocess.run(
+            ["htpasswd", "-cbB", str(htpasswd / name), user, "s3cret"], capture_output=True, text=True, check=False
+        )
+        assert made.returncode == 0, f"htpasswd (apt-get install apache2-utils) failed: {made.stderr}"
+    # two files for one host: the exact name is used, the other reported
+    subprocess.run(["htpasswd", "-cbB", str(htpasswd / twice), "carol", "s3cret"], check=True, capture_output=True)
+    subprocess.run(
+        ["htpasswd", "-cbB", str(htpasswd / f"TWICE-{tag}.example.test"), "mallory", "s3cret"],
+        check=True,
+        capture_output=True,
+    )
+    ca = client_ca(tmp_path / "ca")
+    (folders["client_ca"] / f"MTLS-{tag}.Example.Test").write_bytes(ca[0].read_bytes())
+    companion = make_companion(**settings(folders, tag))
+    for host, app in ((upper, "upper"), (idn, "idn"), (mtls, "mtls"), (twice, "twice")):
+        apps(app, environment={"VIRTUAL_HOST": host, "APP_ID": app})
+
+    def auth(user: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:s3cret".encode()).decode()}
+
+    def seen() -> tuple[int, int, int, int, int | str]:
+        return (
+            host_nginx.get(upper)[0],
+            host_nginx.get(idn)[0],
+            host_nginx.get(twice)[0],
+            host_nginx.get(mtls)[0],
+            https_status(host_nginx, mtls),
+        )
+
+    guarded = (401, 401, 401, 301, 400)
+    wait_stable(seen, guarded, f"every host guarded {guarded}")
+    settled(host_nginx)
+    assert host_nginx.get(upper, headers=auth("alice"))[0] == 200
+    assert host_nginx.get(idn, headers=auth("bob"))[0] == 200
+    assert host_nginx.get(twice, headers=auth("carol"))[0] == 200
+    assert host_nginx.get(twice, headers=auth("mallory"))[0] == 401
+    companion.wait_log(
+        rf"{htpasswd / f'TWICE-{tag}.example.test'}: not used \({htpasswd / twice} is the file for {twice}\)"
+    )
 
 
 def post(nginx: HostNginx, host: str, size: int) -> int:
