@@ -5,6 +5,7 @@ The real proof (controller process, agent containers, real nginx and TLS) is tes
 
 from __future__ import annotations
 
+import json
 import stat
 import threading
 import time
@@ -16,7 +17,8 @@ from companion import agent, bundle, cluster, publisher
 from companion.config import Settings
 from companion.nginx import NginxControl, NginxError
 
-SECRET = cluster.parse_secret(cluster.new_secret().encode())
+CONTROLLER = cluster.new_secrets()
+SECRET = CONTROLLER.agent
 CONF = "/etc/nginx/conf.d"
 
 
@@ -73,25 +75,45 @@ def test_a_bundle_whose_generation_does_not_match_its_contents_is_refused() -> N
         bundle.parse(forged)
 
 
-def test_a_signature_holds_only_for_the_same_secret_nonce_and_bytes() -> None:
-    other = cluster.parse_secret(cluster.new_secret().encode())
-    signature = cluster.sign(SECRET, "nonce-1", b"body")
-    assert cluster.verify(SECRET, "nonce-1", b"body", signature)
-    assert not cluster.verify(SECRET, "nonce-1", b"bodY", signature)
-    assert not cluster.verify(SECRET, "nonce-2", b"body", signature)  # an old answer replayed
-    assert not cluster.verify(other, "nonce-1", b"body", signature)
-    assert not cluster.verify(SECRET, "nonce-1", b"body", "")
+def _headers(signed: dict[str, str], length: int | None = None) -> dict[str, str]:
+    return {**signed, "Content-Length": str(length if length is not None else signed[cluster.LENGTH_HEADER])}
 
 
-def test_a_secret_without_its_own_key_is_refused() -> None:
-    first, second = cluster.new_secret(), cluster.new_secret()
-    cert_only = first[: first.index("-----BEGIN PRIVATE KEY-----")]
-    with pytest.raises(cluster.SecretError, match="no PEM private key"):
-        cluster.parse_secret(cert_only.encode())
-    with pytest.raises(cluster.SecretError, match="not the certificate's"):
-        cluster.parse_secret((cert_only + second[second.index("-----BEGIN PRIVATE KEY-----") :]).encode())
-    with pytest.raises(cluster.SecretError, match="no PEM certificate"):
-        cluster.parse_secret(b"")
+def test_a_signature_holds_only_for_the_same_keys_nonce_length_and_bytes() -> None:
+    other = cluster.new_secrets()
+    signed = cluster.sign(CONTROLLER, "nonce-1", b"body")
+    length, digest = cluster.announced(SECRET, "nonce-1", _headers(signed), 1000)
+    assert cluster.check_body(b"body", length, digest) == b"body"
+    with pytest.raises(cluster.Refused, match="not the one signed"):
+        cluster.check_body(b"bodY", length, digest)
+    with pytest.raises(cluster.Refused, match="signature"):
+        cluster.announced(SECRET, "nonce-2", _headers(signed), 1000)  # an old answer replayed
+    with pytest.raises(cluster.Refused, match="signature"):
+        cluster.announced(other.agent, "nonce-1", _headers(signed), 1000)
+    with pytest.raises(cluster.Refused, match="signature"):
+        cluster.announced(SECRET, "nonce-1", _headers({**signed, cluster.LENGTH_HEADER: "5"}), 1000)
+    with pytest.raises(cluster.Refused, match="length"):
+        cluster.announced(SECRET, "nonce-1", _headers(signed, length=5), 1000)  # Content-Length disagrees
+    with pytest.raises(cluster.Refused, match="over 3"):
+        cluster.announced(SECRET, "nonce-1", _headers(signed), 3)
+
+
+def test_each_role_reads_only_its_own_secret_and_the_old_single_secret_says_what_to_run(tmp_path: Path) -> None:
+    assert cluster.parse_controller_secret(CONTROLLER.text().encode()).server_cert == CONTROLLER.server_cert
+    assert cluster.parse_agent_secret(SECRET.text().encode()).verify_key == CONTROLLER.sign_key.public_key()
+    with pytest.raises(cluster.SecretError, match="agents get the agent secret"):
+        cluster.parse_agent_secret(CONTROLLER.text().encode())
+    with pytest.raises(cluster.SecretError, match="the controller needs the controller secret"):
+        cluster.parse_controller_secret(SECRET.text().encode())
+    old = (cluster._pem(CONTROLLER.ca_cert) + cluster._key_pem(CONTROLLER.ca_key)).encode()  # the old layout
+    for parse in (cluster.parse_agent_secret, cluster.parse_controller_secret):
+        with pytest.raises(cluster.SecretError, match="companion cluster-secret --create"):
+            parse(old)
+    with pytest.raises(cluster.SecretError, match="cannot read"):
+        cluster.load_agent_secret(str(tmp_path / "missing"))
+    tampered = {**json.loads(SECRET.text()), "server_cert": cluster._pem(cluster.new_secrets().server_cert)}
+    with pytest.raises(cluster.SecretError, match="not from its CA"):
+        cluster.parse_agent_secret(json.dumps(tampered).encode())
 
 
 def test_the_publisher_wakes_a_waiting_agent_only_for_a_new_generation(tmp_path: Path) -> None:
@@ -149,9 +171,11 @@ class _Refusing(NginxControl):
             raise NginxError("[emerg] refused")
 
 
-def _agent(tmp_path: Path, certs_dir: Path) -> agent.Agent:
-    settings = Settings(conf_dir=str(tmp_path / "conf"), certs_dir=str(certs_dir), agent_state_dir=str(tmp_path / "s"))
-    return agent.Agent(settings, SECRET, "n1", agent.ChildNginx())
+def _agent(tmp_path: Path, certs_dir: Path, node: str = "n1") -> agent.Agent:
+    settings = Settings(
+        conf_dir=str(tmp_path / "conf"), certs_dir=str(certs_dir), agent_state_dir=str(tmp_path / f"s-{node}")
+    )
+    return agent.Agent(settings, SECRET, node, agent.ChildNginx())
 
 
 def test_an_agent_writes_keys_0600_and_puts_certificates_back_when_nginx_refuses(tmp_path: Path) -> None:
