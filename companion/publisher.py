@@ -360,6 +360,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if code >= 400:  # a refused request's body may be unread: never take it for the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()

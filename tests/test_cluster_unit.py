@@ -5,13 +5,21 @@ The real proof (controller process, agent containers, real nginx and TLS) is tes
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import http.client
 import json
+import socket
+import ssl
 import stat
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from companion import agent, bundle, cluster, publisher
 from companion.config import Settings
@@ -204,3 +212,214 @@ def test_an_agent_refuses_a_bundle_for_other_paths(tmp_path: Path) -> None:
     other = bundle.build({"companion.conf": "#\n"}, "/elsewhere", str(tmp_path / "certs"), lambda path: "")
     assert "set the same on both" in node.apply(other).error
     assert not (tmp_path / "conf").exists()
+
+
+# -- roles: what the agent secret (every worker holds it) cannot do -------------------------------------------
+
+
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str:
+    """'' when `client` accepts `server` in a TLS handshake over a socket pair, else the client's error."""
+    near, far = socket.socketpair()
+
+    def serve() -> None:
+        with contextlib.suppress(ssl.SSLError, OSError):
+            server.wrap_socket(far, server_side=True).close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        client.wrap_socket(near).close()
+        return ""
+    except ssl.SSLError as exc:
+        return str(exc)
+    finally:
+        near.close()
+        thread.join(5)
+        far.close()
+
+
+def _leaf_server(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cluster._load_leaf(context, cluster._pem(cert), cluster._key_pem(key))
+    return context
+
+
+def _node_identity(node: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return cluster.issue_node_cert(CONTROLLER, node, key.public_key()), key
+
+
+def test_the_agent_secret_holds_no_key_that_signs_answers_serves_agents_or_mints_certificates() -> None:
+    fields = json.loads(SECRET.text())
+    assert [name for name, value in fields.items() if "PRIVATE KEY" in str(value)] == ["enroll_key"]
+    for held in (CONTROLLER.ca_key, CONTROLLER.server_key, CONTROLLER.sign_key):
+        assert cluster._key_pem(held) not in SECRET.text()
+    # Posing as the controller: sign an answer with every private key a worker holds, and with one of its own.
+    body = b'{"files": {"companion.conf": "server { listen 80; location / { alias /run/secrets/; } }"}}'
+    digest = hashlib.sha256(body).hexdigest()
+    statement = cluster._statement("nonce-1", len(body), digest)
+    forged = [
+        SECRET.enroll_key.sign(statement, ec.ECDSA(hashes.SHA256())).hex(),
+        ed25519.Ed25519PrivateKey.generate().sign(statement).hex(),
+    ]
+    for signature in forged:
+        headers = {
+            cluster.LENGTH_HEADER: str(len(body)),
+            cluster.DIGEST_HEADER: digest,
+            cluster.SIGNATURE_HEADER: signature,
+            "Content-Length": str(len(body)),
+        }
+        with pytest.raises(cluster.Refused, match="signature"):
+            cluster.announced(SECRET, "nonce-1", headers, bundle.MAX_BYTES)
+
+
+def test_the_agent_secret_cannot_serve_an_agent_only_the_pinned_controller_can() -> None:
+    node_cert, node_key = _node_identity("n1")
+    agent_side = cluster.client_context(SECRET, node_cert, node_key)
+    assert _handshake(cluster.server_context(CONTROLLER), agent_side) == ""
+    # What a worker holds (the enrolment certificate, its node certificate), and even a server certificate the
+    # cluster CA signed (a worker cannot make one: it has no CA key): none is the pinned one.
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    minted = cluster._issue(
+        CONTROLLER.ca_cert,
+        CONTROLLER.ca_key,
+        other_key.public_key(),
+        cluster.ROLE_CONTROLLER,
+        "companion controller",
+        1,
+    )
+    for cert, key in ((SECRET.enroll_cert, SECRET.enroll_key), (node_cert, node_key), (minted, other_key)):
+        assert "certificate verify failed" in _handshake(_leaf_server(cert, key), agent_side)
+
+
+class _Server:
+    """What publisher._Handler needs of its ClusterServer."""
+
+    def __init__(self, pub: publisher.ClusterPublisher) -> None:
+        self.publisher, self.secret, self.long_poll = pub, CONTROLLER, 0.2
+
+
+def _ask(
+    pub: publisher.ClusterPublisher, client: ssl.SSLContext, method: str, path: str, body: bytes = b""
+) -> tuple[int, bytes]:
+    """One request to the controller's real handler over TLS on a socket pair (no port)."""
+    near, far = socket.socketpair()
+    served = cluster.server_context(CONTROLLER).wrap_socket(far, server_side=True, do_handshake_on_connect=False)
+    thread = threading.Thread(target=publisher._Handler, args=(served, ("10.0.0.9", 1), _Server(pub)), daemon=True)
+    thread.start()
+    connection = http.client.HTTPConnection("controller")
+    connection.sock = client.wrap_socket(near)
+    try:
+        connection.request(method, path, body=body or None)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+        thread.join(5)
+        far.close()
+
+
+def _enroll(pub: publisher.ClusterPublisher, node: str) -> tuple[int, ssl.SSLContext | None]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    enrol = cluster.client_context(SECRET, SECRET.enroll_cert, SECRET.enroll_key)
+    status, pem = _ask(pub, enrol, "POST", f"/v1/enroll?node={node}", cluster.node_request(key, node))
+    if status != 200:
+        return status, None
+    cert = x509.load_pem_x509_certificate(pem)
+    assert cluster.node_cert_problem(SECRET, cert, key, node) == ""
+    return status, cluster.client_context(SECRET, cert, key)
+
+
+def test_the_agent_secret_cannot_speak_for_another_node(tmp_path: Path) -> None:
+    pub = publisher.ClusterPublisher(CONF, str(tmp_path), str(tmp_path), 80)
+    pub.apply({"companion.conf": "#\n"})
+    status, node_b = _enroll(pub, "node-b")
+    assert status == 200 and node_b is not None
+    assert _ask(pub, node_b, "POST", "/v1/report", b'{"generation": "g1"}')[0] == 204
+    # The attacker holds the agent secret. Its enrolment certificate speaks for no node, whatever ?node= says.
+    enrol = cluster.client_context(SECRET, SECRET.enroll_cert, SECRET.enroll_key)
+    status, answer = _ask(pub, enrol, "POST", "/v1/report?node=node-b", b'{"error": "forged"}')
+    assert status == 403 and b"node certificate" in answer
+    assert _ask(pub, enrol, "GET", "/v1/bundle?node=node-b&have=&wait=0")[0] == 403
+    # It cannot have node-b's name certified for a key of its own while node-b's key is heard from.
+    status, _ = _enroll(pub, "node-b")
+    assert status == 409
+    # Its own node certificate makes it a node of its own name, whatever it claims.
+    status, evil = _enroll(pub, "evil")
+    assert status == 200 and evil is not None
+    assert _ask(pub, evil, "POST", "/v1/report?node=node-b", b'{"error": "forged"}')[0] == 204
+    nodes = {n.node: n for n in pub.nodes()}
+    assert nodes["node-b"].generation == "g1" and nodes["node-b"].error == ""
+    assert nodes["evil"].error == "forged"
+    # The binding outlives a controller restart (kept in the certs dir, heard from at start).
+    again = publisher.ClusterPublisher(CONF, str(tmp_path), str(tmp_path), 80)
+    assert "held by another key" in again.bind("node-b", "another key")
+
+
+def test_node_names_are_capped_and_a_silent_name_is_freed_after_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publisher, "MAX_NODES", 3)
+    pub = publisher.ClusterPublisher(CONF, str(tmp_path), str(tmp_path), 80)
+    assert [pub.bind(f"n{i}", f"key{i}") for i in range(3)] == ["", "", ""]
+    assert "3 node names are bound already" in pub.bind("n3", "key3")
+    assert pub.bind("n0", "key0") == ""  # a bound node keeps working
+    assert _enroll(pub, "n4")[0] == 409
+    monkeypatch.setattr(publisher, "NODE_HOLD", 0.05)
+    time.sleep(0.1)
+    assert pub.bind("n0", "new key") == ""  # its old key silent for longer than the hold
+    assert pub.bind("n3", "key3") == ""
+
+
+def test_an_agent_reads_no_more_of_an_answer_than_the_controller_signed(tmp_path: Path) -> None:
+    node = _agent(tmp_path, tmp_path / "certs")
+    node._use_node_cert(cluster.issue_node_cert(CONTROLLER, "n1", node.key.public_key()))
+    assert node.context is not None
+    made = bundle.build({"companion.conf": "#\n"}, str(tmp_path / "conf"), str(tmp_path / "certs"), lambda p: "")
+
+    def answer(sign: bool, announced: int) -> tuple[int, Exception | bundle.Bundle | None]:
+        """Serve one answer announcing `announced` bytes and streaming them; (bytes sent, what fetch gave)."""
+        near, far = socket.socketpair()
+        sent = [0]
+
+        def serve() -> None:
+            with (
+                contextlib.suppress(OSError),
+                cluster.server_context(CONTROLLER).wrap_socket(far, server_side=True) as s,
+            ):
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += s.recv(4096)
+                nonce = next(
+                    line.split(b":", 1)[1].strip().decode()
+                    for line in request.split(b"\r\n")
+                    if line.lower().startswith(cluster.NONCE_HEADER.lower().encode())
+                )
+                body = made.body() if sign else b"x" * announced
+                headers = cluster.sign(CONTROLLER, nonce, body) if sign else {}
+                head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                s.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode())
+                for start in range(0, len(body), 65536):
+                    s.sendall(body[start : start + 65536])
+                    sent[0] += len(body[start : start + 65536])
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        connection = http.client.HTTPConnection("controller")
+        connection.sock = node.context.wrap_socket(near)  # type: ignore[union-attr]
+        node._connection = lambda timeout: connection  # type: ignore[method-assign]
+        result: Exception | bundle.Bundle | None
+        try:
+            result = node.fetch("", 0)
+        except cluster.Refused as exc:
+            result = exc
+        thread.join(10)
+        far.close()
+        return sent[0], result
+
+    size = 64 * 1024 * 1024
+    sent, result = answer(sign=False, announced=size)
+    assert isinstance(result, cluster.Refused) and "length" in str(result)
+    assert sent < 8 * 1024 * 1024, f"{sent} bytes of an unsigned {size}-byte answer were sent before the refusal"
+    sent, result = answer(sign=True, announced=0)
+    assert result == made
