@@ -233,6 +233,7 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
         with urllib.request.urlopen(f"http://127.0.0.1:{cluster_setup.status_port}/", timeout=3) as answer:
             page = answer.read().decode()
         assert "node-b" in page and "nginx rejected the new configuration" in page and "behind" in page
+        assert "the node certificate its agent presented" in page  # which identity is proven
         certs = cluster_setup.controller.cli("certs")
         row = next(line for line in certs.stdout.splitlines() if line.startswith("node-b"))
         assert "(behind)" in row and "nginx rejected" in row, certs.stdout
