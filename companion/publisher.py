@@ -94,8 +94,9 @@ class ClusterPublisher:
                 return f"node name {node} is held by another key (heard from {now - held[1]:.0f}s ago)"
             if held is None:
                 for name, (_, heard) in list(self._keys.items()):
-                    if now - heard > NODE_HOLD:
+                    if now - heard > NODE_HOLD:  # its status entry goes with it: names cannot pile up
                         del self._keys[name]
+                        self._nodes.pop(name, None)
                 if len(self._keys) >= MAX_NODES:
                     return f"{MAX_NODES} node names are bound already"
             changed = held is None or held[0] != key

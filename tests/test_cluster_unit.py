@@ -365,10 +365,12 @@ def test_node_names_are_capped_and_a_silent_name_is_freed_after_the_hold(
     assert "3 node names are bound already" in pub.bind("n3", "key3")
     assert pub.bind("n0", "key0") == ""  # a bound node keeps working
     assert _enroll(pub, "n4")[0] == 409
+    pub.report("n1", "10.0.0.1", {})
     monkeypatch.setattr(publisher, "NODE_HOLD", 0.05)
     time.sleep(0.1)
     assert pub.bind("n0", "new key") == ""  # its old key silent for longer than the hold
     assert pub.bind("n3", "key3") == ""
+    assert [n.node for n in pub.nodes()] == []  # the silent names' status entries went with their bindings
 
 
 def test_an_agent_reads_no_more_of_an_answer_than_the_controller_signed(tmp_path: Path) -> None:
