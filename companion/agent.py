@@ -151,7 +151,7 @@ class Agent:
 
     def enroll(self) -> None:
         """Ask the controller (over the agent secret's certificate) for a certificate naming this node and key."""
-        connection = http.client.HTTPSConnection(self._address(), self.port, context=self.enroll_context, timeout=10)
+        connection = self._connection(10, self.enroll_context)
         try:
             connection.request(
                 "POST",
@@ -184,10 +184,12 @@ class Agent:
 
     # -- the channel --------------------------------------------------------------------------------
 
-    def _connection(self, timeout: float) -> http.client.HTTPSConnection:
-        if self.context is None:
+    def _connection(self, timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
+        """To the controller, with this node's certificate (or `context`, the enrolment one)."""
+        context = context or self.context
+        if context is None:
             raise cluster.Refused(f"node {self.node} is not enrolled yet")
-        return http.client.HTTPSConnection(self._address(), self.port, context=self.context, timeout=timeout)
+        return http.client.HTTPSConnection(self._address(), self.port, context=context, timeout=timeout)
 
     def _address(self) -> str:
         """The controller's address, looked up with a bound: while the controller's task is down its name

@@ -425,3 +425,36 @@ def test_an_agent_reads_no_more_of_an_answer_than_the_controller_signed(tmp_path
     assert sent < 8 * 1024 * 1024, f"{sent} bytes of an unsigned {size}-byte answer were sent before the refusal"
     sent, result = answer(sign=True, announced=0)
     assert result == made
+
+
+def test_an_agent_enrols_its_own_key_and_then_speaks_only_as_its_node(tmp_path: Path) -> None:
+    certs_dir = tmp_path / "certs"
+    pub = publisher.ClusterPublisher(str(tmp_path / "conf"), str(certs_dir), str(tmp_path), 80)  # the agent's paths
+    pub.apply({"companion.conf": "# for node-a\n"})
+    node = _agent(tmp_path, certs_dir, "node-a")
+    node.nginx = _Refusing(False)  # type: ignore[assignment]
+
+    def connection(timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+        near, far = socket.socketpair()
+        served = cluster.server_context(CONTROLLER).wrap_socket(far, server_side=True, do_handshake_on_connect=False)
+        threading.Thread(target=publisher._Handler, args=(served, ("10.0.0.7", 1), _Server(pub)), daemon=True).start()
+        made = http.client.HTTPConnection("controller")
+        chosen = context or node.context
+        assert chosen is not None
+        made.sock = chosen.wrap_socket(near)
+        return made
+
+    node._connection = connection  # type: ignore[method-assign,assignment]
+    assert node.context is None
+    node._enrolled()
+    assert node.context is not None and (tmp_path / "s-node-a" / agent.NODE_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    received = node.fetch("", 0)
+    assert received is not None and received.files == {"companion.conf": "# for node-a\n"}
+    assert node.apply(received).error == ""
+    node.generation = received.generation
+    node.report()
+    (seen,) = pub.nodes()
+    assert (seen.node, seen.current, seen.address) == ("node-a", True, "10.0.0.7")
+    # A restart keeps the key and the certificate: no new enrolment, the same binding.
+    again = _agent(tmp_path, certs_dir, "node-a")
+    assert again.context is not None and again.key.private_numbers() == node.key.private_numbers()
