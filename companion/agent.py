@@ -5,7 +5,9 @@ cannot `docker exec` into a separate nginx nor signal it. Instead the agent imag
 own child (`nginx -g 'daemon off;'`): it tests with the real `nginx -t` in the same filesystem, reloads
 with SIGHUP to its child, and exits non-zero when nginx dies, so Swarm restarts the pair together.
 
-It long-polls the controller over mutual TLS (see cluster.py) with the generation it serves, applies a
+It holds the agent secret only (cluster.py): at first start it makes a node key in its state volume and
+enrols it for a node certificate naming its node, then long-polls the controller over mutual TLS with that
+certificate (the controller's own certificate pinned) with the generation it serves, applies a
 newer one with the same rule as the controller does locally (write beside, `nginx -t`, keep the last
 good, reload; certificates first, put back too when nginx refuses), and reports the generation its
 nginx serves and its last error. The conf dir and certs dir are volumes on the node: after a restart,
@@ -26,16 +28,21 @@ import ssl
 import subprocess
 import threading
 from dataclasses import dataclass
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from . import bundle, cluster
 from .config import Settings
 from .logsafe import printable
 from .nginx import COMMAND_TIMEOUT, NginxControl, NginxError, apply
-from .publisher import CHALLENGE_PREFIX, CHALLENGE_RELAY_PORT, LONG_POLL, NODE_NAME, TOKEN
+from .publisher import CHALLENGE_PREFIX, CHALLENGE_RELAY_PORT, ENROLL_PATH, LONG_POLL, NODE_NAME, TOKEN
 from .render import MAIN_FILE
 from .safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
@@ -46,6 +53,7 @@ RECONNECT_EVERY = 0.5  # with the controller away: it is back in use within this
 RESOLVE_TIMEOUT = 1.0
 _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="resolve")
 STATE_FILE = "state.json"
+NODE_KEY_FILE, NODE_CERT_FILE = "node-key.pem", "node-cert.pem"  # in the state volume: this node's identity
 NGINX_COMMAND = ("nginx", "-g", "daemon off;")
 
 
@@ -83,7 +91,7 @@ class Outcome:
 
 
 class Agent:
-    def __init__(self, settings: Settings, secret: cluster.ClusterSecret, node: str, nginx: ChildNginx) -> None:
+    def __init__(self, settings: Settings, secret: cluster.AgentSecret, node: str, nginx: ChildNginx) -> None:
         self.settings = settings
         self.secret = secret
         self.node = node
@@ -93,7 +101,10 @@ class Agent:
         self.state_dir = Path(settings.agent_state_dir)
         url = urlsplit(settings.controller_url)
         self.host, self.port = url.hostname or "", url.port or 443
-        self.context = cluster.client_context(secret, node)
+        self.enroll_context = cluster.client_context(secret, secret.enroll_cert, secret.enroll_key)
+        self.key = self._node_key()
+        self.context: ssl.SSLContext | None = None  # with this node's certificate, once it has a good one
+        self._use_node_cert(self._stored_node_cert())
         state = self._load_state()
         # A generation counts only while its files are there (a conf volume replaced or emptied: ask again).
         self.generation = str(state.get("generation", "")) if (self.conf_dir / MAIN_FILE).is_file() else ""
@@ -101,10 +112,84 @@ class Agent:
         self.error = ""
         self.version = ""
 
+    # -- this node's identity --------------------------------------------------------------------------
+
+    def _node_key(self) -> ec.EllipticCurvePrivateKey:
+        """This node's key, made once and kept 0600 in the state volume: the controller binds the node name to it."""
+        path = self.state_dir / NODE_KEY_FILE
+        try:
+            key = serialization.load_pem_private_key(read_regular(path, 64 * 1024), password=None)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key
+            log.warning("%s is not an EC key; making a new node key", path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.warning("cannot use %s (%s); making a new node key", path, printable(str(exc)))
+        key = ec.generate_private_key(ec.SECP256R1())
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, pem.decode(), mode=0o600)
+        return key
+
+    def _stored_node_cert(self) -> x509.Certificate | None:
+        try:
+            cert = x509.load_pem_x509_certificate(read_regular(self.state_dir / NODE_CERT_FILE, 64 * 1024))
+        except (OSError, ValueError):
+            return None
+        problem = cluster.node_cert_problem(self.secret, cert, self.key, self.node)
+        if problem:
+            log.info("the stored node certificate is not used: %s", problem)
+            return None
+        return cert
+
+    def _use_node_cert(self, cert: x509.Certificate | None) -> None:
+        self.node_cert = cert
+        self.context = cluster.client_context(self.secret, cert, self.key) if cert is not None else None
+
+    def enroll(self) -> None:
+        """Ask the controller (over the agent secret's certificate) for a certificate naming this node and key."""
+        connection = self._connection(10, self.enroll_context)
+        try:
+            connection.request(
+                "POST",
+                f"{ENROLL_PATH}?node={quote(self.node)}",
+                body=cluster.node_request(self.key, self.node),
+                headers={"Content-Type": "application/pkcs10"},
+            )
+            answer = connection.getresponse()
+            data = answer.read(64 * 1024)
+        finally:
+            connection.close()
+        if answer.status != 200:
+            reason = printable(data.decode("utf-8", "replace").strip()[:300])
+            raise cluster.Refused(f"the controller refused to enrol node {self.node} (HTTP {answer.status}: {reason})")
+        try:
+            cert = x509.load_pem_x509_certificate(data)
+        except ValueError:
+            raise cluster.Refused("the controller's node certificate is not PEM") from None
+        problem = cluster.node_cert_problem(self.secret, cert, self.key, self.node)
+        if problem:
+            raise cluster.Refused(f"the controller's node certificate cannot be used: {problem}")
+        write_atomic(self.state_dir / NODE_CERT_FILE, data.decode("ascii"), mode=0o644)
+        self._use_node_cert(cert)
+        log.info("node %s enrolled (key %s)", self.node, cluster.fingerprint(self.key.public_key())[:16])
+
+    def _enrolled(self) -> None:
+        """Enrol when there is no usable node certificate, or it nears its end (the same key: the binding holds)."""
+        if self.node_cert is None or cluster.node_cert_problem(self.secret, self.node_cert, self.key, self.node):
+            self.enroll()
+
     # -- the channel --------------------------------------------------------------------------------
 
-    def _connection(self, timeout: float) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self._address(), self.port, context=self.context, timeout=timeout)
+    def _connection(self, timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
+        """To the controller, with this node's certificate (or `context`, the enrolment one)."""
+        context = context or self.context
+        if context is None:
+            raise cluster.Refused(f"node {self.node} is not enrolled yet")
+        return http.client.HTTPSConnection(self._address(), self.port, context=context, timeout=timeout)
 
     def _address(self) -> str:
         """The controller's address, looked up with a bound: while the controller's task is down its name
@@ -119,35 +204,31 @@ class Agent:
     def fetch(self, have: str, wait: float) -> bundle.Bundle | None:
         """The controller's bundle when it has one other than `have` (None after `wait` seconds).
 
-        Raises OSError/ssl errors when the controller cannot be reached, BadBundle when the answer is refused."""
+        Raises OSError/ssl errors when the controller cannot be reached, Refused or BadBundle when the answer is
+        refused: its signed length and digest are checked before the body is read, and no more than that is read."""
         nonce = secrets.token_urlsafe(24)
         connection = self._connection(wait + 10)
         try:
             connection.request(
-                "GET",
-                f"/v1/bundle?node={quote(self.node)}&have={quote(have)}&wait={wait:.1f}",
-                headers={cluster.NONCE_HEADER: nonce},
+                "GET", f"/v1/bundle?have={quote(have)}&wait={wait:.1f}", headers={cluster.NONCE_HEADER: nonce}
             )
             answer = connection.getresponse()
-            body = answer.read(bundle.MAX_BYTES + 1)
-            signature = answer.getheader(cluster.SIGNATURE_HEADER, "")
+            if answer.status == 304:
+                return None
+            if answer.status != 200:
+                reason = printable(answer.read(1024).decode("utf-8", "replace").strip()[:300])
+                raise cluster.Refused(f"the controller answered HTTP {answer.status}: {reason}")
+            length, digest = announced(self.secret, nonce, answer.headers)
+            body = cluster.check_body(answer.read(length), length, digest)
         finally:
             connection.close()
-        if answer.status == 304:
-            return None
-        if answer.status != 200:
-            raise bundle.BadBundle(f"the controller answered HTTP {answer.status}")
-        if not cluster.verify(self.secret, nonce, body, signature):
-            raise bundle.BadBundle("the answer's signature does not match (altered on the way, or another cluster)")
         return bundle.parse(body)
 
     def report(self) -> None:
         data = json.dumps({"generation": self.generation, "error": self.error, "nginx_version": self.version}).encode()
         connection = self._connection(10)
         try:
-            connection.request(
-                "POST", f"/v1/report?node={quote(self.node)}", body=data, headers={"Content-Type": "application/json"}
-            )
+            connection.request("POST", "/v1/report", body=data, headers={"Content-Type": "application/json"})
             connection.getresponse().read()
         finally:
             connection.close()
@@ -279,6 +360,7 @@ class Agent:
         unreachable = ""
         while not stop.is_set():
             try:
+                self._enrolled()
                 if not reported:
                     self.report()
                     reported = True
@@ -299,7 +381,7 @@ class Agent:
                 reported = False
                 stop.wait(RECONNECT_EVERY)
                 continue
-            except bundle.BadBundle as exc:
+            except (bundle.BadBundle, cluster.Refused) as exc:
                 self._set_error(f"refused the controller's answer: {exc}")
                 reported = False
                 retry = min(max(retry * 2, RETRY_FIRST), RETRY_MAX)
@@ -330,6 +412,12 @@ class Agent:
         self.error = error
 
 
+def announced(secret: cluster.AgentSecret, nonce: str, headers: Message) -> tuple[int, str]:
+    """The signed (length, digest) of an answer, from its headers, before its body is read."""
+    names = (cluster.LENGTH_HEADER, cluster.DIGEST_HEADER, cluster.SIGNATURE_HEADER, "Content-Length")
+    return cluster.announced(secret, nonce, {name: headers.get(name, "") for name in names}, bundle.MAX_BYTES)
+
+
 class _RelayHandler(BaseHTTPRequestHandler):
     """nginx's ACME location passes token requests here; the token comes from the controller's webroot."""
 
@@ -345,7 +433,7 @@ class _RelayHandler(BaseHTTPRequestHandler):
         if TOKEN.fullmatch(token):
             try:
                 content = self.server.agent.challenge(token)
-            except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+            except (OSError, ssl.SSLError, http.client.HTTPException, cluster.Refused) as exc:
                 log.warning("ACME token not fetched from the controller: %s", printable(str(exc)))
         self.send_response(200 if content is not None else 404)
         self.send_header("Content-Type", "text/plain")

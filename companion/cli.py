@@ -80,7 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "agent", parents=[settings], help="Swarm node: run nginx and keep it in line with the controller's files"
     )
-    sub.add_parser("cluster-secret", help="print a new cluster secret (for `docker secret create`)")
+    secrets = sub.add_parser(
+        "cluster-secret", help="make a Swarm cluster's controller and agent secrets from fresh keys"
+    ).add_mutually_exclusive_group(required=True)
+    secrets.add_argument(
+        "--create",
+        action="store_true",
+        help="as Docker secrets companion_controller and companion_agent (DOCKER_HOST: a manager)",
+    )
+    secrets.add_argument("--out", metavar="DIR", help="as files DIR/companion_controller and DIR/companion_agent")
     return parser
 
 
@@ -298,14 +306,47 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
 
 def start_cluster(settings: config.Settings) -> ClusterServer:
     """The controller's side of Swarm: publish each pass to the agents over mutual TLS."""
-    secret = cluster.load_secret(Path(settings.cluster_secret_file))
+    secret = cluster.load_controller_secret(settings.cluster_secret_file)
     publisher = ClusterPublisher(settings.conf_dir, settings.certs_dir, settings.webroot, settings.http_port)
     return start_cluster_server(config.parse_listen(settings.cluster_listen, "cluster listen"), publisher, secret)
 
 
+SECRET_NAMES = ("companion_controller", "companion_agent")
+
+
 def cmd_cluster_secret(args: argparse.Namespace, settings: config.Settings) -> int:
-    """A fresh private CA for one cluster: `companion cluster-secret | docker secret create companion_cluster -`."""
-    sys.stdout.write(cluster.new_secret())
+    """Both secrets of one cluster, made together from fresh keys, written where no terminal or log sees them:
+    as Docker secrets on the manager (`--create`), or as 0600 files (`--out`). Nothing is replaced."""
+    made = cluster.new_secrets()
+    contents = dict(zip(SECRET_NAMES, (made.text(), made.agent.text()), strict=True))
+    if args.out:
+        folder = Path(args.out)
+        existing = [name for name in SECRET_NAMES if (folder / name).exists()]
+        if existing:
+            print(f"companion: {folder / existing[0]} exists; nothing written", file=sys.stderr)
+            return 1
+        for name, text in contents.items():
+            fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+        print(f"wrote {', '.join(str(folder / name) for name in SECRET_NAMES)}")
+        return 0
+    import docker  # only here: the other commands reach Docker through DockerEdge
+
+    client = docker.from_env()
+    try:
+        existing = [s.name for s in client.secrets.list() if s.name in SECRET_NAMES]
+        if existing:
+            print(f"companion: the Docker secret {existing[0]} exists; nothing created", file=sys.stderr)
+            return 1
+        for name, text in contents.items():
+            client.secrets.create(name=name, data=text.encode())
+    except docker.errors.DockerException as exc:
+        print(f"companion: cannot create the secrets: {printable(str(exc))}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    print(f"created the Docker secrets {' and '.join(SECRET_NAMES)}")
     return 0
 
 
@@ -313,12 +354,13 @@ def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
     """Run nginx as a child and keep it serving the controller's latest good generation (see agent.py)."""
     stop = stop_on_signals()
     try:
-        secret = cluster.load_secret(Path(settings.cluster_secret_file))
+        secret = cluster.load_agent_secret(settings.cluster_secret_file)
         node = agent.node_name(settings)
-    except (cluster.SecretError, ValueError) as exc:
+        runner = agent.Agent(settings, secret, node, agent.ChildNginx())
+    except (cluster.SecretError, ValueError, OSError) as exc:
         log.error("cannot start the agent: %s", printable(str(exc)))
         return 2
-    code = agent.Agent(settings, secret, node, agent.ChildNginx()).run(stop)
+    code = runner.run(stop)
     log.info("stopped")
     return code
 

@@ -111,7 +111,7 @@ class Settings:
     access_log: str = "/var/log/nginx/access.log"
     resolvers: Resolvers = ()
     cluster_listen: str = ""  # IP:PORT where the controller serves its agents; "" keeps the cluster off
-    cluster_secret_file: str = "/run/secrets/companion_cluster"
+    cluster_secret_file: str = ""  # "" is the role's Swarm secret: companion_controller or companion_agent
     controller_url: str = "https://companion:8443"
     agent_state_dir: str = "/var/lib/companion-agent"
     node_name: str = ""
@@ -392,7 +392,8 @@ OPTIONS: tuple[tuple[str, str, str, str], ...] = (
         "--cluster-secret-file",
         "CLUSTER_SECRET_FILE",
         "cluster_secret_file",
-        "controller and agents: the cluster secret (`companion cluster-secret` makes one; a Swarm secret)",
+        "the controller secret (controller) or the agent secret (agent), made by `companion cluster-secret`; "
+        "empty: /run/secrets/companion_controller or /run/secrets/companion_agent",
     ),
     (
         "--controller-url",

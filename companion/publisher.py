@@ -5,6 +5,12 @@ certificate files they name) into a bundle and makes it the current generation; 
 over mutual TLS (`ClusterServer`), apply it to their own nginx and report back what they applied and
 their last error. The publisher keeps one entry per node: what the status page, `companion certs` and
 `companion explain` show. ACME tokens are served to agents here too, so every node answers HTTP-01.
+
+A node's name is the one in its node certificate (cluster.py), never one a request claims: the shared
+agent credential may only ask for a node certificate (`POST /v1/enroll`), which is issued while no other
+key holds that name (NODE_HOLD) and only for up to MAX_NODES names. The bindings are kept in the certs
+volume (`companion/cluster-nodes.json`), and count as just heard from when the controller starts, so that
+a restart does not open a window in which another key could take a live node's name.
 """
 
 from __future__ import annotations
@@ -24,13 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from . import bundle, cluster, status
 from .certs import PEM_MAX_BYTES
 from .config import parse_nginx_version
 from .httpserve import CappedServer
 from .logsafe import printable
 from .nginx import ApplyResult
-from .safefiles import UnsafeFile, read_regular, resolve_inside
+from .safefiles import UnsafeFile, read_regular, real_dir, resolve_inside, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,10 @@ UP_AFTER = LONG_POLL + 10.0  # a node not heard from for longer is shown as away
 CHALLENGE_PREFIX = "/v1/challenge/"
 SELF_CHECK_WAIT = 10.0
 CHALLENGE_RELAY_PORT = 8079  # on 127.0.0.1 in each agent's container: its nginx passes ACME tokens there
+MAX_NODES = 128  # node names bound at once: a holder of the agent secret cannot flood the status page
+NODE_HOLD = 600.0  # seconds a node name stays bound to its key after that key was last heard from
+BINDINGS_FILE = "companion/cluster-nodes.json"
+ENROLL_PATH = "/v1/enroll"
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,48 @@ class ClusterPublisher:
         self._bundle: bundle.Bundle | None = None
         self._body = b""
         self._nodes: dict[str, _Node] = {}
+        started = time.time()
+        self._keys = {name: (key, started) for name, key in self._load_bindings().items()}  # name -> (key, heard)
+
+    # -- which key speaks for which node ------------------------------------------------------------
+
+    def bind(self, node: str, key: str) -> str:
+        """Bind `node` to the key `key` (a fingerprint), or say why not ('' when it is bound to it now)."""
+        now = time.time()
+        with self._changed:
+            held = self._keys.get(node)
+            if held is not None and held[0] != key and now - held[1] <= NODE_HOLD:
+                return f"node name {node} is held by another key (heard from {now - held[1]:.0f}s ago)"
+            if held is None:
+                for name, (_, heard) in list(self._keys.items()):
+                    if now - heard > NODE_HOLD:  # its status entry goes with it: names cannot pile up
+                        del self._keys[name]
+                        self._nodes.pop(name, None)
+                if len(self._keys) >= MAX_NODES:
+                    return f"{MAX_NODES} node names are bound already"
+            changed = held is None or held[0] != key
+            self._keys[node] = (key, now)
+            if changed:
+                self._save_bindings({name: bound for name, (bound, _) in self._keys.items()})
+        if changed:
+            log.info("node %s bound to key %s", node, key[:16])
+        return ""
+
+    def _load_bindings(self) -> dict[str, str]:
+        try:
+            value = json.loads(read_regular(Path(self.certs_dir) / BINDINGS_FILE, 1024 * 1024))
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(value, dict):
+            return {}
+        return {k: v for k, v in value.items() if isinstance(v, str) and NODE_NAME.fullmatch(k)}
+
+    def _save_bindings(self, bindings: dict[str, str]) -> None:
+        try:
+            real_dir(Path(self.certs_dir), "companion")
+            write_atomic(Path(self.certs_dir) / BINDINGS_FILE, json.dumps(bindings, indent=1) + "\n", mode=0o600)
+        except OSError as exc:
+            log.error("cannot save %s: %s", BINDINGS_FILE, exc.strerror or exc)
 
     # -- the applier side (the loop) --------------------------------------------------------------
 
@@ -196,21 +251,36 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "companion"
     sys_version = ""
     protocol_version = "HTTP/1.1"
+    peer: x509.Certificate
 
     def setup(self) -> None:
         self.request.settimeout(HANDSHAKE_TIMEOUT)
         self.request.do_handshake()  # in this thread: a slow client never holds up the others
         self.request.settimeout(self.timeout)
+        # The handshake verified it against the cluster CA; its role and name decide what it may ask.
+        self.peer = x509.load_der_x509_certificate(self.request.getpeercert(binary_form=True))
         super().setup()
 
-    def _node(self, query: dict[str, list[str]]) -> str | None:
-        names = query.get("node", [])
-        return names[0] if len(names) == 1 and NODE_NAME.fullmatch(names[0]) else None
+    def _node(self) -> str | None:
+        """The node this request speaks for, from its node certificate; None once refused (answer sent)."""
+        role, name = cluster.role_of(self.peer), cluster.common_name(self.peer)
+        if role != cluster.ROLE_NODE or not NODE_NAME.fullmatch(name):
+            self._send(403, f"a node certificate is needed (enrol with POST {ENROLL_PATH})\n".encode(), "text/plain")
+            return None
+        reason = self.server.publisher.bind(name, cluster.fingerprint(self.peer.public_key()))
+        if reason:
+            log.warning("refused a request for node %s from %s: %s", name, self.client_address[0], reason)
+            self._send(403, (reason + "\n").encode(), "text/plain")
+            return None
+        return name
 
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query, max_num_fields=4)
         publisher = self.server.publisher
+        node = self._node()
+        if node is None:
+            return
         if url.path.startswith(CHALLENGE_PREFIX):
             content = publisher.challenge(url.path[len(CHALLENGE_PREFIX) :])
             if content is None:
@@ -218,10 +288,9 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, content, "text/plain")
             return
-        node = self._node(query)
         nonce = self.headers.get(cluster.NONCE_HEADER, "")
-        if url.path != "/v1/bundle" or node is None or not 16 <= len(nonce) <= 128:
-            self._send(400, b"expected /v1/bundle?node=NAME&have=GENERATION with a nonce\n", "text/plain")
+        if url.path != "/v1/bundle" or not 16 <= len(nonce) <= 128:
+            self._send(400, b"expected /v1/bundle?have=GENERATION with a nonce\n", "text/plain")
             return
         publisher.seen(node, self.client_address[0])
         have = query.get("have", [""])[0]
@@ -234,21 +303,29 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(304, b"", "application/json")
             return
         _, body = newer
-        signature = cluster.sign(self.server.secret, nonce, body)
-        self._send(200, body, "application/json", {cluster.SIGNATURE_HEADER: signature})
+        self._send(200, body, "application/json", cluster.sign(self.server.secret, nonce, body))
 
-    def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        node = self._node(parse_qs(url.query, max_num_fields=4))
+    def _body(self, limit: int) -> bytes | None:
         try:
             length = int(self.headers.get("Content-Length", "-1"))
         except ValueError:
             length = -1
-        if url.path != "/v1/report" or node is None or not 0 <= length <= REPORT_MAX_BYTES:
-            self._send(400, b"expected /v1/report?node=NAME with a JSON body\n", "text/plain")
+        return self.rfile.read(length) if 0 <= length <= limit else None
+
+    def do_POST(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == ENROLL_PATH:
+            self._enroll(parse_qs(url.query, max_num_fields=4).get("node", []))
+            return
+        node = self._node()
+        if node is None:
+            return
+        data = self._body(REPORT_MAX_BYTES)
+        if url.path != "/v1/report" or data is None:
+            self._send(400, b"expected /v1/report with a JSON body\n", "text/plain")
             return
         try:
-            value = json.loads(self.rfile.read(length))
+            value = json.loads(data)
         except ValueError:
             value = None
         if not isinstance(value, dict):
@@ -257,11 +334,36 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.publisher.report(node, self.client_address[0], value)
         self._send(204, b"", "text/plain")
 
+    def _enroll(self, names: list[str]) -> None:
+        """A node certificate for the key in the request, if that node name is free or already this key's."""
+        if cluster.role_of(self.peer) != cluster.ROLE_AGENT:
+            self._send(403, b"enrolment needs the agent secret's certificate\n", "text/plain")
+            return
+        data = self._body(cluster.CSR_MAX_BYTES)
+        if len(names) != 1 or not NODE_NAME.fullmatch(names[0]) or data is None:
+            self._send(400, f"expected {ENROLL_PATH}?node=NAME with a CSR\n".encode(), "text/plain")
+            return
+        try:
+            key = cluster.requested_key(data)
+        except cluster.Refused as exc:
+            self._send(400, f"{exc}\n".encode(), "text/plain")
+            return
+        reason = self.server.publisher.bind(names[0], cluster.fingerprint(key))
+        if reason:
+            log.warning("refused to enrol node %s from %s: %s", names[0], self.client_address[0], reason)
+            self._send(409, (reason + "\n").encode(), "text/plain")
+            return
+        cert = cluster.issue_node_cert(self.server.secret, names[0], key)
+        self._send(200, cert.public_bytes(serialization.Encoding.PEM), "application/x-pem-file")
+
     def _send(self, code: int, data: bytes, kind: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Cache-Control", "no-store")
+        if code >= 400:  # a refused request's body may be unread: never take it for the next request
+            self.send_header("Connection", "close")
+            self.close_connection = True
         for name, value in (extra or {}).items():
             self.send_header(name, value)
         self.end_headers()
@@ -275,7 +377,7 @@ class _Handler(BaseHTTPRequestHandler):
 class ClusterServer(CappedServer):
     """Mutual TLS: a client without a certificate from the cluster CA is refused in the handshake."""
 
-    def __init__(self, address: tuple[str, int], publisher: ClusterPublisher, secret: cluster.ClusterSecret) -> None:
+    def __init__(self, address: tuple[str, int], publisher: ClusterPublisher, secret: cluster.ControllerSecret) -> None:
         self.publisher = publisher
         self.secret = secret
         self.long_poll = LONG_POLL
@@ -288,9 +390,12 @@ class ClusterServer(CappedServer):
 
 
 def start_cluster_server(
-    listen: tuple[str, int], publisher: ClusterPublisher, secret: cluster.ClusterSecret
+    listen: tuple[str, int], publisher: ClusterPublisher, secret: cluster.ControllerSecret
 ) -> ClusterServer:
     server = ClusterServer(listen, publisher, secret)
     threading.Thread(target=server.serve_forever, name="cluster", daemon=True).start()
-    log.info("agents are served on https://%s:%d/ (mutual TLS with the cluster secret)", *listen)
+    log.info(
+        "agents are served on https://%s:%d/ (mutual TLS, node certificates)",
+        *listen,
+    )
     return server

@@ -29,10 +29,10 @@ import docker
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from companion import cluster
+from companion import cluster, publisher
 from tests.infra.agent import AgentContainer, NoLocalNginx, ensure_agent_image, wait_serving
 from tests.infra.appimage import AppRunner
 from tests.infra.companion import Companion, wait_for
@@ -49,7 +49,8 @@ class Cluster:
     agents: list[AgentContainer]
     network: str
     gateway: str
-    secret_file: Path
+    secret_file: Path  # the agent secret, which every node holds
+    controller_secret: cluster.ControllerSecret
     cluster_port: int
     status_port: int
     workdir: Path
@@ -88,15 +89,18 @@ def cluster_setup(docker_client: docker.DockerClient, tmp_path_factory: pytest.T
     network = docker_client.networks.create(f"ctest-agents-{uuid.uuid4().hex[:6]}", driver="bridge")
     network.reload()
     gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-    secret_file = workdir / "cluster.pem"
-    secret_file.write_text(cluster.new_secret())
+    made = cluster.new_secrets()
+    secret_file, controller_secret_file = workdir / "companion_agent", workdir / "companion_controller"
+    secret_file.write_text(made.agent.text())
     os.chmod(secret_file, 0o644)  # the agent runs as root in its container; a Swarm secret is 0444 there too
+    controller_secret_file.write_text(made.text())
+    os.chmod(controller_secret_file, 0o600)
     cluster_port, status_port = free_port(), free_port()
     controller = Companion(
         NoLocalNginx(conf_dir=Path("/etc/nginx/conf.d")),  # type: ignore[arg-type]
         workdir / "controller",
         CLUSTER_LISTEN=f"{gateway}:{cluster_port}",
-        CLUSTER_SECRET_FILE=str(secret_file),
+        CLUSTER_SECRET_FILE=str(controller_secret_file),
         STATUS_LISTEN=f"127.0.0.1:{status_port}",
         ALLOWED_DOMAINS=f"*.{DOMAIN}",
     )
@@ -106,6 +110,7 @@ def cluster_setup(docker_client: docker.DockerClient, tmp_path_factory: pytest.T
         network.name,
         gateway,
         secret_file,
+        made,
         cluster_port,
         status_port,
         workdir / "controller",
@@ -228,6 +233,7 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
         with urllib.request.urlopen(f"http://127.0.0.1:{cluster_setup.status_port}/", timeout=3) as answer:
             page = answer.read().decode()
         assert "node-b" in page and "nginx rejected the new configuration" in page and "behind" in page
+        assert "the node certificate its agent presented" in page  # which identity is proven
         certs = cluster_setup.controller.cli("certs")
         row = next(line for line in certs.stdout.splitlines() if line.startswith("node-b"))
         assert "(behind)" in row and "nginx rejected" in row, certs.stdout
@@ -297,18 +303,18 @@ def test_without_the_cluster_secret_an_agent_gets_nothing(cluster_setup: Cluster
         cluster_setup.gateway, cluster_setup.cluster_port, context=context, timeout=5
     )
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException)):
-        connection.request("GET", "/v1/bundle?node=intruder&have=", headers={cluster.NONCE_HEADER: "x" * 20})
+        connection.request("GET", "/v1/bundle?have=", headers={cluster.NONCE_HEADER: "x" * 20})
         connection.getresponse().read()
     connection.close()
     # An agent holding another cluster's secret, and one holding none.
-    other = tmp_path / "other.pem"
-    other.write_text(cluster.new_secret())
+    other = tmp_path / "other.json"
+    other.write_text(cluster.new_secrets().agent.text())
     os.chmod(other, 0o644)
     stranger = cluster_setup.make_agent("stranger", other).start()
     lacking = cluster_setup.make_agent("lacking", None).start()
     try:
         assert lacking.exit_code() == 2
-        assert "cannot start the agent" in lacking.logs() and "/run/secrets/companion_cluster" in lacking.logs()
+        assert "cannot start the agent" in lacking.logs() and "/run/secrets/companion_agent" in lacking.logs()
         wait_for(lambda: "certificate verify failed" in stranger.logs(), what="the stranger's TLS failure")
         time.sleep(1)
         for agent in (stranger, lacking):
@@ -320,14 +326,19 @@ def test_without_the_cluster_secret_an_agent_gets_nothing(cluster_setup: Cluster
 
 
 class _TamperingRelay(ThreadingHTTPServer):
-    """A TLS relay holding a leaf from the cluster CA (TLS misconfigured, say) that alters bundles on the way."""
+    """A TLS-terminating relay in front of the controller, holding its server certificate and key but not its
+    bundle-signing key (a misconfigured proxy, say), that alters bundles on the way; upstream it is a node of
+    its own."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], upstream: tuple[str, int], secret: cluster.ClusterSecret) -> None:
+    def __init__(self, address: tuple[str, int], upstream: tuple[str, int], secret: cluster.ControllerSecret) -> None:
         self.upstream = upstream
-        self.client_context = cluster.client_context(secret, "relay")
-        self.context = cluster.server_context(secret, "relay")
+        key = ec.generate_private_key(ec.SECP256R1())
+        self.client_context = cluster.client_context(
+            secret.agent, cluster.issue_node_cert(secret, "relay", key.public_key()), key
+        )
+        self.context = cluster.server_context(secret)
         self.tampered = 0
         super().__init__(address, _RelayHandler)
 
@@ -353,7 +364,8 @@ class _RelayHandler(BaseHTTPRequestHandler):
             data = data.replace(b"proxy_pass", b"proxy_pazz", 1)  # same length, different meaning
             self.server.tampered += 1
         self.send_response(answer.status)
-        for name in ("Content-Type", cluster.SIGNATURE_HEADER):
+        signed = (cluster.SIGNATURE_HEADER, cluster.LENGTH_HEADER, cluster.DIGEST_HEADER)
+        for name in ("Content-Type", *signed):
             if answer.getheader(name):
                 self.send_header(name, answer.getheader(name))
         self.send_header("Content-Length", str(len(data)))
@@ -374,10 +386,11 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
     cluster_setup: Cluster, apps_on: Callable[[str], str]
 ) -> None:
     agent = cluster_setup.agents[0]
-    secret = cluster.load_secret(cluster_setup.secret_file)
     relay_port = free_port()
     relay = _TamperingRelay(
-        (cluster_setup.gateway, relay_port), (cluster_setup.gateway, cluster_setup.cluster_port), secret
+        (cluster_setup.gateway, relay_port),
+        (cluster_setup.gateway, cluster_setup.cluster_port),
+        cluster_setup.controller_secret,
     )
     threading.Thread(target=relay.serve_forever, daemon=True).start()
     try:
@@ -385,7 +398,7 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
         wait_serving([agent], f"prior.{DOMAIN}", kept)
         agent.restart(controller_url=f"https://{cluster_setup.gateway}:{relay_port}")
         fresh = apps_on("tampered")
-        wait_for(lambda: "signature does not match" in agent.logs(), what="the agent refusing the altered bundle")
+        wait_for(lambda: "not the one signed" in agent.logs(), what="the agent refusing the altered bundle")
         assert relay.tampered >= 1
         assert agent.body(f"prior.{DOMAIN}") == kept
         assert agent.body(f"tampered.{DOMAIN}") != fresh
@@ -395,6 +408,48 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
         agent.restart(controller_url=f"https://{cluster_setup.gateway}:{cluster_setup.cluster_port}")
         relay.shutdown()
     wait_serving([agent], f"tampered.{DOMAIN}", fresh)
+
+
+def test_a_rogue_controller_made_from_the_agent_secret_gets_no_agent_to_apply_anything(
+    cluster_setup: Cluster, apps_on: Callable[[str], str]
+) -> None:
+    """Everything a worker holds (the agent secret, its node's key and certificate) made into a controller that
+    publishes a configuration serving /run/secrets on port 80: the agent refuses it in the TLS handshake (the
+    controller's certificate is pinned) and keeps its last good."""
+    victim = cluster_setup.agents[1]
+    kept = apps_on("loyal")
+    wait_serving([victim], f"loyal.{DOMAIN}", kept)
+    worker = cluster.load_agent_secret(str(cluster_setup.secret_file))
+    node_key = serialization.load_pem_private_key((victim.state_dir / "node-key.pem").read_bytes(), password=None)
+    node_cert = x509.load_pem_x509_certificate((victim.state_dir / "node-cert.pem").read_bytes())
+    assert isinstance(node_key, ec.EllipticCurvePrivateKey)
+    evil = "server {\n    listen 80 default_server;\n    location / { alias /run/secrets/; autoindex on; }\n}\n"
+    rogues = []
+    for cert, key in ((worker.enroll_cert, worker.enroll_key), (node_cert, node_key)):
+        forged = cluster.ControllerSecret(
+            worker.ca_cert, ec.generate_private_key(ec.SECP256R1()), cert, key,
+            ed25519.Ed25519PrivateKey.generate(), worker,
+        )  # fmt: skip
+        pub = publisher.ClusterPublisher(
+            "/etc/nginx/conf.d", str(cluster_setup.controller.certs_dir), "/nonexistent", 80
+        )
+        pub.apply({"companion.conf": evil})
+        rogues.append(publisher.start_cluster_server((cluster_setup.gateway, free_port()), pub, forged))
+    try:
+        for rogue in rogues:
+            victim.restart(controller_url=f"https://{cluster_setup.gateway}:{rogue.server_address[1]}")
+            wait_for(lambda: "certificate verify failed" in victim.logs(), what="the agent refusing the rogue")
+            time.sleep(1.5)  # time for a second attempt too
+            assert rogue.publisher.nodes() == ()  # no request got past the handshake
+            assert "alias /run/secrets" not in (victim.conf_dir / "companion.conf").read_text()
+            assert victim.body(f"loyal.{DOMAIN}") == kept
+            assert "enroll_key" not in victim.body("anything.invalid", "/companion_agent")
+    finally:
+        for rogue in rogues:
+            rogue.shutdown()
+            rogue.server_close()
+        victim.restart(controller_url=f"https://{cluster_setup.gateway}:{cluster_setup.cluster_port}")
+    wait_serving([victim], f"loyal.{DOMAIN}", kept)
 
 
 def test_every_node_answers_http01_and_serves_the_issued_certificate(

@@ -11,12 +11,14 @@ Requests go from the host to each node's address (ports 80/443 published in host
 from __future__ import annotations
 
 import hashlib
+import json
 import ssl
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -241,14 +243,14 @@ def test_an_agent_with_another_clusters_secret_gets_nothing_from_the_deployed_co
 ) -> None:
     """tests/test_agent.py covers the channel's refusals on one host; here the stack's own controller, found
     by its service name on the overlay, refuses a stranger (the nodes share the host's files: a bind mount)."""
-    other = tmp_path_factory.mktemp("stranger") / "other.pem"
-    other.write_text(cluster.new_secret())
+    other = tmp_path_factory.mktemp("stranger") / "other.json"
+    other.write_text(cluster.new_secrets().agent.text())
     other.chmod(0o644)
     image = stage.stack.env["NGINX_IMAGE"]
     name = f"stranger-{SUFFIX}"
     stage.nodes.docker(
         1, "run", "-d", "--name", name, "--network", stage.stack.network,
-        "-v", f"{other}:/run/secrets/companion_cluster:ro",
+        "-v", f"{other}:/run/secrets/companion_agent:ro",
         "-e", "CONTROLLER_URL=https://companion:8443", "-e", "NODE_NAME=stranger", image, "agent",
     )  # fmt: skip
     try:
@@ -261,3 +263,125 @@ def test_an_agent_with_another_clusters_secret_gets_nothing_from_the_deployed_co
         assert files.stdout.split() == []
     finally:
         stage.nodes.docker(1, "rm", "-fv", name, check=False)
+
+
+ATTACK = r"""
+# Run in a container on the stack's overlay with what worker node 2 holds in /loot: its agent secret, its
+# node key and node certificate. Prints one RESULTS line, then serves as a rogue controller on :8443.
+import http.client, json, time
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from companion import cluster, publisher
+
+loot = Path("/loot")
+worker = cluster.load_agent_secret("/loot/companion_agent")
+key = serialization.load_pem_private_key((loot / "node-key.pem").read_bytes(), password=None)
+cert = x509.load_pem_x509_certificate((loot / "node-cert.pem").read_bytes())
+enrol = cluster.client_context(worker, worker.enroll_cert, worker.enroll_key)
+mine = cluster.client_context(worker, cert, key)
+
+def ask(context, method, path, body=None):
+    connection = http.client.HTTPSConnection("companion", 8443, context=context, timeout=10)
+    try:
+        connection.request(method, path, body=body, headers={cluster.NONCE_HEADER: "n" * 24})
+        answer = connection.getresponse()
+        return [answer.status, answer.read(1 << 20).decode(errors="replace")]
+    except Exception as exc:
+        return [0, f"{type(exc).__name__}: {exc}"]
+    finally:
+        connection.close()
+
+other = ec.generate_private_key(ec.SECP256R1())
+results = {
+    "report as swn1 (enrolment certificate)": ask(enrol, "POST", "/v1/report?node=swn1", b'{"error": "forged"}'),
+    "bundle as swn3 (enrolment certificate)": ask(enrol, "GET", "/v1/bundle?node=swn3&have=&wait=0"),
+    "enrol swn1 with a new key": ask(enrol, "POST", "/v1/enroll?node=swn1", cluster.node_request(other, "swn1")),
+    "challenge path traversal": ask(mine, "GET", "/v1/challenge/..%2F..%2F..%2Frun%2Fsecrets%2Fcompanion_controller"),
+    "bundle with its own certificate": ask(mine, "GET", "/v1/bundle?node=swn1&have=&wait=0"),
+}
+print("RESULTS " + json.dumps(results), flush=True)
+forged = cluster.ControllerSecret(
+    worker.ca_cert, ec.generate_private_key(ec.SECP256R1()), cert, key, ed25519.Ed25519PrivateKey.generate(), worker
+)
+rogue = publisher.ClusterPublisher("/etc/nginx/conf.d", "/etc/letsencrypt", "/nonexistent", 80)
+rogue.apply({"companion.conf": "server { listen 80 default_server; location / { alias /run/secrets/; } }\n"})
+publisher.start_cluster_server(("0.0.0.0", 8443), rogue, forged)
+print("ROGUE LISTENING", flush=True)
+while True:
+    time.sleep(1)
+"""
+
+
+def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_controllers_keys(
+    stage: Stage, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Everything worker node 2 holds (the agent secret from its task, its node key and certificate from its state
+    volume) in a container on the stack's overlay: the controller refuses it for other nodes' names, a rogue
+    controller made of it gets no agent to apply anything, and none of the controller's keys is in reach."""
+    worker, victim_node = 2, 3
+    (task,) = stage.stack.containers(worker, "nginx")
+    assert stage.nodes.docker(worker, "exec", task, "ls", "/run/secrets").stdout.split() == ["companion_agent"]
+    loot = tmp_path_factory.mktemp("loot")
+    for path in (
+        "/run/secrets/companion_agent",
+        "/var/lib/companion-agent/node-key.pem",
+        "/var/lib/companion-agent/node-cert.pem",
+    ):
+        (loot / Path(path).name).write_text(stage.nodes.docker(worker, "exec", task, "cat", path).stdout)
+    (loot / "attack.py").write_text(ATTACK)
+    for file in loot.iterdir():
+        file.chmod(0o644)
+    image = stage.stack.env["NGINX_IMAGE"]
+    attacker, victim = f"attacker-{SUFFIX}", f"victim-{SUFFIX}"
+    stage.nodes.docker(
+        worker, "run", "-d", "--name", attacker, "--network", stage.stack.network, "-v", f"{loot}:/loot:ro",
+        "--entrypoint", "python3", image, "/loot/attack.py",
+    )  # fmt: skip
+    try:
+        logs = wait_for(
+            lambda: (
+                "ROGUE LISTENING" in (text := _output(stage.nodes.docker(worker, "logs", attacker, check=False)))
+                and text
+            ),
+            60,
+            what="the attacker's results",
+        )
+        results = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULTS "))[8:])
+        print("attacker with worker 2's credential:", {k: v[0] for k, v in results.items()})
+        assert results["report as swn1 (enrolment certificate)"][0] == 403, results
+        assert results["bundle as swn3 (enrolment certificate)"][0] == 403, results
+        assert results["enrol swn1 with a new key"][0] == 409, results
+        assert results["challenge path traversal"][0] == 404, results
+        assert results["bundle with its own certificate"][0] == 200, results  # it is node 2: what node 2 gets
+        # None of the controller's private keys is in what the worker holds or what it got.
+        (controller,) = stage.stack.containers(1, "companion")
+        held = stage.nodes.docker(1, "exec", controller, "cat", "/run/secrets/companion_controller").stdout
+        private = [value for name, value in json.loads(held).items() if name in ("ca_key", "server_key", "sign_key")]
+        seen = "".join(file.read_text() for file in loot.iterdir()) + json.dumps(results)
+        assert len(private) == 3 and not any(key.strip().splitlines()[1] in seen for key in private)
+        # Node 3 as the rogue's victim: an agent holding the real agent secret, pointed at the rogue.
+        stage.nodes.docker(
+            victim_node, "run", "-d", "--name", victim, "--network", stage.stack.network,
+            "-v", f"{loot / 'companion_agent'}:/run/secrets/companion_agent:ro",
+            "-e", f"CONTROLLER_URL=https://{attacker}:8443", "-e", "NODE_NAME=victim", image, "agent",
+        )  # fmt: skip
+        wait_for(
+            lambda: (
+                "certificate verify failed" in _output(stage.nodes.docker(victim_node, "logs", victim, check=False))
+            ),
+            30,
+            what="the victim refusing the rogue controller",
+        )
+        time.sleep(1)
+        files = stage.nodes.docker(
+            victim_node, "exec", victim, "find", "/etc/nginx/conf.d", "/etc/letsencrypt", "-type", "f"
+        )
+        assert files.stdout.split() == []
+        # The controller's view: each node is itself, none carries the forged error, no other name appeared.
+        table = wait_for(lambda: _current_nodes(stage), 30, what="every node current in `companion certs`")
+        assert "forged" not in table and "victim" not in table, table
+    finally:
+        stage.nodes.docker(worker, "rm", "-fv", attacker, check=False)
+        stage.nodes.docker(victim_node, "rm", "-fv", victim, check=False)

@@ -23,7 +23,7 @@ from .e2e import load_build
 from .nginx import http_get
 
 STATE_DIR = "/var/lib/companion-agent"
-SECRET_PATH = "/run/secrets/companion_cluster"
+SECRET_PATH = "/run/secrets/companion_agent"  # the agent secret, where the stack file puts it
 
 
 def ensure_agent_image(client: docker.DockerClient) -> str:

@@ -1,9 +1,9 @@
 """The repository's docker-stack.yml deployed on the test Swarm (tests/infra/swarm.py), as a user would.
 
 `docker stack deploy -c docker-stack.yml [-c extra.yml] NAME` on the manager with the images pointed at local
-tags and the manager's socket at its path on this machine (nodes share the host's filesystem). The cluster
-secret is made with `companion cluster-secret`, as the stack file's header says. ``remove()`` takes down
-the stack, waits for its containers to be gone on every node, and removes its volumes and secret.
+tags and the manager's socket at its path on this machine (nodes share the host's filesystem). The cluster's
+two secrets are made with `companion cluster-secret --create`, as the stack file's header says. ``remove()``
+takes down the stack, waits for its containers to be gone on every node, and removes its volumes and secrets.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from .swarm import SwarmNodes
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_FILE = REPO / "docker-stack.yml"
-SECRET = "companion_cluster"
+SECRETS = ("companion_controller", "companion_agent")
 
 
 def swarm_time(stamp: str) -> float:
@@ -44,12 +44,9 @@ class Stack:
         return f"{self.name}_{role}"
 
     def deploy(self) -> Stack:
-        secret = subprocess.run(
-            [sys.executable, "-m", "companion", "cluster-secret"], capture_output=True, check=True, timeout=60
-        ).stdout
         subprocess.run(
-            ["docker", "-H", self.nodes.socket(1), "secret", "create", SECRET, "-"],
-            input=secret, capture_output=True, check=True, timeout=60,
+            [sys.executable, "-m", "companion", "cluster-secret", "--create"],
+            env={**os.environ, "DOCKER_HOST": self.nodes.socket(1)}, capture_output=True, check=True, timeout=60,
         )  # fmt: skip
         files = [arg for path in (STACK_FILE, *self.extra_files) for arg in ("-c", str(path))]
         subprocess.run(
@@ -97,9 +94,8 @@ class Stack:
         label = f"label=com.docker.stack.namespace={self.name}"
         found = [f"service {s}" for s in self.nodes.docker(1, "service", "ls", "-q", "--filter", label).stdout.split()]
         found += [f"secret {s}" for s in self.nodes.docker(1, "secret", "ls", "-q", "--filter", label).stdout.split()]
-        found += [f"secret {SECRET}"] * bool(
-            self.nodes.docker(1, "secret", "ls", "-q", "-f", f"name={SECRET}").stdout.split()
-        )
+        names = self.nodes.docker(1, "secret", "ls", "--format", "{{.Name}}").stdout.split()
+        found += [f"secret {name}" for name in SECRETS if name in names]
         found += [f"network {self.network}"] * (
             self.network in self.nodes.docker(1, "network", "ls", "--format", "{{.Name}}").stdout.split()
         )
@@ -130,7 +126,7 @@ class Stack:
             volumes = self.nodes.docker(n, "volume", "ls", "-q", "--filter", label, check=False).stdout.split()
             if volumes:
                 self.nodes.docker(n, "volume", "rm", "-f", *volumes, check=False)
-        self.nodes.docker(1, "secret", "rm", SECRET, check=False)
+        self.nodes.docker(1, "secret", "rm", *SECRETS, check=False)
         network = ["network", "ls", "-q", "--filter", f"name={self.network}"]
         while self.nodes.docker(1, *network, check=False).stdout.split():
             if time.monotonic() > deadline:
