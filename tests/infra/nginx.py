@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import shlex
 import shutil
@@ -12,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import logging
 import time
 from email.message import Message
 from pathlib import Path
