@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = str(ROOT / "bench")
 # Run as ``python bench/x.py`` the bench folder is sys.path[0]; our acme.py/render.py must not shadow the
-# real ``acme`` package (certbot) or anything else, and ``tests.infra`` must import from the repo root.
+# real ``acme`` package (certbot) or anything else, and ``tests.harness`` must import from the repo root.
 sys.path[:] = [p for p in sys.path if p != BENCH]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))

@@ -23,11 +23,11 @@ from pathlib import Path
 
 from _common import Fleet, median, percentile, sigterm_as_exit
 
-from tests.infra.appimage import ensure_app_image
-from tests.infra.companion import Companion
-from tests.infra.dockerd import ensure_dockerd
-from tests.infra.nginx import HostNginx
-from tests.infra.pebble import Pebble
+from tests.harness.appimage import ensure_app_image
+from tests.harness.companion import Companion
+from tests.harness.dockerd import ensure_dockerd
+from tests.harness.nginx import HostNginx
+from tests.harness.pebble import Pebble
 
 LINE_RE = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ [\w.]+: "
 ISSUED_RE = re.compile(LINE_RE + r"certificate (\S+): issued for ", re.M)

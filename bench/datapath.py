@@ -27,8 +27,8 @@ from companion import certs, plan
 from companion.config import parse_nginx_version
 from companion.model import ContainerInfo
 from companion.render import HTTP2_DIRECTIVE_SINCE, RenderOptions, render
-from tests.infra.nginx import HostNginx
-from tests.infra.ports import free_port, wait_tcp
+from tests.harness.nginx import HostNginx
+from tests.harness.ports import free_port, wait_tcp
 
 HOST = "bench.test"
 TARGET_RATIO = 0.95  # generated ÷ reference, requests per second

@@ -1,6 +1,6 @@
 """DNS-01 issuance time beside HTTP-01 in the same run: one certificate at a time through the companion.
 
-Starts a private nginx, a private BIND 9 (tests/infra/bind.py: the run's zone, TSIG-signed updates, and a
+Starts a private nginx, a private BIND 9 (tests/harness/bind.py: the run's zone, TSIG-signed updates, and a
 `*` A record to 127.0.0.1 so HTTP-01 resolves too), Pebble asking that BIND for every name (nonce rejection
 off, PEBBLE_VA_NOSLEEP=1) and `companion run` with ACME_DNS_PLUGIN=dns-rfc2136 and the propagation wait at
 its minimum (ACME_DNS_PROPAGATION_SECONDS=0). A warm-up HTTP-01 certificate registers the ACME account;
@@ -23,12 +23,12 @@ from pathlib import Path
 
 from _common import Fleet, median, sigterm_as_exit
 
-from tests.infra.appimage import ensure_app_image
-from tests.infra.bind import Bind
-from tests.infra.companion import Companion, wait_for
-from tests.infra.dockerd import ensure_dockerd
-from tests.infra.nginx import HostNginx
-from tests.infra.pebble import Pebble
+from tests.harness.appimage import ensure_app_image
+from tests.harness.bind import Bind
+from tests.harness.companion import Companion, wait_for
+from tests.harness.dockerd import ensure_dockerd
+from tests.harness.nginx import HostNginx
+from tests.harness.pebble import Pebble
 
 LINE_RE = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ [\w.]+: "
 

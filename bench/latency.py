@@ -28,10 +28,10 @@ from pathlib import Path
 from _common import RUN_LABEL, Fleet, median, ms, percentile, sigterm_as_exit, verdict
 
 from companion import controller
-from tests.infra.appimage import ensure_app_image
-from tests.infra.companion import Companion
-from tests.infra.dockerd import ensure_dockerd
-from tests.infra.nginx import HostNginx
+from tests.harness.appimage import ensure_app_image
+from tests.harness.companion import Companion
+from tests.harness.dockerd import ensure_dockerd
+from tests.harness.nginx import HostNginx
 
 TARGET_P50, TARGET_P95 = 0.250, 0.750
 TARGET_BURST_RELOADS = 3

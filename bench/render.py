@@ -34,8 +34,8 @@ from companion import certs, plan
 from companion.config import parse_nginx_version
 from companion.model import ContainerInfo
 from companion.render import RenderOptions, render
-from tests.infra.nginx import HostNginx
-from tests.infra.ports import free_port
+from tests.harness.nginx import HostNginx
+from tests.harness.ports import free_port
 
 TARGET_RENDER_1000 = 0.050  # seconds: plan + render for 1,000 sites
 TARGET_CHECK_RATIO = 1.3  # nginx -t of the generated config over the direct-address baseline, at 10,000 sites

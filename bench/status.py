@@ -22,7 +22,7 @@ from companion.controller import Controller
 from companion.docker import Snapshot
 from companion.nginx import NginxControl
 from companion.statusserver import StatusServer
-from tests.infra.ports import free_port
+from tests.harness.ports import free_port
 
 POLL_EVERY = 0.1
 PATHS = ("/", "/status.json", "/metrics")

@@ -1,4 +1,4 @@
-"""Service start -> routable on a real 3-node Swarm (tests/infra/swarm.py), through the manager's nginx.
+"""Service start -> routable on a real 3-node Swarm (tests/harness/swarm.py), through the manager's nginx.
 
 1. Brings the nodes up (reused when already up; removed at the end unless --keep-nodes), loads the test
    app and nginx images into every node, creates an attachable overlay, starts nginx as a container on
@@ -27,14 +27,14 @@ from _common import median, ms, percentile, sigterm_as_exit
 from docker.types import ContainerSpec, EndpointSpec, NetworkAttachmentConfig, Placement, TaskTemplate
 
 from companion import controller
-from tests.infra.agent import ensure_agent_image, ensure_companion_image
-from tests.infra.appimage import ensure_app_image
-from tests.infra.companion import Companion
-from tests.infra.dockerd import ensure_dockerd
-from tests.infra.nginx import http_get
-from tests.infra.nginxcontainer import NginxContainer, ensure_nginx_image
-from tests.infra.stack import Stack, swarm_time
-from tests.infra.swarm import SwarmNodes
+from tests.harness.agent import ensure_agent_image, ensure_companion_image
+from tests.harness.appimage import ensure_app_image
+from tests.harness.companion import Companion
+from tests.harness.dockerd import ensure_dockerd
+from tests.harness.nginx import http_get
+from tests.harness.nginxcontainer import NginxContainer, ensure_nginx_image
+from tests.harness.stack import Stack, swarm_time
+from tests.harness.swarm import SwarmNodes
 
 POLL = 0.005
 TARGET_P50, TARGET_P95 = 1.0, 2.0  # seconds; Swarm's own scheduling and task start are inside

@@ -19,7 +19,7 @@ import pytest
 import urllib3
 from docker.models.containers import Container
 
-from tests.infra.e2e import load_build
+from tests.harness.e2e import load_build
 
 pytestmark = pytest.mark.e2e
 

@@ -32,10 +32,10 @@ import requests
 from cryptography import x509
 from docker.models.containers import Container
 
-from tests.infra.acmecompanion import TestCA, write_layout
-from tests.infra.compose import ComposeProject, free_subnet
-from tests.infra.e2e import load_build, wait_for
-from tests.infra.ports import free_port
+from tests.harness.acmecompanion import TestCA, write_layout
+from tests.harness.compose import ComposeProject, free_subnet
+from tests.harness.e2e import load_build, wait_for
+from tests.harness.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -36,8 +36,8 @@ from cryptography import x509
 from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.infra.compose import free_subnet
-from tests.infra.e2e import load_build, wait_for
+from tests.harness.compose import free_subnet
+from tests.harness.e2e import load_build, wait_for
 
 pytestmark = pytest.mark.e2e
 

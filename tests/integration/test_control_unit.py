@@ -1,0 +1,218 @@
+"""The control socket without Docker, nginx or ports: the rate limit (pure, clock injected), the peer check,
+and the cap, deadline and limit of a real unix socket in front of a real AcmeManager."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from companion import service
+from companion.acme import AcmeManager
+from companion.config import Settings
+from companion.control import peer_problem, start_control_server
+from companion.orderlimit import OrderLimit
+from tests.harness.companion import wait_for
+from tests.integration.test_acme_unit import make_lineage
+
+NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the rate limit, pure --------------------------------------------------------------------------
+
+
+def test_one_order_per_certificate_per_interval_and_the_refusal_says_when() -> None:
+    clock = Clock()
+    limit = OrderLimit(interval=3600, per_hour=20, clock=clock)
+    assert limit.next_allowed("a.test") is None
+    limit.record("a.test")
+    assert limit.next_allowed("a.test") == NOW + 3600
+    assert limit.next_allowed("b.test") is None  # another certificate has its own turn
+    assert limit.refusal("a.test") == (
+        "refused: next order of a.test allowed at 2030-01-01 01:00:00 UTC (`companion renew` may order each "
+        "certificate once every 60 min, 20 in all per hour)"
+    )
+    clock.now += 3599
+    assert limit.next_allowed("a.test") == NOW + 3600
+    clock.now += 1
+    assert limit.next_allowed("a.test") is None and limit.refusal("a.test") == ""
+
+
+def test_orders_in_all_are_capped_per_sliding_hour() -> None:
+    clock = Clock()
+    limit = OrderLimit(interval=60, per_hour=3, clock=clock)
+    for minute, name in enumerate(("a", "b", "c")):
+        clock.now = NOW + 600 * minute  # at 0, 10 and 20 minutes
+        assert limit.next_allowed(name) is None
+        limit.record(name)
+    clock.now = NOW + 1800
+    assert limit.next_allowed("d") == NOW + 3600  # the first of the three leaves the hour
+    assert limit.next_allowed("a") == NOW + 3600  # both limits hold; the later one is the answer
+    clock.now = NOW + 3600
+    assert limit.next_allowed("d") is None
+    limit.record("d")
+    assert limit.next_allowed("e") == NOW + 600 + 3600
+
+
+# -- the peer check, pure --------------------------------------------------------------------------
+
+
+def test_a_peer_must_be_the_services_user_or_root_in_its_pid_namespace() -> None:
+    def same(_pid: int) -> bool:
+        return True
+
+    def other(_pid: int) -> bool:
+        return False
+
+    assert peer_problem(123, 1000, 1000, same) == ""
+    assert peer_problem(123, 0, 1000, same) == ""
+    assert "another PID namespace" in peer_problem(0, 0, 0, same)  # the kernel's answer for another container
+    assert "another PID namespace" in peer_problem(123, 0, 0, other)  # a container below the service's namespace
+    assert peer_problem(123, 1001, 1000, same) == "refused: uid 1001 is neither the service's (1000) nor root"
+
+
+# -- the real control socket -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[tuple[AcmeManager, Clock]]:
+    """A real AcmeManager on a certs dir with one lineage; its self-check goes to a closed loopback port, so an
+    order fails there and nothing reaches a CA."""
+    make_lineage(tmp_path / "certs", "site.test", ["site.test"])
+    clock = Clock()
+    settings = Settings(certs_dir=str(tmp_path / "certs"), webroot=str(tmp_path / "webroot"))
+    acme = AcmeManager(settings, lambda _reason: None, lambda: "http://127.0.0.1:9", clock=clock)
+    yield acme, clock
+    acme.stop()
+
+
+def settled(acme: AcmeManager, name: str) -> bool:
+    return not acme.states()[name].in_progress
+
+
+def test_forced_orders_through_the_socket_are_rate_limited_and_say_when_the_next_is_allowed(
+    tmp_path: Path, manager: tuple[AcmeManager, Clock]
+) -> None:
+    """The attack: `{"names": [...], "force": true}` again and again made one order at the CA each time."""
+    acme, clock = manager
+    path = tmp_path / "run" / "control.sock"
+    server = start_control_server(path, tmp_path / "certs", acme.order_now)
+    assert server is not None
+    try:
+        assert service.ask_renew(path, ["site.test"], True) == {"site.test": "queued"}
+        wait_for(lambda: settled(acme, "site.test"), what="the first order to finish")
+        answers = [service.ask_renew(path, ["site.test"], True)["site.test"] for _ in range(12)]
+        assert answers == [answers[0]] * 12
+        assert answers[0].startswith("refused: next order of site.test allowed at 2030-01-01 01:00:00 UTC")
+        assert acme.states()["site.test"].failures == 1  # one order made, not thirteen
+        clock.now += 3600
+        assert service.ask_renew(path, ["site.test"], True) == {"site.test": "queued"}
+    finally:
+        server.stop()
+    assert not path.exists()
+
+
+def test_the_socket_lives_outside_the_certs_dir_and_an_old_one_there_is_removed(
+    tmp_path: Path, manager: tuple[AcmeManager, Clock]
+) -> None:
+    acme, _ = manager
+    old = tmp_path / "certs" / "companion" / "control.sock"
+    old.parent.mkdir(mode=0o700, exist_ok=True)
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(old))
+    path = tmp_path / "run" / "companion" / "control.sock"
+    server = start_control_server(path, tmp_path / "certs", acme.order_now)
+    assert server is not None
+    try:
+        assert not old.exists()
+        assert oct(path.stat().st_mode & 0o777) == "0o600" and oct(path.parent.stat().st_mode & 0o777) == "0o700"
+    finally:
+        server.stop()
+
+
+def _slow(path: Path) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(path))
+    client.sendall(b"POST /renew HTTP/1.1\r\nContent-Length: 40\r\n")  # and then nothing more, for now
+    return client
+
+
+def test_slow_connections_are_capped_and_cost_no_thread_and_a_quick_one_is_answered(
+    tmp_path: Path, manager: tuple[AcmeManager, Clock]
+) -> None:
+    """The attack: 4,000 slow connections made 4,000 threads; here 300 of them."""
+    acme, _ = manager
+    path = tmp_path / "run" / "control.sock"
+    server = start_control_server(path, tmp_path / "certs", acme.order_now)
+    assert server is not None
+    before = threading.active_count()
+    slow: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            slow.append(_slow(path))
+        assert service.ask_renew(path, ["gone.test"], False)["gone.test"].startswith("no usable certificate")
+        assert threading.active_count() <= before + 2, threading.enumerate()
+        wait_for(lambda: len(server.reading) <= 16, what=f"at most 16 open (open: {len(server.reading)})")
+    finally:
+        for client in slow:
+            client.close()
+        server.stop()
+
+
+def test_a_request_trickling_in_is_cut_off_at_the_whole_request_deadline(
+    tmp_path: Path, manager: tuple[AcmeManager, Clock]
+) -> None:
+    """One byte every 0.2 s keeps a per-read timeout happy forever; the deadline from the connect ends it."""
+    acme, _ = manager
+    path = tmp_path / "run" / "control.sock"
+    server = start_control_server(path, tmp_path / "certs", acme.order_now)
+    assert server is not None
+    try:
+        client = _slow(path)
+        client.settimeout(0.2)
+        answer = b""
+        for _ in range(100):  # 20 s at most: four times the deadline
+            try:
+                client.send(b"X")
+                chunk = client.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            answer += chunk
+            if not chunk:
+                break
+        client.close()
+        assert answer.startswith(b"HTTP/1.0 408"), answer
+    finally:
+        server.stop()
+
+
+def test_a_refused_peer_is_answered_403_with_the_reason_and_nothing_is_ordered(
+    tmp_path: Path, manager: tuple[AcmeManager, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    acme, _ = manager
+    monkeypatch.setattr("companion.control.same_pid_namespace", lambda _pid: False)
+    path = tmp_path / "run" / "control.sock"
+    server = start_control_server(path, tmp_path / "certs", acme.order_now)
+    assert server is not None
+    try:
+        with pytest.raises(service.NoAnswer, match="HTTP 403: refused: the peer is in another PID namespace"):
+            service.ask_renew(path, ["site.test"], True)
+        assert not acme.states()  # never asked
+    finally:
+        server.stop()
