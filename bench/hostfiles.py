@@ -11,9 +11,10 @@ from pathlib import Path
 
 from _common import median, ms  # sets sys.path for companion
 
-from companion import hostfiles, plan
-from companion.model import ContainerInfo
-from companion.render import RenderOptions, render
+from companion.core import plan
+from companion.core.model import ContainerInfo
+from companion.nginx import hostfiles
+from companion.nginx.render import RenderOptions, render
 
 
 def timed(work: Callable[[], object], reps: int) -> float:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from _common import RUN_LABEL, Fleet, median, ms, percentile, sigterm_as_exit, verdict
 
-from companion import controller
+from companion.loop import controller
 from tests.harness.appimage import ensure_app_image
 from tests.harness.companion import Companion
 from tests.harness.dockerd import ensure_dockerd

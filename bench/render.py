@@ -30,10 +30,11 @@ from pathlib import Path
 
 from _common import ROOT, median, ms, percentile, verdict  # noqa: F401 - sets sys.path for companion/tests
 
-from companion import certs, plan
-from companion.config import parse_nginx_version
-from companion.model import ContainerInfo
-from companion.render import RenderOptions, render
+from companion.acme import certs
+from companion.core import plan
+from companion.core.model import ContainerInfo
+from companion.nginx.render import RenderOptions, render
+from companion.settings.config import parse_nginx_version
 from tests.harness.nginx import HostNginx
 from tests.harness.ports import free_port
 

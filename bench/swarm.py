@@ -26,7 +26,7 @@ from pathlib import Path
 from _common import median, ms, percentile, sigterm_as_exit
 from docker.types import ContainerSpec, EndpointSpec, NetworkAttachmentConfig, Placement, TaskTemplate
 
-from companion import controller
+from companion.loop import controller
 from tests.harness.agent import ensure_agent_image, ensure_companion_image
 from tests.harness.appimage import ensure_app_image
 from tests.harness.companion import Companion

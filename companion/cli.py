@@ -14,9 +14,10 @@ import sys
 import threading
 from pathlib import Path
 
-from . import agent, certs, cluster, config, explain, hostfiles, imports, logformat, owners, service, supervisor
-from . import status as status_report
-from .acme import (
+from companion.acme import certs, imports
+from companion.acme.alerts import Notifier
+from companion.acme.dns import credentials_problem
+from companion.acme.orders import (
     AcmeManager,
     CertState,
     certbot_command,
@@ -26,24 +27,31 @@ from .acme import (
     lineage_request,
     load_state,
 )
-from .alerts import Notifier
-from .control import start_control_server
-from .controller import Controller, heartbeat_problem, read_inputs
-from .dns import credentials_problem
-from .docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
-from .htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
-from .htpasswd import Gate, HtpasswdError, parse
-from .logsafe import printable
-from .model import Challenge
-from .nginx import OLDEST_ASSUMED, LocalApplier, NginxControl
-from .publisher import ClusterPublisher, ClusterServer, start_cluster_server
-from .reconcile import Reconciled, policy_of, reconcile, render_options
-from .render import MAIN_FILE
-from .safefiles import read_regular
-from .statusserver import start_status_server
-from .swarm import SwarmSource
-from .variables import setting_problems
-from .watch import watch_certs, watch_host_files
+from companion.cluster import agent
+from companion.cluster import secret as cluster
+from companion.cluster.publisher import ClusterPublisher, ClusterServer, start_cluster_server
+from companion.core.model import Challenge
+from companion.core.variables import setting_problems
+from companion.loop import owners
+from companion.loop.controller import Controller, heartbeat_problem, read_inputs
+from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_options
+from companion.nginx import hostfiles
+from companion.nginx.apply import OLDEST_ASSUMED, LocalApplier, NginxControl
+from companion.nginx.render import MAIN_FILE
+from companion.observe import explain, logformat
+from companion.observe import status as status_report
+from companion.serve import client as service
+from companion.serve import supervisor
+from companion.serve.control import start_control_server
+from companion.serve.htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
+from companion.serve.htpasswd import Gate, HtpasswdError, parse
+from companion.serve.statusserver import start_status_server
+from companion.settings import config
+from companion.sources.docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
+from companion.sources.swarm import SwarmSource
+from companion.sources.watch import watch_certs, watch_host_files
+from companion.util.logsafe import printable
+from companion.util.safefiles import read_regular
 
 log = logging.getLogger("companion")
 

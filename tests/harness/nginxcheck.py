@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from companion.plan import CertFiles
-from companion.render import RenderOptions
+from companion.core.plan import CertFiles
+from companion.nginx.render import RenderOptions
 
 NGINX = "/usr/sbin/nginx"
 

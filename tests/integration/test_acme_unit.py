@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
-from companion import certs
-from companion.acme import (
+from companion.acme import certs
+from companion.acme.orders import (
     BACKOFF_CAP,
     AcmeManager,
     CertState,
@@ -26,9 +26,9 @@ from companion.acme import (
     load_state,
     save_state,
 )
-from companion.config import Settings
-from companion.control import parse_renew
-from companion.model import CertRequest
+from companion.core.model import CertRequest
+from companion.serve.control import parse_renew
+from companion.settings.config import Settings
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from companion import cluster, publisher
+from companion.cluster import publisher
+from companion.cluster import secret as cluster
 from tests.harness.agent import AgentContainer, NoLocalNginx, ensure_agent_image, wait_serving
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion, wait_for

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from companion import alerts, config
-from companion.alerts import (
+from companion.acme import alerts
+from companion.acme.alerts import (
     EXPIRY_REPEAT,
     QUEUE_MAX,
     SENT_FILE,
@@ -26,11 +26,12 @@ from companion.alerts import (
     order_alert,
     parse_notify_urls,
 )
-from companion.certs import CertStatus
-from companion.logformat import JsonFormatter, Problem, fields_of
-from companion.model import HttpsMethod
-from companion.plan import Server
-from companion.variables import setting_problems
+from companion.acme.certs import CertStatus
+from companion.core.model import HttpsMethod
+from companion.core.plan import Server
+from companion.core.variables import setting_problems
+from companion.observe.logformat import JsonFormatter, Problem, fields_of
+from companion.settings import config
 from tests.harness.companion import wait_for
 from tests.harness.receiver import Receiver
 
@@ -190,7 +191,7 @@ def test_problem_equals_its_text_and_keeps_its_fields() -> None:
 def test_failed_sends_are_logged_once_per_outage(
     tmp_path: Path, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="companion.alerts")
+    caplog.set_level(logging.INFO, logger="companion.acme.alerts")
     notifier = Notifier((receiver.url,), tmp_path, 14)
     receiver.status = 500
     for n in range(3):
@@ -201,7 +202,7 @@ def test_failed_sends_are_logged_once_per_outage(
     notifier.send(Alert(Kind.RECOVERED, "c1.com", "title ok", "body"))
     notifier.stop(timeout=10)
     assert len(receiver.delivered("title ok")) == 2
-    messages = [r.getMessage() for r in caplog.records if r.name == "companion.alerts"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "companion.acme.alerts"]
     assert sum("cannot deliver a notification" in m for m in messages) == 1, messages
     assert sum("delivered again" in m for m in messages) == 1, messages
     assert {m["type"] for m in receiver.messages} == {"failure", "success"}
@@ -209,7 +210,7 @@ def test_failed_sends_are_logged_once_per_outage(
 
 def test_a_hanging_receiver_never_blocks_send(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A receiver that accepts and never answers: send() keeps returning, beyond the queue's size."""
-    caplog.set_level(logging.DEBUG, logger="companion.alerts")
+    caplog.set_level(logging.DEBUG, logger="companion.acme.alerts")
     with socket.socket() as hanging:
         hanging.bind(("127.0.0.1", 0))
         hanging.listen(200)

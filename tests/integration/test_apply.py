@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from companion import plan
-from companion.model import ContainerInfo
-from companion.nginx import ApplyResult, NginxControl, apply
-from companion.render import MAIN_FILE, render
+from companion.core import plan
+from companion.core.model import ContainerInfo
+from companion.nginx.apply import ApplyResult, NginxControl, apply
+from companion.nginx.render import MAIN_FILE, render
 from tests.harness.nginxcheck import NginxLayout, make_layout
 
 

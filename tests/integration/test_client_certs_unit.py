@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from companion import hostfiles, plan
-from companion.explain import Inputs, explain
-from companion.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
-from companion.logformat import Problem
-from companion.model import ContainerInfo, Policy
-from companion.plan import HttpAnswer
-from companion.render import MAIN_FILE, render
+from companion.core import plan
+from companion.core.model import ContainerInfo, Policy
+from companion.core.plan import HttpAnswer
+from companion.nginx import hostfiles
+from companion.nginx.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
+from companion.nginx.render import MAIN_FILE, render
+from companion.observe.explain import Inputs, explain
+from companion.observe.logformat import Problem
 from tests.harness.nginxcheck import Directive, make_layout, parse_conf
 from tests.harness.tls import client_ca
 

@@ -21,9 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from companion import agent, bundle, cluster, publisher
-from companion.config import Settings
-from companion.nginx import NginxControl, NginxError
+from companion.cluster import agent, bundle, publisher
+from companion.cluster import secret as cluster
+from companion.nginx.apply import NginxControl, NginxError
+from companion.settings.config import Settings
 
 CONTROLLER = cluster.new_secrets()
 SECRET = CONTROLLER.agent

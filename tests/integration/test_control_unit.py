@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from companion import service
-from companion.acme import AcmeManager
-from companion.config import Settings
-from companion.control import peer_problem, start_control_server
-from companion.orderlimit import OrderLimit
+from companion.acme.orderlimit import OrderLimit
+from companion.acme.orders import AcmeManager
+from companion.serve import client as service
+from companion.serve.control import peer_problem, start_control_server
+from companion.settings.config import Settings
 from tests.harness.companion import wait_for
 from tests.integration.test_acme_unit import make_lineage
 
@@ -206,7 +206,7 @@ def test_a_refused_peer_is_answered_403_with_the_reason_and_nothing_is_ordered(
     tmp_path: Path, manager: tuple[AcmeManager, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     acme, _ = manager
-    monkeypatch.setattr("companion.control.same_pid_namespace", lambda _pid: False)
+    monkeypatch.setattr("companion.serve.control.same_pid_namespace", lambda _pid: False)
     path = tmp_path / "run" / "control.sock"
     server = start_control_server(path, tmp_path / "certs", acme.order_now)
     assert server is not None

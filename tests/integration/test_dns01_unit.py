@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from companion import dns, plan, status
-from companion.acme import AcmeManager, certbot_command, lineage_request
-from companion.config import Settings, SettingsError, load
-from companion.explain import Inputs, explain
-from companion.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
-from companion.plan import CertFiles
-from companion.status import served_by
-from companion.statusserver import page
+from companion.acme import dns
+from companion.acme.orders import AcmeManager, certbot_command, lineage_request
+from companion.core import plan
+from companion.core.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
+from companion.core.plan import CertFiles
+from companion.observe import status
+from companion.observe.explain import Inputs, explain
+from companion.observe.status import served_by
+from companion.serve.statusserver import page
+from companion.settings.config import Settings, SettingsError, load
 
 DNS = Policy(dns_plugin="dns-rfc2136")
 PLACEHOLDER = CertFiles("/c/placeholder/fullchain.pem", "/c/placeholder/privkey.pem")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from companion import plan
-from companion.acme import certbot_command
-from companion.config import Settings
-from companion.model import CertRequest
-from companion.render import RenderOptions, render
+from companion.acme.orders import certbot_command
+from companion.core import plan
+from companion.core.model import CertRequest
+from companion.nginx.render import RenderOptions, render
+from companion.settings.config import Settings
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion, wait_for
 from tests.harness.nginx import HostNginx, body

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from companion import hostfiles, model, plan
-from companion.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
-from companion.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
-from companion.nginx import NginxControl, apply
-from companion.render import MAIN_FILE, render
-from companion.watch import watch_host_files
+from companion.core import model, plan
+from companion.core.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
+from companion.nginx import hostfiles
+from companion.nginx.apply import NginxControl, apply
+from companion.nginx.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
+from companion.nginx.render import MAIN_FILE, render
+from companion.sources.watch import watch_host_files
 from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf, walk
 from tests.harness.tls import client_ca
 

@@ -1,4 +1,4 @@
-"""acme-companion certificates taken into certbot's layout (companion/imports.py), the supervisor's exit
+"""acme-companion certificates taken into certbot's layout (companion/acme/imports.py), the supervisor's exit
 codes and the host-mode network choice of the single-container image: pure parts and file-level runs."""
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from companion import certs, cli, imports, plan
-from companion.imports import Candidate, candidates, check_pair, import_all
-from companion.model import ContainerInfo
-from companion.supervisor import Child, Supervisor, final_code, settings_flags, status_code
+from companion import cli
+from companion.acme import certs, imports
+from companion.acme.imports import Candidate, candidates, check_pair, import_all
+from companion.core import plan
+from companion.core.model import ContainerInfo
+from companion.serve.supervisor import Child, Supervisor, final_code, settings_flags, status_code
 from tests.harness.acmecompanion import TestCA, snapshot, write_layout
 
 NOW = dt.datetime.now(dt.UTC)
@@ -132,7 +134,7 @@ def test_a_broken_pair_is_refused_and_does_not_block_the_others(
     (tmp_path / "out.test.crt").symlink_to(outside)
     (tmp_path / "out.test.key").symlink_to(tmp_path / "bad.test" / "key.pem")
 
-    with caplog.at_level(logging.WARNING, logger="companion.imports"):
+    with caplog.at_level(logging.WARNING, logger="companion.acme.imports"):
         assert import_all(tmp_path) == ["good.test"]
 
     text = caplog.text
@@ -157,7 +159,7 @@ def test_a_leftover_staging_folder_or_a_failed_write_does_not_stop_the_start(
         rename(source, target)
 
     monkeypatch.setattr(imports.os, "rename", read_only_for_b)
-    with caplog.at_level(logging.WARNING, logger="companion.imports"):
+    with caplog.at_level(logging.WARNING, logger="companion.acme.imports"):
         assert import_all(tmp_path) == ["a.test"]
     assert "b.test.crt: cannot write its lineage ([Errno 30] Read-only file system" in caplog.text
     assert certs.read_lineage(tmp_path, "a.test").problem == ""

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from companion.acme import AcmeManager
-from companion.config import Settings
-from companion.model import CertRequest
+from companion.acme.orders import AcmeManager
+from companion.core.model import CertRequest
+from companion.settings.config import Settings
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion, wait_for
 from tests.harness.nginx import HostNginx

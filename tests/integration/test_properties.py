@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from companion import model, plan
-from companion.model import MULTIPORTS, ContainerInfo, Rejection, Site
-from companion.multiports import parse_sites
-from companion.plan import CertFiles
-from companion.render import MAIN_FILE, render
+from companion.core import model, plan
+from companion.core.model import MULTIPORTS, ContainerInfo, Rejection, Site
+from companion.core.multiports import parse_sites
+from companion.core.plan import CertFiles
+from companion.nginx.render import MAIN_FILE, render
 from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf, walk
 
 BAD = [

@@ -12,9 +12,10 @@ from dataclasses import replace
 
 import pytest
 
-from companion import config, plan
-from companion.config import Settings, SettingsError, SslPolicy
-from companion.render import MAIN_FILE, RenderOptions, render
+from companion.core import plan
+from companion.nginx.render import MAIN_FILE, RenderOptions, render
+from companion.settings import config
+from companion.settings.config import Settings, SettingsError, SslPolicy
 from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
 from tests.integration.test_render import (
     OPTIONS,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from companion import plan
-from companion.model import ContainerInfo, parse_default_root
-from companion.plan import CertFiles
-from companion.render import DHPARAM_FILE, MAIN_FILE, SNIPPETS, RenderOptions, render
+from companion.core import plan
+from companion.core.model import ContainerInfo, parse_default_root
+from companion.core.plan import CertFiles
+from companion.nginx.render import DHPARAM_FILE, MAIN_FILE, SNIPPETS, RenderOptions, render
 from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
 
 OPTIONS = RenderOptions(conf_dir="/etc/nginx/conf.d", webroot="/var/www/acme", nginx_version=(1, 22, 1))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from companion.statusserver import MAX_REQUEST_BYTES
+from companion.serve.statusserver import MAX_REQUEST_BYTES
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion, wait_for
 from tests.harness.nginx import HostNginx, body

@@ -15,15 +15,19 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from companion import config, htpasswd, plan, service, status
-from companion.acme import CertState
-from companion.certs import CertStatus
-from companion.config import SettingsError
-from companion.explain import Explanation, Verdict
-from companion.htpasswd import Gate, parse
-from companion.metrics import Metrics
-from companion.model import ContainerInfo
-from companion.statusserver import StatusServer, page
+from companion.acme.certs import CertStatus
+from companion.acme.orders import CertState
+from companion.core import plan
+from companion.core.model import ContainerInfo
+from companion.observe import status
+from companion.observe.explain import Explanation, Verdict
+from companion.observe.metrics import Metrics
+from companion.serve import client as service
+from companion.serve import htpasswd
+from companion.serve.htpasswd import Gate, parse
+from companion.serve.statusserver import StatusServer, page
+from companion.settings import config
+from companion.settings.config import SettingsError
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 PLACEHOLDER = plan.CertFiles("/certs/companion/placeholder/fullchain.pem", "/certs/companion/placeholder/privkey.pem")
@@ -170,7 +174,7 @@ def _bcrypt_line(user: str, password: str) -> str:
 
 
 def test_htpasswd_takes_bcrypt_entries_only_and_names_the_line_not_the_hash() -> None:
-    from companion.htpasswd import HtpasswdError, parse
+    from companion.serve.htpasswd import HtpasswdError, parse
 
     users = parse(f"# operators\n\n{_bcrypt_line('admin', 'pw')}\n{_bcrypt_line('ops', 'x')}\n")
     assert set(users) == {"admin", "ops"}
@@ -189,7 +193,7 @@ def test_htpasswd_takes_bcrypt_entries_only_and_names_the_line_not_the_hash() ->
 def test_gate_checks_basic_credentials_and_remembers_good_ones() -> None:
     import base64
 
-    from companion.htpasswd import Gate, parse
+    from companion.serve.htpasswd import Gate, parse
 
     gate = Gate(parse(_bcrypt_line("admin", "s3cret")))
 

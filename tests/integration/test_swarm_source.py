@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.swarm import task_addresses
+from companion.sources.swarm import task_addresses
 from tests.harness.appimage import ensure_app_image
 from tests.harness.companion import Companion, wait_for
 from tests.harness.nginx import http_get

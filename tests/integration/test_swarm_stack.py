@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from companion import cluster
+from companion.cluster import secret as cluster
 from tests.harness.agent import ensure_agent_image, ensure_companion_image
 from tests.harness.appimage import ensure_app_image
 from tests.harness.companion import wait_for
@@ -273,7 +273,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from companion import cluster, publisher
+from companion.cluster import secret as cluster
+from companion.cluster import publisher
 
 loot = Path("/loot")
 worker = cluster.load_agent_secret("/loot/companion_agent")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from companion import plan
-from companion.acme import account_key, certbot_command, due_reason, parse_accounts, register_command
-from companion.certs import CertStatus, default_cert, renewal_params
-from companion.config import LETSENCRYPT_STAGING, Settings, SettingsError, load
-from companion.model import CertRequest, ContainerInfo, Policy, Rejection, Site, parse_site
-from companion.plan import CertFiles
-from companion.render import MAIN_FILE, RenderOptions, render
+from companion.acme.certs import CertStatus, default_cert, renewal_params
+from companion.acme.orders import account_key, certbot_command, due_reason, parse_accounts, register_command
+from companion.core import plan
+from companion.core.model import CertRequest, ContainerInfo, Policy, Rejection, Site, parse_site
+from companion.core.plan import CertFiles
+from companion.nginx.render import MAIN_FILE, RenderOptions, render
+from companion.settings.config import LETSENCRYPT_STAGING, Settings, SettingsError, load
 
 MAIN, STAGING, OTHER = "https://ca.test/dir", "https://staging.test/dir", "https://other.test/acme/directory"
 POLICY = Policy(default_email="ops@x.io", acme_server=MAIN, staging_server=STAGING)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from companion import trust
-from companion.acme import CertState, describe, load_state, save_state
-from companion.certs import CertStatus
-from companion.explain import Explanation, Inputs, Verdict, explain
-from companion.model import ContainerInfo, Policy
+from companion.acme.certs import CertStatus
+from companion.acme.orders import CertState, describe, load_state, save_state
+from companion.core import trust
+from companion.core.model import ContainerInfo, Policy
+from companion.observe.explain import Explanation, Inputs, Verdict, explain
 
 CERTS = Path("/certs")
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

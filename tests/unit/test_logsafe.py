@@ -11,9 +11,9 @@ import requests.exceptions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.docker import short_reason
-from companion.logsafe import printable
-from companion.nginx import NginxError, _docker, _nginx_error
+from companion.nginx.apply import NginxError, _docker, _nginx_error
+from companion.sources.docker import short_reason
+from companion.util.logsafe import printable
 
 UNSAFE = (
     [chr(c) for c in range(0x20)]

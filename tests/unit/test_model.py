@@ -7,8 +7,8 @@ from certbot import util as certbot_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion import model
-from companion.model import (
+from companion.core import model
+from companion.core.model import (
     CertRequest,
     ContainerInfo,
     HttpsMethod,

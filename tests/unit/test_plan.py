@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from companion import plan
-from companion.model import CertRequest, ContainerInfo, HttpsMethod, Policy, Proto
-from companion.plan import CertFiles, Location, Server, Upstream
+from companion.core import plan
+from companion.core.model import CertRequest, ContainerInfo, HttpsMethod, Policy, Proto
+from companion.core.plan import CertFiles, Location, Server, Upstream
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 REAL = CertFiles(

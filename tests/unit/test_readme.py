@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from companion.config import environment_table
-from companion.variables import readme_table
+from companion.core.variables import readme_table
+from companion.settings.config import environment_table
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_COMMAND = ".venv/bin/python -m pytest -q"

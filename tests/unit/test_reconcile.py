@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from companion.certs import CertStatus
-from companion.config import Settings
-from companion.controller import Controller, read_inputs
-from companion.docker import Snapshot
-from companion.explain import Inputs
-from companion.model import ContainerInfo, Policy
-from companion.nginx import ApplyResult
-from companion.reconcile import Applier, Source, reconcile, render_options
-from companion.render import MAIN_FILE
+from companion.acme.certs import CertStatus
+from companion.core.model import ContainerInfo, Policy
+from companion.loop.controller import Controller, read_inputs
+from companion.loop.reconcile import Applier, Source, reconcile, render_options
+from companion.nginx.apply import ApplyResult
+from companion.nginx.render import MAIN_FILE
+from companion.observe.explain import Inputs
+from companion.settings.config import Settings
+from companion.sources.docker import Snapshot
 
 NGINX = ContainerInfo(id="nginx-id", name="nginx", networks={"proxy": "10.0.0.1"}, gateways={"proxy": "10.0.0.254"})
 

@@ -1,4 +1,4 @@
-"""No-follow file access (companion/safefiles.py) and its users, on real files, links, FIFOs and device
+"""No-follow file access (companion/util/safefiles.py) and its users, on real files, links, FIFOs and device
 nodes: nothing is read through a link, nothing blocks on a FIFO, nothing outside our folders is chmod-ed or
 written, and a state file of the wrong shape is moved aside."""
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from companion import certs, safefiles
-from companion.acme import _STATE_FIELDS, CertState, load_state, save_state
-from companion.nginx import read_current
+from companion.acme import certs
+from companion.acme.orders import _STATE_FIELDS, CertState, load_state, save_state
+from companion.nginx.apply import read_current
+from companion.util import safefiles
 from tests.integration.test_acme_unit import certbot_layout
 
 pytestmark = pytest.mark.timeout(30)  # a FIFO opened by mistake would block for ever

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from companion.docker import Snapshot
-from companion.explain import Inputs
-from companion.model import ContainerInfo, Policy
-from companion.reconcile import reconcile
-from companion.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
+from companion.core.model import ContainerInfo, Policy
+from companion.loop.reconcile import reconcile
+from companion.observe.explain import Inputs
+from companion.sources.docker import Snapshot
+from companion.sources.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
 from tests.harness import swarm
 from tests.unit.test_reconcile import OPTIONS
 

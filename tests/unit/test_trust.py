@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from companion import owners, plan, trust
-from companion.config import SettingsError, load
-from companion.model import (
+from companion.core import plan, trust
+from companion.core.model import (
     MAX_HOSTS,
     MAX_VALUE_BYTES,
     CertRequest,
@@ -24,8 +23,10 @@ from companion.model import (
     parse_site,
     settings_of,
 )
-from companion.plan import CertFiles
-from companion.trust import ImageTrust, OwnerRule
+from companion.core.plan import CertFiles
+from companion.core.trust import ImageTrust, OwnerRule
+from companion.loop import owners
+from companion.settings.config import SettingsError, load
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 

@@ -8,11 +8,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion import model, plan, trust
-from companion.model import MULTIPORTS, ContainerInfo, InvalidValue, Policy, Rejection, Site
-from companion.multiports import Route, parse_multiports, parse_sites
-from companion.plan import CertFiles
-from companion.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
+from companion.core import model, plan, trust
+from companion.core.model import MULTIPORTS, ContainerInfo, InvalidValue, Policy, Rejection, Site
+from companion.core.multiports import Route, parse_multiports, parse_sites
+from companion.core.plan import CertFiles
+from companion.core.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
 
 PLACEHOLDER = CertFiles("/p/fullchain.pem", "/p/privkey.pem")
 # Variables images set for themselves: none of them may ever warn.

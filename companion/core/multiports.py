@@ -1,0 +1,136 @@
+"""VIRTUAL_HOST_MULTIPORTS: one container, several (host, path, port, dest) routes (pure).
+
+nginx-proxy's value is YAML (or JSON, which YAML reads too): `host: {path: {port: N, dest: /x}}`, where
+an empty host means path `/` and an empty path means the default port and no dest. It is read with
+YAML's safe loader (plain data only: no tags, no objects) and every part goes through the same parsers
+as VIRTUAL_HOST/PATH/PORT/DEST, so the routes it yields are as typed as the single-variable ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from companion.core import model
+from companion.core.model import (
+    ACME_PATH,
+    DEFAULT_POLICY,
+    MAX_HOSTS,
+    MAX_VALUE_BYTES,
+    MULTIPORTS,
+    MULTIPORTS_EXCLUDES,
+    ContainerInfo,
+    InvalidValue,
+    Policy,
+    Rejection,
+    Site,
+    parse_hostname,
+    parse_path,
+    parse_port,
+    parse_site,
+    settings_of,
+)
+
+_ROUTE_KEYS = frozenset({"port", "dest"})
+
+
+@dataclass(frozen=True)
+class Route:
+    host: str
+    path: str
+    port: int | None  # None: the container's default port
+    dest: str
+
+
+def parse_multiports(value: str) -> tuple[Route, ...]:
+    """Every route the value describes, in its order; InvalidValue names the first bad part."""
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+        raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
+    try:
+        tree = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise InvalidValue(f"not valid YAML or JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, Mapping) or not tree:
+        raise InvalidValue("must map host names to paths (host: {path: {port: N, dest: /x}})")
+    # Sizes are checked before walking: aliases let a short value name the same mapping many times.
+    if len(tree) > MAX_HOSTS:
+        raise InvalidValue(f"more than {MAX_HOSTS} host names")
+    routes: list[Route] = []
+    seen: set[tuple[str, str]] = set()
+    for raw_host, paths in tree.items():
+        host = parse_hostname(_text(raw_host, "host name"))
+        if paths is None or paths == {}:
+            paths = {"/": None}
+        if not isinstance(paths, Mapping):
+            raise InvalidValue(f"{host}: must map paths to {{port, dest}}")
+        if len(routes) + len(paths) > MAX_HOSTS:
+            raise InvalidValue(f"more than {MAX_HOSTS} routes")
+        for raw_path, spec in paths.items():
+            path = parse_path(_text(raw_path, "path"))
+            if path.startswith(ACME_PATH):
+                raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
+            if (host, path) in seen:
+                raise InvalidValue(f"{host}{path} given twice")
+            seen.add((host, path))
+            routes.append(Route(host, path, *_spec(host, path, spec)))
+    return tuple(routes)
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidValue(f"{what} {value!r} must be text")
+    return value
+
+
+def _spec(host: str, path: str, spec: object) -> tuple[int | None, str]:
+    if spec is None:
+        return None, ""
+    if not isinstance(spec, Mapping) or not set(spec) <= _ROUTE_KEYS:
+        raise InvalidValue(f"{host}{path}: must be empty or a mapping with port and/or dest")
+    port, dest = spec.get("port"), spec.get("dest")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int | str)):
+        raise InvalidValue(f"{host}{path}: port must be a number from 1 to 65535")
+    if dest is not None and not isinstance(dest, str):
+        raise InvalidValue(f"{host}{path}: dest must be a path")
+    return (parse_port(str(port)) if port is not None else None), (parse_path(dest) if dest else "")
+
+
+def parse_sites(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> tuple[Site, ...] | Rejection | None:
+    """parse_site, with VIRTUAL_HOST_MULTIPORTS expanded to one Site per route.
+
+    Everything but the routes (HTTPS_METHOD, HSTS, certificate, ...) is parsed by parse_site itself,
+    with the routes' hosts standing in for VIRTUAL_HOST, so both forms follow one set of rules.
+    """
+    values = settings_of(info, policy.image_trust)
+    raw = values.get(MULTIPORTS)
+    if raw is None:
+        site = parse_site(info, policy)
+        return (site,) if isinstance(site, Site) else site
+    mixed = [name for name in MULTIPORTS_EXCLUDES if name in values]
+    try:
+        if mixed:
+            raise InvalidValue(f"cannot be combined with {', '.join(mixed)} (it sets hosts, paths and ports itself)")
+        routes = parse_multiports(raw)
+        hosts = tuple(dict.fromkeys(route.host for route in routes))
+        model._check_allowed(hosts, policy.allowed_domains)
+        model._check_owner(info, hosts, policy.owners)
+        default_port = model._default_port(info) if any(route.port is None for route in routes) else 80
+    except InvalidValue as exc:
+        return Rejection(info.name, MULTIPORTS, raw, str(exc))
+    stand_in = dataclasses.replace(
+        info,
+        labels={**info.labels, "VIRTUAL_HOST": ",".join(hosts)},
+        image_labels=info.image_labels - {"VIRTUAL_HOST"},
+    )
+    site = parse_site(stand_in, policy)
+    if not isinstance(site, Site):
+        return site
+    return tuple(
+        dataclasses.replace(
+            site, hosts=(route.host,), path=route.path, port=route.port or default_port, dest=route.dest
+        )
+        for route in routes
+    )
