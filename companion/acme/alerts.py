@@ -12,23 +12,19 @@ import json
 import logging
 import math
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import apprise
 
+from companion.acme.certs import CertStatus
+from companion.core.plan import Server
 from companion.util.logsafe import printable
 from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic
-
-if TYPE_CHECKING:  # config imports this module for parse_notify_urls, and certs and plan import config's kin
-    from companion.acme.certs import CertStatus
-    from companion.core.plan import Server
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +32,6 @@ SENT_FILE = "companion/notify-state.json"
 SENT_MAX_BYTES = 1024 * 1024
 EXPIRY_REPEAT = 24 * 3600.0  # an expiry alert for one certificate goes out at most once a day
 QUEUE_MAX = 100
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}(?=://)")
-
-
-class BadNotifyUrl(ValueError):
-    """A NOTIFY_URLS entry Apprise cannot use; the message names it by position and scheme, never its secrets."""
-
-
-def parse_notify_urls(raw: str) -> tuple[str, ...]:
-    """The comma list of Apprise URLs, each one checked by Apprise itself."""
-    urls = tuple(part.strip() for part in raw.split(",") if part.strip())
-    for position, url in enumerate(urls, 1):
-        if apprise.Apprise.instantiate(url) is None:
-            scheme = _SCHEME_RE.match(url)
-            shown = f"a {scheme.group()}:// URL" if scheme else "not a URL"
-            raise BadNotifyUrl(f"entry {position} of {len(urls)} ({shown}) is not a URL Apprise can send to")
-    return urls
 
 
 class Kind(StrEnum):

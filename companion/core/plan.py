@@ -35,8 +35,8 @@ from companion.core.model import (
     ignored_from_image,
 )
 from companion.core.multiports import parse_sites
+from companion.core.problems import Problem
 from companion.core.variables import container_problems
-from companion.observe.logformat import Problem
 from companion.util.logsafe import printable
 
 

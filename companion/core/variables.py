@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from companion.core.model import ContainerInfo
-from companion.observe.logformat import Problem
-from companion.settings.config import OPTIONS
+from companion.core.options import OPTIONS
+from companion.core.problems import Problem
 
 
 class Where(StrEnum):

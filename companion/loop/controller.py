@@ -27,6 +27,7 @@ from companion.acme.orders import CertState
 from companion.cluster.publisher import CHALLENGE_RELAY_PORT
 from companion.core import plan
 from companion.core.model import CertRequest, Policy
+from companion.core.problems import Problem, fields_of
 from companion.core.trust import NGINX_LABEL
 from companion.loop import owners
 from companion.loop.reconcile import Applier, Source, policy_of, reconcile, render_options
@@ -34,7 +35,6 @@ from companion.nginx import hostfiles
 from companion.nginx.apply import OLDEST_ASSUMED, ApplyResult
 from companion.observe import status
 from companion.observe.explain import Explanation, Inputs, explain, with_nodes
-from companion.observe.logformat import Problem, fields_of
 from companion.observe.metrics import Metrics
 from companion.settings.config import Settings
 from companion.sources.docker import DockerUnavailable, Snapshot, short_reason

@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from companion.core import plan
 from companion.core.model import CertRequest, ContainerInfo, Policy
+from companion.core.problems import Problem
 from companion.nginx.hostfiles import NONE, Chosen
 from companion.nginx.render import RenderOptions, render
-from companion.observe.logformat import Problem
 from companion.settings.config import Settings
 
 if TYPE_CHECKING:

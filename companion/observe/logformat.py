@@ -11,29 +11,9 @@ import json
 import logging
 import sys
 
-FIELDS = ("container", "variable", "certificate")
+from companion.core.problems import FIELDS
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class Problem(str):
-    """A problem line that remembers what it is about; equal to (and sorted as) its text."""
-
-    container: str
-    variable: str
-    certificate: str
-
-    def __new__(cls, text: str, *, container: str = "", variable: str = "", certificate: str = "") -> Problem:
-        line = super().__new__(cls, text)
-        line.container, line.variable, line.certificate = container, variable, certificate
-        return line
-
-    def fields(self) -> dict[str, str]:
-        """The `extra=` for logging this line."""
-        return {name: getattr(self, name) for name in FIELDS if getattr(self, name)}
-
-
-def fields_of(line: str) -> dict[str, str]:
-    return line.fields() if isinstance(line, Problem) else {}
 
 
 class JsonFormatter(logging.Formatter):

@@ -24,14 +24,15 @@ from companion.acme.alerts import (
     expiring,
     in_use,
     order_alert,
-    parse_notify_urls,
 )
 from companion.acme.certs import CertStatus
 from companion.core.model import HttpsMethod
 from companion.core.plan import Server
+from companion.core.problems import Problem, fields_of
 from companion.core.variables import setting_problems
-from companion.observe.logformat import JsonFormatter, Problem, fields_of
+from companion.observe.logformat import JsonFormatter
 from companion.settings import config
+from companion.settings.notify import parse_notify_urls
 from tests.harness.companion import wait_for
 from tests.harness.receiver import Receiver
 

@@ -12,11 +12,11 @@ import pytest
 from companion.core import plan
 from companion.core.model import ContainerInfo, Policy
 from companion.core.plan import HttpAnswer
+from companion.core.problems import Problem
 from companion.nginx import hostfiles
 from companion.nginx.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
 from companion.nginx.render import MAIN_FILE, render
 from companion.observe.explain import Inputs, explain
-from companion.observe.logformat import Problem
 from tests.harness.nginxcheck import Directive, make_layout, parse_conf
 from tests.harness.tls import client_ca
 
