@@ -25,7 +25,7 @@ from _common import median, percentile  # sets sys.path for companion/tests
 
 from companion.acme import certs
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.nginx.render import HTTP2_DIRECTIVE_SINCE, RenderOptions, render
 from companion.settings.config import parse_nginx_version
 from tests.harness.nginx import HostNginx

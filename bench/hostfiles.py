@@ -12,7 +12,7 @@ from pathlib import Path
 from _common import median, ms  # sets sys.path for companion
 
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.nginx import hostfiles
 from companion.nginx.render import RenderOptions, render
 

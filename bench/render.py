@@ -32,7 +32,7 @@ from _common import ROOT, median, ms, percentile, verdict  # noqa: F401 - sets s
 
 from companion.acme import certs
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.nginx.render import RenderOptions, render
 from companion.settings.config import parse_nginx_version
 from tests.harness.nginx import HostNginx

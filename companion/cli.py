@@ -30,7 +30,7 @@ from companion.acme.orders import (
 from companion.cluster import agent
 from companion.cluster import secret as cluster
 from companion.cluster.publisher import ClusterPublisher, ClusterServer, start_cluster_server
-from companion.core.model import Challenge
+from companion.core.values import Challenge
 from companion.core.variables import setting_problems
 from companion.loop import owners
 from companion.loop.controller import Controller, heartbeat_problem, read_inputs

@@ -34,7 +34,8 @@ from companion.acme.certs import CertStatus, scan, tighten
 from companion.acme.dns import certbot_args as dns_args
 from companion.acme.dns import credentials_problem
 from companion.acme.orderlimit import OrderLimit
-from companion.core.model import CertRequest, Challenge
+from companion.core.model import CertRequest
+from companion.core.values import Challenge
 from companion.settings.config import Settings
 from companion.util.logsafe import printable
 from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic

@@ -15,24 +15,20 @@ from dataclasses import dataclass
 import yaml
 
 from companion.core import model
+from companion.core.container import ContainerInfo
 from companion.core.model import (
     ACME_PATH,
     DEFAULT_POLICY,
-    MAX_HOSTS,
     MAX_VALUE_BYTES,
     MULTIPORTS,
     MULTIPORTS_EXCLUDES,
-    ContainerInfo,
-    InvalidValue,
     Policy,
     Rejection,
     Site,
-    parse_hostname,
-    parse_path,
-    parse_port,
     parse_site,
     settings_of,
 )
+from companion.core.values import MAX_HOSTS, InvalidValue, parse_hostname, parse_path, parse_port
 
 _ROUTE_KEYS = frozenset({"port", "dest"})
 

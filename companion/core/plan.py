@@ -19,23 +19,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from companion.core.container import ContainerInfo
 from companion.core.model import (
     DEFAULT_POLICY,
     TUNING_VARIABLES,
     CertRequest,
-    ContainerInfo,
-    HttpsMethod,
-    NetworkAccess,
     Policy,
-    Proto,
     Rejection,
     Site,
-    Tuning,
     covers,
     ignored_from_image,
 )
 from companion.core.multiports import parse_sites
 from companion.core.problems import Problem
+from companion.core.values import HttpsMethod, NetworkAccess, Proto, Tuning
 from companion.core.variables import container_problems
 from companion.util.logsafe import printable
 

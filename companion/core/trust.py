@@ -13,10 +13,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # model imports this module: no import at run time
-    from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 
 NGINX_LABEL = "com.github.nginx-proxy.nginx"
 PROJECT_LABEL = "com.docker.compose.project"

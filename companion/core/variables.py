@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.core.options import OPTIONS
 from companion.core.problems import Problem
 

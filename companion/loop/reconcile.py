@@ -37,7 +37,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from companion.core import plan
-from companion.core.model import CertRequest, ContainerInfo, Policy
+from companion.core.container import ContainerInfo
+from companion.core.model import CertRequest, Policy
 from companion.core.problems import Problem
 from companion.nginx.hostfiles import NONE, Chosen
 from companion.nginx.render import RenderOptions, render

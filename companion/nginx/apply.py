@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.nginx.render import MAIN_FILE
 from companion.settings.config import SettingsError, parse_nginx_version
 from companion.util.logsafe import printable

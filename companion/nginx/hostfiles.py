@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from companion.core.model import InvalidValue, parse_hostname
+from companion.core.values import InvalidValue, parse_hostname
 from companion.util.logsafe import printable
 from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 

@@ -8,8 +8,8 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from companion.core.model import RootAnswer
 from companion.core.plan import Desired
+from companion.core.values import RootAnswer
 from companion.nginx.hostfiles import NONE, Chosen, UserFile
 from companion.settings.config import SslPolicy
 

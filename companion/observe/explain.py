@@ -18,22 +18,11 @@ from companion.acme import certs
 from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState, describe
 from companion.core import plan, trust
-from companion.core.model import (
-    MULTIPORTS,
-    VARIABLES,
-    Challenge,
-    ContainerInfo,
-    HttpsMethod,
-    InvalidValue,
-    Policy,
-    Rejection,
-    Site,
-    ignored_from_image,
-    parse_hostname,
-    settings_of,
-)
+from companion.core.container import ContainerInfo
+from companion.core.model import MULTIPORTS, VARIABLES, Policy, Rejection, Site, ignored_from_image, settings_of
 from companion.core.multiports import parse_multiports, parse_sites
 from companion.core.plan import CertFiles
+from companion.core.values import Challenge, HttpsMethod, InvalidValue, parse_hostname
 from companion.core.variables import container_problems
 from companion.observe.status import NodeView
 from companion.util.logsafe import printable

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from urllib.parse import urlsplit
 
-from companion.core.model import (
+from companion.core.options import OPTIONS
+from companion.core.trust import ImageTrust, OwnerRule, parse_owner_rules
+from companion.core.values import (
     EMAIL_RULE,
     Challenge,
     InvalidValue,
@@ -23,8 +25,6 @@ from companion.core.model import (
     parse_enum,
     parse_hostname,
 )
-from companion.core.options import OPTIONS
-from companion.core.trust import ImageTrust, OwnerRule, parse_owner_rules
 from companion.settings import dns
 from companion.settings.notify import BadNotifyUrl, parse_notify_urls
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from companion.core.model import Challenge
+from companion.core.values import Challenge
 
 # certbot names an authenticator by its entry point: `dns-` and a provider, as every DNS plugin does.
 PLUGIN_RE = re.compile(r"^dns-[a-z0-9]+(?:-[a-z0-9]+)*\Z")

@@ -22,7 +22,7 @@ import docker.utils
 import requests.exceptions
 
 from companion.core import trust
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.core.trust import NGINX_LABEL, ImageTrust
 from companion.util.logsafe import printable
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import docker.errors
 
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.core.trust import NGINX_LABEL
 from companion.sources.docker import WAKING_EVENTS, DockerEdge, DockerUnavailable, Snapshot, api_client, env_dict
 

@@ -26,9 +26,9 @@ from companion.acme.alerts import (
     order_alert,
 )
 from companion.acme.certs import CertStatus
-from companion.core.model import HttpsMethod
 from companion.core.plan import Server
 from companion.core.problems import Problem, fields_of
+from companion.core.values import HttpsMethod
 from companion.core.variables import setting_problems
 from companion.observe.logformat import JsonFormatter
 from companion.settings import config

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.nginx.apply import ApplyResult, NginxControl, apply
 from companion.nginx.render import MAIN_FILE, render
 from tests.harness.nginxcheck import NginxLayout, make_layout

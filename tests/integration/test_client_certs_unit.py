@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from companion.core import plan
-from companion.core.model import ContainerInfo, Policy
+from companion.core.container import ContainerInfo
+from companion.core.model import Policy
 from companion.core.plan import HttpAnswer
 from companion.core.problems import Problem
 from companion.nginx import hostfiles

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from companion.core.model import RootAnswer
+from companion.core.values import RootAnswer
 from companion.loop.controller import BURST_MAX_CAP, BURST_QUIET, FIRST_MAX, FIRST_QUIET, IDLE_GAP, Debouncer
 from companion.settings import config
 from companion.settings.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, Settings, SettingsError

@@ -14,8 +14,10 @@ import pytest
 from companion.acme import dns
 from companion.acme.orders import AcmeManager, certbot_command, lineage_request
 from companion.core import plan
-from companion.core.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
+from companion.core.container import ContainerInfo
+from companion.core.model import CertRequest, Policy, Rejection, parse_site
 from companion.core.plan import CertFiles
+from companion.core.values import Challenge
 from companion.observe import status
 from companion.observe.explain import Inputs, explain
 from companion.observe.status import served_by

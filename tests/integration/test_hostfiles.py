@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from companion.core import model, plan
-from companion.core.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
+from companion.core import plan, values
+from companion.core.container import ContainerInfo
+from companion.core.model import Rejection, parse_site
+from companion.core.values import InvalidValue, Tuning
 from companion.nginx import hostfiles
 from companion.nginx.apply import NginxControl, apply
 from companion.nginx.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
@@ -41,40 +43,40 @@ def c(name: str, ip: str, **labels: str) -> ContainerInfo:
     ("value", "expected"), [("10m", "10m"), ("0", "0"), ("512K", "512k"), (" 1g ", "1g"), ("007", "7")]
 )
 def test_body_size_takes_nginx_sizes(value: str, expected: str) -> None:
-    assert model.parse_size(value) == expected
+    assert values.parse_size(value) == expected
 
 
 @pytest.mark.parametrize("value", ["10 m", "1.5m", "10mb", "-1", "", "10m;", "1t", "9999999999"])
 def test_body_size_refuses_anything_else(value: str) -> None:
     with pytest.raises(InvalidValue, match="size in nginx syntax"):
-        model.parse_size(value)
+        values.parse_size(value)
 
 
 @pytest.mark.parametrize(
     ("value", "expected"), [("60", "60s"), ("60s", "60s"), ("5m", "300s"), ("1500ms", "1500ms"), ("1h", "3600s")]
 )
 def test_durations_are_normalised(value: str, expected: str) -> None:
-    assert model.parse_duration(value) == expected
+    assert values.parse_duration(value) == expected
 
 
 @pytest.mark.parametrize("value", ["0", "0s", "2d", "25h", "1.5s", "60 s", "$x", "1s;"])
 def test_durations_are_bounded(value: str) -> None:
     with pytest.raises(InvalidValue, match="duration from 1ms to 86400s"):
-        model.parse_duration(value)
+        values.parse_duration(value)
 
 
 def test_allow_list_parses_ipv4_ipv6_and_says_what_is_wrong() -> None:
-    assert model.parse_allow_list("10.0.0.0/8, 192.0.2.7,2001:db8::/32,10.0.0.0/8") == (
+    assert values.parse_allow_list("10.0.0.0/8, 192.0.2.7,2001:db8::/32,10.0.0.0/8") == (
         "10.0.0.0/8",
         "192.0.2.7/32",
         "2001:db8::/32",
     )
     with pytest.raises(InvalidValue, match="host bits set; the network is 10.0.0.0/8"):
-        model.parse_allow_list("10.1.2.3/8")
+        values.parse_allow_list("10.1.2.3/8")
     with pytest.raises(InvalidValue, match="not an IP address or CIDR"):
-        model.parse_allow_list("10.0.0.0/8; deny all")
+        values.parse_allow_list("10.0.0.0/8; deny all")
     with pytest.raises(InvalidValue, match="no address"):
-        model.parse_allow_list(" , ")
+        values.parse_allow_list(" , ")
 
 
 def test_a_bad_typed_value_refuses_the_container_naming_the_variable() -> None:

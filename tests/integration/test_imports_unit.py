@@ -16,7 +16,7 @@ from companion import cli
 from companion.acme import certs, imports
 from companion.acme.imports import Candidate, candidates, check_pair, import_all
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.serve.supervisor import Child, Supervisor, final_code, settings_flags, status_code
 from tests.harness.acmecompanion import TestCA, snapshot, write_layout
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from companion.core import model, plan
-from companion.core.model import MULTIPORTS, ContainerInfo, Rejection, Site
+from companion.core.container import ContainerInfo
+from companion.core.model import MULTIPORTS, Rejection, Site
 from companion.core.multiports import parse_sites
 from companion.core.plan import CertFiles
 from companion.nginx.render import MAIN_FILE, render

@@ -18,7 +18,7 @@ import pytest
 from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState
 from companion.core import plan
-from companion.core.model import ContainerInfo
+from companion.core.container import ContainerInfo
 from companion.observe import status
 from companion.observe.explain import Explanation, Verdict
 from companion.observe.metrics import Metrics

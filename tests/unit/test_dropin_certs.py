@@ -12,7 +12,8 @@ import pytest
 from companion.acme.certs import CertStatus, default_cert, renewal_params
 from companion.acme.orders import account_key, certbot_command, due_reason, parse_accounts, register_command
 from companion.core import plan
-from companion.core.model import CertRequest, ContainerInfo, Policy, Rejection, Site, parse_site
+from companion.core.container import ContainerInfo
+from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
 from companion.core.plan import CertFiles
 from companion.nginx.render import MAIN_FILE, RenderOptions, render
 from companion.settings.config import LETSENCRYPT_STAGING, Settings, SettingsError, load

@@ -8,7 +8,8 @@ from pathlib import Path
 from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState, describe, load_state, save_state
 from companion.core import trust
-from companion.core.model import ContainerInfo, Policy
+from companion.core.container import ContainerInfo
+from companion.core.model import Policy
 from companion.observe.explain import Explanation, Inputs, Verdict, explain
 
 CERTS = Path("/certs")

@@ -7,20 +7,10 @@ from certbot import util as certbot_util
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from companion.core import model
-from companion.core.model import (
-    CertRequest,
-    ContainerInfo,
-    HttpsMethod,
-    InvalidValue,
-    Policy,
-    Proto,
-    Rejection,
-    RootAnswer,
-    Site,
-    parse_default_root,
-    parse_site,
-)
+from companion.core import model, values
+from companion.core.container import ContainerInfo
+from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
+from companion.core.values import HttpsMethod, InvalidValue, Proto, RootAnswer, parse_default_root
 
 LABEL63 = "a" * 63
 HOST253 = ".".join([LABEL63, LABEL63, LABEL63, "b" * 61])
@@ -66,7 +56,7 @@ def site_of(labels: dict[str, str], **kw: object) -> Site:
     ],
 )
 def test_parse_hostname_canonical(value: str, expected: str) -> None:
-    assert model.parse_hostname(value) == expected
+    assert values.parse_hostname(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -121,12 +111,12 @@ def test_parse_hostname_canonical(value: str, expected: str) -> None:
 )
 def test_parse_hostname_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_hostname(value)
+        values.parse_hostname(value)
 
 
 def test_parse_hostname_wildcard_forbidden_for_certificates() -> None:
     with pytest.raises(InvalidValue, match="wildcard"):
-        model.parse_hostname("*.example.com", wildcard=False)
+        values.parse_hostname("*.example.com", wildcard=False)
 
 
 @pytest.mark.parametrize(
@@ -140,13 +130,13 @@ def test_parse_hostname_wildcard_forbidden_for_certificates() -> None:
     ],
 )
 def test_parse_host_list(value: str, expected: tuple[str, ...]) -> None:
-    assert model.parse_host_list(value) == expected
+    assert values.parse_host_list(value) == expected
 
 
 @pytest.mark.parametrize("value", ["", ",", " , ", "a.com,b c.com", "a.com;b.com", "a.com b.com", "a.com\nb.com"])
 def test_parse_host_list_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_host_list(value)
+        values.parse_host_list(value)
 
 
 # -- ports, paths, enums, HSTS, names ---------------------------------------------------------------
@@ -154,7 +144,7 @@ def test_parse_host_list_rejects(value: str) -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [("80", 80), ("1", 1), ("65535", 65535), (" 8080 ", 8080), ("080", 80)])
 def test_parse_port(value: str, expected: int) -> None:
-    assert model.parse_port(value) == expected
+    assert values.parse_port(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -180,7 +170,7 @@ def test_parse_port(value: str, expected: int) -> None:
 )
 def test_parse_port_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_port(value)
+        values.parse_port(value)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +178,7 @@ def test_parse_port_rejects(value: str) -> None:
     ["/", "/api", "/api/", "/a/b/c", "/a.b_c~d-e", "/%7Bescaped%7D", "/v1.0/", "/" + "a" * 511],
 )
 def test_parse_path_accepts(value: str) -> None:
-    assert model.parse_path(value) == value
+    assert values.parse_path(value) == value
 
 
 @pytest.mark.parametrize(
@@ -228,7 +218,7 @@ def test_parse_path_accepts(value: str) -> None:
 )
 def test_parse_path_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_path(value)
+        values.parse_path(value)
 
 
 @pytest.mark.parametrize(
@@ -244,7 +234,7 @@ def test_parse_path_rejects(value: str) -> None:
     ],
 )
 def test_parse_enum(value: str, enum: type, expected: object) -> None:
-    assert model.parse_enum(value, enum) is expected
+    assert values.parse_enum(value, enum) is expected
 
 
 @pytest.mark.parametrize(
@@ -263,7 +253,7 @@ def test_parse_enum(value: str, enum: type, expected: object) -> None:
 )
 def test_parse_enum_rejects(value: str, enum: type) -> None:
     with pytest.raises(InvalidValue, match="must be one of"):
-        model.parse_enum(value, enum)
+        values.parse_enum(value, enum)
 
 
 @pytest.mark.parametrize(
@@ -281,7 +271,7 @@ def test_parse_enum_rejects(value: str, enum: type) -> None:
     ],
 )
 def test_parse_hsts(value: str, expected: str) -> None:
-    assert model.parse_hsts(value) == expected
+    assert values.parse_hsts(value) == expected
 
 
 @pytest.mark.parametrize(
@@ -305,12 +295,12 @@ def test_parse_hsts(value: str, expected: str) -> None:
 )
 def test_parse_hsts_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_hsts(value)
+        values.parse_hsts(value)
 
 
 @pytest.mark.parametrize("value", ["example.com", "my-cert", "Shared_Cert.2", "a", "a" * 128])
 def test_parse_cert_name(value: str) -> None:
-    assert model.parse_cert_name(value) == value
+    assert values.parse_cert_name(value) == value
 
 
 @pytest.mark.parametrize(
@@ -318,7 +308,7 @@ def test_parse_cert_name(value: str) -> None:
 )
 def test_parse_cert_name_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_cert_name(value)
+        values.parse_cert_name(value)
 
 
 @pytest.mark.parametrize(
@@ -334,7 +324,7 @@ def test_parse_cert_name_rejects(value: str) -> None:
     ],
 )
 def test_parse_email(value: str) -> None:
-    assert model.parse_email(value) == value.strip()
+    assert values.parse_email(value) == value.strip()
 
 
 @pytest.mark.parametrize(
@@ -374,7 +364,7 @@ def test_parse_email(value: str) -> None:
 )
 def test_parse_email_rejects(value: str) -> None:
     with pytest.raises(InvalidValue):
-        model.parse_email(value)
+        values.parse_email(value)
 
 
 def test_email_starting_with_a_dash_is_refused_by_name() -> None:
@@ -388,7 +378,7 @@ def test_email_starting_with_a_dash_is_refused_by_name() -> None:
     )
     other = parse_site(info({"VIRTUAL_HOST": "a.com", "LETSENCRYPT_HOST": "a.com", "LETSENCRYPT_EMAIL": "a..b@x.io"}))
     assert isinstance(other, Rejection) and other.variable == "LETSENCRYPT_EMAIL"
-    assert other.reason == model.EMAIL_RULE and "starts with a letter or digit" in other.message
+    assert other.reason == values.EMAIL_RULE and "starts with a letter or digit" in other.message
 
 
 @settings(max_examples=400, deadline=None, database=None)
@@ -406,7 +396,7 @@ def test_email_starting_with_a_dash_is_refused_by_name() -> None:
 def test_every_accepted_email_is_one_certbot_takes_as_the_email(value: str) -> None:
     """What parse_email returns is certbot's own idea of an email and never looks like an option."""
     try:
-        email = model.parse_email(value)
+        email = values.parse_email(value)
     except InvalidValue:
         return
     assert email[0].isascii() and email[0].isalnum(), email
@@ -428,7 +418,7 @@ def test_every_accepted_email_is_one_certbot_takes_as_the_email(value: str) -> N
     ],
 )
 def test_domain_allowed(host: str, patterns: tuple[str, ...], allowed: bool) -> None:
-    assert model.domain_allowed(host, patterns) is allowed
+    assert values.domain_allowed(host, patterns) is allowed
 
 
 # -- parse_site --------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from companion.acme.certs import CertStatus
-from companion.core.model import ContainerInfo, Policy
+from companion.core.container import ContainerInfo
+from companion.core.model import Policy
 from companion.loop.controller import Controller, read_inputs
 from companion.loop.reconcile import Applier, Source, reconcile, render_options
 from companion.nginx.apply import ApplyResult

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from companion.core.model import ContainerInfo, Policy
+from companion.core.container import ContainerInfo
+from companion.core.model import Policy
 from companion.loop.reconcile import reconcile
 from companion.observe.explain import Inputs
 from companion.sources.docker import Snapshot

@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 
 from companion.core import plan, trust
+from companion.core.container import ContainerInfo
 from companion.core.model import (
-    MAX_HOSTS,
     MAX_VALUE_BYTES,
     CertRequest,
-    ContainerInfo,
-    HttpsMethod,
     Policy,
     Rejection,
     Site,
@@ -25,6 +23,7 @@ from companion.core.model import (
 )
 from companion.core.plan import CertFiles
 from companion.core.trust import ImageTrust, OwnerRule
+from companion.core.values import MAX_HOSTS, HttpsMethod
 from companion.loop import owners
 from companion.settings.config import SettingsError, load
 

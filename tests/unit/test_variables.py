@@ -8,10 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from companion.core import model, plan, trust
-from companion.core.model import MULTIPORTS, ContainerInfo, InvalidValue, Policy, Rejection, Site
+from companion.core import model, plan, trust, values
+from companion.core.container import ContainerInfo
+from companion.core.model import MULTIPORTS, Policy, Rejection, Site
 from companion.core.multiports import Route, parse_multiports, parse_sites
 from companion.core.plan import CertFiles
+from companion.core.values import InvalidValue
 from companion.core.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
 
 PLACEHOLDER = CertFiles("/p/fullchain.pem", "/p/privkey.pem")
@@ -247,13 +249,13 @@ def test_any_json_value_is_routes_of_typed_parts_or_refused(tree: dict) -> None:
     except InvalidValue:
         return
     for route in routes:
-        assert model.parse_hostname(route.host) == route.host and model.parse_path(route.path) == route.path
+        assert values.parse_hostname(route.host) == route.host and values.parse_path(route.path) == route.path
 
 
 def test_network_access_is_typed_and_reaches_the_location() -> None:
     internal = info(labels={"VIRTUAL_HOST": "a.example.com", "NETWORK_ACCESS": "Internal"}, networks={"n": "10.0.0.2"})
     site = model.parse_site(internal)
-    assert isinstance(site, Site) and site.network_access is model.NetworkAccess.INTERNAL
+    assert isinstance(site, Site) and site.network_access is values.NetworkAccess.INTERNAL
     (server,) = plan.build([internal], {}, PLACEHOLDER).servers
     assert [loc.internal for loc in server.locations] == [True]
     bad = model.parse_site(info(labels={"VIRTUAL_HOST": "a.example.com", "NETWORK_ACCESS": "intranet"}))
