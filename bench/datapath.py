@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import median, percentile  # sets sys.path for companion/tests
 
 from companion.acme import certs
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.container import ContainerInfo
 from companion.nginx.render import HTTP2_DIRECTIVE_SINCE, RenderOptions, render
 from companion.settings.config import parse_nginx_version
@@ -68,7 +68,7 @@ server {{
 """
 
 
-def self_signed(folder: Path) -> plan.CertFiles:
+def self_signed(folder: Path) -> certificates.CertFiles:
     """A self-signed certificate (the companion's placeholder kind), valid for HOST as far as plan knows."""
     folder.mkdir(parents=True)
     return dataclasses.replace(certs.ensure_placeholder(folder), domains=(HOST,))

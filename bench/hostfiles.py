@@ -11,7 +11,7 @@ from pathlib import Path
 
 from _common import median, ms  # sets sys.path for companion
 
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.container import ContainerInfo
 from companion.nginx import hostfiles
 from companion.nginx.render import RenderOptions, render
@@ -55,7 +55,7 @@ def main() -> int:
         )
         for i, h in enumerate(hosts)
     ]
-    desired = plan.build(containers, {}, plan.CertFiles("/p/fullchain.pem", "/p/privkey.pem"))
+    desired = plan.build(containers, {}, certificates.CertFiles("/p/fullchain.pem", "/p/privkey.pem"))
     options = RenderOptions(conf_dir="/etc/nginx/conf.d", webroot="/var/www")
     with tempfile.TemporaryDirectory() as tmp:
         dirs = folders(Path(tmp), hosts, args.files)

@@ -31,7 +31,7 @@ from pathlib import Path
 from _common import ROOT, median, ms, percentile, verdict  # noqa: F401 - sets sys.path for companion/tests
 
 from companion.acme import certs
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.container import ContainerInfo
 from companion.nginx.render import RenderOptions, render
 from companion.settings.config import parse_nginx_version
@@ -81,7 +81,7 @@ def synthetic(sites: int) -> tuple[list[ContainerInfo], list[tuple[str, ...]]]:
     return containers, cert_names
 
 
-def make_cert_pool(certs_dir: Path) -> list[plan.CertFiles]:
+def make_cert_pool(certs_dir: Path) -> list[certificates.CertFiles]:
     """A few real self-signed lineages so that nginx -t loads real files (it parses every one it names)."""
     pool = []
     for n in range(CERT_POOL):
@@ -92,7 +92,7 @@ def make_cert_pool(certs_dir: Path) -> list[plan.CertFiles]:
     return pool
 
 
-def cert_map(names: list[tuple[str, ...]], pool: list[plan.CertFiles]) -> dict[str, plan.CertFiles]:
+def cert_map(names: list[tuple[str, ...]], pool: list[certificates.CertFiles]) -> dict[str, certificates.CertFiles]:
     """Nine in ten requested certificates already exist (valid for their names); the rest are served
     the placeholder."""
     return {
@@ -107,7 +107,7 @@ def nginx_version() -> tuple[int, ...]:
     return parse_nginx_version(done.stderr + done.stdout)
 
 
-def measure(sites: int, reps: int, work: Path, pool: list[plan.CertFiles], version: tuple[int, ...]) -> dict:
+def measure(sites: int, reps: int, work: Path, pool: list[certificates.CertFiles], version: tuple[int, ...]) -> dict:
     containers, names = synthetic(sites)
     certmap = cert_map(names, pool)
     (work / "placeholder").mkdir(exist_ok=True)

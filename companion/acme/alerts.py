@@ -21,7 +21,7 @@ from pathlib import Path
 
 import apprise
 
-from companion.acme.certs import CertStatus
+from companion.core.certificates import CertStatus
 from companion.core.plan import Server
 from companion.util.logsafe import printable
 from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -21,46 +20,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID, NameOID
 
-from companion.core.plan import CertFiles
+from companion.core.certificates import PLACEHOLDER_DIR, CertFiles, CertStatus, placeholder_files
 from companion.util import safefiles
 
 log = logging.getLogger(__name__)
-
-PLACEHOLDER_DIR = "companion/placeholder"
-
-
-@dataclass(frozen=True)
-class CertStatus:
-    name: str
-    domains: tuple[str, ...] = ()
-    issuer: str = ""
-    not_before: dt.datetime | None = None
-    not_after: dt.datetime | None = None
-    ocsp: bool = False
-    serial: str = ""
-    problem: str = ""
-    server: str = ""  # the CA it came from and the account that ordered it (certbot's renewal file)
-    account: str = ""
-
-    def files(self, certs_dir: Path) -> CertFiles:
-        live = certs_dir / "live" / self.name
-        return CertFiles(
-            str(live / "fullchain.pem"),
-            str(live / "privkey.pem"),
-            self.ocsp,
-            self.serial,
-            domains=self.domains,
-            not_after=self.not_after.timestamp() if self.not_after else 0.0,
-        )
-
-    def remaining(self, now: dt.datetime) -> dt.timedelta:
-        assert self.not_after is not None
-        return self.not_after - now
-
-    @property
-    def lifetime(self) -> dt.timedelta:
-        assert self.not_after is not None and self.not_before is not None
-        return self.not_after - self.not_before
 
 
 _cache: dict[str, tuple[tuple[str, str], CertStatus]] = {}
@@ -191,10 +154,6 @@ def scan(certs_dir: Path) -> dict[str, CertStatus]:
     return {name: read_lineage(certs_dir, name) for name in names}
 
 
-def usable(statuses: dict[str, CertStatus], certs_dir: Path) -> dict[str, CertFiles]:
-    return {name: s.files(certs_dir) for name, s in statuses.items() if not s.problem}
-
-
 DEFAULT_CERT, DEFAULT_KEY = "default.crt", "default.key"
 
 
@@ -208,11 +167,6 @@ def default_cert(certs_dir: Path) -> tuple[CertFiles | None, str]:
     if status.problem:
         return None, f"default certificate {chain}: {status.problem}; unknown names are refused instead"
     return CertFiles(str(chain), str(key), status.ocsp, status.serial, status.domains), ""
-
-
-def placeholder_files(certs_dir: Path) -> CertFiles:
-    folder = certs_dir / PLACEHOLDER_DIR
-    return CertFiles(str(folder / "fullchain.pem"), str(folder / "privkey.pem"))
 
 
 def ensure_placeholder(certs_dir: Path) -> CertFiles:

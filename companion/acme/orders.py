@@ -30,10 +30,11 @@ from pathlib import Path
 import requests
 
 from companion.acme.alerts import Alert, order_alert
-from companion.acme.certs import CertStatus, scan, tighten
+from companion.acme.certs import scan, tighten
 from companion.acme.dns import certbot_args as dns_args
 from companion.acme.dns import credentials_problem
 from companion.acme.orderlimit import OrderLimit
+from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest
 from companion.core.values import Challenge
 from companion.settings.config import Settings

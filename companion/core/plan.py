@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import (
     DEFAULT_POLICY,
@@ -35,23 +36,6 @@ from companion.core.problems import Problem
 from companion.core.values import HttpsMethod, NetworkAccess, Proto, Tuning
 from companion.core.variables import container_problems
 from companion.util.logsafe import printable
-
-
-@dataclass(frozen=True)
-class CertFiles:
-    """A certificate nginx can load: paths on disk, whether it names an OCSP responder, and its serial.
-
-    The serial is rendered as a comment: a renewed certificate keeps its paths, and the changed
-    serial is what makes the rendered files differ, so the apply step reloads nginx.
-    """
-
-    fullchain: str
-    privkey: str
-    ocsp: bool = False
-    serial: str = ""
-    domains: tuple[str, ...] = ()  # the names the certificate is valid for
-    not_after: float = 0.0  # unix time; the fresher of two covering certificates wins
-
 
 Backends = tuple[tuple[tuple[str, int], ...], bool]  # (sorted (address, port) pairs, keepalive)
 

@@ -25,7 +25,7 @@ from companion.acme import certs
 from companion.acme.alerts import in_use
 from companion.acme.orders import CertState
 from companion.cluster.publisher import CHALLENGE_RELAY_PORT
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.model import CertRequest, Policy
 from companion.core.problems import Problem, fields_of
 from companion.core.trust import NGINX_LABEL
@@ -55,7 +55,7 @@ NO_NGINX = (
 
 
 class CertificateManager(Protocol):
-    def update(self, requests: tuple[CertRequest, ...], statuses: dict[str, certs.CertStatus]) -> None: ...
+    def update(self, requests: tuple[CertRequest, ...], statuses: dict[str, certificates.CertStatus]) -> None: ...
 
     def seconds_until_due(self) -> float | None: ...
 
@@ -128,7 +128,7 @@ class Controller:
         self._last_wake = 0.0
         self._reported: dict[str, float] = {}  # problem -> unix time it appeared
         self._desired: plan.Desired | None = None
-        self._statuses: dict[str, certs.CertStatus] = {}
+        self._statuses: dict[str, certificates.CertStatus] = {}
         self._passes: deque[status.PassView] = deque(maxlen=status.PASSES_KEPT)
         self._last_success = 0.0
         self.latest = status.EMPTY  # replaced whole after every pass; the status endpoint only reads it

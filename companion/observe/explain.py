@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from companion.acme import certs
-from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState, describe
-from companion.core import plan, trust
+from companion.core import certificates, plan, trust
+from companion.core.certificates import CertFiles, CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, VARIABLES, Policy, Rejection, Site, ignored_from_image, settings_of
 from companion.core.multiports import parse_multiports, parse_sites
-from companion.core.plan import CertFiles
 from companion.core.values import Challenge, HttpsMethod, InvalidValue, parse_hostname
 from companion.core.variables import container_problems
 from companion.observe.status import NodeView
@@ -38,7 +36,7 @@ class Inputs:
 
     containers: tuple[ContainerInfo, ...]
     statuses: Mapping[str, CertStatus]
-    certs_dir: Path  # only to name the lineages' files, as certs.usable does
+    certs_dir: Path  # only to name the lineages' files, as certificates.usable does
     policy: Policy
     owners: Mapping[str, str] = field(default_factory=dict)
     nginx_networks: tuple[str, ...] | None = None  # None: nginx runs on the host
@@ -53,13 +51,13 @@ class Inputs:
 
     @property
     def usable(self) -> dict[str, CertFiles]:
-        return certs.usable(dict(self.statuses), self.certs_dir)
+        return certificates.usable(dict(self.statuses), self.certs_dir)
 
     def desired(self) -> plan.Desired:
         built = plan.build(
             self.containers,
             self.usable,
-            certs.placeholder_files(self.certs_dir),
+            certificates.placeholder_files(self.certs_dir),
             nginx_networks=self.nginx_networks,
             policy=self.policy,
             owners=self.owners,

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState, renew_at
-from companion.core.plan import CertFiles, Desired
+from companion.core.certificates import CertFiles, CertStatus
+from companion.core.plan import Desired
 
 VERSION = 1
 PASSES_KEPT = 20

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from companion.core.plan import CertFiles
+from companion.core.certificates import CertFiles
 from companion.nginx.render import RenderOptions
 
 NGINX = "/usr/sbin/nginx"

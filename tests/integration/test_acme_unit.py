@@ -26,6 +26,7 @@ from companion.acme.orders import (
     load_state,
     save_state,
 )
+from companion.core import certificates
 from companion.core.model import CertRequest
 from companion.serve.control import parse_renew
 from companion.settings.config import Settings
@@ -95,7 +96,7 @@ def test_reading_a_lineage_gives_names_expiry_issuer_and_ocsp(tmp_path: Path) ->
     assert status.issuer == "Test Issuer"
     assert status.not_after == NOW + dt.timedelta(days=90)
     assert status.ocsp is True
-    assert certs.usable({"a.test": status}, tmp_path)["a.test"].fullchain.endswith("live/a.test/fullchain.pem")
+    assert certificates.usable({"a.test": status}, tmp_path)["a.test"].fullchain.endswith("live/a.test/fullchain.pem")
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_broken_lineages_are_reported_and_not_usable(tmp_path: Path, breakage, p
     breakage(tmp_path / "live" / "bad.test")
     statuses = certs.scan(tmp_path)
     assert problem in statuses["bad.test"].problem
-    assert set(certs.usable(statuses, tmp_path)) == {"good.test"}
+    assert set(certificates.usable(statuses, tmp_path)) == {"good.test"}
 
 
 def test_placeholder_is_made_once_with_a_private_key(tmp_path: Path) -> None:
@@ -158,7 +159,7 @@ def test_due_reason(
 
 def test_due_reason_without_or_with_broken_certificate(tmp_path: Path) -> None:
     assert due_reason(request(), None, NOW, 0.0) == "no certificate yet"
-    broken = certs.CertStatus("a.test", problem="private key does not match the certificate")
+    broken = certificates.CertStatus("a.test", problem="private key does not match the certificate")
     assert "unusable" in due_reason(request(), broken, NOW, 0.0)
 
 

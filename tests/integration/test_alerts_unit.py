@@ -25,7 +25,7 @@ from companion.acme.alerts import (
     in_use,
     order_alert,
 )
-from companion.acme.certs import CertStatus
+from companion.core.certificates import CertStatus
 from companion.core.plan import Server
 from companion.core.problems import Problem, fields_of
 from companion.core.values import HttpsMethod

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.container import ContainerInfo
 from companion.core.model import Policy
 from companion.core.plan import HttpAnswer
@@ -37,7 +37,7 @@ def dirs_in(root: Path) -> Dirs:
     return Dirs(str(root / "vhost.d"), str(root / "htpasswd"), str(root / "client_ca"), str(root / "proxy.conf"))
 
 
-def desired_for(method: str, state: str, placeholder: plan.CertFiles) -> plan.Desired:
+def desired_for(method: str, state: str, placeholder: certificates.CertFiles) -> plan.Desired:
     labels = {"VIRTUAL_HOST": HOST, "HTTPS_METHOD": method}
     if state != "unwanted":
         labels["LETSENCRYPT_HOST"] = HOST
@@ -66,7 +66,7 @@ EXPECTED = {
 
 @pytest.mark.parametrize(("method", "state"), sorted(EXPECTED))
 def test_a_client_cert_host_never_proxies_plain_http_and_overrules_are_named(method: str, state: str) -> None:
-    placeholder = plan.CertFiles("/certs/f.pem", "/certs/k.pem")
+    placeholder = certificates.CertFiles("/certs/f.pem", "/certs/k.pem")
     before = desired_for(method, state, placeholder)
     source = "/etc/nginx/client_ca/a.example.com"
     guarded = plan.require_client_certs(before, {HOST: source})
@@ -86,7 +86,7 @@ def test_a_client_cert_host_never_proxies_plain_http_and_overrules_are_named(met
 
 @pytest.mark.parametrize(("method", "state"), sorted(EXPECTED))
 def test_without_a_client_ca_nothing_changes(method: str, state: str) -> None:
-    placeholder = plan.CertFiles("/certs/f.pem", "/certs/k.pem")
+    placeholder = certificates.CertFiles("/certs/f.pem", "/certs/k.pem")
     before = desired_for(method, state, placeholder)
     assert plan.require_client_certs(before, {"other.example.com": "/x"}) == before
     assert not before.servers[0].client_cert
@@ -95,7 +95,7 @@ def test_without_a_client_ca_nothing_changes(method: str, state: str) -> None:
 
 
 def test_the_warning_shows_control_characters_escaped() -> None:
-    before = desired_for("noredirect", "issued", plan.CertFiles("/certs/f.pem", "/certs/k.pem"))
+    before = desired_for("noredirect", "issued", certificates.CertFiles("/certs/f.pem", "/certs/k.pem"))
     (line,) = plan.require_client_certs(before, {HOST: "/ca\x1b[31m\n/a.example.com"}).problems
     assert "\\x1b[31m\\x0a/a.example.com" in line and "\n" not in line and "\x1b" not in line
 

@@ -14,9 +14,9 @@ import pytest
 from companion.acme import dns
 from companion.acme.orders import AcmeManager, certbot_command, lineage_request
 from companion.core import plan
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy, Rejection, parse_site
-from companion.core.plan import CertFiles
 from companion.core.values import Challenge
 from companion.observe import status
 from companion.observe.explain import Inputs, explain

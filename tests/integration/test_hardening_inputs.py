@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from companion.acme.orders import certbot_command
-from companion.core import plan
+from companion.core import certificates, plan
 from companion.core.model import CertRequest
 from companion.nginx.render import RenderOptions, render
 from companion.settings.config import Settings
@@ -56,7 +56,7 @@ def serve_rendered(nginx: HostNginx, webroot: Path, *, acme_snippet: Callable[[s
         https_port=nginx.https_port,
         nginx_version=(1, 22, 1),
     )
-    files = render(plan.build([], {}, plan.CertFiles("/unused/fullchain.pem", "/unused/privkey.pem")), options)
+    files = render(plan.build([], {}, certificates.CertFiles("/unused/fullchain.pem", "/unused/privkey.pem")), options)
     files["companion-acme.inc"] = acme_snippet(files["companion-acme.inc"])
     for name, text in files.items():
         (nginx.conf_dir / name).write_text(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.core import plan, values
+from companion.core import certificates, plan, values
 from companion.core.container import ContainerInfo
 from companion.core.model import Rejection, parse_site
 from companion.core.values import InvalidValue, Tuning
@@ -91,7 +91,7 @@ def test_typed_values_reach_the_location_and_conflicts_are_named() -> None:
         c("a", "10.0.0.2", VIRTUAL_HOST="t.example.com", PROXY_MAX_BODY_SIZE="20m", PROXY_BUFFERING="off"),
         c("b", "10.0.0.3", VIRTUAL_HOST="t.example.com", PROXY_MAX_BODY_SIZE="1m"),
     ]
-    desired = plan.build(fleet, {}, plan.CertFiles("/p/f.pem", "/p/k.pem"))
+    desired = plan.build(fleet, {}, certificates.CertFiles("/p/f.pem", "/p/k.pem"))
     (location,) = desired.servers[0].locations
     assert location.tuning == Tuning(max_body_size="20m", buffering=False)
     assert any("disagree on PROXY_MAX_BODY_SIZE, PROXY_BUFFERING; using a's" in p for p in desired.problems)
@@ -160,7 +160,7 @@ def everything(layout: NginxLayout, tmp_path: Path) -> tuple[plan.Desired, hostf
         c("plain", "10.0.0.4", VIRTUAL_HOST="c.example.com"),
     ]
     cert = layout.cert()
-    certs = {"a": plan.CertFiles(cert.fullchain, cert.privkey, domains=("a.example.com", "b.example.com"))}
+    certs = {"a": certificates.CertFiles(cert.fullchain, cert.privkey, domains=("a.example.com", "b.example.com"))}
     desired = plan.build(fleet, certs, cert)
     dirs = dirs_in(tmp_path / "user")
     vhost = Path(dirs.vhost)

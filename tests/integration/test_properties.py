@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from companion.core import model, plan
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Rejection, Site
 from companion.core.multiports import parse_sites
-from companion.core.plan import CertFiles
 from companion.nginx.render import MAIN_FILE, render
 from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf, walk
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from companion.core import plan
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
-from companion.core.plan import CertFiles
 from companion.core.values import parse_default_root
 from companion.nginx.render import DHPARAM_FILE, MAIN_FILE, SNIPPETS, RenderOptions, render
 from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf

@@ -15,9 +15,9 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState
-from companion.core import plan
+from companion.core import certificates, plan
+from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
 from companion.observe import status
 from companion.observe.explain import Explanation, Verdict
@@ -30,7 +30,9 @@ from companion.settings import config
 from companion.settings.config import SettingsError
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-PLACEHOLDER = plan.CertFiles("/certs/companion/placeholder/fullchain.pem", "/certs/companion/placeholder/privkey.pem")
+PLACEHOLDER = certificates.CertFiles(
+    "/certs/companion/placeholder/fullchain.pem", "/certs/companion/placeholder/privkey.pem"
+)
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from companion.acme.certs import CertStatus, default_cert, renewal_params
+from companion.acme.certs import default_cert, renewal_params
 from companion.acme.orders import account_key, certbot_command, due_reason, parse_accounts, register_command
 from companion.core import plan
+from companion.core.certificates import CertFiles, CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
-from companion.core.plan import CertFiles
 from companion.nginx.render import MAIN_FILE, RenderOptions, render
 from companion.settings.config import LETSENCRYPT_STAGING, Settings, SettingsError, load
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from companion.acme.certs import CertStatus
 from companion.acme.orders import CertState, describe, load_state, save_state
 from companion.core import trust
+from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import Policy
 from companion.observe.explain import Explanation, Inputs, Verdict, explain

@@ -8,9 +8,10 @@ import random
 import pytest
 
 from companion.core import plan
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy
-from companion.core.plan import CertFiles, Location, Server, Upstream
+from companion.core.plan import Location, Server, Upstream
 from companion.core.values import HttpsMethod, Proto
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.acme.certs import CertStatus
+from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import Policy
 from companion.loop.controller import Controller, read_inputs

@@ -16,6 +16,7 @@ import pytest
 
 from companion.acme import certs
 from companion.acme.orders import _STATE_FIELDS, CertState, load_state, save_state
+from companion.core import certificates
 from companion.nginx.apply import read_current
 from companion.util import safefiles
 from tests.integration.test_acme_unit import certbot_layout
@@ -171,7 +172,7 @@ def test_anything_else_at_a_certificate_makes_only_that_lineage_unusable(tmp_pat
     else:
         reason = f"is {KINDS[kind]}, not a regular file"
     assert statuses["bad.test"].problem.startswith(f"{chain}: {reason}"), statuses["bad.test"].problem
-    assert set(certs.usable(statuses, tmp_path)) == {"good.test"}
+    assert set(certificates.usable(statuses, tmp_path)) == {"good.test"}
 
 
 def test_a_link_from_archive_to_outside_is_refused_too(tmp_path: Path) -> None:

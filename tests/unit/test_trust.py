@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from companion.core import plan, trust
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import (
     MAX_VALUE_BYTES,
@@ -21,7 +22,6 @@ from companion.core.model import (
     parse_site,
     settings_of,
 )
-from companion.core.plan import CertFiles
 from companion.core.trust import ImageTrust, OwnerRule
 from companion.core.values import MAX_HOSTS, HttpsMethod
 from companion.loop import owners

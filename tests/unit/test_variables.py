@@ -9,10 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from companion.core import model, plan, trust, values
+from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Policy, Rejection, Site
 from companion.core.multiports import Route, parse_multiports, parse_sites
-from companion.core.plan import CertFiles
 from companion.core.values import InvalidValue
 from companion.core.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
 
