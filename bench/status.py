@@ -17,11 +17,11 @@ from pathlib import Path
 from _common import median, ms, percentile  # noqa: F401 - sets sys.path for companion/tests
 
 from bench.render import synthetic
+from companion.core.ports import Snapshot
 from companion.loop.controller import Controller
 from companion.nginx.apply import NginxControl
 from companion.serve.statusserver import StatusServer
 from companion.settings.config import Settings
-from companion.sources.docker import Snapshot
 from tests.harness.ports import free_port
 
 POLL_EVERY = 0.1

@@ -30,6 +30,8 @@ from companion.acme.orders import (
 from companion.cluster import agent
 from companion.cluster import secret as cluster
 from companion.cluster.publisher import ClusterPublisher, ClusterServer, start_cluster_server
+from companion.core.inputs import Inputs
+from companion.core.ports import Snapshot
 from companion.core.values import Challenge
 from companion.core.variables import setting_problems
 from companion.loop import owners
@@ -47,7 +49,7 @@ from companion.serve.htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from companion.serve.htpasswd import Gate, HtpasswdError, parse
 from companion.serve.statusserver import start_status_server
 from companion.settings import config
-from companion.sources.docker import DockerEdge, DockerUnavailable, Snapshot, wait_for_daemon
+from companion.sources.docker import DockerEdge, DockerUnavailable, wait_for_daemon
 from companion.sources.swarm import SwarmSource
 from companion.sources.watch import watch_certs, watch_host_files
 from companion.util.logsafe import printable
@@ -119,7 +121,7 @@ def make_applier(settings: config.Settings, edge: DockerEdge | None) -> LocalApp
     return LocalApplier(Path(settings.conf_dir), control)
 
 
-def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[explain.Inputs, str]:
+def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[Inputs, str]:
     """A pass's inputs computed in this process, with the owners the service remembers on disk and the hosts
     the operator's files make require a client certificate (as a pass reads them, after the plan names the hosts)."""
     certs_dir = Path(settings.certs_dir)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from companion.acme.certs import PEM_MAX_BYTES
 from companion.cluster import bundle
 from companion.cluster import secret as cluster
-from companion.nginx.apply import ApplyResult
+from companion.core.ports import ApplyResult
 from companion.observe import status
 from companion.settings.config import parse_nginx_version
 from companion.util.httpserve import CappedServer

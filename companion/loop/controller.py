@@ -26,18 +26,20 @@ from companion.acme.alerts import in_use
 from companion.acme.orders import CertState
 from companion.cluster.publisher import CHALLENGE_RELAY_PORT
 from companion.core import certificates, plan
+from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy
+from companion.core.ports import Applier, ApplyResult, Snapshot, Source
 from companion.core.problems import Problem, fields_of
 from companion.core.trust import NGINX_LABEL
 from companion.loop import owners
-from companion.loop.reconcile import Applier, Source, policy_of, reconcile, render_options
+from companion.loop.reconcile import policy_of, reconcile, render_options
 from companion.nginx import hostfiles
-from companion.nginx.apply import OLDEST_ASSUMED, ApplyResult
+from companion.nginx.apply import OLDEST_ASSUMED
 from companion.observe import status
-from companion.observe.explain import Explanation, Inputs, explain, with_nodes
+from companion.observe.explain import Explanation, explain, with_nodes
 from companion.observe.metrics import Metrics
 from companion.settings.config import Settings
-from companion.sources.docker import DockerUnavailable, Snapshot, short_reason
+from companion.sources.docker import DockerUnavailable, short_reason
 
 log = logging.getLogger(__name__)
 

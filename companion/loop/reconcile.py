@@ -31,37 +31,16 @@ Applier
 from __future__ import annotations
 
 import dataclasses
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 from companion.core import plan
-from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy
 from companion.core.problems import Problem
 from companion.nginx.hostfiles import NONE, Chosen
 from companion.nginx.render import RenderOptions, render
 from companion.settings.config import Settings
-
-if TYPE_CHECKING:
-    from companion.nginx.apply import ApplyResult
-    from companion.observe.explain import Inputs
-    from companion.sources.docker import Snapshot
-
-
-class Source(Protocol):
-    def snapshot(self) -> Snapshot: ...
-
-    def watch(self, wake: Callable[[str], None], stop: threading.Event) -> threading.Thread: ...
-
-
-class Applier(Protocol):
-    def locate(self, nginx: Sequence[ContainerInfo]) -> None: ...
-
-    def nginx_version(self) -> tuple[int, ...] | None: ...
-
-    def apply(self, files: Mapping[str, str]) -> ApplyResult: ...
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from companion.core.container import ContainerInfo
+from companion.core.ports import ApplyResult
 from companion.nginx.render import MAIN_FILE
 from companion.settings.config import SettingsError, parse_nginx_version
 from companion.util.logsafe import printable
@@ -23,16 +23,6 @@ T = TypeVar("T")
 
 class NginxError(RuntimeError):
     """nginx could not be tested or reloaded; the message is nginx's own words."""
-
-
-@dataclass(frozen=True)
-class ApplyResult:
-    changed: tuple[str, ...]  # files written (and kept)
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return not self.error
 
 
 class NginxControl:

@@ -20,14 +20,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from companion.core.ports import ApplyResult
 from companion.core.values import InvalidValue, parse_hostname
 from companion.util.logsafe import printable
 from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic
-
-if TYPE_CHECKING:  # nginx imports render, which imports this module
-    from companion.nginx.apply import ApplyResult
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ import requests.exceptions
 
 from companion.core import trust
 from companion.core.container import ContainerInfo
+from companion.core.ports import Snapshot
 from companion.core.trust import NGINX_LABEL, ImageTrust
 from companion.util.logsafe import printable
 
@@ -34,19 +35,6 @@ WAKING_EVENTS = {
     "network": ["connect", "disconnect"],
 }
 DockerUnavailable = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    containers: tuple[ContainerInfo, ...]
-    nginx: tuple[ContainerInfo, ...]  # the nginx container(s): by name, or by label and the shared conf dir
-    own_networks: tuple[str, ...] = ()  # the companion's own networks when it runs in a container
-    own: ContainerInfo | None = None  # the companion's own container, when it runs in one it can see
-    # containers carrying the nginx label that do not qualify, with the reason; routed like any other
-    impostors: tuple[tuple[ContainerInfo, str], ...] = ()
-    # nginx's Swarm tasks (a service carrying the nginx label): their networks are nginx's too, but they are
-    # reached by agents, not tested or signalled from here
-    nginx_tasks: tuple[ContainerInfo, ...] = ()
 
 
 @dataclass(frozen=True)

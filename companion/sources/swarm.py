@@ -33,8 +33,9 @@ from collections.abc import Callable, Iterable, Mapping
 import docker.errors
 
 from companion.core.container import ContainerInfo
+from companion.core.ports import Snapshot
 from companion.core.trust import NGINX_LABEL
-from companion.sources.docker import WAKING_EVENTS, DockerEdge, DockerUnavailable, Snapshot, api_client, env_dict
+from companion.sources.docker import WAKING_EVENTS, DockerEdge, DockerUnavailable, api_client, env_dict
 
 log = logging.getLogger(__name__)
 

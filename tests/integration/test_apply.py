@@ -14,7 +14,8 @@ import pytest
 
 from companion.core import plan
 from companion.core.container import ContainerInfo
-from companion.nginx.apply import ApplyResult, NginxControl, apply
+from companion.core.ports import ApplyResult
+from companion.nginx.apply import NginxControl, apply
 from companion.nginx.render import MAIN_FILE, render
 from tests.harness.nginxcheck import NginxLayout, make_layout
 

@@ -11,13 +11,14 @@ import pytest
 
 from companion.core import certificates, plan
 from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import Policy
 from companion.core.plan import HttpAnswer
 from companion.core.problems import Problem
 from companion.nginx import hostfiles
 from companion.nginx.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
 from companion.nginx.render import MAIN_FILE, render
-from companion.observe.explain import Inputs, explain
+from companion.observe.explain import explain
 from tests.harness.nginxcheck import Directive, make_layout, parse_conf
 from tests.harness.tls import client_ca
 

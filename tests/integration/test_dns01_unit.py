@@ -16,10 +16,11 @@ from companion.acme.orders import AcmeManager, certbot_command, lineage_request
 from companion.core import plan
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy, Rejection, parse_site
 from companion.core.values import Challenge
 from companion.observe import status
-from companion.observe.explain import Inputs, explain
+from companion.observe.explain import explain
 from companion.observe.status import served_by
 from companion.serve.statusserver import page
 from companion.settings.config import Settings, SettingsError, load

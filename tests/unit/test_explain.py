@@ -9,8 +9,9 @@ from companion.acme.orders import CertState, describe, load_state, save_state
 from companion.core import trust
 from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import Policy
-from companion.observe.explain import Explanation, Inputs, Verdict, explain
+from companion.observe.explain import Explanation, Verdict, explain
 
 CERTS = Path("/certs")
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -13,14 +13,13 @@ import pytest
 
 from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import Policy
+from companion.core.ports import Applier, ApplyResult, Snapshot, Source
 from companion.loop.controller import Controller, read_inputs
-from companion.loop.reconcile import Applier, Source, reconcile, render_options
-from companion.nginx.apply import ApplyResult
+from companion.loop.reconcile import reconcile, render_options
 from companion.nginx.render import MAIN_FILE
-from companion.observe.explain import Inputs
 from companion.settings.config import Settings
-from companion.sources.docker import Snapshot
 
 NGINX = ContainerInfo(id="nginx-id", name="nginx", networks={"proxy": "10.0.0.1"}, gateways={"proxy": "10.0.0.254"})
 

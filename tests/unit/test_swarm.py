@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from companion.core.container import ContainerInfo
+from companion.core.inputs import Inputs
 from companion.core.model import Policy
+from companion.core.ports import Snapshot
 from companion.loop.reconcile import reconcile
-from companion.observe.explain import Inputs
-from companion.sources.docker import Snapshot
 from companion.sources.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
 from tests.harness import swarm
 from tests.unit.test_reconcile import OPTIONS
