@@ -17,16 +17,8 @@ from pathlib import Path
 from companion.acme import certs, imports
 from companion.acme.alerts import Notifier
 from companion.acme.dns import credentials_problem
-from companion.acme.orders import (
-    AcmeManager,
-    CertState,
-    certbot_command,
-    certbot_reason,
-    describe,
-    due_reason,
-    lineage_request,
-    load_state,
-)
+from companion.acme.orders import AcmeManager, load_state
+from companion.acme.policy import CertState, certbot_command, certbot_reason, describe, due_reason, lineage_request
 from companion.cluster import agent
 from companion.cluster import secret as cluster
 from companion.cluster.publisher import ClusterPublisher, ClusterServer, start_cluster_server

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from companion.acme import certs
 from companion.acme.alerts import in_use
-from companion.acme.orders import CertState
+from companion.acme.policy import CertState
 from companion.cluster.publisher import CHALLENGE_RELAY_PORT
 from companion.core import certificates, plan
 from companion.core.inputs import Inputs

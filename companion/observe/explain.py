@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from companion.acme.orders import CertState, describe
+from companion.acme.policy import CertState, describe
 from companion.core import plan, trust
 from companion.core.container import ContainerInfo
 from companion.core.inputs import Inputs

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
 
-from companion.acme.orders import CertState, renew_at
+from companion.acme.policy import CertState, renew_at
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.plan import Desired
 

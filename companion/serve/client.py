@@ -16,7 +16,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from companion.acme.certs import scan
-from companion.acme.orders import CERTBOT_TIMEOUT, load_state
+from companion.acme.orders import load_state
+from companion.acme.policy import CERTBOT_TIMEOUT
 from companion.settings.config import Settings, parse_listen
 from companion.util.safefiles import read_regular
 

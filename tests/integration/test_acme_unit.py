@@ -15,17 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from companion.acme import certs
-from companion.acme.orders import (
-    BACKOFF_CAP,
-    AcmeManager,
-    CertState,
-    backoff,
-    certbot_command,
-    certbot_reason,
-    due_reason,
-    load_state,
-    save_state,
-)
+from companion.acme.orders import AcmeManager, load_state, save_state
+from companion.acme.policy import BACKOFF_CAP, CertState, backoff, certbot_command, certbot_reason, due_reason
 from companion.core import certificates
 from companion.core.model import CertRequest
 from companion.serve.control import parse_renew

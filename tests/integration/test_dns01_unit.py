@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from companion.acme import dns
-from companion.acme.orders import AcmeManager, certbot_command, lineage_request
+from companion.acme.orders import AcmeManager
+from companion.acme.policy import certbot_command, lineage_request
 from companion.core import plan
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo

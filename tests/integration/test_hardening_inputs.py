@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.acme.orders import certbot_command
+from companion.acme.policy import certbot_command
 from companion.core import certificates, plan
 from companion.core.model import CertRequest
 from companion.nginx.render import RenderOptions, render

@@ -15,7 +15,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from companion.acme.orders import CertState
+from companion.acme.policy import CertState
 from companion.core import certificates, plan
 from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo

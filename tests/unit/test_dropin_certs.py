@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from companion.acme.certs import default_cert, renewal_params
-from companion.acme.orders import account_key, certbot_command, due_reason, parse_accounts, register_command
+from companion.acme.policy import account_key, certbot_command, due_reason, parse_accounts, register_command
 from companion.core import plan
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.container import ContainerInfo

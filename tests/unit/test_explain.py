@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from companion.acme.orders import CertState, describe, load_state, save_state
+from companion.acme.orders import load_state, save_state
+from companion.acme.policy import CertState, describe
 from companion.core import trust
 from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from companion.acme import certs
-from companion.acme.orders import _STATE_FIELDS, CertState, load_state, save_state
+from companion.acme.orders import load_state, save_state
+from companion.acme.policy import _STATE_FIELDS, CertState
 from companion.core import certificates
 from companion.nginx.apply import read_current
 from companion.util import safefiles
