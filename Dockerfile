@@ -3,7 +3,7 @@
 #   docker build -t companion:local .
 #
 # certbot's DNS plugins for DNS-01 (dns-rfc2136, dns-cloudflare, dns-route53, dns-digitalocean) are
-# installed at certbot's own version; README's "DNS-01" shows how a derived image adds another.
+# installed at certbot's own version; docs/dns-01.md shows how a derived image adds another.
 #
 # Two stages: the venv is built with pip in the first and copied into a clean runtime stage, so pip's
 # cache, python3-venv and apt lists never reach the final image. No compiler is needed: every

@@ -33,7 +33,7 @@ from tests.harness.socketproxy import DockerSocketProxy, allowlist_from_readme
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 TEMP_GLOB = ".companion*.tmp"
 
 
