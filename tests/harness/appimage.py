@@ -25,6 +25,8 @@ from typing import Any
 import docker
 from docker.models.containers import Container
 
+from .locks import file_lock
+
 IMAGE = "companion-test-app:latest"
 RECIPE_LABEL = "companion.test.recipe"
 CONTAINER_LABEL = "companion.test"
@@ -125,7 +127,14 @@ def _rootfs_tar(busybox: bytes, dest: Path) -> None:
 
 
 def ensure_app_image(client: docker.DockerClient) -> str:
-    """Build ``companion-test-app:latest`` with ``docker import`` unless an image of this recipe exists."""
+    """Build ``companion-test-app:latest`` with ``docker import`` unless an image of this recipe exists.
+
+    Under a file lock: the xdist workers of a run all ask for it at their start."""
+    with file_lock("app-image"):
+        return _ensure_app_image(client)
+
+
+def _ensure_app_image(client: docker.DockerClient) -> str:
     busybox = ensure_busybox().read_bytes()
     recipe = _recipe_hash(busybox)
     cached = client.images.list(filters={"label": f"{RECIPE_LABEL}={recipe}"})

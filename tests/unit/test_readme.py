@@ -8,7 +8,7 @@ from companion.config import environment_table
 from companion.variables import readme_table
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_COMMAND = ".venv/bin/python -m pytest -q"
+TEST_COMMAND = ".venv/bin/python -m tests -q"
 
 
 def test_settings_table_matches_the_code() -> None:
