@@ -31,6 +31,9 @@ EXCLUSIVE_FIXTURES = {"docker_daemon"}
 
 
 def _group(item: pytest.Item) -> str | None:
+    marked = item.get_closest_marker("xdist_group")
+    if marked:
+        return str(marked.args[0] if marked.args else marked.kwargs.get("name", "default"))
     names = getattr(item, "fixturenames", ())
     for fixture, group in SHARED_FIXTURES.items():
         if fixture in names:
@@ -44,16 +47,36 @@ def _group(item: pytest.Item) -> str | None:
     return None
 
 
-@pytest.hookimpl(tryfirst=True)
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # marks set here, during collection: pytest-xdist reads xdist_group in its own pytest_collection_modifyitems
+    direct = getattr(getattr(item, "_fixtureinfo", None), "argnames", ())
+    if EXCLUSIVE_FIXTURES.intersection(direct):
+        item.add_marker(pytest.mark.exclusive)
+    group = _group(item)
+    if group and not item.get_closest_marker("xdist_group"):
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank: dict[str, int] = {}
-    for item in items:
-        direct = getattr(getattr(item, "_fixtureinfo", None), "argnames", ())
-        if EXCLUSIVE_FIXTURES.intersection(direct):
-            item.add_marker(pytest.mark.exclusive)
-        group = _group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
-            rank.setdefault(group, 0 if group in SHARED_FIXTURES.values() else 1)
+    groups = {item: _group(item) for item in items}
     # the shared groups first, then the module groups (long set-ups), then single tests; stable within each
-    items.sort(key=lambda item: rank.get(_group(item) or "", 2))
+    items.sort(key=lambda item: 2 if groups[item] is None else 0 if groups[item] in SHARED_FIXTURES.values() else 1)
+    if getattr(config.option, "loadgroup", False):  # on an xdist worker of a `--dist loadgroup` run
+        for item, group in groups.items():
+            _suffix_group(item, group)
+
+
+def _suffix_group(item: pytest.Item, group: str | None) -> None:
+    """What pytest-xdist's loadgroup does to a grouped item's node id (``<nodeid>@<group>``: its scheduler keeps
+    one group on one worker), done here too: xdist 3.8 sets ``item._nodeid``, which pytest 9 no longer reads (its
+    node ids live in ``item._id``), so with pytest 9 its groups were silently ignored."""
+    if not group or item.nodeid.endswith(f"@{group}"):
+        return
+    nodeid = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):
+        from _pytest.nodes import coerce_node_id  # pytest >= 9
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid
