@@ -39,7 +39,9 @@ def main(argv: list[str]) -> int:
     if status:
         print("unit tier failed: integration and e2e tiers not run", flush=True)
         return status
-    parallel = ["-n", str(workers), "--dist", "loadgroup"] if workers > 0 else ["-p", "no:xdist"]
+    parallel = (
+        ["-n", str(workers), "--dist", "loadgroup", "--no-loadscope-reorder"] if workers > 0 else ["-p", "no:xdist"]
+    )
     statuses = [
         _pytest(*REAL_TIERS, *parallel, "-m", "not exclusive", *argv),
         _pytest(*REAL_TIERS, "-p", "no:xdist", "-m", "exclusive", *argv),

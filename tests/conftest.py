@@ -60,7 +60,8 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     groups = {item: _group(item) for item in items}
-    # the shared groups first, then the module groups (long set-ups), then single tests; stable within each
+    # the shared groups first, then the module groups (long set-ups), then single tests (they fill the gaps at the
+    # end); stable within each. tests/__main__.py passes --no-loadscope-reorder so that xdist keeps this order.
     items.sort(key=lambda item: 2 if groups[item] is None else 0 if groups[item] in SHARED_FIXTURES.values() else 1)
     if getattr(config.option, "loadgroup", False):  # on an xdist worker of a `--dist loadgroup` run
         for item, group in groups.items():
