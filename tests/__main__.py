@@ -8,8 +8,8 @@
    daemons) in another, and spreads the tests that need neither over the remaining workers;
 4. the tests marked ``exclusive`` (they restart the shared dockerd), alone.
 
-``TEST_WORKERS`` sets the number of xdist workers (default 3: the daemon lane, the Swarm lane, and one more for
-the rest); ``TEST_WORKERS=0`` runs everything in one process.
+``TEST_WORKERS`` sets the number of xdist workers (default 2 on a 2-core machine, else 3: the shared-daemon lane,
+the Swarm lane, the rest); ``TEST_WORKERS=0`` runs everything in one process.
 Extra arguments go to every pytest run. The exit status is the first failing step's.
 """
 
@@ -59,7 +59,9 @@ def build_images() -> None:
 
 
 def main(argv: list[str]) -> int:
-    workers = int(os.environ.get("TEST_WORKERS", "3"))
+    # two lanes on two cores: the shared-daemon lane (the longest) and one for the Swarm and everything else;
+    # a third lane there only took CPU from the longest one
+    workers = int(os.environ.get("TEST_WORKERS", "2" if (os.cpu_count() or 2) <= 2 else "3"))
     started = time.monotonic()
     status = _pytest("tests/unit", *argv)
     if status:
