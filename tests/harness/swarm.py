@@ -158,8 +158,8 @@ class SwarmNodes:
         ]
         for position, rule in enumerate(rules, 1):
             tagged = [*rule, "-m", "comment", "--comment", self.comment]
-            if _run("iptables", "-C", "FORWARD", *tagged, check=False).returncode:
-                _run("iptables", "-I", "FORWARD", str(position), *tagged)
+            if _run("iptables", "-w", "-C", "FORWARD", *tagged, check=False).returncode:
+                _run("iptables", "-w", "-I", "FORWARD", str(position), *tagged)
 
     def _node_network(self, n: int) -> None:
         ns, veth = self.ns(n), f"{self.prefix}v{n}"
@@ -315,10 +315,12 @@ class SwarmNodes:
         for n in sorted(self.known()):
             self._node_down(n)
         while True:
-            tagged = [line for line in _run("iptables", "-S", "FORWARD").stdout.splitlines() if self.comment in line]
+            tagged = [
+                line for line in _run("iptables", "-w", "-S", "FORWARD").stdout.splitlines() if self.comment in line
+            ]
             if not tagged:
                 break
-            _run("iptables", *shlex.split(tagged[0].replace("-A FORWARD", "-D FORWARD", 1)))
+            _run("iptables", "-w", *shlex.split(tagged[0].replace("-A FORWARD", "-D FORWARD", 1)))
         if (self.state / "bridge").exists() or f"{self.net}.1/24" in _run(
             "ip", "-4", "addr", "show", "dev", self.bridge, check=False
         ).stdout:
