@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from companion.core import plan
+from companion.core import certplan, plan, reach
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy
@@ -245,10 +245,10 @@ def test_host_network_container_without_virtual_port_uses_its_exposed_port() -> 
 
 def test_pick_address_prefers_shared_network_sorted_by_name() -> None:
     info = ContainerInfo(id="x", name="x", networks={"zz": "10.9.0.2", "bb": "10.8.0.2", "aa": ""})
-    assert plan.pick_address(info, None) == "10.8.0.2"
-    assert plan.pick_address(info, ["zz"]) == "10.9.0.2"
-    assert plan.pick_address(info, ["aa"]) is None
-    assert plan.pick_address(info, []) is None
+    assert reach.pick_address(info, None) == "10.8.0.2"
+    assert reach.pick_address(info, ["zz"]) == "10.9.0.2"
+    assert reach.pick_address(info, ["aa"]) is None
+    assert reach.pick_address(info, []) is None
 
 
 def test_unhealthy_container_left_out() -> None:
@@ -302,7 +302,7 @@ def test_same_certificate_name_with_different_names_gets_a_lineage_of_its_own() 
     )
     assert desired.certificates == (
         CertRequest("shared", ("a.com",), ""),
-        CertRequest(f"shared-{plan.lineage_digest(('b.com',))}", ("b.com",), ""),
+        CertRequest(f"shared-{certplan.lineage_digest(('b.com',))}", ("b.com",), ""),
     )
     assert desired.problems == ()
 
@@ -422,7 +422,7 @@ def test_host_address_from_the_nginx_containers() -> None:
             id=name, name=name, networks=dict.fromkeys(gateways, "10.0.0.9"), gateways=gateways, network_mode=mode
         )
 
-    assert plan.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
-    assert plan.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
-    assert plan.host_address_from([nginx("n")]) == ""
-    assert plan.host_address_from([]) == ""
+    assert reach.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
+    assert reach.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
+    assert reach.host_address_from([nginx("n")]) == ""
+    assert reach.host_address_from([]) == ""
