@@ -36,7 +36,9 @@ _ROOT_TARGET_RE = re.compile(rf"^(?:/{_ROOT_CHAR}*|(?:https?|\$scheme)://{_ROOT_
 
 MAX_ROOT_TARGET = 2048
 
-REDIRECT_CODES = (301, 302, 303, 307, 308)
+# The codes nginx's `return CODE URL` sends as a redirect (any other code with a URL would send the URL as
+# the body): what DEFAULT_ROOT may pair with a target. Not NON_GET_REDIRECT's set (settings/config.py).
+RETURN_REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -238,8 +240,8 @@ def parse_default_root(value: str) -> RootAnswer | None:
         raise InvalidValue("must be none, a status code from 100 to 599, or a redirect code and target")
     if not target:
         return RootAnswer(int(code))
-    if int(code) not in REDIRECT_CODES:
-        raise InvalidValue(f"a target needs a redirect code ({', '.join(map(str, REDIRECT_CODES))})")
+    if int(code) not in RETURN_REDIRECT_CODES:
+        raise InvalidValue(f"a target needs a redirect code ({', '.join(map(str, RETURN_REDIRECT_CODES))})")
     if len(target) > MAX_ROOT_TARGET or not _ROOT_TARGET_RE.match(target):
         raise InvalidValue(
             "target must be a path or http(s) URL of letters, digits, . _ ~ - / ? & = + , : @ and %XX, "
