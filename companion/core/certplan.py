@@ -64,19 +64,9 @@ def select_cert(
     lineage naming the host, else the freshest covering wildcard; an expired one only when no valid one
     covers the host. Never a certificate that is not valid for the host. (nginx-proxy also serves a
     parent's certificate, `example.com` for `a.example.com`; clients refuse it, so it is not chosen.)"""
-    if site.cert_name and site.cert_name in certs:
-        named = certs[site.cert_name]
-        if covers(named.domains, host):
-            return CertChoice(named, site.cert_name, CertWhy.CERT_NAME)
-        problems.append(
-            Problem(
-                f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
-                f"does not cover {host}; not presented for it",
-                container=site.container,
-                variable="CERT_NAME",
-                certificate=site.cert_name,
-            )
-        )
+    named = _named(host, site, certs, problems)
+    if named is not None:
+        return named
     found = list(index.get(host, ()))
     if not host.startswith("*.") and "." in host:
         found += index.get("*." + host.split(".", 1)[1], ())
@@ -85,6 +75,25 @@ def select_cert(
         return None
     name, files = (valid or found)[0]
     return CertChoice(files, name, CertWhy.NAMED if host in files.domains else CertWhy.WILDCARD)
+
+
+def _named(host: str, site: Site, certs: Mapping[str, CertFiles], problems: list[str]) -> CertChoice | None:
+    """CERT_NAME's lineage when it exists and covers the host; a warning when it exists and does not."""
+    if not site.cert_name or site.cert_name not in certs:
+        return None
+    named = certs[site.cert_name]
+    if covers(named.domains, host):
+        return CertChoice(named, site.cert_name, CertWhy.CERT_NAME)
+    problems.append(
+        Problem(
+            f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
+            f"does not cover {host}; not presented for it",
+            container=site.container,
+            variable="CERT_NAME",
+            certificate=site.cert_name,
+        )
+    )
+    return None
 
 
 def requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[str]) -> dict[str, CertRequest]:

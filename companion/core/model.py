@@ -7,7 +7,7 @@ Templates only ever see what these parsers return, so no character of a label ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from companion.core import trust
@@ -156,14 +156,18 @@ class Rejection:
 def settings_of(info: ContainerInfo, image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING) -> dict[str, str]:
     """The companion's variables for one container that count: environment first, labels win; a value
     the image set counts only where `image_trust` lets it."""
-    env, labels = info.env, info.labels
-    if info.image_env:
-        env = {k: v for k, v in env.items() if k not in info.image_env or trust.image_may_set(k, image_trust)}
-    if info.image_labels:
-        labels = {k: v for k, v in labels.items() if k not in info.image_labels or trust.image_may_set(k, image_trust)}
+    env = _counted(info.env, info.image_env, image_trust)
+    labels = _counted(info.labels, info.image_labels, image_trust)
     values = {name: env[name] for name in VARIABLES if name in env}
     values.update({name: labels[name] for name in VARIABLES if name in labels})
     return values
+
+
+def _counted(values: Mapping[str, str], inherited: Set[str], image_trust: trust.ImageTrust) -> Mapping[str, str]:
+    """`values` without those its image set that `image_trust` does not let an image set."""
+    if not inherited:
+        return values
+    return {k: v for k, v in values.items() if k not in inherited or trust.image_may_set(k, image_trust)}
 
 
 def ignored_from_image(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[str, ...]:
@@ -210,7 +214,7 @@ def _read_site(info: ContainerInfo, policy: Policy, get: _Reader) -> Site:
     """The staged parse: sizes, names, routing, TLS settings, tuning, certificate; InvalidValue on the first fault."""
     _check_sizes(get)
     hosts = parse_host_list(get("VIRTUAL_HOST"))
-    _check_names(info, hosts, policy)
+    check_names(info, hosts, policy)
     port = _port(info, get)
     proto, path, dest = _routing(get)
     method, hsts = _tls_settings(get)
@@ -246,7 +250,7 @@ def _check_sizes(get: _Reader) -> None:
             raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
 
 
-def _check_names(info: ContainerInfo, names: Sequence[str], policy: Policy) -> None:
+def check_names(info: ContainerInfo, names: Sequence[str], policy: Policy) -> None:
     """Every name must be in the allowed domains and, where DOMAIN_OWNERS names an owner, this container's."""
     _check_allowed(names, policy.allowed_domains)
     _check_owner(info, names, policy.owners)
@@ -256,7 +260,7 @@ def _port(info: ContainerInfo, get: _Reader) -> int:
     if get("VIRTUAL_PORT"):
         return parse_port(get("VIRTUAL_PORT"))
     get.current = "EXPOSE"
-    return _default_port(info)
+    return default_port(info)
 
 
 def _routing(get: _Reader) -> tuple[Proto, str, str]:
@@ -278,7 +282,7 @@ def _cert_name(info: ContainerInfo, policy: Policy, get: _Reader) -> str:
     """CERT_NAME, "" when unset. A certificate name is a name too: it may not point outside what the operator allows."""
     cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
     if cert_name:
-        _check_names(info, (cert_name.lower(),), policy)
+        check_names(info, (cert_name.lower(),), policy)
     return cert_name
 
 
@@ -294,7 +298,7 @@ def _cert_request(
     domains = parse_host_list(get(host_var), wildcard=challenge is Challenge.DNS01)
     # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
     # so the message says why a certificate will never be ordered for it.
-    _check_names(info, domains, policy)
+    check_names(info, domains, policy)
     _check_within(domains, hosts)
     email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
     email = parse_email(get(email_var)) if get(email_var) else policy.default_email
@@ -389,7 +393,7 @@ def _check_owner(info: ContainerInfo, names: Sequence[str], rules: Sequence[trus
             raise InvalidValue(f"{name} belongs to {rule.owner} (DOMAIN_OWNERS)")
 
 
-def _default_port(info: ContainerInfo) -> int:
+def default_port(info: ContainerInfo) -> int:
     """The single exposed TCP port (validated like VIRTUAL_PORT: it comes from the image), else 80, as
     nginx-proxy does. A bare key ("81", as compose sends `expose:`) is TCP, as the Engine treats it."""
     tcp = [spec for spec in info.exposed_ports if spec.partition("/")[2] in ("", "tcp")]

@@ -142,28 +142,39 @@ class InvalidValue(ValueError):
 
 def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     """Return the canonical (lowercase, punycode) form of a hostname or raise InvalidValue."""
-    raw = value.strip()
+    prefix, raw = _split_wildcard(value.strip(), wildcard)
+    raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
+    name = _ascii(raw).lower()
+    if len(prefix + name) > MAX_HOSTNAME:
+        raise InvalidValue(f"hostname longer than {MAX_HOSTNAME} characters")
+    _check_labels(name.split("."))
+    return prefix + name
+
+
+def _split_wildcard(raw: str, wildcard: bool) -> tuple[str, str]:
+    """("*.", the rest) for a leading wildcard (when allowed), else ("", raw); the forms never supported refused."""
     if not raw:
         raise InvalidValue("empty hostname")
     if raw.startswith("~"):
         raise InvalidValue("regular-expression hosts are not supported (no restricted syntax proven safe yet)")
     if raw.endswith(".*"):
         raise InvalidValue("suffix wildcards (name.*) are not supported (no restricted syntax proven safe yet)")
-    prefix = ""
-    if raw.startswith("*."):
-        if not wildcard:
-            raise InvalidValue(WILDCARD_NEEDS_DNS)
-        prefix, raw = "*.", raw[2:]
-    raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
+    if not raw.startswith("*."):
+        return "", raw
+    if not wildcard:
+        raise InvalidValue(WILDCARD_NEEDS_DNS)
+    return "*.", raw[2:]
+
+
+def _ascii(raw: str) -> str:
+    """IDNA 2008 with UTS 46 mapping, as browsers resolve names (Python's own codec is IDNA 2003)."""
     try:
-        # IDNA 2008 with UTS 46 mapping, as browsers resolve names (Python's own codec is IDNA 2003).
-        ascii_name = raw if raw.isascii() else idna.encode(raw, uts46=True).decode("ascii")
+        return raw if raw.isascii() else idna.encode(raw, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
         raise InvalidValue(f"not a valid internationalised hostname ({exc})") from None
-    name = ascii_name.lower()
-    if len(prefix + name) > MAX_HOSTNAME:
-        raise InvalidValue(f"hostname longer than {MAX_HOSTNAME} characters")
-    labels = name.split(".")
+
+
+def _check_labels(labels: list[str]) -> None:
     for label in labels:
         if len(label) > MAX_LABEL:
             raise InvalidValue(f"hostname label longer than {MAX_LABEL} characters")
@@ -171,7 +182,6 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
             raise InvalidValue("hostname must be letters, digits and hyphens separated by dots (RFC 1123)")
     if labels[-1].isdigit():
         raise InvalidValue("IP addresses are not hostnames")
-    return prefix + name
 
 
 WILDCARD_NEEDS_DNS = (
