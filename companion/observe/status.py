@@ -246,8 +246,3 @@ def build(
         last_success=iso(last_success),
         nodes=nodes,
     )
-
-
-def _by_since(problem: tuple[str, float]) -> tuple[float, str]:
-    """Oldest problem first, then by text."""
-    return problem[1], problem[0]
