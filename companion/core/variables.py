@@ -225,20 +225,22 @@ def near_miss(name: str) -> str | None:
     if name in _NEVER_A_MISS or len(name) > 64:
         return None
     upper = name.upper()
-    best: tuple[int, float, str] | None = None
-    for known in _READ:
-        if upper == known:
-            return known
-        allowed = 0 if len(known) < 9 else 1 if len(known) < 12 else 2
-        if abs(len(upper) - len(known)) > allowed:
-            continue
-        distance = osa_distance(upper, known)
-        if distance > allowed:
-            continue
-        # Ties (VIRTUAL_PROT is one edit from VIRTUAL_PORT and VIRTUAL_PROTO) go to the most similar.
-        candidate = (distance, -difflib.SequenceMatcher(None, upper, known).ratio(), known)
-        best = candidate if best is None else min(best, candidate)
-    return best[2] if best else None
+    if upper in _READ:
+        return upper
+    # Ties (VIRTUAL_PROT is one edit from VIRTUAL_PORT and VIRTUAL_PROTO) go to the most similar.
+    close = [found for known in _READ if (found := _closeness(upper, known)) is not None]
+    return min(close)[2] if close else None
+
+
+def _closeness(upper: str, known: str) -> tuple[int, float, str] | None:
+    """(edits, -similarity, known) when `upper` is within the edits allowed for `known`'s length, else None."""
+    allowed = 0 if len(known) < 9 else 1 if len(known) < 12 else 2
+    if abs(len(upper) - len(known)) > allowed:
+        return None
+    distance = osa_distance(upper, known)
+    if distance > allowed:
+        return None
+    return distance, -difflib.SequenceMatcher(None, upper, known).ratio(), known
 
 
 def _escaped(name: str) -> str:

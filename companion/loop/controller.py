@@ -25,7 +25,7 @@ from companion.acme import certs
 from companion.acme.alerts import in_use
 from companion.acme.policy import CertState
 from companion.cluster.publisher import CHALLENGE_RELAY_PORT
-from companion.core import certificates, plan
+from companion.core import certificates, plan, reach
 from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy
 from companion.core.ports import Applier, ApplyResult, Snapshot, Source
@@ -380,9 +380,9 @@ def read_inputs(
     nginx_networks: tuple[str, ...] | None
     if settings.docker_mode and not agents:
         nginx_networks = tuple(sorted({n for info in (*snapshot.nginx, *snapshot.nginx_tasks) for n in info.networks}))
-        host_address = plan.host_address_from(snapshot.nginx)
+        host_address = reach.host_address_from(snapshot.nginx)
     else:
-        nginx_networks, host_address = plan.local_reach(snapshot.own)
+        nginx_networks, host_address = reach.local_reach(snapshot.own)
     default, problem = certs.default_cert(certs_dir)
     inputs = Inputs(
         containers=snapshot.containers,

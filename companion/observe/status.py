@@ -66,7 +66,9 @@ class CertView:
 
 
 @dataclass(frozen=True)
-class Problem:
+class ProblemView:
+    """A warning as the status page shows it: its text (core/problems.Problem is the warning itself) and since when."""
+
     text: str
     since: str  # when it appeared, ISO 8601 UTC
 
@@ -107,7 +109,7 @@ class Report:
     sites: tuple[SiteView, ...]
     left_out: tuple[LeftOut, ...]
     certificates: tuple[CertView, ...]
-    problems: tuple[Problem, ...]
+    problems: tuple[ProblemView, ...]
     passes: tuple[PassView, ...]
     nginx: NginxView
     last_success: str  # when a pass last applied without error, "" before the first
@@ -236,7 +238,9 @@ def build(
             renew_before_days,
             served_by(desired) if desired is not None else None,
         ),
-        problems=tuple(Problem(text, iso(since)) for text, since in sorted(problems.items(), key=lambda p: p[::-1])),
+        problems=tuple(
+            ProblemView(text, iso(since)) for text, since in sorted(problems.items(), key=lambda p: p[::-1])
+        ),
         passes=tuple(passes),
         nginx=NginxView(".".join(map(str, nginx_version)) if nginx_version else "", tuple(nginx_containers)),
         last_success=iso(last_success),

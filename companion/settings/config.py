@@ -48,7 +48,9 @@ class SslPolicy(StrEnum):
     OLD = "Mozilla-Old"  # TLS 1.0 to 1.3, for clients that cannot do better
 
 
-REDIRECT_CODES = (301, 302, 307, 308)
+# NON_GET_REDIRECT: how plain HTTP sends a POST, PUT, ... to HTTPS. 303 is not one: it turns the request into
+# a GET and drops its body. Not DEFAULT_ROOT's set (core/values.py RETURN_REDIRECT_CODES).
+NON_GET_REDIRECT_CODES = (301, 302, 307, 308)
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,7 @@ def _validate(s: Settings) -> None:
             raise SettingsError(f"external port {port} out of range 1-65535 (0: the port nginx listens on)")
     if not isinstance(s.ssl_policy, SslPolicy):
         raise SettingsError(f"SSL policy {s.ssl_policy!r} must be one of {', '.join(p.value for p in SslPolicy)}")
-    if s.non_get_redirect not in REDIRECT_CODES:
+    if s.non_get_redirect not in NON_GET_REDIRECT_CODES:
         raise SettingsError(f"non-GET redirect code {s.non_get_redirect} must be 301, 302, 307 or 308")
     if s.key_type not in ("ecdsa", "rsa"):
         raise SettingsError(f"key type {s.key_type!r} must be ecdsa or rsa")

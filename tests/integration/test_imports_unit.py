@@ -15,7 +15,7 @@ import pytest
 from companion import cli
 from companion.acme import certs, imports
 from companion.acme.imports import Candidate, candidates, check_pair, import_all
-from companion.core import plan
+from companion.core import reach
 from companion.core.container import ContainerInfo
 from companion.serve.supervisor import Child, Supervisor, final_code, settings_flags, status_code
 from tests.harness.acmecompanion import TestCA, snapshot, write_layout
@@ -185,13 +185,13 @@ def _own(networks: dict[str, str], mode: str = "default", gateways: dict[str, st
 
 def test_beside_nginx_in_a_container_backends_are_reached_on_its_own_networks() -> None:
     own = _own({"front": "10.0.1.2", "back": "10.0.2.2"}, gateways={"back": "10.0.2.1", "front": "10.0.1.1"})
-    networks, host = plan.local_reach(own)
+    networks, host = reach.local_reach(own)
     assert networks == ("back", "front") and host == "10.0.2.1"
     app = ContainerInfo(id="a", name="app", labels={}, networks={"aaa": "10.9.0.5", "front": "10.0.1.7"})
-    assert plan.pick_address(app, networks, host) == "10.0.1.7"  # not aaa, first by name but not shared
+    assert reach.pick_address(app, networks, host) == "10.0.1.7"  # not aaa, first by name but not shared
     # On the host (no container of our own, or the host's network): any network, the host on loopback.
-    assert plan.local_reach(None) == (None, plan.LOOPBACK)
-    assert plan.local_reach(_own({"host": ""}, mode="host")) == (None, plan.LOOPBACK)
+    assert reach.local_reach(None) == (None, reach.LOOPBACK)
+    assert reach.local_reach(_own({"host": ""}, mode="host")) == (None, reach.LOOPBACK)
 
 
 @pytest.mark.parametrize(

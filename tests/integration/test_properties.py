@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from companion.core import model, plan
+from companion.core import model, plan, reach
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Rejection, Site
@@ -399,7 +399,7 @@ def routes_from_sites(containers: list[ContainerInfo]) -> Routes:
         sites = parse_sites(info)
         if not isinstance(sites, tuple) or info.health == "unhealthy":
             continue
-        address = plan.LOOPBACK if info.network_mode == "host" else info.networks.get("proxy")
+        address = reach.LOOPBACK if info.network_mode == "host" else info.networks.get("proxy")
         for site in sites:
             for host in site.hosts:
                 found = backends.setdefault((host, site.path), set())

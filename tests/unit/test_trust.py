@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.core import plan, trust
+from companion.core import certplan, plan, trust
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import (
@@ -260,7 +260,7 @@ def test_an_order_never_rewrites_a_lineage_that_holds_other_names() -> None:
         desired = plan.build(containers, certs, PLACEHOLDER)
         names = {r.name: r.domains for r in desired.certificates}
         assert names.get("victim.example.com", ("victim.example.com",)) == ("victim.example.com",)
-        digest = plan.lineage_digest(("attacker.example.com",))
+        digest = certplan.lineage_digest(("attacker.example.com",))
         assert names[f"victim.example.com-{digest}"] == ("attacker.example.com",)
     # Before the victim's lineage exists, the request named after one of its own hosts gets the name.
     fresh = plan.build([attacker, victim], {}, PLACEHOLDER)
@@ -274,7 +274,7 @@ def test_adding_a_name_reuses_the_lineage_and_dropping_one_gets_a_new_one() -> N
     )
     assert [r.name for r in grow.certificates] == ["a.com"]
     shrink = plan.build([c("w", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com")], certs, PLACEHOLDER)
-    assert [r.name for r in shrink.certificates] == [f"a.com-{plan.lineage_digest(('a.com',))}"]
+    assert [r.name for r in shrink.certificates] == [f"a.com-{certplan.lineage_digest(('a.com',))}"]
     assert server(shrink, "a.com").cert == certs["a.com"]  # still valid for a.com until the new one exists
 
 
