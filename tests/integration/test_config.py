@@ -7,10 +7,11 @@ import subprocess
 
 import pytest
 
+from companion.core.options import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, OPTIONS
 from companion.core.values import RootAnswer
 from companion.loop.controller import BURST_MAX_CAP, BURST_QUIET, FIRST_MAX, FIRST_QUIET, IDLE_GAP, Debouncer
 from companion.settings import config
-from companion.settings.config import LETSENCRYPT_PRODUCTION, LETSENCRYPT_STAGING, Settings, SettingsError
+from companion.settings.config import Settings, SettingsError
 from tests.harness.nginxcheck import nginx_binary
 
 
@@ -111,8 +112,8 @@ def test_bad_flag_value_raises_settings_error() -> None:
 
 def test_environment_table_lists_every_option() -> None:
     table = config.environment_table()
-    for flag, env, _name, _text in config.OPTIONS:
-        assert f"`{flag}`" in table and f"`{env}`" in table
+    for option in OPTIONS:
+        assert f"`{option.flag}`" in table and f"`{option.env}`" in table
 
 
 @pytest.mark.parametrize(
