@@ -260,10 +260,9 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
         return 2
-    publisher = cluster_server.publisher if cluster_server is not None else None
     source = SwarmSource(edge)
-    applier = make_applier(settings, edge)
-    controller = Controller(settings, source, applier, expiry=notifier, publisher=publisher)
+    applier = cluster_server.publisher if cluster_server is not None else make_applier(settings, edge)
+    controller = Controller(settings, source, applier, expiry=notifier)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -273,7 +272,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     acme = AcmeManager(
         settings,
         controller.wake,
-        publisher.self_check_bases if publisher is not None else controller.self_check_url,
+        controller.self_check_bases,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
         notify=notifier.send if notifier else None,
     )

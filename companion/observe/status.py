@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from companion.acme.policy import CertState, renew_at
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.plan import Desired
+from companion.core.ports import NodeView
 
 VERSION = 1
 PASSES_KEPT = 20
@@ -87,20 +88,6 @@ class PassView:
 class NginxView:
     version: str
     containers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class NodeView:
-    """A Swarm node's agent as the controller last heard from it."""
-
-    node: str
-    address: str
-    generation: str  # the generation its nginx serves ("" before the first)
-    current: bool  # that is the controller's current generation
-    error: str  # its last error ("" when its last apply succeeded)
-    nginx_version: str
-    last_seen: str
-    up: bool  # heard from within the last LONG_POLL + 10 s
 
 
 @dataclass(frozen=True)
