@@ -8,7 +8,6 @@ expiry alert went out is kept in the certs dir, so a restart does not send it ag
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import queue
@@ -23,8 +22,8 @@ import apprise
 
 from companion.core.certificates import CertStatus
 from companion.core.plan import Server
+from companion.util import jsonstate
 from companion.util.logsafe import printable
-from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +112,15 @@ def parse_sent(raw: object) -> dict[str, float]:
 def load_sent(certs_dir: Path) -> dict[str, float]:
     """A missing or unusable file starts empty: at worst one expiry alert is sent again."""
     path = certs_dir / SENT_FILE
-    try:
-        return parse_sent(json.loads(read_regular(path, SENT_MAX_BYTES)))
-    except FileNotFoundError:
-        return {}
-    except (UnsafeFile, OSError, ValueError, RecursionError) as exc:
+
+    def report(exc: Exception) -> None:
         log.warning("ignoring %s (%s); expiry alerts may be sent again", path, printable(str(exc)))
-        return {}
+
+    return jsonstate.load(path, SENT_MAX_BYTES, parse_sent, {}, report)
 
 
 def save_sent(certs_dir: Path, sent: Mapping[str, float]) -> None:
-    real_dir(certs_dir, str(Path(SENT_FILE).parent))
-    write_atomic(certs_dir / SENT_FILE, json.dumps(dict(sorted(sent.items())), indent=1) + "\n", mode=0o600)
+    jsonstate.save(certs_dir, SENT_FILE, sent)
 
 
 # -- the edge ------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import queue
@@ -49,16 +48,14 @@ from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest
 from companion.core.values import Challenge
 from companion.settings.config import Settings
-from companion.util.safefiles import UnsafeFile, read_regular, real_dir, write_atomic
+from companion.util import jsonstate
+from companion.util.safefiles import UnsafeFile, real_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "companion/acme-state.json"
 SELF_CHECK_TIMEOUT = 5.0
 SELF_CHECK_SETTLE = 3.0  # seconds a just-reloaded nginx gets to serve the token
-
-
-# -- pure decisions ------------------------------------------------------------------------------
 
 
 # -- state kept across restarts ------------------------------------------------------------------
@@ -73,29 +70,27 @@ def load_state(certs_dir: Path) -> dict[str, CertState]:
     aside (kept for a look) with one warning and the state starts empty: never fatal, and one bad file must
     not stop every later order."""
     path = certs_dir / STATE_FILE
-    try:
-        return parse_state(json.loads(read_regular(path, STATE_MAX_BYTES)))
-    except FileNotFoundError:
-        return {}
-    except (UnsafeFile, ValueError, RecursionError) as exc:  # JSON and UTF-8 errors are ValueErrors
+
+    def set_aside(exc: Exception) -> None:
+        if isinstance(exc, OSError) and not isinstance(exc, UnsafeFile):
+            log.warning("cannot read %s (%s); starting with an empty ACME state", path, exc.strerror or exc)
+            return
         reason = exc.strerror if isinstance(exc, UnsafeFile) else str(exc)
-    except OSError as exc:
-        log.warning("cannot read %s (%s); starting with an empty ACME state", path, exc.strerror or exc)
-        return {}
-    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-    try:
-        os.replace(path, aside)  # the entry itself: a link is moved, not what it points to
-    except OSError as exc:
-        log.warning("ignoring %s (%s); cannot move it aside: %s", path, reason, exc.strerror or exc)
-    else:
-        log.warning("ignoring %s (%s); moved it aside to %s and starting with an empty ACME state", path, reason, aside)
-    return {}
+        aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        try:
+            os.replace(path, aside)  # the entry itself: a link is moved, not what it points to
+        except OSError as err:
+            log.warning("ignoring %s (%s); cannot move it aside: %s", path, reason, err.strerror or err)
+        else:
+            log.warning(
+                "ignoring %s (%s); moved it aside to %s and starting with an empty ACME state", path, reason, aside
+            )
+
+    return jsonstate.load(path, STATE_MAX_BYTES, parse_state, {}, set_aside)
 
 
 def save_state(certs_dir: Path, state: dict[str, CertState]) -> None:
-    path = certs_dir / STATE_FILE
-    real_dir(certs_dir, str(Path(STATE_FILE).parent))
-    write_atomic(path, json.dumps({k: asdict(v) for k, v in sorted(state.items())}, indent=1) + "\n", mode=0o600)
+    jsonstate.save(certs_dir, STATE_FILE, {name: asdict(entry) for name, entry in state.items()})
 
 
 # -- ACME accounts: one per (CA, email) ----------------------------------------------------------
@@ -108,13 +103,11 @@ ACCOUNTS_MAX_BYTES = 1024 * 1024
 def load_accounts(certs_dir: Path) -> dict[str, str]:
     """The saved mapping; a missing or unusable file starts empty (the accounts are registered again)."""
     path = certs_dir / ACCOUNTS_FILE
-    try:
-        return parse_accounts(json.loads(read_regular(path, ACCOUNTS_MAX_BYTES)))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, RecursionError) as exc:
+
+    def report(exc: Exception) -> None:
         log.warning("ignoring %s (%s); accounts will be registered again", path, exc)
-        return {}
+
+    return jsonstate.load(path, ACCOUNTS_MAX_BYTES, parse_accounts, {}, report)
 
 
 # -- the edge ------------------------------------------------------------------------------------
@@ -396,8 +389,7 @@ class AcmeManager:
             real_dir(self.certs_dir, str(relative.parent))
             os.replace(scratch / relative, self.certs_dir / relative)
             self.accounts[key] = str(relative)
-            saved = json.dumps(self.accounts, indent=1, sort_keys=True) + "\n"
-            write_atomic(self.certs_dir / ACCOUNTS_FILE, saved, mode=0o600)
+            jsonstate.save(self.certs_dir, ACCOUNTS_FILE, self.accounts)
         except OSError as exc:
             return f"registering an account at {server}: {exc.strerror or exc}", ""
         finally:

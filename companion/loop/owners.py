@@ -9,13 +9,12 @@ OWNER_GRACE seconds.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from companion.util.safefiles import read_regular, real_dir, write_atomic
+from companion.util import jsonstate
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +48,26 @@ def merge(claims: Mapping[str, Claim], decided: Mapping[str, str], now: float) -
 def load(certs_dir: Path) -> dict[str, Claim]:
     """The remembered claims; an unreadable or malformed file is reported and ignored, never fatal."""
     path = certs_dir / OWNERS_FILE
-    try:
-        raw = json.loads(read_regular(path, MAX_BYTES))
-        return {
-            host: Claim(str(entry["container"]), float(entry["seen"]))
-            for host, entry in raw.items()
-            if isinstance(host, str) and isinstance(entry["container"], str)
-        }
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+
+    def report(exc: Exception) -> None:
         log.warning("ignoring unreadable %s: %s", path, exc)
-        return {}
+
+    return jsonstate.load(path, MAX_BYTES, parse_claims, {}, report)
+
+
+def parse_claims(raw: object) -> dict[str, Claim]:
+    """The file's JSON as claims; any exception of the plain JSON types (KeyError, TypeError...) when its
+    shape is wrong."""
+    return {
+        host: Claim(str(entry["container"]), float(entry["seen"]))
+        for host, entry in raw.items()  # type: ignore[attr-defined]
+        if isinstance(host, str) and isinstance(entry["container"], str)
+    }
 
 
 def save(certs_dir: Path, claims: Mapping[str, Claim]) -> None:
-    path = certs_dir / OWNERS_FILE
-    content = {host: {"container": c.container, "seen": round(c.seen, 3)} for host, c in sorted(claims.items())}
+    content = {host: {"container": c.container, "seen": round(c.seen, 3)} for host, c in claims.items()}
     try:
-        real_dir(certs_dir, "companion")
-        write_atomic(path, json.dumps(content, indent=1) + "\n", mode=0o600)
+        jsonstate.save(certs_dir, OWNERS_FILE, content)
     except OSError as exc:
-        log.error("cannot save %s: %s", path, exc)
+        log.error("cannot save %s: %s", certs_dir / OWNERS_FILE, exc)
