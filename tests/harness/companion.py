@@ -8,29 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from tests.harness.nginx import HostNginx
+from tests.harness.wait import wait_until
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> T:
-    """Poll until probe() returns something truthy; fail with what it last returned or raised."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 class Companion:
@@ -115,7 +99,12 @@ class Companion:
         return len(self.reload_counter.read_text().splitlines()) if self.reload_counter.exists() else 0
 
     def wait_log(self, pattern: str, timeout: float = 15.0) -> str:
-        match = wait_for(lambda: re.search(pattern, self.log()), timeout, what=f"log line /{pattern}/")
+        match = wait_until(
+            lambda: re.search(pattern, self.log()),
+            timeout,
+            what=f"log line /{pattern}/",
+            logs=[("companion log", self.log)],
+        )
         return match.group(0)
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 20.0) -> None:

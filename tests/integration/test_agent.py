@@ -35,10 +35,11 @@ from cryptography.x509.oid import NameOID
 from companion import cluster, publisher
 from tests.harness.agent import AgentContainer, NoLocalNginx, ensure_agent_image, wait_serving
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import http_get
 from tests.harness.pebble import Pebble
 from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
 
 DOMAIN = f"ag{uuid.uuid4().hex[:6]}.test"  # ALLOWED_DOMAINS: other engineers' companions leave these alone
 
@@ -200,7 +201,9 @@ def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private
         assert secret_key not in agent.all_logs()
         assert secret_key not in cluster_setup.controller.log()
     for name in ("node-a", "node-b"):  # each reports right after its reload
-        wait_for(lambda name=name: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name)
+        wait_until(
+            lambda name=name: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name
+        )
 
 
 def test_a_new_generation_converges_on_every_agent_fast(cluster_setup: Cluster, apps_on: Callable[[str], str]) -> None:
@@ -223,7 +226,9 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
     try:
         after = apps_on("after")
         wait_serving([good], f"after.{DOMAIN}", after)
-        node = wait_for(lambda: (n := cluster_setup.node("node-b"))["error"] and n, what="node-b's error in the status")
+        node = wait_until(
+            lambda: (n := cluster_setup.node("node-b"))["error"] and n, what="node-b's error in the status"
+        )
         assert "nginx rejected the new configuration" in node["error"] and not node["current"]
         assert cluster_setup.node("node-a")["current"]
         assert bad.body(f"before.{DOMAIN}") == before  # its last good is still served
@@ -243,7 +248,7 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
     finally:
         broken.unlink()
     wait_serving([bad], f"after.{DOMAIN}", after, timeout=40)  # retried with backoff once the node is fixed
-    wait_for(lambda: not cluster_setup.node("node-b")["error"], what="node-b's error cleared")
+    wait_until(lambda: not cluster_setup.node("node-b")["error"], what="node-b's error cleared")
 
 
 def test_controller_away_agents_keep_serving_across_restarts_and_converge_on_its_return(
@@ -260,7 +265,7 @@ def test_controller_away_agents_keep_serving_across_restarts_and_converge_on_its
     assert all(agent.body(f"late.{DOMAIN}") != late for agent in agents)
     started = time.monotonic()
     cluster_setup.start_controller()
-    port_open = wait_for(
+    port_open = wait_until(
         lambda: _accepts(cluster_setup.gateway, cluster_setup.cluster_port) and time.monotonic(),
         what="the cluster port",
     )
@@ -315,7 +320,7 @@ def test_without_the_cluster_secret_an_agent_gets_nothing(cluster_setup: Cluster
     try:
         assert lacking.exit_code() == 2
         assert "cannot start the agent" in lacking.logs() and "/run/secrets/companion_agent" in lacking.logs()
-        wait_for(lambda: "certificate verify failed" in stranger.logs(), what="the stranger's TLS failure")
+        wait_until(lambda: "certificate verify failed" in stranger.logs(), what="the stranger's TLS failure")
         time.sleep(1)
         for agent in (stranger, lacking):
             assert not any(agent.conf_dir.iterdir()) and not any(agent.certs_dir.iterdir())
@@ -398,7 +403,7 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
         wait_serving([agent], f"prior.{DOMAIN}", kept)
         agent.restart(controller_url=f"https://{cluster_setup.gateway}:{relay_port}")
         fresh = apps_on("tampered")
-        wait_for(lambda: "not the one signed" in agent.logs(), what="the agent refusing the altered bundle")
+        wait_until(lambda: "not the one signed" in agent.logs(), what="the agent refusing the altered bundle")
         assert relay.tampered >= 1
         assert agent.body(f"prior.{DOMAIN}") == kept
         assert agent.body(f"tampered.{DOMAIN}") != fresh
@@ -438,7 +443,7 @@ def test_a_rogue_controller_made_from_the_agent_secret_gets_no_agent_to_apply_an
     try:
         for rogue in rogues:
             victim.restart(controller_url=f"https://{cluster_setup.gateway}:{rogue.server_address[1]}")
-            wait_for(lambda: "certificate verify failed" in victim.logs(), what="the agent refusing the rogue")
+            wait_until(lambda: "certificate verify failed" in victim.logs(), what="the agent refusing the rogue")
             time.sleep(1.5)  # time for a second attempt too
             assert rogue.publisher.nodes() == ()  # no request got past the handshake
             assert "alias /run/secrets" not in (victim.conf_dir / "companion.conf").read_text()
@@ -475,7 +480,7 @@ def test_every_node_answers_http01_and_serves_the_issued_certificate(
             return (status, data.decode().strip()) == (200, answer)
         return False
 
-    wait_for(lambda: all(verified(agent) for agent in agents), timeout=60, what="both nodes serving Pebble's chain")
+    wait_until(lambda: all(verified(agent) for agent in agents), timeout=60, what="both nodes serving Pebble's chain")
     assert pebble.orders_seen() == 1
     for agent in agents:  # the self-check's token went through each node's nginx and relay
         assert "GET /.well-known/acme-challenge/companion-self-check-" in agent.logs()

@@ -31,8 +31,8 @@ from companion.logformat import JsonFormatter, Problem, fields_of
 from companion.model import HttpsMethod
 from companion.plan import Server
 from companion.variables import setting_problems
-from tests.harness.companion import wait_for
 from tests.harness.receiver import Receiver
+from tests.harness.wait import wait_until
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
 DAY = 86400.0
@@ -195,7 +195,7 @@ def test_failed_sends_are_logged_once_per_outage(
     receiver.status = 500
     for n in range(3):
         notifier.send(Alert(Kind.FAILED, f"c{n}.com", f"title {n}", "body"))
-    wait_for(lambda: len(receiver.messages) == 3, what="three refused posts")
+    wait_until(lambda: len(receiver.messages) == 3, what="three refused posts")
     receiver.status = 200
     notifier.send(Alert(Kind.RECOVERED, "c0.com", "title ok", "body"))
     notifier.send(Alert(Kind.RECOVERED, "c1.com", "title ok", "body"))

@@ -16,7 +16,7 @@ from companion.acme import AcmeManager
 from companion.config import Settings
 from companion.control import peer_problem, start_control_server
 from companion.orderlimit import OrderLimit
-from tests.harness.companion import wait_for
+from tests.harness.wait import wait_until
 from tests.integration.test_acme_unit import make_lineage
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
@@ -114,7 +114,7 @@ def test_forced_orders_through_the_socket_are_rate_limited_and_say_when_the_next
     assert server is not None
     try:
         assert service.ask_renew(path, ["site.test"], True) == {"site.test": "queued"}
-        wait_for(lambda: settled(acme, "site.test"), what="the first order to finish")
+        wait_until(lambda: settled(acme, "site.test"), what="the first order to finish")
         answers = [service.ask_renew(path, ["site.test"], True)["site.test"] for _ in range(12)]
         assert answers == [answers[0]] * 12
         assert answers[0].startswith("refused: next order of site.test allowed at 2030-01-01 01:00:00 UTC")
@@ -166,7 +166,7 @@ def test_slow_connections_are_capped_and_cost_no_thread_and_a_quick_one_is_answe
             slow.append(_slow(path))
         assert service.ask_renew(path, ["gone.test"], False)["gone.test"].startswith("no usable certificate")
         assert threading.active_count() <= before + 2, threading.enumerate()
-        wait_for(lambda: len(server.reading) <= 16, what=f"at most 16 open (open: {len(server.reading)})")
+        wait_until(lambda: len(server.reading) <= 16, what=f"at most 16 open (open: {len(server.reading)})")
     finally:
         for client in slow:
             client.close()

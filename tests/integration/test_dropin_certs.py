@@ -21,10 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -72,8 +73,8 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
 
     on_main, on_staging = trusting(main), trusting(staging)
     for host in (one, two):
-        wait_for(lambda h=host: served_cert(host_nginx, h, on_main), timeout=90, interval=0.5, what=host)
-    assert wait_for(lambda: https_body(host_nginx, test, on_staging) == (200, "test"), timeout=90, interval=0.5)
+        wait_until(lambda h=host: served_cert(host_nginx, h, on_main), timeout=90, interval=0.5, what=host)
+    assert wait_until(lambda: https_body(host_nginx, test, on_staging) == (200, "test"), timeout=90, interval=0.5)
     with pytest.raises(ssl.SSLCertVerificationError):
         served_cert(host_nginx, test, on_main)
     companion.wait_idle()
@@ -101,7 +102,7 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
     # own email's account there.
     first.remove(force=True)
     apps("one2", environment={"VIRTUAL_HOST": one, "ACME_HOST": one, "ACME_EMAIL": "one@example.com", "ACME_TEST": "1"})
-    wait_for(lambda: served_cert(host_nginx, one, on_staging), timeout=90, interval=0.5, what="staging lineage")
+    wait_until(lambda: served_cert(host_nginx, one, on_staging), timeout=90, interval=0.5, what="staging lineage")
     companion.wait_idle()
     assert (main.orders_seen(), staging.orders_seen()) == (2, 2)
     assert len(accounts_at(companion.certs_dir, staging)) == 2
@@ -110,7 +111,7 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
     # The renewal keeps its CA: a forced renewal from the command line orders at staging again.
     assert companion.cli("renew", "--force", one).returncode == 0
     assert (main.orders_seen(), staging.orders_seen()) == (2, 3)
-    wait_for(lambda: served_cert(host_nginx, one, on_staging), timeout=20, what="renewed at staging")
+    wait_until(lambda: served_cert(host_nginx, one, on_staging), timeout=20, what="renewed at staging")
 
 
 # -- certificates the operator put there ----------------------------------------------------------
@@ -183,7 +184,7 @@ def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_u
     apps("plain", environment={"VIRTUAL_HOST": plain, "APP_ID": "plain"})
 
     # The parent's wildcard serves the sub-domain, verified against the operator's CA; nothing ordered.
-    assert wait_for(lambda: https_body(host_nginx, sub, context) == (200, "sub"), timeout=30)
+    assert wait_until(lambda: https_body(host_nginx, sub, context) == (200, "sub"), timeout=30)
     assert host_nginx.get(sub)[0] == 301
     # Without a default certificate, unknown names and a host without a certificate are refused.
     for name in (unknown, plain):
@@ -196,7 +197,7 @@ def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_u
     _issue(certs_dir, ("default.crt", "default.key"), "operator default", [], ca)
     make_companion(**env)
     for name in (unknown, plain):
-        presented = wait_for(lambda n=name: served_cert(host_nginx, n), timeout=30, what=f"default cert for {name}")
+        presented = wait_until(lambda n=name: served_cert(host_nginx, n), timeout=30, what=f"default cert for {name}")
         assert _common_name(presented) == "operator default"
     loose = ssl.create_default_context(cadata=ca[0].public_bytes(serialization.Encoding.PEM).decode())
     loose.check_hostname = False

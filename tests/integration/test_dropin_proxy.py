@@ -18,9 +18,10 @@ from typing import TypeVar
 import pytest
 
 from tests.harness.appimage import IMAGE, AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.nginxcheck import self_signed
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +95,8 @@ def echoed(port: int, host: str, **kw: object) -> dict[str, str] | None:
 
 def routed(nginx: HostNginx, probe: Callable[[], T | None], what: str) -> T:
     """Wait for the first answer, then for the older nginx workers to leave: each later request is new config's."""
-    got = wait_for(probe, timeout=60, what=what)
-    wait_for(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
+    got = wait_until(probe, timeout=60, what=what)
+    wait_until(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
     return got
 
 
