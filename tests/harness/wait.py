@@ -11,6 +11,8 @@ keep answering for about 100 ms, so the first good answer proves nothing; N good
 
 from __future__ import annotations
 
+import http.client
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,6 +24,14 @@ LogSource = Callable[[], str] | Path | tuple[str, "Callable[[], str] | Path"]
 Logs = Callable[[], str] | Iterable[LogSource] | None
 
 TAIL = 3000
+
+# what a network probe raises while a server is still coming up (ssl.SSLError is an OSError; kept for the reader)
+NETWORK_ERRORS = (OSError, ssl.SSLError, http.client.HTTPException)
+
+
+def is_not_none(value: object) -> bool:
+    """For probes that return None for "not yet" and a falsy value (0, {}, "") as a real answer."""
+    return value is not None
 
 
 def _read(source: Callable[[], str] | Path) -> str:
