@@ -13,7 +13,6 @@ nginx missing is a test failure, never a skip: the proof that generated config i
 
 from __future__ import annotations
 
-import datetime as dt
 import shlex
 import shutil
 import subprocess
@@ -22,13 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from companion.plan import CertFiles
 from companion.render import RenderOptions
+from tests.harness.certs import self_signed
 
 NGINX = "/usr/sbin/nginx"
 
@@ -58,35 +54,6 @@ def nginx_binary() -> str:
     if not found:
         pytest.fail(f"{NGINX} is missing: apt-get install nginx (these tests prove config with the real nginx -t)")
     return found
-
-
-def self_signed(directory: Path, name: str = "companion.test", *, ocsp: bool = False) -> CertFiles:
-    """A throw-away ECDSA certificate and key written to ``directory`` (created once, then reused)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fullchain, privkey = directory / "fullchain.pem", directory / "privkey.pem"
-    if not (fullchain.exists() and privkey.exists()):
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        privkey.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        privkey.chmod(0o600)
-        fullchain.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return CertFiles(fullchain=str(fullchain), privkey=str(privkey), ocsp=ocsp, domains=(name,))
 
 
 @dataclass(frozen=True)

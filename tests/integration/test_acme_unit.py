@@ -9,10 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from companion import certs
 from companion.acme import (
@@ -29,58 +27,9 @@ from companion.acme import (
 from companion.config import Settings
 from companion.control import parse_renew
 from companion.model import CertRequest
+from tests.harness.certs import LINEAGE_NOW, make_lineage
 
-NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
-
-
-def make_lineage(
-    certs_dir: Path,
-    name: str,
-    domains: list[str],
-    *,
-    days: int = 90,
-    age_days: int = 0,
-    ocsp: bool = False,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> ec.EllipticCurvePrivateKey:
-    """A live/<name> lineage with a real certificate and key."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    start = NOW - dt.timedelta(days=age_days)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Issuer")]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
-    )
-    if ocsp:
-        builder = builder.add_extension(
-            x509.AuthorityInformationAccess(
-                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://o"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(key, hashes.SHA256())
-    live = certs_dir / "live" / name
-    live.mkdir(parents=True, exist_ok=True)
-    (live / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (live / "privkey.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return key
-
-
-def certbot_layout(certs_dir: Path, name: str, domains: list[str] | None = None) -> None:
-    """Move a lineage's files into archive/<name>/ and link them from live/<name>/, as certbot does."""
-    make_lineage(certs_dir, name, domains or [name])
-    archive = certs_dir / "archive" / name
-    archive.mkdir(parents=True)
-    for pem in ("fullchain", "privkey"):
-        (certs_dir / "live" / name / f"{pem}.pem").rename(archive / f"{pem}1.pem")
-        (certs_dir / "live" / name / f"{pem}.pem").symlink_to(f"../../archive/{name}/{pem}1.pem")
+NOW = LINEAGE_NOW
 
 
 def request(name: str = "a.test", *domains: str) -> CertRequest:

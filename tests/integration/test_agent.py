@@ -28,13 +28,13 @@ from typing import Any
 import docker
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 
 from companion import cluster, publisher
 from tests.harness.agent import AgentContainer, NoLocalNginx, ensure_agent_image, wait_serving
 from tests.harness.appimage import AppRunner
+from tests.harness.certs import build_cert, link_into_archive, write_pair
 from tests.harness.companion import Companion
 from tests.harness.nginx import http_get
 from tests.harness.pebble import Pebble
@@ -147,31 +147,14 @@ def apps_on(cluster_setup: Cluster, apps: AppRunner) -> Callable[[str], str]:
 
 def _certificate(certs_dir: Path, name: str, hosts: list[str]) -> None:
     """A self-signed lineage in certbot's layout (live/<name>/ linking into archive/<name>/)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=60))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
-        .sign(key, hashes.SHA256())
+    cert, key = build_cert(
+        hosts[0], sans=hosts, not_before=now - dt.timedelta(days=1), not_after=now + dt.timedelta(days=60)
     )
-    archive, live = certs_dir / "archive" / name, certs_dir / "live" / name
-    archive.mkdir(parents=True, mode=0o700)
-    live.mkdir(parents=True, mode=0o700)
-    (archive / "fullchain1.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (archive / "privkey1.pem").write_bytes(key_pem)
-    os.chmod(archive / "privkey1.pem", 0o600)
-    (live / "fullchain.pem").symlink_to("../../archive/site/fullchain1.pem")
-    (live / "privkey.pem").symlink_to("../../archive/site/privkey1.pem")
+    (certs_dir / "archive" / name).mkdir(parents=True, mode=0o700)
+    (certs_dir / "live" / name).mkdir(parents=True, mode=0o700)
+    write_pair(certs_dir / "live" / name / "fullchain.pem", certs_dir / "live" / name / "privkey.pem", cert, key)
+    link_into_archive(certs_dir, name, mkdir=False)
 
 
 def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private(

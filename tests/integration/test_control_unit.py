@@ -16,8 +16,8 @@ from companion.acme import AcmeManager
 from companion.config import Settings
 from companion.control import peer_problem, start_control_server
 from companion.orderlimit import OrderLimit
+from tests.harness.certs import make_lineage
 from tests.harness.wait import wait_until
-from tests.integration.test_acme_unit import make_lineage
 
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
 

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
+from tests.harness.certs import build_cert, write_pair
 from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
@@ -119,45 +120,22 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
 
 def _issue(directory: Path, stem: tuple[str, str], common: str, names: list[str], ca: tuple) -> None:
     """A certificate signed by the local `ca`, written as `stem` (chain file, key file) in `directory`."""
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+    cert, key = build_cert(
+        common, sans=names, issuer=ca, not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(days=30)
     )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / stem[0]).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / stem[1]).write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / stem[1]).chmod(0o600)
+    write_pair(directory / stem[0], directory / stem[1], cert, key)
 
 
 def _local_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "companion tests: operator CA")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    return build_cert(
+        "companion tests: operator CA",
+        ca=True,
+        ca_key_usage=False,
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=30),
     )
-    return cert, key
 
 
 def _common_name(cert: x509.Certificate) -> str:

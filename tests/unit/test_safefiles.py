@@ -17,7 +17,7 @@ import pytest
 from companion import certs, safefiles
 from companion.acme import _STATE_FIELDS, CertState, load_state, save_state
 from companion.nginx import read_current
-from tests.integration.test_acme_unit import certbot_layout
+from tests.harness.certs import certbot_layout
 
 pytestmark = pytest.mark.timeout(30)  # a FIFO opened by mistake would block for ever
 
