@@ -24,6 +24,8 @@ PEM = serialization.Encoding.PEM
 Key = ec.EllipticCurvePrivateKey
 # The clock of lineages written by make_lineage: tests compare expiry dates against it.
 LINEAGE_NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+# the subject of the companion's own placeholder certificate, as served before a real one exists
+PLACEHOLDER_CN = "companion placeholder certificate"
 # keyCertSign and cRLSign only
 CA_KEY_USAGE = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
 
@@ -110,6 +112,10 @@ def build_cert(
     return builder.sign(signer, hashes.SHA256()), key
 
 
+def common_name(cert: x509.Certificate) -> str:
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
+
+
 def write_pair(cert_path: Path, key_path: Path, cert: x509.Certificate, key: Key, *, key_mode: int = 0o600) -> None:
     """The certificate and its key as PEM files (the key with `key_mode`)."""
     cert_path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,10 +183,12 @@ __all__ = [
     "CA_KEY_USAGE",
     "LINEAGE_NOW",
     "PEM",
+    "PLACEHOLDER_CN",
     "ExtendedKeyUsageOID",
     "build_cert",
     "cert_pem",
     "certbot_layout",
+    "common_name",
     "key_pem",
     "link_into_archive",
     "make_lineage",

@@ -57,6 +57,16 @@ def _write_listener_certs(directory: Path, listen: str = "127.0.0.1") -> tuple[P
     return ca_path, cert_path, key_path
 
 
+def acme_env(pebble: Pebble, allowed: str, **extra: str) -> dict[str, str]:
+    """The companion's settings for ordering from `pebble`, limited to the names `allowed` (ALLOWED_DOMAINS)."""
+    return {
+        "ACME_CA_URI": pebble.directory_url,
+        "CA_BUNDLE": str(pebble.ca_bundle_path),
+        "ALLOWED_DOMAINS": allowed,
+        **extra,
+    }
+
+
 class Pebble:
     """Pebble plus challtestsrv (DNS only). Every name resolves to ``default_ipv4`` (127.0.0.1).
 

@@ -16,12 +16,8 @@ from companion import plan
 from companion.model import ContainerInfo
 from companion.nginx import ApplyResult, NginxControl, apply
 from companion.render import MAIN_FILE, render
+from tests.harness.containers import app as c
 from tests.harness.nginxcheck import NginxLayout, make_layout
-
-
-def c(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
-
 
 BASE = [
     c("web", "10.0.0.2", VIRTUAL_HOST="a.example.com", LETSENCRYPT_HOST="a.example.com"),

@@ -13,9 +13,10 @@ from companion import hostfiles, plan
 from companion.explain import Inputs, explain
 from companion.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
 from companion.logformat import Problem
-from companion.model import ContainerInfo, Policy
+from companion.model import Policy
 from companion.plan import HttpAnswer
 from companion.render import MAIN_FILE, render
+from tests.harness.containers import app as c
 from tests.harness.nginxcheck import Directive, make_layout, parse_conf
 from tests.harness.tls import client_ca
 
@@ -23,10 +24,6 @@ HOST = "a.example.com"
 METHODS = ("redirect", "noredirect", "nohttp", "nohttps")
 # how the host stands with certificates: served, wanted but not issued yet, neither
 CERT_STATES = ("issued", "missing", "unwanted")
-
-
-def c(name: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": "10.0.0.2"})
 
 
 def dirs_in(root: Path) -> Dirs:

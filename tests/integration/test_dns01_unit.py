@@ -15,17 +15,14 @@ from companion import dns, plan, status
 from companion.acme import AcmeManager, certbot_command, lineage_request
 from companion.config import Settings, SettingsError, load
 from companion.explain import Inputs, explain
-from companion.model import CertRequest, Challenge, ContainerInfo, Policy, Rejection, parse_site
+from companion.model import CertRequest, Challenge, Policy, Rejection, parse_site
 from companion.plan import CertFiles
 from companion.status import served_by
 from companion.statusserver import page
+from tests.harness.containers import app as c
 
 DNS = Policy(dns_plugin="dns-rfc2136")
 PLACEHOLDER = CertFiles("/c/placeholder/fullchain.pem", "/c/placeholder/privkey.pem")
-
-
-def c(name: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": "10.0.0.2"})
 
 
 def lineage(name: str, *domains: str, not_after: float = 1.0) -> CertFiles:

@@ -11,10 +11,10 @@ import pytest
 
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion
+from tests.harness.companion import status_get as get
 from tests.harness.nginx import HostNginx, body
 from tests.harness.ports import free_port
 from tests.harness.wait import wait_until
-from tests.integration.test_status import get
 
 pytestmark = pytest.mark.integration
 

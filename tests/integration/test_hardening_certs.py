@@ -20,35 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
+from tests.harness.certs import PLACEHOLDER_CN, common_name
 from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
-from tests.harness.pebble import Pebble
+from tests.harness.pebble import Pebble, acme_env
 from tests.harness.tls import https_body, served_cert
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
-
-PLACEHOLDER_CN = "companion placeholder certificate"
-
-
-def acme_env(pebble: Pebble, allowed: str, **extra: str) -> dict[str, str]:
-    return {
-        "ACME_CA_URI": pebble.directory_url,
-        "CA_BUNDLE": str(pebble.ca_bundle_path),
-        "ALLOWED_DOMAINS": allowed,
-        **extra,
-    }
-
-
-def common_name(cert: x509.Certificate) -> str:
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
 
 # -- 3. broken certificate files ------------------------------------------------------------------
 

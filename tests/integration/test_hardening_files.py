@@ -19,13 +19,12 @@ import pytest
 from cryptography import x509
 
 from tests.harness.appimage import AppRunner
-from tests.harness.certs import certbot_layout
+from tests.harness.certs import PLACEHOLDER_CN, certbot_layout, common_name
 from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
-from tests.harness.pebble import Pebble
+from tests.harness.pebble import Pebble, acme_env
 from tests.harness.tls import https_body, served_cert
 from tests.harness.wait import wait_until
-from tests.integration.test_hardening_certs import PLACEHOLDER_CN, acme_env, common_name
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,11 @@ import pytest
 
 from companion import hostfiles, model, plan
 from companion.hostfiles import HTPASSWD, VHOST, Dirs, UserFiles
-from companion.model import ContainerInfo, InvalidValue, Rejection, Tuning, parse_site
+from companion.model import InvalidValue, Rejection, Tuning, parse_site
 from companion.nginx import NginxControl, apply
 from companion.render import MAIN_FILE, render
 from companion.watch import watch_host_files
+from tests.harness.containers import app as c
 from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf, walk
 from tests.harness.tls import client_ca
 
@@ -27,10 +28,6 @@ def dirs_in(root: Path) -> Dirs:
     for name in ("vhost.d", "htpasswd", "client_ca"):
         (root / name).mkdir(parents=True, exist_ok=True)
     return Dirs(str(root / "vhost.d"), str(root / "htpasswd"), str(root / "client_ca"), str(root / "proxy.conf"))
-
-
-def c(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 # -- typed per-path settings --------------------------------------------------------------------------

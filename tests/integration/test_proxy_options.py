@@ -15,8 +15,7 @@ import pytest
 from companion import config, plan
 from companion.config import Settings, SettingsError, SslPolicy
 from companion.render import MAIN_FILE, RenderOptions, render
-from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
-from tests.integration.test_render import (
+from tests.harness.fleet import (
     OPTIONS,
     PLACEHOLDER,
     block_of,
@@ -25,6 +24,7 @@ from tests.integration.test_render import (
     render_fleet,
     server_blocks,
 )
+from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf
 
 
 def load(env: dict[str, str], argv: list[str] | None = None) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.client
 import json
 import shutil
 import socket
@@ -23,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from companion.statusserver import MAX_REQUEST_BYTES
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion
+from tests.harness.companion import status_get as get
 from tests.harness.nginx import HostNginx, body
 from tests.harness.pebble import Pebble
 from tests.harness.ports import free_port, wait_tcp
@@ -38,18 +38,6 @@ HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>.t
 
 def unique_host(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.{DOMAIN}"
-
-
-def get(
-    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, headers=headers or {})
-        answer = connection.getresponse()
-        return answer.status, dict(answer.getheaders()), answer.read()
-    finally:
-        connection.close()
 
 
 def status_json(port: int) -> dict[str, Any]:

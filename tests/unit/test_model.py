@@ -21,6 +21,7 @@ from companion.model import (
     parse_default_root,
     parse_site,
 )
+from tests.harness.containers import container
 
 LABEL63 = "a" * 63
 HOST253 = ".".join([LABEL63, LABEL63, LABEL63, "b" * 61])
@@ -29,7 +30,7 @@ assert len(HOST253) == 253
 
 def info(labels: dict[str, str] | None = None, env: dict[str, str] | None = None, **kw: object) -> ContainerInfo:
     kw.setdefault("networks", {"proxy": "172.18.0.2"})
-    return ContainerInfo(id="id-web", name="web", labels=labels or {}, env=env or {}, **kw)  # type: ignore[arg-type]
+    return container("web", labels=labels, env=env, **kw)
 
 
 def site_of(labels: dict[str, str], **kw: object) -> Site:

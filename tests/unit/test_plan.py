@@ -10,6 +10,7 @@ import pytest
 from companion import plan
 from companion.model import CertRequest, ContainerInfo, HttpsMethod, Policy, Proto
 from companion.plan import CertFiles, Location, Server, Upstream
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 REAL = CertFiles(
@@ -18,10 +19,6 @@ REAL = CertFiles(
 
 
 U1, U2, U3 = "companion_u1", "companion_u2", "companion_u3"  # numbered over sorted backend sets
-
-
-def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={network: ip} if ip else {}, health=health)
 
 
 def build(*containers: ContainerInfo, certs: dict[str, CertFiles] | None = None, **kw: object) -> plan.Desired:

@@ -18,14 +18,12 @@ from companion.docker import Snapshot
 from companion.explain import Inputs
 from companion.model import ContainerInfo, Policy
 from companion.nginx import ApplyResult
-from companion.reconcile import Applier, Source, reconcile, render_options
+from companion.reconcile import Applier, Source, reconcile
 from companion.render import MAIN_FILE
+from tests.harness.containers import app
+from tests.harness.fleet import LOOP_OPTIONS
 
 NGINX = ContainerInfo(id="nginx-id", name="nginx", networks={"proxy": "10.0.0.1"}, gateways={"proxy": "10.0.0.254"})
-
-
-def app(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 class FakeSource:
@@ -87,7 +85,7 @@ def inputs(*containers: ContainerInfo, statuses: Mapping[str, CertStatus] | None
     )
 
 
-OPTIONS = render_options(Settings(conf_dir="/conf", webroot="/webroot"), (1, 26, 3))
+OPTIONS = LOOP_OPTIONS
 
 
 def test_fakes_satisfy_the_protocols() -> None:

@@ -24,7 +24,7 @@ from companion.model import ContainerInfo, Policy
 from companion.reconcile import reconcile
 from companion.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
 from tests.harness import swarm
-from tests.unit.test_reconcile import OPTIONS
+from tests.harness.fleet import LOOP_OPTIONS as OPTIONS
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "swarm_api.json").read_text())
 SERVICES, TASKS = RECORDED["services"], RECORDED["tasks"]

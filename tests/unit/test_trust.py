@@ -26,6 +26,7 @@ from companion.model import (
 )
 from companion.plan import CertFiles
 from companion.trust import ImageTrust, OwnerRule
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 
@@ -34,10 +35,6 @@ def lineage(name: str, *domains: str, not_after: float = 1000.0) -> CertFiles:
     return CertFiles(
         f"/certs/live/{name}/fullchain.pem", f"/certs/live/{name}/privkey.pem", domains=domains, not_after=not_after
     )
-
-
-def c(name: str, ip: str = "10.0.0.2", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 def server(desired: plan.Desired, host: str) -> plan.Server:

@@ -9,10 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from companion import model, plan, trust
-from companion.model import MULTIPORTS, ContainerInfo, InvalidValue, Policy, Rejection, Site
+from companion.model import MULTIPORTS, InvalidValue, Policy, Rejection, Site
 from companion.multiports import Route, parse_multiports, parse_sites
 from companion.plan import CertFiles
 from companion.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
+from tests.harness.containers import container
 
 PLACEHOLDER = CertFiles("/p/fullchain.pem", "/p/privkey.pem")
 # Variables images set for themselves: none of them may ever warn.
@@ -25,7 +26,7 @@ IMAGE_ENV = (
 
 
 def info(name: str = "app", labels: dict[str, str] | None = None, env: dict[str, str] | None = None, **kw: object):
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels or {}, env=env or {}, **kw)  # type: ignore[arg-type]
+    return container(name, labels=labels, env=env, **kw)
 
 
 # -- registry -------------------------------------------------------------------------------------------
