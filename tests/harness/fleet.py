@@ -95,3 +95,18 @@ def server_blocks(text: str) -> list[tuple[str, bool, Directive]]:
 def block_of(text: str, host: str, https: bool) -> Directive:
     (found,) = [b for name, ssl, b in server_blocks(text) if name == host and ssl == https]
     return found
+
+
+def root_answers(block: Directive) -> list[tuple[str, ...]]:
+    """What `location /` does in a server block: its return or proxy_pass arguments."""
+    (root,) = [loc for loc in block.find("location") if loc.args == ("/",)]
+    return [d.args for d in root.find("return")] or [d.args for d in root.find("proxy_pass")]
+
+
+def default_servers(text: str) -> dict[bool, list[str]]:
+    """The server_name of every server whose listen says default_server, by HTTPS or not."""
+    found: dict[bool, list[str]] = {False: [], True: []}
+    for name, https, block in server_blocks(text):
+        if any("default_server" in listen.args for listen in block.find("listen")):
+            found[https].append(name)
+    return found

@@ -1,18 +1,18 @@
 """DNS-01's pure rules: which settings fit, which wildcard requests pass, certbot's arguments, which certificate
-a site gets, what the status shows. The real run (BIND 9, Pebble,
-certbot) is tests/integration/test_integration_dns01.py."""
+a site gets, what the status shows. The real run (BIND 9, Pebble, certbot) is
+tests/integration/test_integration_dns01.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from companion import dns, plan, status
-from companion.acme import AcmeManager, certbot_command, lineage_request
+from companion.acme import certbot_command, lineage_request
 from companion.config import Settings, SettingsError, load
 from companion.explain import Inputs, explain
 from companion.model import CertRequest, Challenge, Policy, Rejection, parse_site
@@ -154,22 +154,6 @@ def test_credentials_file_readable_by_everyone_is_refused(tmp_path: Path) -> Non
     assert dns.credentials_problem(str(path)) == ""
     assert "No such file" in dns.credentials_problem(str(tmp_path / "missing.ini"))
     assert "not a regular file" in dns.credentials_problem(str(tmp_path))
-
-
-def test_dns01_order_skips_the_http_self_check_and_checks_the_credentials(tmp_path: Path) -> None:
-    credentials = tmp_path / "dns.ini"
-    credentials.write_text("x")
-    os.chmod(credentials, 0o604)
-    settings = Settings(certs_dir=str(tmp_path / "certs"), dns_plugin="dns-rfc2136", dns_credentials=str(credentials))
-    manager = AcmeManager(settings, wake=lambda _r: None, self_check_url=lambda: "http://127.0.0.1:9")
-    try:
-        request = CertRequest("a.com", ("a.com",), "", challenge=Challenge.DNS01)
-        assert "can be read by every user" in manager.precheck(request)
-        credentials.chmod(0o600)
-        assert manager.precheck(request) == ""  # no nginx answers at :9: the HTTP self-check was not run
-        assert "self-check" in manager.precheck(CertRequest("a.com", ("a.com",), ""))
-    finally:
-        manager.stop()
 
 
 # -- which certificate a site gets, and what the status says ------------------------------------------------

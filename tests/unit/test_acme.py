@@ -1,5 +1,6 @@
-"""Pure decisions of the certificate side: when to order, backoff, certbot's command and reason, and
-reading certificates from disk with cryptography (made here, so nothing is mocked)."""
+"""Pure decisions of the certificate side: when to order, backoff, certbot's command and reason, and reading
+certificates from disk with cryptography (made here, so nothing is mocked). No process, no socket: the unit tier.
+"""
 
 from __future__ import annotations
 
@@ -201,36 +202,6 @@ def test_state_survives_a_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert load_state(tmp_path) == {}
     path.write_text(json.dumps({"a.test": {"unknown": 1}}))
     assert load_state(tmp_path) == {}
-
-
-def test_order_now_queues_what_an_operator_asks_for_once(tmp_path: Path) -> None:
-    """Not due unless forced, a backoff does not hold it, an order in progress is not queued twice; the
-    worker is held before its self-check, so nothing here reaches a CA."""
-    make_lineage(tmp_path, "fresh.test", ["fresh.test"])
-    make_lineage(tmp_path, "old.test", ["old.test"], age_days=80)
-    make_lineage(tmp_path, "companion-default", ["default.test"], age_days=80)
-    release = threading.Event()
-    settings = Settings(certs_dir=str(tmp_path), webroot=str(tmp_path / "webroot"))
-    manager = AcmeManager(
-        settings, lambda _reason: None, lambda: release.wait() and "http://127.0.0.1:9", clock=NOW.timestamp
-    )
-    try:
-        manager.state["old.test"] = CertState(["old.test"], failures=3, next_try=NOW.timestamp() + 3600, last_error="x")
-        assert manager.order_now(["fresh.test", "gone.test"], False) == {
-            "fresh.test": "not due (expires 2027-02-25)",
-            "gone.test": f"no usable certificate 'gone.test' in {tmp_path / 'live'}",
-        }
-        assert load_state(tmp_path) == {}  # nothing queued, nothing saved
-        assert manager.order_now(["fresh.test"], True) == {"fresh.test": "queued"}
-        assert manager.order_now(["fresh.test"], True) == {"fresh.test": "in progress"}
-        # All lineages on disk but the companion's own; the failing one is due and ordered despite its backoff.
-        assert manager.order_now([], False) == {"fresh.test": "in progress", "old.test": "queued"}
-        saved = load_state(tmp_path)
-        assert saved["fresh.test"].in_progress and saved["old.test"].in_progress
-        assert saved["old.test"].failures == 3
-    finally:
-        release.set()
-        manager.stop()
 
 
 @pytest.mark.parametrize(
