@@ -110,16 +110,22 @@ class Companion:
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 20.0) -> None:
         """Wait until the log has not grown for `quiet` seconds (the loop has settled)."""
-        deadline = time.monotonic() + timeout
-        size, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            now_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if now_size != size:
-                size, since = now_size, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                return
-            time.sleep(0.05)
-        raise AssertionError("companion never settled:\n" + self.log()[-3000:])
+        seen = {"size": -1, "since": time.monotonic()}
+
+        def quiet_for() -> float:
+            size = self.log_path.stat().st_size if self.log_path.exists() else 0
+            if size != seen["size"]:
+                seen.update(size=size, since=time.monotonic())
+            return time.monotonic() - seen["since"]
+
+        wait_until(
+            quiet_for,
+            timeout,
+            0.05,
+            "the companion to settle",
+            until=lambda q: q >= quiet,
+            logs=[("companion log", self.log)],
+        )
 
 
 def status_get(

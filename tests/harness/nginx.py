@@ -13,11 +13,11 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from email.message import Message
 from pathlib import Path
 
 from .ports import free_port
+from .wait import wait_gone, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,13 @@ class HostNginx:
         proc = subprocess.run(self.base_argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"nginx failed to start: {proc.stderr}\n{self.error_log_text()}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid = self.master_pid()
-            if pid and self.worker_pids():
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"nginx did not come up within {timeout}s:\n{self.error_log_text()}")
+        wait_until(
+            lambda: self.master_pid() and self.worker_pids(),
+            timeout,
+            0.02,
+            "nginx to come up",
+            logs=[("nginx error log", self.error_log_text)],
+        )
 
     def reload(self, timeout: float = 10.0) -> None:
         """Run the reload command and wait until a new generation of workers runs."""
@@ -120,12 +120,13 @@ class HostNginx:
         proc = subprocess.run(shlex.split(self.reload_command), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"nginx reload failed: {proc.stderr}")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if set(self.worker_pids()) - before:
-                return
-            time.sleep(0.02)
-        raise TimeoutError(f"nginx did not start new workers within {timeout}s:\n{self.error_log_text()}")
+        wait_until(
+            lambda: set(self.worker_pids()) - before,
+            timeout,
+            0.02,
+            "nginx to start new workers",
+            logs=[("nginx error log", self.error_log_text)],
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the master (SIGTERM, then SIGKILL) and its workers; no-op when not running."""
@@ -135,9 +136,7 @@ class HostNginx:
         workers = self.worker_pids()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (_alive(pid) or any(_alive(w) for w in workers)):
-            time.sleep(0.02)
+        wait_gone(lambda: _alive(pid) or any(_alive(w) for w in workers), timeout, 0.02)
         for p in [pid, *workers]:
             if _alive(p):
                 with contextlib.suppress(ProcessLookupError):
@@ -192,17 +191,19 @@ class HostNginx:
 
         Returns at once when nginx is not running. A test that holds connections open keeps an old
         worker alive: after `timeout` the request goes ahead and the titles are in the debug log."""
-        deadline = time.monotonic() + timeout
         titles: list[str] = []
-        while time.monotonic() < deadline:
+
+        def settled() -> bool:
             if self.master_pid() is None:
-                return
-            titles = self._titles()
+                return True
+            titles[:] = self._titles()
             workers = [t for t in titles if "worker process" in t]
-            if len(workers) == 1 and "shutting down" not in workers[0]:
-                return
-            time.sleep(0.02)
-        log.debug("nginx workers did not settle within %ss: %s", timeout, titles)
+            return len(workers) == 1 and "shutting down" not in workers[0]
+
+        try:
+            wait_until(settled, timeout, 0.02, "one generation of nginx workers", errors=())
+        except AssertionError:
+            log.debug("nginx workers did not settle within %ss: %s", timeout, titles)
 
     def error_log_text(self) -> str:
         """Contents of the error log ('' if none yet)."""

@@ -15,7 +15,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import requests
 
 from .certs import ExtendedKeyUsageOID, build_cert, cert_pem, write_pair
 from .ports import free_port
+from .wait import wait_until
 
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
@@ -241,18 +241,13 @@ class Pebble:
 
     @staticmethod
     def _wait(probe: Callable[[], object], proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                probe()
-                return
-            except requests.RequestException as exc:
-                last = exc
-                time.sleep(0.05)
-        raise TimeoutError(f"{proc.args[0]} did not answer within {timeout}s ({last}):\n{_tail(log)}")
+            probe()
+            return True
+
+        wait_until(answers, timeout, 0.05, f"{proc.args[0]} to answer", errors=requests.RequestException, logs=[log])
 
     # -- CA material -------------------------------------------------------------------------------
     def _mgmt_get(self, path: str) -> str:
