@@ -69,14 +69,14 @@ def docker_retry(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> T:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return wait_until(
+            lambda: fn(*args, **kwargs),
+            30,
+            0.5,
+            f"{fn.__name__} to reach the Docker daemon",
+            until=lambda _: True,
+            errors=(requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError),
+        )
 
     return wrapper
 

@@ -8,12 +8,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TypeVar
 
 from tests.harness.nginx import HostNginx
-from tests.harness.wait import wait_until
+from tests.harness.wait import wait_quiet, wait_until
 
 T = TypeVar("T")
 
@@ -110,20 +109,11 @@ class Companion:
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 20.0) -> None:
         """Wait until the log has not grown for `quiet` seconds (the loop has settled)."""
-        seen = {"size": -1, "since": time.monotonic()}
-
-        def quiet_for() -> float:
-            size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if size != seen["size"]:
-                seen.update(size=size, since=time.monotonic())
-            return time.monotonic() - seen["since"]
-
-        wait_until(
-            quiet_for,
+        wait_quiet(
+            lambda: self.log_path.stat().st_size if self.log_path.exists() else 0,
+            quiet,
             timeout,
-            0.05,
-            "the companion to settle",
-            until=lambda q: q >= quiet,
+            "the companion's log to stop growing",
             logs=[("companion log", self.log)],
         )
 

@@ -96,6 +96,29 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_quiet(
+    measure: Callable[[], object],
+    quiet: float,
+    timeout: float,
+    what: str = "quiet",
+    interval: float = 0.05,
+    *,
+    logs: Logs = None,
+) -> object:
+    """Poll measure() until its value has not changed for `quiet` seconds (a log that stopped growing, a
+    reload count that stopped moving); return that value, or fail as wait_until does."""
+    seen: dict[str, object] = {"value": object(), "since": time.monotonic()}
+
+    def unchanged_for() -> float:
+        value = measure()
+        if value != seen["value"]:
+            seen.update(value=value, since=time.monotonic())
+        return time.monotonic() - seen["since"]  # type: ignore[operator]
+
+    wait_until(unchanged_for, timeout, interval, what, until=lambda held: held >= quiet, errors=(), logs=logs)
+    return seen["value"]
+
+
 def wait_gone(alive: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
     """Poll until alive() is falsy; return False (never raise) on timeout, for teardown paths."""
     try:

@@ -8,7 +8,6 @@ import http.client
 import json
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -69,15 +68,15 @@ def header(nginx: HostNginx, host: str, name: str) -> str | None:
 def wait_stable(probe: Callable[[], T], expected: T, what: str, timeout: float = 30, times: int = 5) -> None:
     """Until `probe()` answers `expected` `times` in a row (old workers answer for a moment after a reload);
     fail with what it last answered (or raised)."""
-    deadline, streak, last = time.monotonic() + timeout, 0, None
-    while streak < times:
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}; last: {last!r}"
-        try:
-            last = probe()
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        streak = streak + 1 if last == expected else 0
-        time.sleep(0.05)
+    wait_until(
+        probe,
+        timeout,
+        0.05,
+        what,
+        until=lambda answer: answer == expected,
+        stable=times,
+        errors=(OSError, http.client.HTTPException),
+    )
 
 
 def settled(nginx: HostNginx) -> None:

@@ -30,7 +30,7 @@ from tests.harness.dockerd import DockerDaemon
 from tests.harness.nginx import HostNginx, body
 from tests.harness.pebble import Pebble
 from tests.harness.socketproxy import DockerSocketProxy, allowlist_from_readme
-from tests.harness.wait import wait_until
+from tests.harness.wait import wait_quiet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -52,16 +52,13 @@ def settle(companion: Companion, quiet: float = 1.0, timeout: float = 20.0) -> i
 
     (Companion.wait_idle watches the log, which other people's containers keep growing here.)
     """
-    deadline = time.monotonic() + timeout
-    count, since = companion.reloads(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = companion.reloads()
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return count
-    raise AssertionError("the companion kept reloading nginx:\n" + companion.log()[-3000:])
+    return wait_quiet(  # type: ignore[return-value]
+        companion.reloads,
+        quiet,
+        timeout,
+        "the companion to stop reloading nginx",
+        logs=[("companion log", companion.log)],
+    )
 
 
 def heartbeat_ns(companion: Companion) -> int:

@@ -149,14 +149,22 @@ def _answers(stack: Stack, n: int) -> bool:
 def wait_all(stage: Stage, probe, expected: str, timeout: float, what: str) -> dict[int, float]:  # noqa: ANN001
     """time.time() at which each node first gave `expected` from probe(n), polled every 20 ms."""
     seen: dict[int, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < stage.nodes.count:
+
+    def answered() -> dict[int, float]:
         for n in stage.nodes.nodes:
             if n not in seen and probe(n) == expected:
                 seen[n] = time.time()
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: only nodes {sorted(seen)} within {timeout}s\n{stage.diagnose()}")
-        time.sleep(0.02)
+        return seen
+
+    wait_until(
+        answered,
+        timeout,
+        0.02,
+        f"{what} (nodes that answered so far: last)",
+        until=lambda done: len(done) >= stage.nodes.count,
+        errors=(),
+        logs=[("stage", stage.diagnose)],
+    )
     return seen
 
 

@@ -31,7 +31,7 @@ from tests.harness.nginx import HostNginx, body
 from tests.harness.nginxcontainer import NGINX_LABEL, NginxContainer
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
-from tests.harness.wait import wait_until
+from tests.harness.wait import wait_quiet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -105,16 +105,7 @@ def settle(companion: Companion, quiet: float = 1.5, timeout: float = 60.0, sinc
     def relevant() -> int:
         return sum(1 for line in companion.log()[since:].splitlines() if not NOISE.search(line))
 
-    deadline = time.monotonic() + timeout
-    count, since_change = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        now = relevant()
-        if now != count:
-            count, since_change = now, time.monotonic()
-        elif time.monotonic() - since_change >= quiet:
-            return
-        time.sleep(0.1)
-    raise AssertionError("companion never settled:\n" + companion.log()[-3000:])
+    wait_quiet(relevant, quiet, timeout, "the companion to settle", 0.1, logs=[("companion log", companion.log)])
 
 
 def warning(companion: Companion, pattern: str, timeout: float = 20.0) -> str:
