@@ -13,7 +13,7 @@ from companion.plan import CertFiles
 from companion.reconcile import render_options
 from companion.render import RenderOptions, render
 from tests.harness.containers import app as c
-from tests.harness.nginxcheck import Directive, parse_conf
+from tests.harness.nginx import Directive, parse_conf
 
 OPTIONS = RenderOptions(conf_dir="/etc/nginx/conf.d", webroot="/var/www/acme", nginx_version=(1, 22, 1))
 # what the reconcile loop renders with for a companion configured with /conf and /webroot

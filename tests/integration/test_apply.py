@@ -17,7 +17,7 @@ from companion.model import ContainerInfo
 from companion.nginx import ApplyResult, NginxControl, apply
 from companion.render import MAIN_FILE, render
 from tests.harness.containers import app as c
-from tests.harness.nginxcheck import NginxLayout, make_layout
+from tests.harness.nginx import NginxLayout, make_layout
 
 BASE = [
     c("web", "10.0.0.2", VIRTUAL_HOST="a.example.com", LETSENCRYPT_HOST="a.example.com"),

@@ -15,7 +15,7 @@ from companion.plan import HttpAnswer
 from companion.render import MAIN_FILE, render
 from tests.harness.containers import app as c
 from tests.harness.hostfiles import EXPECTED, HOST, desired_for, dirs_in
-from tests.harness.nginxcheck import Directive, make_layout, parse_conf
+from tests.harness.nginx import Directive, make_layout, parse_conf
 from tests.harness.tls import client_ca
 
 METHODS = ("redirect", "noredirect", "nohttp", "nohttps")

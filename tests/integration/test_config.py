@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 
 from companion import config
-from tests.harness.nginxcheck import nginx_binary
+from tests.harness.nginx import nginx_binary
 
 
 def test_parse_nginx_version_of_the_real_nginx() -> None:

@@ -18,8 +18,7 @@ import pytest
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion
 from tests.harness.echo import ECHO_COMMAND, echoed
-from tests.harness.nginx import HostNginx, body
-from tests.harness.nginxcheck import self_signed
+from tests.harness.nginx import HostNginx, body, self_signed
 from tests.harness.nginxcontainer import NginxContainer
 from tests.harness.tls import client_ca, client_cert
 from tests.harness.wait import wait_until

@@ -18,8 +18,7 @@ import pytest
 from tests.harness.appimage import IMAGE, AppRunner
 from tests.harness.companion import Companion
 from tests.harness.echo import ECHO_COMMAND, ECHO_PATH, ECHO_SCRIPT, echoed, request, seen
-from tests.harness.nginx import HostNginx
-from tests.harness.nginxcheck import self_signed
+from tests.harness.nginx import HostNginx, self_signed
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration

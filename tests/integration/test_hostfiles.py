@@ -18,7 +18,7 @@ from companion.nginx import NginxControl, apply
 from companion.render import MAIN_FILE, render
 from tests.harness.containers import app as c
 from tests.harness.hostfiles import dirs_in
-from tests.harness.nginxcheck import Directive, NginxLayout, make_layout, parse_conf, walk
+from tests.harness.nginx import Directive, NginxLayout, make_layout, parse_conf, walk
 from tests.harness.tls import client_ca
 
 # -- proved by the real nginx -t ------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from companion.model import MULTIPORTS, ContainerInfo, Rejection, Site
 from companion.multiports import parse_sites
 from companion.plan import CertFiles
 from companion.render import MAIN_FILE, render
-from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf, walk
+from tests.harness.nginx import NginxLayout, make_layout, parse_conf, walk
 
 BAD = [
     "~^foo\\..*$",

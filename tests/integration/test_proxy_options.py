@@ -11,7 +11,7 @@ from tests.harness.fleet import (
     fleet_certs,
     render_fleet,
 )
-from tests.harness.nginxcheck import NginxLayout, make_layout
+from tests.harness.nginx import NginxLayout, make_layout
 
 # -- the real nginx -t ------------------------------------------------------------------------------
 

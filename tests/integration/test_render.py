@@ -23,7 +23,7 @@ from tests.harness.fleet import (
     root_answers,
     server_blocks,
 )
-from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf
+from tests.harness.nginx import NginxLayout, make_layout, parse_conf
 
 # -- the real nginx -t --------------------------------------------------------------------------------
 

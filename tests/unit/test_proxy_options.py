@@ -23,7 +23,7 @@ from tests.harness.fleet import (
     render_fleet,
     server_blocks,
 )
-from tests.harness.nginxcheck import Directive, parse_conf
+from tests.harness.nginx import Directive, parse_conf
 
 
 def load(env: dict[str, str], argv: list[str] | None = None) -> Settings:

@@ -27,7 +27,7 @@ from tests.harness.fleet import (
     server_blocks,
     upstream_of,
 )
-from tests.harness.nginxcheck import parse_conf
+from tests.harness.nginx import parse_conf
 
 # -- pure text properties ---------------------------------------------------------------------------
 
