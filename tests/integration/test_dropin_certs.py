@@ -18,10 +18,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
-from tests.harness.certs import build_cert, write_pair
+from tests.harness.certs import build_cert, common_name, write_pair
 from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
@@ -138,10 +137,6 @@ def _local_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     )
 
 
-def _common_name(cert: x509.Certificate) -> str:
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
-
 def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_unknown_names(
     apps: AppRunner, host_nginx: HostNginx, pebble: Pebble, make_companion: Callable[..., Companion], tmp_path: Path
 ) -> None:
@@ -176,7 +171,7 @@ def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_u
     make_companion(**env)
     for name in (unknown, plain):
         presented = wait_until(lambda n=name: served_cert(host_nginx, n), timeout=30, what=f"default cert for {name}")
-        assert _common_name(presented) == "operator default"
+        assert common_name(presented) == "operator default"
     loose = ssl.create_default_context(cadata=ca[0].public_bytes(serialization.Encoding.PEM).decode())
     loose.check_hostname = False
     assert host_nginx.get(unknown, https=True, context=loose)[0] == 503
