@@ -186,7 +186,12 @@ def test_network_mode_host_container_is_reached_at_the_gateway_by_nginx_in_a_con
     )
     apps("bridged", environment={"VIRTUAL_HOST": bridged, "APP_ID": "bridged"})
     docker_companion(ALLOWED_DOMAINS=allowed)
-    wait_until(lambda: docker_nginx.body(host) == (200, "hostnet"), timeout=30, what="host-network app via the gateway")
+    wait_until(
+        lambda: docker_nginx.body(host) == (200, "hostnet"),
+        timeout=30,
+        what="host-network app via the gateway",
+        stable=3,
+    )
     assert docker_nginx.body(bridged) == (200, "bridged")
     conf = (docker_nginx.conf_dir / "companion.conf").read_text()
     assert f"server {gateway}:{port};" in conf
@@ -209,11 +214,13 @@ def test_container_disconnected_from_nginx_network_answers_502_and_comes_back(
     app = apps("leaving", environment={"VIRTUAL_HOST": leaving, "APP_ID": "leaving"})
     apps("staying", environment={"VIRTUAL_HOST": staying, "APP_ID": "staying"})
     companion = docker_companion(ALLOWED_DOMAINS=allowed)
-    wait_until(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="leaving app routed")
+    wait_until(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="leaving app routed", stable=3)
     bridge = docker_client.networks.get("bridge")
     bridge.disconnect(app)
     try:
-        wait_until(lambda: status(docker_nginx, leaving) == 502, timeout=30, what="502 once the app left the network")
+        wait_until(
+            lambda: status(docker_nginx, leaving) == 502, timeout=30, what="502 once the app left the network", stable=3
+        )
         app.reload()
         assert app.status == "running"
         line = companion.wait_log(rf"WARNING [^\n]*container {re.escape(app.name)}: not reachable[^\n]*")
@@ -226,5 +233,10 @@ def test_container_disconnected_from_nginx_network_answers_502_and_comes_back(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             bridge.connect(app)
-    wait_until(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="routed again once reconnected")
+    wait_until(
+        lambda: docker_nginx.body(leaving) == (200, "leaving"),
+        timeout=30,
+        what="routed again once reconnected",
+        stable=3,
+    )
     companion.wait_log(rf"INFO [^\n]*resolved: container {re.escape(app.name)}: not reachable")

@@ -286,7 +286,9 @@ def test_only_the_labelled_nginx_that_mounts_the_conf_dir_is_used(
             ALLOWED_DOMAINS=allowed,
         ).start()
         t0 = time.monotonic()
-        assert wait_until(lambda: nginx.body(site_host) == (200, "site"), timeout=30, what="site through real nginx")
+        assert wait_until(
+            lambda: nginx.body(site_host) == (200, "site"), timeout=30, what="site through real nginx", stable=3
+        )
         served_after = time.monotonic() - t0
         for impostor in (fake, from_image):
             line = warning(
