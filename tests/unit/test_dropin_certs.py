@@ -16,6 +16,7 @@ from companion.config import LETSENCRYPT_STAGING, Settings, SettingsError, load
 from companion.model import CertRequest, ContainerInfo, Policy, Rejection, Site, parse_site
 from companion.plan import CertFiles
 from companion.render import MAIN_FILE, RenderOptions, render
+from tests.harness.containers import container
 
 MAIN, STAGING, OTHER = "https://ca.test/dir", "https://staging.test/dir", "https://other.test/acme/directory"
 POLICY = Policy(default_email="ops@x.io", acme_server=MAIN, staging_server=STAGING)
@@ -227,7 +228,7 @@ def test_renewal_file_gives_the_lineages_ca_and_account(tmp_path: Path) -> None:
 
 
 def c(name: str, **env: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, env=env, networks={"proxy": "10.0.0.2"})
+    return container(name, env=env, networks={"proxy": "10.0.0.2"})
 
 
 def test_selection_order_cert_name_own_wildcard_default_placeholder() -> None:

@@ -10,13 +10,14 @@ from companion.acme import CertState, describe, load_state, save_state
 from companion.certs import CertStatus
 from companion.explain import Explanation, Inputs, Verdict, explain
 from companion.model import ContainerInfo, Policy
+from tests.harness.containers import container
 
 CERTS = Path("/certs")
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"{abs(hash(name)):x}0000000000", name=name, labels=labels, networks={network: ip})
+    return container(name, id=f"{abs(hash(name)):x}0000000000", labels=labels, networks={network: ip})
 
 
 def valid(name: str, *domains: str) -> CertStatus:
