@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from companion.model import InvalidValue, Rejection, Tuning, parse_site
 from companion.watch import watch_host_files
 from tests.harness.containers import app as c
 from tests.harness.hostfiles import dirs_in
+from tests.harness.wait import wait_until
 
 # -- typed per-path settings --------------------------------------------------------------------------
 
@@ -127,19 +127,12 @@ def test_the_watch_wakes_for_a_change_but_not_for_the_companions_own_reads(tmp_p
         time.sleep(0.5)
         assert wakes == []
         (Path(dirs.htpasswd) / "a.example.com").write_text("u:$apr1$x$y\n")
-        wait_until(lambda: wakes)
+        wait_until(lambda: wakes, 5.0, 0.02, "a wake")
         wakes.clear()
         Path(dirs.proxy_conf).write_text("proxy_http_version 1.1;\n")
-        wait_until(lambda: wakes)
+        wait_until(lambda: wakes, 5.0, 0.02, "a wake")
     finally:
         observer.stop()
-
-
-def wait_until(probe: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        assert time.monotonic() < deadline, "no wake within 5 s"
-        time.sleep(0.02)
 
 
 def test_a_wildcard_host_gets_only_the_default_files(tmp_path: Path) -> None:
