@@ -26,6 +26,9 @@ from pathlib import Path
 
 import docker
 
+from tests.harness.dockerd import start_dockerd
+from tests.harness.wait import wait_gone, wait_until
+
 TOOLS = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -200,21 +203,16 @@ class SwarmNodes:
             "--cgroup-parent", f"/{ns}",
             "--userland-proxy=false",
         ]  # fmt: skip
-        with open(f"/run/{ns}/dockerd.log", "ab") as log:
-            subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        start_dockerd(command, Path(f"/run/{ns}/dockerd.log"), lambda: self.alive(n), wait=False)
         if wait:
             self._wait_alive(n)
 
     def _wait_alive(self, n: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.alive(n):
-                return
-            time.sleep(0.25)
-        tail = Path(f"/run/{self.ns(n)}/dockerd.log").read_text(errors="replace")[-2000:]
-        raise SwarmUnavailable(f"dockerd of node {n} did not answer within {timeout}s:\n{tail}")
+        log = Path(f"/run/{self.ns(n)}/dockerd.log")
+        try:
+            wait_until(lambda: self.alive(n), timeout, 0.25, f"dockerd of node {n} to answer", logs=[("its log", log)])
+        except AssertionError as exc:
+            raise SwarmUnavailable(str(exc)) from exc
 
     def _swarm_state(self, n: int) -> str:
         return self.docker(n, "info", "--format", "{{.Swarm.LocalNodeState}}", check=False).stdout.strip()
@@ -236,11 +234,10 @@ class SwarmNodes:
         return listed.count("Ready")
 
     def wait_ready(self, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ready_nodes() != count:
-            if time.monotonic() > deadline:
-                raise SwarmUnavailable(f"{self.ready_nodes()}/{count} nodes Ready after {timeout}s")
-            time.sleep(0.25)
+        try:
+            wait_until(self.ready_nodes, timeout, 0.25, f"{count} nodes Ready", until=lambda ready: ready == count)
+        except AssertionError as exc:
+            raise SwarmUnavailable(str(exc)) from exc
 
     # -- images, failures ----------------------------------------------------------------------------
 
@@ -277,9 +274,7 @@ class SwarmNodes:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.1)
+        wait_gone(lambda: _pid_alive(pid), 30, 0.1)
 
     def power_off(self, n: int) -> None:
         """Node n dies at once, as on a power cut: SIGKILL to its dockerd, containerd, shims and every
@@ -292,9 +287,7 @@ class SwarmNodes:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_pid_alive(int(pid)) for pid in pids):
-            time.sleep(0.05)
+        wait_gone(lambda: any(_pid_alive(int(pid)) for pid in pids), 10)
 
     # -- down ----------------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Rejection, Site
 from companion.core.multiports import parse_sites
 from companion.nginx.render import MAIN_FILE, render
-from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf, walk
+from tests.harness.nginx import NginxLayout, make_layout, parse_conf, walk
 
 BAD = [
     "~^foo\\..*$",

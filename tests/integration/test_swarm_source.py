@@ -20,10 +20,11 @@ import pytest
 
 from companion.sources.swarm import task_addresses
 from tests.harness.appimage import ensure_app_image
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import http_get
 from tests.harness.nginxcontainer import NginxContainer, ensure_nginx_image
 from tests.harness.swarm import SwarmNodes
+from tests.harness.wait import wait_until
 
 SUFFIX = uuid.uuid4().hex[:6]
 DOMAIN = f"swarm-{SUFFIX}.test"
@@ -143,7 +144,7 @@ class Traffic:
 
 
 def wait_served(stage: Stage, name: str, timeout: float = 30) -> str:
-    return wait_for(
+    return wait_until(
         lambda: (lambda got: got[1] if got[0] == 200 else "")(stage.answer(name)),
         timeout,
         what=f"{stage.host(name)} served",
@@ -157,7 +158,7 @@ def wait_tasks(stage: Stage, name: str, count: int, timeout: float = 45) -> Coun
         got = stage.answers(name, 4 * count)
         return got if len(got) == count else None
 
-    return wait_for(distinct, timeout, interval=0.2, what=f"{count} tasks of {name} answering")
+    return wait_until(distinct, timeout, interval=0.2, what=f"{count} tasks of {name} answering")
 
 
 def task_address_on(stage: Stage, service: str, node: int) -> str:
@@ -190,7 +191,7 @@ def test_rolling_update_under_traffic_fails_no_request(stage: Stage) -> None:
             1, "service", "update", "-d", "--quiet",
             "--env-add", "APP_ID={{.Service.Name}} {{.Task.Slot}} {{.Node.Hostname}} g2", service,
         )  # fmt: skip
-        wait_for(
+        wait_until(
             lambda: (
                 stage.nodes.docker(1, "service", "inspect", "-f", "{{.UpdateStatus.State}}", service).stdout.strip()
                 == "completed"
@@ -198,7 +199,9 @@ def test_rolling_update_under_traffic_fails_no_request(stage: Stage) -> None:
             90,
             what="the rolling update to complete",
         )
-        wait_for(lambda: set(stage.answers("roll", 9)) and all(b.endswith(" g2") for b in stage.answers("roll", 9)), 20)
+        wait_until(
+            lambda: set(stage.answers("roll", 9)) and all(b.endswith(" g2") for b in stage.answers("roll", 9)), 20
+        )
         time.sleep(1)
     generations = Counter(body.split()[-1] for body in traffic.bodies.elements())
     print(f"rolling update: {traffic.sent} requests sent, {len(traffic.failures)} failed; answers {dict(generations)}")
@@ -225,7 +228,7 @@ def test_a_dead_worker_drops_out_and_the_others_keep_serving(stage: Stage, how: 
             def dropped() -> bool:
                 return f"server {address}:80;" not in (stage.nginx.conf_dir / "companion.conf").read_text()
 
-            wait_for(dropped, 60, interval=0.1, what=f"the task on {stage.nodes.ns(victim)} to leave the upstream")
+            wait_until(dropped, 60, interval=0.1, what=f"the task on {stage.nodes.ns(victim)} to leave the upstream")
             gone_after = time.monotonic() - killed
             time.sleep(1)
         print(

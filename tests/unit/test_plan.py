@@ -13,6 +13,7 @@ from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy
 from companion.core.plan import Location, Server, Upstream
 from companion.core.values import HttpsMethod, Proto
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 REAL = CertFiles(
@@ -21,10 +22,6 @@ REAL = CertFiles(
 
 
 U1, U2, U3 = "companion_u1", "companion_u2", "companion_u3"  # numbered over sorted backend sets
-
-
-def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={network: ip} if ip else {}, health=health)
 
 
 def build(*containers: ContainerInfo, certs: dict[str, CertFiles] | None = None, **kw: object) -> plan.Desired:

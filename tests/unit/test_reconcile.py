@@ -17,15 +17,13 @@ from companion.core.inputs import Inputs
 from companion.core.model import Policy
 from companion.core.ports import Applier, ApplyResult, NodeView, Snapshot, Source
 from companion.loop.controller import Controller, read_inputs
-from companion.loop.reconcile import reconcile, render_options
+from companion.loop.reconcile import reconcile
 from companion.nginx.render import MAIN_FILE
 from companion.settings.config import Settings
+from tests.harness.containers import app
+from tests.harness.fleet import LOOP_OPTIONS
 
 NGINX = ContainerInfo(id="nginx-id", name="nginx", networks={"proxy": "10.0.0.1"}, gateways={"proxy": "10.0.0.254"})
-
-
-def app(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 class FakeSource:
@@ -100,7 +98,7 @@ def inputs(*containers: ContainerInfo, statuses: Mapping[str, CertStatus] | None
     )
 
 
-OPTIONS = render_options(Settings(conf_dir="/conf", webroot="/webroot"), (1, 26, 3))
+OPTIONS = LOOP_OPTIONS
 
 
 def test_fakes_satisfy_the_protocols() -> None:

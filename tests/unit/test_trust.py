@@ -26,6 +26,7 @@ from companion.core.trust import ImageTrust, OwnerRule
 from companion.core.values import MAX_HOSTS, HttpsMethod
 from companion.loop import owners
 from companion.settings.config import SettingsError, load
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 
@@ -34,10 +35,6 @@ def lineage(name: str, *domains: str, not_after: float = 1000.0) -> CertFiles:
     return CertFiles(
         f"/certs/live/{name}/fullchain.pem", f"/certs/live/{name}/privkey.pem", domains=domains, not_after=not_after
     )
-
-
-def c(name: str, ip: str = "10.0.0.2", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 def server(desired: plan.Desired, host: str) -> plan.Server:
