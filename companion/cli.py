@@ -29,7 +29,7 @@ from companion.serve.htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from companion.serve.htpasswd import Gate, HtpasswdError, parse
 from companion.serve.statusserver import start_status_server
 from companion.settings import config
-from companion.sources.docker import DockerUnavailable, wait_for_daemon
+from companion.sources.daemon import DockerUnavailable, wait_for_daemon
 from companion.sources.swarm import SwarmSource
 from companion.sources.watch import watch_certs, watch_host_files
 from companion.util.logsafe import printable

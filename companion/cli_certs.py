@@ -20,7 +20,7 @@ from companion.loop.controller import heartbeat_problem
 from companion.observe import status as status_report
 from companion.serve import client as service
 from companion.settings import config
-from companion.sources.docker import DockerUnavailable
+from companion.sources.daemon import DockerUnavailable
 from companion.sources.swarm import SwarmSource
 from companion.util.logsafe import printable
 from companion.wiring import edge_for, reconciled_here

@@ -14,7 +14,7 @@ from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_op
 from companion.nginx import hostfiles
 from companion.nginx.apply import OLDEST_ASSUMED, LocalApplier, NginxControl
 from companion.settings import config
-from companion.sources.docker import DockerEdge
+from companion.sources.daemon import DockerEdge
 
 
 def edge_for(settings: config.Settings) -> DockerEdge:

@@ -1,6 +1,7 @@
 """The one test command (README.md prints it, .ci/run runs it): ``python -m tests [pytest options]``.
 
-1. the unit tier (pure, a few seconds); a failure stops here, before any real part is started;
+1. the layers contract (import-linter, pyproject.toml) and the unit tier (pure, a few seconds); a failure stops
+   here, before any real part is started;
 2. every image the tests use, built (or found cached) before any test runs: a build starts containers on the
    shared daemon, which the companions under test would see;
 3. the integration and e2e tiers in parallel (pytest-xdist, ``--dist loadgroup``): tests/conftest.py puts every
@@ -63,6 +64,10 @@ def main(argv: list[str]) -> int:
     # a third lane there only took CPU from the longest one
     workers = int(os.environ.get("TEST_WORKERS", "2" if (os.cpu_count() or 2) <= 2 else "3"))
     started = time.monotonic()
+    status = subprocess.call([str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT)
+    if status:
+        print("layers contract broken (lint-imports): tests not run", flush=True)
+        return status
     status = _pytest("tests/unit", *argv)
     if status:
         print("unit tier failed: integration and e2e tiers not run", flush=True)

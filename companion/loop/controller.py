@@ -38,7 +38,7 @@ from companion.observe import status
 from companion.observe.explain import Explanation, explain, with_nodes
 from companion.observe.metrics import Metrics
 from companion.settings.config import Settings
-from companion.sources.docker import DockerUnavailable, short_reason
+from companion.sources.daemon import DockerUnavailable, short_reason
 
 log = logging.getLogger(__name__)
 
