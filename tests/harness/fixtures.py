@@ -82,7 +82,7 @@ def swarm_nodes(docker_daemon: DockerDaemon, run_dir: Path) -> Iterator[SwarmNod
     nodes = SwarmNodes.from_env(3)
     users = run_dir / f"swarm-{nodes.prefix}.users"
     with file_lock(f"swarm-{nodes.prefix}"):
-        nodes.up()
+        nodes.up(owner=run_dir.name)
         users.write_text(str(int(users.read_text() or 0) + 1 if users.exists() else 1))
     yield nodes
     with file_lock(f"swarm-{nodes.prefix}"):

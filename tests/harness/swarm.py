@@ -128,14 +128,19 @@ class SwarmNodes:
         if os.geteuid() != 0:
             raise SwarmUnavailable("a real Swarm needs root (network namespaces, a bridge, iptables, dockerd)")
 
-    def up(self) -> SwarmNodes:
-        """Bring every node up and into one swarm; a set already up is reused, dead daemons restarted."""
+    def up(self, owner: str) -> SwarmNodes:
+        """Bring every node up and into one swarm for `owner` (one test run). A set this owner brought up is
+        reused, dead daemons restarted; any other set (of another size, or left by a run that was killed:
+        its services, tasks and published ports would still be there) is taken down first."""
         self.check_tools()
-        recorded = self.state / "nodes"
-        if recorded.exists() and recorded.read_text().split() != [str(n) for n in self.nodes]:
+        recorded, recorded_owner = self.state / "nodes", self.state / "owner"
+        same_size = recorded.exists() and recorded.read_text().split() == [str(n) for n in self.nodes]
+        ours = recorded_owner.exists() and recorded_owner.read_text().strip() == owner
+        if not (same_size and ours) and self.known():
             self.down()
         self.state.mkdir(parents=True, exist_ok=True)
         recorded.write_text("\n".join(str(n) for n in self.nodes) + "\n")
+        recorded_owner.write_text(owner + "\n")
         self._host_network()
         for n in self.nodes:
             self._node_network(n)

@@ -113,7 +113,12 @@ def stage(swarm_nodes: SwarmNodes, docker_client, tmp_path_factory: pytest.TempP
         t = time.monotonic()
         stack.deploy()
         for n in nodes.nodes:
-            wait_until(lambda n=n: _answers(stack, n), 60, what=f"node {n}'s nginx answering on port 80")
+            wait_until(
+                lambda n=n: _answers(stack, n),
+                60,
+                what=f"node {n}'s nginx answering on port 80",
+                logs=[("stage", stage.diagnose)],
+            )
         print(f"stack deployed, nginx answering on every node in {time.monotonic() - t:.1f}s")
         yield stage
     except subprocess.CalledProcessError as error:
@@ -189,7 +194,12 @@ def test_https_on_every_node_one_certificate_one_order(stage: Stage) -> None:
     assert relayed[VALIDATED_NODE] >= 1 and sum(relayed.values()) == relayed[VALIDATED_NODE], relayed
     print(f"one certificate {fingerprints[1]} on every node, {stage.pebble.orders_seen()} order; validations {relayed}")
     # `companion certs` in the controller's container: the certificate, and each node serving the current generation.
-    table = wait_until(lambda: _current_nodes(stage), 15, what="every node current in `companion certs`")
+    table = wait_until(
+        lambda: _current_nodes(stage),
+        15,
+        what="every node current in `companion certs`",
+        logs=[("stage", stage.diagnose)],
+    )
     assert stage.host("web") in table, table
 
 
@@ -213,7 +223,12 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
         wait_all(stage, lambda n: stage.https_body(n, "web"), expected, 120, "HTTPS before the controller stops")
     before = stage.fingerprint(1, "web")
     stage.stack.scale("companion", 0)
-    wait_until(lambda: not stage.stack.containers(1, "companion"), 30, what="controller container gone")
+    wait_until(
+        lambda: not stage.stack.containers(1, "companion"),
+        30,
+        what="controller container gone",
+        logs=[("stage", stage.diagnose)],
+    )
     wait_all(stage, lambda n: stage.https_body(n, "web"), expected, 5, "HTTPS with the controller away")
 
     # One node's agent and its nginx die; Swarm starts a new task on the node's volumes.
@@ -221,13 +236,25 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
     assert old, "no nginx task on node 2"
     t = time.monotonic()
     stage.nodes.docker(2, "rm", "-f", *old)
-    wait_until(lambda: set(stage.stack.containers(2, "nginx")) - set(old), 30, what="a new nginx task on node 2")
-    wait_until(lambda: stage.https_body(2, "web") == expected, 30, what="node 2 serving its last good again")
+    wait_until(
+        lambda: set(stage.stack.containers(2, "nginx")) - set(old),
+        30,
+        what="a new nginx task on node 2",
+        logs=[("stage", stage.diagnose)],
+    )
+    wait_until(
+        lambda: stage.https_body(2, "web") == expected,
+        30,
+        what="node 2 serving its last good again",
+        logs=[("stage", stage.diagnose)],
+    )
     print(f"node 2: agent+nginx killed -> serving the last good again in {time.monotonic() - t:.2f}s")
     assert all(stage.fingerprint(n, "web") == before for n in stage.nodes.nodes)
 
     late = stage.create("late")
-    wait_until(lambda: _running(stage, late), 30, what="the late service's task running")
+    wait_until(
+        lambda: _running(stage, late), 30, what="the late service's task running", logs=[("stage", stage.diagnose)]
+    )
     assert all(stage.stack.body(n, stage.host("late")) != late for n in stage.nodes.nodes)
 
     t_scale = time.time()
@@ -266,6 +293,10 @@ def test_an_agent_with_another_clusters_secret_gets_nothing_from_the_deployed_co
             lambda: "certificate verify failed" in _output(stage.nodes.docker(1, "logs", name, check=False)),
             30,
             what="the stranger's TLS failure",
+            logs=[
+                ("stranger", lambda: _output(stage.nodes.docker(1, "logs", name, check=False))),
+                ("stage", stage.diagnose),
+            ],
         )
         files = stage.nodes.docker(1, "exec", name, "find", "/etc/nginx/conf.d", "/etc/letsencrypt", "-type", "f")
         assert files.stdout.split() == []
@@ -356,6 +387,7 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
             ),
             60,
             what="the attacker's results",
+            logs=[("stage", stage.diagnose)],
         )
         results = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULTS "))[8:])
         print("attacker with worker 2's credential:", {k: v[0] for k, v in results.items()})
@@ -382,6 +414,10 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
             ),
             30,
             what="the victim refusing the rogue controller",
+            logs=[
+                ("victim", lambda: _output(stage.nodes.docker(victim_node, "logs", victim, check=False))),
+                ("attacker", lambda: _output(stage.nodes.docker(worker, "logs", attacker, check=False))),
+            ],
         )
         time.sleep(1)
         files = stage.nodes.docker(
@@ -389,7 +425,12 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
         )
         assert files.stdout.split() == []
         # The controller's view: each node is itself, none carries the forged error, no other name appeared.
-        table = wait_until(lambda: _current_nodes(stage), 30, what="every node current in `companion certs`")
+        table = wait_until(
+            lambda: _current_nodes(stage),
+            30,
+            what="every node current in `companion certs`",
+            logs=[("stage", stage.diagnose)],
+        )
         assert "forged" not in table and "victim" not in table, table
     finally:
         stage.nodes.docker(worker, "rm", "-fv", attacker, check=False)
