@@ -8,7 +8,7 @@ from pathlib import Path
 
 from companion.core.inputs import Inputs
 from companion.core.ports import Snapshot
-from companion.loop import owners
+from companion.loop import owner_claims
 from companion.loop.controller import read_inputs
 from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_options
 from companion.nginx import hostfiles
@@ -35,7 +35,7 @@ def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[Inputs, 
     """A pass's inputs computed in this process, with the owners the service remembers on disk and the hosts
     the operator's files make require a client certificate (as a pass reads them, after the plan names the hosts)."""
     certs_dir = Path(settings.certs_dir)
-    remembered = owners.remembered(owners.load(certs_dir))
+    remembered = owner_claims.remembered(owner_claims.load(certs_dir))
     inputs, problem = read_inputs(settings, snapshot, policy_of(settings), remembered, certs_dir)
     found = hostfiles.scan(host_dirs(settings), (server.host for server in inputs.desired().servers))
     return dataclasses.replace(inputs, client_certs=found.client_certs), problem

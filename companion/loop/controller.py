@@ -30,7 +30,7 @@ from companion.core.model import CertRequest, Policy
 from companion.core.ports import Applier, ApplyResult, Snapshot, Source
 from companion.core.problems import Problem, fields_of
 from companion.core.trust import NGINX_LABEL
-from companion.loop import owners
+from companion.loop import owner_claims
 from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_options
 from companion.nginx import hostfiles
 from companion.nginx.apply import OLDEST_ASSUMED
@@ -128,7 +128,7 @@ class Controller:
         self._nginx_address = "127.0.0.1"
         self._nginx_names: tuple[str, ...] = ()
         self.policy = policy_of(settings)
-        self.owners = owners.load(self.certs_dir)
+        self.owners = owner_claims.load(self.certs_dir)
         self._owners_saved = 0.0
         self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
         self.host_dirs = hostfiles.Dirs(
@@ -212,7 +212,7 @@ class Controller:
             self.settings,
             snapshot,
             self.policy,
-            owners.remembered(self.owners),
+            owner_claims.remembered(self.owners),
             self.certs_dir,
             agents=not self.applier.nginx_here,
         )
@@ -254,10 +254,10 @@ class Controller:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
         an owner's last-seen time on disk is never far behind."""
         now = time.time()
-        merged = owners.merge(self.owners, decided, now)
-        changed = owners.remembered(merged) != owners.remembered(self.owners)
-        if changed or now - self._owners_saved >= owners.OWNER_GRACE / 10:
-            owners.save(self.certs_dir, merged)
+        merged = owner_claims.merge(self.owners, decided, now)
+        changed = owner_claims.remembered(merged) != owner_claims.remembered(self.owners)
+        if changed or now - self._owners_saved >= owner_claims.OWNER_GRACE / 10:
+            owner_claims.save(self.certs_dir, merged)
             self._owners_saved = now
         self.owners = merged
 

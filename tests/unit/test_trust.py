@@ -24,7 +24,7 @@ from companion.core.model import (
 )
 from companion.core.trust import ImageTrust, OwnerRule
 from companion.core.values import MAX_HOSTS, HttpsMethod
-from companion.loop import owners
+from companion.loop import owner_claims
 from companion.settings.config import SettingsError, load
 from tests.harness.containers import app as c
 
@@ -351,29 +351,29 @@ def test_generated_upstream_names_cannot_collide() -> None:
 
 
 def test_an_owner_away_for_a_redeploy_keeps_its_claim_for_the_grace_period() -> None:
-    claims = owners.merge({}, {"a.com": "zz-owner"}, now=1000.0)
+    claims = owner_claims.merge({}, {"a.com": "zz-owner"}, now=1000.0)
     # compose recreates the owner: for a moment only the newcomer claims the host
-    during = owners.merge(claims, {"a.com": "aa-newcomer"}, now=1010.0)
-    assert owners.remembered(during) == {"a.com": "zz-owner"} and during["a.com"].seen == 1000.0
-    back = owners.merge(during, {"a.com": "zz-owner"}, now=1020.0)
-    assert back["a.com"] == owners.Claim("zz-owner", 1020.0)
-    later = owners.merge(during, {"a.com": "aa-newcomer"}, now=1000.0 + owners.OWNER_GRACE)
-    assert owners.remembered(later) == {"a.com": "aa-newcomer"}
-    assert owners.merge(claims, {}, now=1000.0 + owners.OWNER_GRACE) == {}
+    during = owner_claims.merge(claims, {"a.com": "aa-newcomer"}, now=1010.0)
+    assert owner_claims.remembered(during) == {"a.com": "zz-owner"} and during["a.com"].seen == 1000.0
+    back = owner_claims.merge(during, {"a.com": "zz-owner"}, now=1020.0)
+    assert back["a.com"] == owner_claims.Claim("zz-owner", 1020.0)
+    later = owner_claims.merge(during, {"a.com": "aa-newcomer"}, now=1000.0 + owner_claims.OWNER_GRACE)
+    assert owner_claims.remembered(later) == {"a.com": "aa-newcomer"}
+    assert owner_claims.merge(claims, {}, now=1000.0 + owner_claims.OWNER_GRACE) == {}
 
 
 def test_owners_file_round_trips_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
-    claims = {"a.com": owners.Claim("web", 12.5)}
-    owners.save(tmp_path, claims)
-    assert owners.load(tmp_path) == claims
-    assert oct((tmp_path / owners.OWNERS_FILE).stat().st_mode & 0o777) == "0o600"
+    claims = {"a.com": owner_claims.Claim("web", 12.5)}
+    owner_claims.save(tmp_path, claims)
+    assert owner_claims.load(tmp_path) == claims
+    assert oct((tmp_path / owner_claims.OWNERS_FILE).stat().st_mode & 0o777) == "0o600"
     for broken in ("[1, 2]", '{"a.com": "web"}', '{"a.com": {"container": 1, "seen": 2}}', "{", ""):
-        (tmp_path / owners.OWNERS_FILE).write_text(broken)
-        assert owners.load(tmp_path) == {}
+        (tmp_path / owner_claims.OWNERS_FILE).write_text(broken)
+        assert owner_claims.load(tmp_path) == {}
     secret = tmp_path / "secret.json"
     secret.write_text('{"a.com": {"container": "evil", "seen": 1}}')
-    (tmp_path / owners.OWNERS_FILE).unlink()
-    (tmp_path / owners.OWNERS_FILE).symlink_to(secret)
-    assert owners.load(tmp_path) == {}  # never read through a link
-    owners.save(tmp_path, claims)
-    assert not (tmp_path / owners.OWNERS_FILE).is_symlink() and "evil" in secret.read_text()
+    (tmp_path / owner_claims.OWNERS_FILE).unlink()
+    (tmp_path / owner_claims.OWNERS_FILE).symlink_to(secret)
+    assert owner_claims.load(tmp_path) == {}  # never read through a link
+    owner_claims.save(tmp_path, claims)
+    assert not (tmp_path / owner_claims.OWNERS_FILE).is_symlink() and "evil" in secret.read_text()
