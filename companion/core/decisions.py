@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from companion.core.certplan import CertWhy
 from companion.core.container import ContainerInfo
-from companion.core.model import Policy, Rejection, Site, ignored_from_image
+from companion.core.model import Policy, Rejection, Site, VariableSource, ignored_from_image, variable_sources
 from companion.core.multiports import parse_sites
 from companion.core.problems import Problem
 from companion.core.reach import chosen_network, pick_address, unreachable_reason
@@ -26,12 +26,17 @@ class ContainerDecision:
 
     name: str
     parsed: tuple[Site, ...] | Rejection | None  # None: it asks for nothing
-    ignored: tuple[str, ...] = ()  # variables its image sets that do not count
+    variables: tuple[VariableSource, ...] = ()  # each value it carries, where from, whether it counts
     unhealthy: bool = False
     address: str | None = None  # None: not routed, or unreachable
     network: str | None = None  # the network the address is on (None on the host's network)
     unreachable: str = ""  # why a routed container has no address
     problems: tuple[str, ...] = ()  # the warnings about it, in the order they are logged
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """Variables its image sets that do not count (and that it does not set itself)."""
+        return ignored_from_image(self.variables)
 
     @property
     def sites(self) -> tuple[Site, ...]:
@@ -66,17 +71,18 @@ def decide_container(
     info: ContainerInfo, policy: Policy, nginx_networks: Sequence[str] | None, host_address: str
 ) -> ContainerDecision:
     """Parse one container, then (when it routes) find where nginx reaches it; every warning on the way."""
-    ignored = ignored_from_image(info, policy.image_trust)
+    variables = variable_sources(info, policy.image_trust)
+    ignored = ignored_from_image(variables)
     problems = [_ignored_problem(info.name, ignored)] if ignored else []
     problems.extend(container_problems(info))
     parsed = parse_sites(info, policy)
     if isinstance(parsed, Rejection):
         problems.append(Problem(parsed.message, container=info.name, variable=parsed.variable))
     if not isinstance(parsed, tuple):
-        return ContainerDecision(info.name, parsed, ignored, problems=tuple(problems))
+        return ContainerDecision(info.name, parsed, variables, problems=tuple(problems))
     if info.health == "unhealthy":
         problems.append(Problem(f"container {info.name}: {UNHEALTHY}", container=info.name))
-        return ContainerDecision(info.name, parsed, ignored, unhealthy=True, problems=tuple(problems))
+        return ContainerDecision(info.name, parsed, variables, unhealthy=True, problems=tuple(problems))
     address = pick_address(info, nginx_networks, host_address)
     why = "" if address is not None else unreachable_reason(info, nginx_networks)
     if why:
@@ -87,7 +93,7 @@ def decide_container(
             )
         )
     network = chosen_network(info, nginx_networks)
-    return ContainerDecision(info.name, parsed, ignored, False, address, network, why, tuple(problems))
+    return ContainerDecision(info.name, parsed, variables, False, address, network, why, tuple(problems))
 
 
 def _ignored_problem(name: str, ignored: Sequence[str]) -> Problem:

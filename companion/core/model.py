@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from enum import StrEnum
 
 from companion.core import trust
 from companion.core.container import ContainerInfo
@@ -170,13 +171,52 @@ def _counted(values: Mapping[str, str], inherited: Set[str], image_trust: trust.
     return {k: v for k, v in values.items() if k not in inherited or trust.image_may_set(k, image_trust)}
 
 
-def ignored_from_image(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[str, ...]:
+class VariableUse(StrEnum):
+    """Whether one value of a variable counts, and if not, which trust rule set it aside."""
+
+    COUNTS = "counts"
+    IMAGE_NOT_TRUSTED = "image not trusted"  # inherited from the image, which TRUST_IMAGE_LABELS does not trust
+    LABEL_WINS = "label wins"  # an environment value under a label that counts
+
+
+@dataclass(frozen=True)
+class VariableSource:
+    """One value of one of the companion's variables on a container: where it came from and its use."""
+
+    name: str
+    value: str
+    source: str  # "label" or "environment"
+    from_image: bool
+    use: VariableUse
+
+
+def variable_sources(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[VariableSource, ...]:
+    """Every value of the companion's variables a container carries, in VARIABLES order, label before
+    environment, each with the rule that decides whether it counts (the rules settings_of applies)."""
+    counted_labels = _counted(info.labels, info.image_labels, image_trust)
+    found = []
+    for name in VARIABLES:
+        for source, values, inherited in (
+            ("label", info.labels, info.image_labels),
+            ("environment", info.env, info.image_env),
+        ):
+            if name not in values:
+                continue
+            from_image = name in inherited
+            if from_image and not trust.image_may_set(name, image_trust):
+                use = VariableUse.IMAGE_NOT_TRUSTED
+            elif source == "environment" and name in counted_labels:
+                use = VariableUse.LABEL_WINS
+            else:
+                use = VariableUse.COUNTS
+            found.append(VariableSource(name, values[name], source, from_image, use))
+    return tuple(found)
+
+
+def ignored_from_image(sources: Sequence[VariableSource]) -> tuple[str, ...]:
     """Variables the image sets that do not count and that the container does not set itself."""
-    if not info.image_labels and not info.image_env:
-        return ()
-    counted = settings_of(info, image_trust)
-    inherited = {name for name in VARIABLES if name in info.image_labels or name in info.image_env}
-    return tuple(sorted(name for name in inherited if name not in counted))
+    counted = {source.name for source in sources if source.use is not VariableUse.IMAGE_NOT_TRUSTED}
+    return tuple(sorted({s.name for s in sources if s.use is VariableUse.IMAGE_NOT_TRUSTED and s.name not in counted}))
 
 
 DEFAULT_POLICY = Policy()

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from companion.acme.policy import CertState, describe
-from companion.core import trust
 from companion.core.certplan import CertWhy
 from companion.core.container import ContainerInfo
 from companion.core.decisions import ContainerDecision, HostDecision
 from companion.core.inputs import Inputs
-from companion.core.model import MULTIPORTS, VARIABLES, Policy, Rejection, Site, settings_of
+from companion.core.model import MULTIPORTS, Rejection, Site, VariableUse
 from companion.core.multiports import parse_multiports
 from companion.core.values import Challenge, InvalidValue, parse_hostname
 from companion.observe.status import NodeView
@@ -112,8 +111,8 @@ class _World:
 
     def container(self, info: ContainerInfo) -> Explanation:
         lines = [f"container {info.name} (id {info.id[:12]})"]
-        lines += self._variables(info)
         decision = self.decisions[info.name]
+        lines += self._variables(decision)
         sites = decision.parsed
         hosts = sorted({host for site in decision.sites for host in site.hosts})
         reported = self._reported(decision, hosts)
@@ -136,28 +135,20 @@ class _World:
         routes = ", ".join(f"{host}{site.path}" for site in sites for host in site.hosts)
         return _made(info.name, Verdict.SERVED, f"{routes} (port {sites[0].port})", lines)
 
-    def _variables(self, info: ContainerInfo) -> list[str]:
+    def _variables(self, decision: ContainerDecision) -> list[str]:
         """Each variable the companion reads, where it came from and whether it counts (labels win)."""
-        image_trust = self.inputs.policy.image_trust
+        image_trust = self.inputs.policy.image_trust.value
+        verdicts = {
+            VariableUse.IMAGE_NOT_TRUSTED: f"ignored: TRUST_IMAGE_LABELS={image_trust} does not let an image set it",
+            VariableUse.LABEL_WINS: "not used: the label wins",
+        }
         lines = []
-        for name in VARIABLES:
-            label_counts = name in info.labels and trust.trusted_label(info, name, image_trust) is not None
-            for source, values, inherited in (
-                ("label", info.labels, info.image_labels),
-                ("environment", info.env, info.image_env),
-            ):
-                if name not in values:
-                    continue
-                origin = "from its image" if name in inherited else "set on the container"
-                if name in inherited and not trust.image_may_set(name, image_trust):
-                    verdict = f"ignored: TRUST_IMAGE_LABELS={image_trust.value} does not let an image set it"
-                elif source == "environment" and label_counts:
-                    verdict = "not used: the label wins"
-                else:
-                    verdict = "counts" + (
-                        f" (TRUST_IMAGE_LABELS={image_trust.value} lets an image set it)" if name in inherited else ""
-                    )
-                lines.append(f"  {name}={quoted(values[name])}: {source}, {origin}; {verdict}")
+        for variable in decision.variables:
+            origin = "from its image" if variable.from_image else "set on the container"
+            verdict = verdicts.get(variable.use) or "counts" + (
+                f" (TRUST_IMAGE_LABELS={image_trust} lets an image set it)" if variable.from_image else ""
+            )
+            lines.append(f"  {variable.name}={quoted(variable.value)}: {variable.source}, {origin}; {verdict}")
         if not lines:
             return ["variables: none of the companion's variables is set"]
         return ["variables (label or environment; a label wins):", *lines]
@@ -311,14 +302,14 @@ class _World:
         if isinstance(parsed, tuple):
             claims = any(host in site.hosts for site in parsed)
             return "its health check reports unhealthy" if claims and decision.unhealthy else ""
-        if isinstance(parsed, Rejection) and host in _named_hosts(info, self.inputs.policy):
+        if isinstance(parsed, Rejection) and host in _named_hosts(decision):
             return parsed.message
         return ""
 
 
-def _named_hosts(info: ContainerInfo, policy: Policy) -> set[str]:
+def _named_hosts(decision: ContainerDecision) -> set[str]:
     """The host names a container's values mention, read leniently (for a container that was refused)."""
-    values = settings_of(info, policy.image_trust)
+    values = {variable.name: variable.value for variable in decision.variables if variable.use is VariableUse.COUNTS}
     names: set[str] = set()
     for variable in _HOST_VARIABLES:
         for part in values.get(variable, "").split(","):

@@ -18,9 +18,11 @@ from companion.core.model import (
     Policy,
     Rejection,
     Site,
+    VariableUse,
     ignored_from_image,
     parse_site,
     settings_of,
+    variable_sources,
 )
 from companion.core.trust import ImageTrust, OwnerRule
 from companion.core.values import MAX_HOSTS, HttpsMethod
@@ -73,7 +75,7 @@ IMAGE_VALUES = {"VIRTUAL_HOST": "a.com", "VIRTUAL_PORT": "3000", "LETSENCRYPT_HO
 def test_image_values_count_only_as_far_as_trusted(level: ImageTrust, counted: set[str], ignored: tuple) -> None:
     for info in (from_image(IMAGE_VALUES), from_image({}, IMAGE_VALUES)):
         assert set(settings_of(info, level)) == counted
-        assert ignored_from_image(info, level) == ignored
+        assert ignored_from_image(variable_sources(info, level)) == ignored
 
 
 def test_a_value_set_on_the_container_overrides_the_image_and_is_not_reported() -> None:
@@ -85,7 +87,36 @@ def test_a_value_set_on_the_container_overrides_the_image_and_is_not_reported() 
         image_labels=frozenset({"LETSENCRYPT_HOST"}),
     )
     assert settings_of(info)["LETSENCRYPT_HOST"] == "a.com"
-    assert ignored_from_image(info, ImageTrust.ROUTING) == ()
+    assert ignored_from_image(variable_sources(info, ImageTrust.ROUTING)) == ()
+
+
+@pytest.mark.parametrize("level", list(ImageTrust))
+def test_each_value_says_where_it_came_from_and_the_rule_that_decides_it(level: ImageTrust) -> None:
+    info = ContainerInfo(
+        id="x",
+        name="x",
+        labels={"VIRTUAL_HOST": "a.com", "CERT_NAME": "img"},
+        env={"VIRTUAL_HOST": "b.com", "VIRTUAL_PORT": "81", "CERT_NAME": "own"},
+        image_labels=frozenset({"CERT_NAME"}),
+        image_env=frozenset({"VIRTUAL_PORT"}),
+    )
+    uses = {(v.name, v.source): (v.value, v.from_image, v.use) for v in variable_sources(info, level)}
+    trusted_cert = level is ImageTrust.ALL
+    trusted_port = level is not ImageTrust.NONE
+    assert uses == {
+        ("VIRTUAL_HOST", "label"): ("a.com", False, VariableUse.COUNTS),
+        ("VIRTUAL_HOST", "environment"): ("b.com", False, VariableUse.LABEL_WINS),
+        ("VIRTUAL_PORT", "environment"): (
+            "81",
+            True,
+            VariableUse.COUNTS if trusted_port else VariableUse.IMAGE_NOT_TRUSTED,
+        ),
+        ("CERT_NAME", "label"): ("img", True, VariableUse.COUNTS if trusted_cert else VariableUse.IMAGE_NOT_TRUSTED),
+        ("CERT_NAME", "environment"): ("own", False, VariableUse.LABEL_WINS if trusted_cert else VariableUse.COUNTS),
+    }
+    # the values that count are exactly those settings_of passes on: the two read the same rules
+    counted = {v.name: v.value for v in variable_sources(info, level) if v.use is VariableUse.COUNTS}
+    assert counted == settings_of(info, level)
 
 
 def test_an_image_cannot_ask_for_a_certificate_by_default_and_is_reported() -> None:
