@@ -23,19 +23,28 @@ RUN set -eux; \
     python3 -m venv /opt/companion
 
 COPY pyproject.toml /src/
-COPY companion /src/companion
-# pyproject.toml names README.md as the long description; the image does not need its text.
+# The dependencies (and the build backend) first, read from pyproject.toml alone: a change to the package's code reuses this layer
+# (e2e/images/build.py keeps this stage tagged so the next build finds it).
 RUN set -eux; \
-    touch /src/README.md; \
     if [ -s /build-ca.pem ]; then export PIP_CERT=/build-ca.pem; fi; \
-    /opt/companion/bin/pip install --no-cache-dir --disable-pip-version-check /src; \
+    /opt/companion/bin/python -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); print("\n".join(p["project"]["dependencies"] + p["build-system"]["requires"]))' \
+        >/src/requirements.txt; \
+    /opt/companion/bin/pip install --no-cache-dir --disable-pip-version-check -r /src/requirements.txt; \
     certbot_version="$(/opt/companion/bin/python -c 'import certbot; print(certbot.__version__)')"; \
     /opt/companion/bin/pip install --no-cache-dir --disable-pip-version-check \
         "certbot==$certbot_version" \
         "certbot-dns-rfc2136==$certbot_version" \
         "certbot-dns-cloudflare==$certbot_version" \
         "certbot-dns-route53==$certbot_version" \
-        "certbot-dns-digitalocean==$certbot_version"; \
+        "certbot-dns-digitalocean==$certbot_version"
+
+COPY companion /src/companion
+# pyproject.toml names README.md as the long description; the image does not need its text.
+RUN set -eux; \
+    touch /src/README.md; \
+    if [ -s /build-ca.pem ]; then export PIP_CERT=/build-ca.pem; fi; \
+    /opt/companion/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation /src; \
+    /opt/companion/bin/pip check; \
     /opt/companion/bin/pip uninstall -y --disable-pip-version-check pip setuptools; \
     /opt/companion/bin/companion --help >/dev/null; \
     /opt/companion/bin/python -c "import certbot.main"; \

@@ -23,10 +23,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL_TIERS = ["tests/integration", "tests/e2e"]
 NO_TESTS = 5  # pytest's exit status when nothing was collected (or everything was deselected)
+# the parallel step's JUnit report, kept after the run: each test's time, named with its xdist group
+LANE_REPORT = Path(tempfile.gettempdir()) / "companion-tests-parallel.xml"
 
 
 def _pytest(*args: str) -> int:
@@ -36,6 +39,21 @@ def _pytest(*args: str) -> int:
     status = subprocess.call(command, cwd=ROOT)
     print(f"==== exit {status} after {time.monotonic() - started:.0f}s", flush=True)
     return status
+
+
+def print_lanes(report: Path) -> None:
+    """Test time per xdist group (the shared-daemon lane is CI's critical path) from the JUnit report."""
+    try:
+        cases = ElementTree.parse(report).getroot().iter("testcase")
+    except (OSError, ElementTree.ParseError) as exc:
+        print(f"==== no lane report ({exc})", flush=True)
+        return
+    lanes: dict[str, list[float]] = {}
+    for case in cases:
+        group = case.get("name", "").rpartition("@")[2] if "@" in case.get("name", "") else "(no group)"
+        lanes.setdefault(group, []).append(float(case.get("time", 0)))
+    summary = ", ".join(f"{group} {sum(t):.0f}s in {len(t)} tests" for group, t in sorted(lanes.items()))
+    print(f"==== test time per lane: {summary} (report: {report})", flush=True)
 
 
 def build_images() -> None:
@@ -81,12 +99,14 @@ def main(argv: list[str]) -> int:
             *REAL_TIERS,
             *(parallel if workers > 0 else ["-p", "no:xdist"]),
             f"--basetemp={basetemp}/p",
+            f"--junitxml={LANE_REPORT}",
             "-m",
             "not exclusive",
             *argv,
         ),
         _pytest(*REAL_TIERS, "-p", "no:xdist", f"--basetemp={basetemp}/x", "-m", "exclusive", *argv),
     ]
+    print_lanes(LANE_REPORT)
     status = next((s for s in statuses if s not in (0, NO_TESTS)), 0)
     if status == 0:
         shutil.rmtree(basetemp, ignore_errors=True)

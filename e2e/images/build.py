@@ -49,6 +49,7 @@ COMPANION_IMAGE = "companion:local"  # the top-level Dockerfile, as docker-compo
 DEMO_IMAGE = "companion-demo:local"  # examples/quickstart/demo, as the quickstart tags it
 AGENT_IMAGE = "companion-agent:local"  # the top-level Dockerfile's `agent` stage: nginx run by `companion agent`
 PROXY_IMAGE = "companion-proxy:local"  # Dockerfile.proxy: nginx and the companion in one container
+BUILD_STAGE_REPO = "companion-build-stage"  # the Dockerfiles' `build` stages, kept as the next build's cache
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 LABEL_STANDIN = "io.companion.e2e.standin"
 LABEL_HASH = "io.companion.e2e.context-hash"
@@ -475,19 +476,27 @@ def build_image(
         return image
     log.info("building %s from %s", ref, context)
     started = time.monotonic()
-    output: list[str] = []
-    stream = client.api.build(
-        path=str(context),
-        tag=ref,
-        dockerfile=dockerfile,
+    network = network_mode()
+    if re.search(r"^FROM\s+\S+\s+AS\s+build\s*$", (context / dockerfile).read_text(), re.IGNORECASE | re.MULTILINE):
+        # The `build` stage (apt, then the dependencies from pyproject.toml, then the package) tagged on its own,
+        # so that it is not a dangling image `_remove_stale` removes: the next build after a code change reuses
+        # its layers up to the package's and reinstalls no dependency.
+        stage_ref = f"{BUILD_STAGE_REPO}:{dockerfile.lower().replace('.', '-')}"
+        _build(client, context, role, dockerfile=dockerfile, tag=stage_ref, network_mode=network, target="build")
+    _build(
+        client, context, role, dockerfile=dockerfile, tag=ref, network_mode=network, target=target,
         labels={LABEL_HASH: digest, LABEL_STANDIN: role},
-        rm=True,
-        forcerm=True,
-        pull=False,
-        network_mode=network_mode(),
-        target=target,
-        decode=True,
-    )
+    )  # fmt: skip
+    image = client.images.get(ref)
+    log.info("built %s (%s) in %.1fs", ref, image.short_id, time.monotonic() - started)
+    _remove_stale(client, role, image.id)
+    return image
+
+
+def _build(client: docker.DockerClient, context: Path, role: str, **build: object) -> None:
+    """One classic-builder build; its output at DEBUG, its last 30 lines in the error when it fails."""
+    output: list[str] = []
+    stream = client.api.build(path=str(context), rm=True, forcerm=True, pull=False, decode=True, **build)
     for chunk in stream:
         if "stream" in chunk:
             for line in chunk["stream"].splitlines():
@@ -495,11 +504,7 @@ def build_image(
                 log.debug("%s | %s", role, line)
         if "error" in chunk:
             tail = "\n".join(output[-30:])
-            raise ImageBuildError(f"building {ref} failed: {chunk['error'].strip()}\n{tail}")
-    image = client.images.get(ref)
-    log.info("built %s (%s) in %.1fs", ref, image.short_id, time.monotonic() - started)
-    _remove_stale(client, role, image.id)
-    return image
+            raise ImageBuildError(f"building {build['tag']} failed: {chunk['error'].strip()}\n{tail}")
 
 
 def _remove_stale(client: docker.DockerClient, role: str, keep: str) -> None:
