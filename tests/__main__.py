@@ -50,7 +50,9 @@ def print_lanes(report: Path) -> None:
         return
     lanes: dict[str, list[float]] = {}
     for case in cases:
-        group = case.get("name", "").rpartition("@")[2] if "@" in case.get("name", "") else "(no group)"
+        # xdist appends "@group" to the test's id (JUnit's name keeps a parametrized id's closing "]" after it)
+        name = case.get("name", "").removesuffix("]") if "]@" in case.get("name", "") else case.get("name", "")
+        group = name.rpartition("@")[2] if "@" in name else "(no group)"
         lanes.setdefault(group, []).append(float(case.get("time", 0)))
     summary = ", ".join(f"{group} {sum(t):.0f}s in {len(t)} tests" for group, t in sorted(lanes.items()))
     print(f"==== test time per lane: {summary} (report: {report})", flush=True)
