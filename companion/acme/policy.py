@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from companion.acme.dns import certbot_args as dns_args
+from companion.acme.authenticators import authenticator
 from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest
 from companion.core.values import Challenge
@@ -113,13 +113,6 @@ def register_command(settings: Settings, server: str, email: str, config_dir: Pa
     return [*_certbot_base(settings, "register", config_dir, server), *_email_args(email)]
 
 
-def challenge_args(settings: Settings, challenge: Challenge) -> list[str]:
-    """How certbot proves the names: files in the webroot nginx serves, or TXT records set by the DNS plugin."""
-    if challenge is Challenge.DNS01:
-        return dns_args(settings.dns_plugin, settings.dns_credentials, settings.dns_propagation_seconds)
-    return ["--webroot", "--webroot-path", settings.webroot, "--preferred-challenges", "http"]
-
-
 def lineage_request(settings: Settings, name: str, domains: tuple[str, ...], server: str) -> CertRequest:
     """An order for a lineage on disk that no container asks for: a wildcard can only be renewed over DNS-01."""
     wildcard = any(domain.startswith("*.") for domain in domains)
@@ -130,7 +123,7 @@ def lineage_request(settings: Settings, name: str, domains: tuple[str, ...], ser
 def certbot_command(settings: Settings, request: CertRequest, *, force: bool, account: str = "") -> list[str]:
     cmd = [
         *_certbot_base(settings, "certonly", Path(settings.certs_dir), request.server or settings.acme_server),
-        *challenge_args(settings, request.challenge),
+        *authenticator(settings, request.challenge).certbot_args(),
         "--cert-name",
         request.name,
         "--no-random-sleep-on-renew",

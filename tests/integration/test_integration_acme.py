@@ -231,13 +231,13 @@ def test_self_check_failure_orders_nothing(tmp_path: Path, host_nginx: HostNginx
     request = CertRequest("nowhere.example.test", ("nowhere.example.test",), "")
     try:
         # nginx not listening at all ...
-        assert "did not answer for nowhere.example.test" in manager.self_check(request)
+        assert "did not answer for nowhere.example.test" in manager.orderer.authenticator(request).self_check(request)
         # ... and nginx answering without serving the companion's webroot.
         (host_nginx.conf_dir / "other.conf").write_text(
             f"server {{ listen {host_nginx.http_port}; root {tmp_path / 'elsewhere'}; }}\n"
         )
         host_nginx.reload()
-        error = manager.self_check(request)
+        error = manager.orderer.authenticator(request).self_check(request)
     finally:
         manager.stop()
     assert "did not serve the webroot for nowhere.example.test (HTTP 404)" in error

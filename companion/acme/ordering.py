@@ -1,0 +1,167 @@
+"""One certificate order, as the worker and `companion renew` (with no service running) both place it: the
+authenticator's check, the ACME account, one certbot run, then the new lineage's folders made private.
+
+One certbot process at a time (certbot locks its directories); `stop` ends a running one and starts no more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from companion.acme.authenticators import Authenticator, SelfCheckUrl, authenticator
+from companion.acme.certs import tighten
+from companion.acme.policy import (
+    ACCOUNT_PATH_RE,
+    CERTBOT_TIMEOUT,
+    account_key,
+    certbot_command,
+    certbot_reason,
+    parse_accounts,
+    register_command,
+)
+from companion.core.model import CertRequest
+from companion.settings.config import Settings
+from companion.util import jsonstate
+from companion.util.safefiles import real_dir
+
+log = logging.getLogger(__name__)
+
+# -- ACME accounts: one per (CA, email) ----------------------------------------------------------
+
+ACCOUNTS_FILE = "companion/accounts.json"
+ACCOUNTS_MAX_BYTES = 1024 * 1024
+# certbot keeps an account in accounts/<server host[:port]>/<server path>/<id>, its id 32 hex digits.
+
+
+def load_accounts(certs_dir: Path) -> dict[str, str]:
+    """The saved mapping; a missing or unusable file starts empty (the accounts are registered again)."""
+    path = certs_dir / ACCOUNTS_FILE
+
+    def report(exc: Exception) -> None:
+        log.warning("ignoring %s (%s); accounts will be registered again", path, exc)
+
+    return jsonstate.load(path, ACCOUNTS_MAX_BYTES, parse_accounts, {}, report)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an order ended: refused by the authenticator's check before the CA was asked, failed (account or
+    certbot), or neither (issued)."""
+
+    refused: str = ""
+    failed: str = ""
+
+    @property
+    def error(self) -> str:
+        return self.refused or self.failed
+
+
+class Orderer:
+    """Places orders, one certbot at a time. Without a `self_check_url` (no nginx of ours to ask) HTTP-01
+    orders are not self-checked."""
+
+    def __init__(self, settings: Settings, self_check_url: SelfCheckUrl | None = None) -> None:
+        self.settings = settings
+        self.certs_dir = Path(settings.certs_dir)
+        self.self_check_url = self_check_url
+        self.accounts = load_accounts(self.certs_dir)  # only the thread that orders uses them
+        self.process: subprocess.Popen[str] | None = None
+        self.process_lock = threading.Lock()  # starting certbot vs. stop(): none may start after stop()
+        self.stopping = threading.Event()
+
+    def order(self, request: CertRequest, *, force: bool, account: str | None = None) -> Outcome:
+        """Order one certificate. `account` is the certbot account id to use (a lineage's own, from its renewal
+        file); None uses the one registered for the request's (CA, email), registering it first if needed."""
+        refused = self.authenticator(request).precheck(request)
+        if refused:
+            return Outcome(refused=refused)
+        if account is None:
+            error, account = self.account_for(request)
+            if error:
+                return Outcome(failed=error)
+        failed = self.run(certbot_command(self.settings, request, force=force, account=account))
+        if not failed:
+            tighten(self.certs_dir, request.name)
+        return Outcome(failed=failed)
+
+    def authenticator(self, request: CertRequest) -> Authenticator:
+        """The request's challenge, checked through our nginx when there is one to ask."""
+        return authenticator(self.settings, request.challenge, self.self_check_url, self.stopping)
+
+    def account_for(self, request: CertRequest) -> tuple[str, str]:
+        """(error, account id) for the request's (CA, email): the one registered before, else a new one.
+
+        certbot registers in a scratch config dir and the account folder is moved into the certs dir,
+        where `--account` finds it; the pair is remembered in ACCOUNTS_FILE."""
+        server = request.server or self.settings.acme_server
+        key = account_key(server, request.email)
+        known = self.accounts.get(key)
+        if known is not None and (self.certs_dir / known / "regr.json").is_file():
+            return "", Path(known).name
+        scratch_root = real_dir(self.certs_dir, "companion/register")
+        scratch = Path(tempfile.mkdtemp(dir=scratch_root))
+        try:
+            error = self.run(register_command(self.settings, server, request.email, scratch))
+            if error:
+                return f"registering an account at {server}: {error}", ""
+            found = sorted(meta.parent.relative_to(scratch) for meta in scratch.glob("accounts/**/meta.json"))
+            if len(found) != 1 or not ACCOUNT_PATH_RE.match(str(found[0])):
+                return f"registering an account at {server}: certbot left {len(found)} account folders", ""
+            relative = found[0]
+            real_dir(self.certs_dir, str(relative.parent))
+            os.replace(scratch / relative, self.certs_dir / relative)
+            self.accounts[key] = str(relative)
+            jsonstate.save(self.certs_dir, ACCOUNTS_FILE, self.accounts)
+        except OSError as exc:
+            return f"registering an account at {server}: {exc.strerror or exc}", ""
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        log.info("registered an ACME account at %s for %s", server, request.email or "no email")
+        return "", relative.name
+
+    def run(self, command: list[str]) -> str:
+        """Run one certbot command (never two at once); '' on success, certbot's reason otherwise."""
+        env = dict(os.environ)
+        if self.settings.ca_bundle:
+            env["REQUESTS_CA_BUNDLE"] = self.settings.ca_bundle
+        try:
+            with self.process_lock:
+                if self.stopping.is_set():
+                    return "stopped before certbot ran"
+                self.process = subprocess.Popen(
+                    command,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    start_new_session=True,
+                )
+            output, _ = self.process.communicate(timeout=CERTBOT_TIMEOUT)
+            code = self.process.returncode
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return f"certbot did not finish within {CERTBOT_TIMEOUT}s"
+        except OSError as exc:
+            return f"cannot run certbot: {exc}"
+        finally:
+            self.process = None
+        return certbot_reason(output) if code != 0 else ""
+
+    def stop(self, timeout: float) -> None:
+        """Start no more certbots; a running one is terminated so none is left orphaned."""
+        with self.process_lock:  # run() starts no certbot once this is set
+            self.stopping.set()
+            process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
