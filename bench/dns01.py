@@ -25,10 +25,11 @@ from _common import Fleet, median, sigterm_as_exit
 
 from tests.harness.appimage import ensure_app_image
 from tests.harness.bind import Bind
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.dockerd import ensure_dockerd
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
+from tests.harness.wait import wait_until
 
 LINE_RE = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) \w+ [\w.]+: "
 
@@ -85,9 +86,9 @@ def main() -> int:
             """(container start -> served over verified HTTPS, certbot run) for one certificate."""
             t0 = time.time()
             fleet.start({"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, **extra}, {"APP_ID": host})
-            wait_for(lambda: nginx.get(host, https=True, context=context, timeout=2)[0] == 200, 120, 0.02, host)
+            wait_until(lambda: nginx.get(host, https=True, context=context, timeout=2)[0] == 200, 120, 0.02, host)
             took = time.time() - t0
-            return took, wait_for(lambda: certbot_run(companion.log(), host), 10, what=f"issued line for {host}")
+            return took, wait_until(lambda: certbot_run(companion.log(), host), 10, what=f"issued line for {host}")
 
         warm, _ = issue(f"warmup.{bind.zone}", {})
         print(f"warm-up HTTP-01 certificate (registers the account): {warm:.2f} s")

@@ -32,6 +32,7 @@ from tests.harness.appimage import ensure_app_image
 from tests.harness.companion import Companion
 from tests.harness.dockerd import ensure_dockerd
 from tests.harness.nginx import HostNginx
+from tests.harness.wait import wait_until
 
 TARGET_P50, TARGET_P95 = 0.250, 0.750
 TARGET_BURST_RELOADS = 3
@@ -88,16 +89,14 @@ def routable(nginx: HostNginx, host: str, app_id: str) -> bool:
 def wait_all_routable(nginx: HostNginx, sites: dict[str, str], timeout: float) -> float:
     """Poll every (host -> app id) until all answer; return time.time() when the last one did."""
     pending = dict(sites)
-    deadline = time.monotonic() + timeout
-    while pending:
-        if time.monotonic() > deadline:
-            example = next(iter(pending))
-            raise TimeoutError(f"{len(pending)} of {len(sites)} sites never became routable, e.g. {example}")
+
+    def still_pending() -> dict[str, str]:
         for host, app_id in list(pending.items()):
             if routable(nginx, host, app_id):
                 del pending[host]
-        if pending:
-            time.sleep(0.02)
+        return pending
+
+    wait_until(still_pending, timeout, 0.02, f"all {len(sites)} sites routable", until=lambda left: not left, errors=())
     return time.time()
 
 
@@ -170,18 +169,19 @@ def main() -> int:
             host, app_id = f"seq{k}.{domain}", f"seq{k}"
             polls = {"503": 0, "502": 0, "other": 0}
             cid, t0, t_created, t_started = fleet.start({"VIRTUAL_HOST": host}, {"APP_ID": app_id})
-            deadline = t0 + 30
-            while True:
+
+            def answered(host: str = host, app_id: str = app_id, polls: dict[str, int] = polls) -> bool:
                 try:
                     status, _, body = nginx.get(host, timeout=1)
-                    if status == 200 and body.decode(errors="replace").strip() == app_id:
-                        break
-                    polls[str(status) if str(status) in polls else "other"] += 1
                 except OSError:
                     polls["other"] += 1
-                if time.time() > deadline:
-                    raise TimeoutError(f"{host} not routable within 30s")
-                time.sleep(POLL)
+                    return False
+                if status == 200 and body.decode(errors="replace").strip() == app_id:
+                    return True
+                polls[str(status) if str(status) in polls else "other"] += 1
+                return False
+
+            wait_until(answered, 30 - (time.time() - t0), POLL, f"{host} routable", errors=())
             t_end = time.time()
             t_event = events.get(cid)
             applied = [a for a in applied_times(companion.log()) if t_event is not None and a >= t_event - 0.002]

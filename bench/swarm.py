@@ -204,7 +204,7 @@ def main() -> int:
     nodes = SwarmNodes.from_env(3)
     was_up = (nodes.state / "nodes").exists()
     t = time.monotonic()
-    nodes.up()
+    nodes.up(owner="bench")  # a set kept by an earlier bench run (--keep-nodes) is reused
     nodes.load(args.app_image, nginx_image, *stack_images)
     print(f"nodes up and images loaded in {time.monotonic() - t:.1f}s ({'reused' if was_up else 'fresh'})")
     run = uuid.uuid4().hex[:6]

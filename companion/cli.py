@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import datetime as dt
-import http.client
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from companion.acme import certs, imports
+from companion.acme import imports
 from companion.acme.alerts import Notifier
-from companion.acme.dns import credentials_problem
 from companion.acme.orders import AcmeManager, load_state
-from companion.acme.policy import CertState, certbot_command, certbot_reason, describe, due_reason, lineage_request
+from companion.cli_certs import cmd_certs, cmd_check, cmd_renew
 from companion.cluster import agent
 from companion.cluster import secret as cluster
 from companion.cluster.publisher import ClusterPublisher, ClusterServer, start_cluster_server
-from companion.core.inputs import Inputs
-from companion.core.ports import Snapshot
-from companion.core.values import Challenge
 from companion.core.variables import setting_problems
-from companion.loop import owners
-from companion.loop.controller import Controller, heartbeat_problem, read_inputs
-from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_options
+from companion.loop.controller import Controller
 from companion.nginx import hostfiles
-from companion.nginx.apply import OLDEST_ASSUMED, LocalApplier, NginxControl
 from companion.nginx.render import MAIN_FILE
 from companion.observe import explain, logformat
-from companion.observe import status as status_report
 from companion.serve import client as service
 from companion.serve import supervisor
 from companion.serve.control import start_control_server
@@ -41,11 +29,12 @@ from companion.serve.htpasswd import MAX_BYTES as HTPASSWD_MAX_BYTES
 from companion.serve.htpasswd import Gate, HtpasswdError, parse
 from companion.serve.statusserver import start_status_server
 from companion.settings import config
-from companion.sources.docker import DockerEdge, DockerUnavailable, wait_for_daemon
+from companion.sources.daemon import DockerUnavailable, wait_for_daemon
 from companion.sources.swarm import SwarmSource
 from companion.sources.watch import watch_certs, watch_host_files
 from companion.util.logsafe import printable
 from companion.util.safefiles import read_regular
+from companion.wiring import edge_for, host_dirs, inputs_here, make_applier, reconciled_here
 
 log = logging.getLogger("companion")
 
@@ -97,42 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
 def load_gate(path: str) -> Gate:
     """The STATUS_AUTH users, read once at start (no link followed); an unusable file stops the service."""
     return Gate(parse(read_regular(Path(path), HTPASSWD_MAX_BYTES).decode("utf-8", "replace")))
-
-
-def edge_for(settings: config.Settings) -> DockerEdge:
-    return DockerEdge(settings.nginx_container, settings.conf_dir, settings.image_trust)
-
-
-def make_applier(settings: config.Settings, edge: DockerEdge | None) -> LocalApplier:
-    control = NginxControl(
-        settings.nginx_test,
-        settings.reload,
-        exec_in=edge.exec if edge else None,
-        signal=edge.signal if edge else None,
-    )
-    return LocalApplier(Path(settings.conf_dir), control)
-
-
-def inputs_here(settings: config.Settings, snapshot: Snapshot) -> tuple[Inputs, str]:
-    """A pass's inputs computed in this process, with the owners the service remembers on disk and the hosts
-    the operator's files make require a client certificate (as a pass reads them, after the plan names the hosts)."""
-    certs_dir = Path(settings.certs_dir)
-    remembered = owners.remembered(owners.load(certs_dir))
-    inputs, problem = read_inputs(settings, snapshot, policy_of(settings), remembered, certs_dir)
-    found = hostfiles.scan(host_dirs(settings), (server.host for server in inputs.desired().servers))
-    return dataclasses.replace(inputs, client_certs=found.client_certs), problem
-
-
-def host_dirs(settings: config.Settings) -> hostfiles.Dirs:
-    return hostfiles.Dirs(settings.vhost_dir, settings.htpasswd_dir, settings.client_ca_dir, settings.proxy_conf)
-
-
-def reconciled_here(settings: config.Settings, edge: DockerEdge, snapshot: Snapshot) -> Reconciled:
-    """What a pass would decide now, computed in this process (render, certs): no Controller, nothing written."""
-    applier = make_applier(settings, edge)
-    applier.locate(snapshot.nginx)
-    inputs, default_problem = inputs_here(settings, snapshot)
-    return reconcile(inputs, render_options(settings, applier.nginx_version() or OLDEST_ASSUMED), default_problem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,10 +213,9 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         log.error("cannot serve agents on %s: %s", settings.cluster_listen, reason)
         return 2
-    publisher = cluster_server.publisher if cluster_server is not None else None
     source = SwarmSource(edge)
-    applier = make_applier(settings, edge)
-    controller = Controller(settings, source, applier, expiry=notifier, publisher=publisher)
+    applier = cluster_server.publisher if cluster_server is not None else make_applier(settings, edge)
+    controller = Controller(settings, source, applier, expiry=notifier)
     try:
         server = start_status_server(settings, controller, gate) if settings.status_listen else None
     except OSError as exc:
@@ -273,7 +225,7 @@ def cmd_run(args: argparse.Namespace, settings: config.Settings) -> int:
     acme = AcmeManager(
         settings,
         controller.wake,
-        publisher.self_check_bases if publisher is not None else controller.self_check_url,
+        controller.self_check_bases,
         on_order=lambda ok: metrics.orders.labels("ok" if ok else "failed").inc(),
         notify=notifier.send if notifier else None,
     )
@@ -365,174 +317,3 @@ def cmd_agent(args: argparse.Namespace, settings: config.Settings) -> int:
     code = runner.run(stop)
     log.info("stopped")
     return code
-
-
-def cmd_check(args: argparse.Namespace, settings: config.Settings) -> int:
-    problem = heartbeat_problem(Path(settings.heartbeat_file), dt.datetime.now(dt.UTC))
-    if not problem and args.nginx:
-        problem = nginx_problem(settings.http_port)
-    if problem:
-        print(f"companion: {problem}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def nginx_problem(port: int) -> str:
-    """Why nginx counts as dead ('' when it answers): any HTTP answer on loopback will do, even a 503."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/", headers={"Host": "companion-healthcheck.invalid"})
-        conn.getresponse().read()
-    except (OSError, http.client.HTTPException) as exc:
-        return f"nginx does not answer on 127.0.0.1:{port} ({exc})"
-    finally:
-        conn.close()
-    return ""
-
-
-def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:
-    """One row per certificate on disk or ordered: name, names, issuer, not-after, days left, state."""
-    certs_dir = Path(settings.certs_dir)
-    statuses = certs.scan(certs_dir)
-    state = load_state(certs_dir)
-    rows = []
-    for name in sorted(set(statuses) | set(state)):
-        status = statuses.get(name)
-        entry = state.get(name, CertState())
-        shown = describe(status, entry)
-        if status is not None and status.not_after is not None:
-            expiry = f"{status.not_after:%Y-%m-%d %H:%M}"
-            days = f"{(status.not_after - now).total_seconds() / 86400:.1f}"
-            names = ",".join(status.domains)
-        else:
-            expiry, days, names = "-", "-", ",".join(entry.domains)
-        rows.append((name, names, status.issuer if status and status.issuer else "-", expiry, days, shown))
-    return rows
-
-
-def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
-    """Which sites each certificate serves, decided from a fresh snapshot as `render` does; None without Docker."""
-    try:
-        edge = edge_for(settings)
-        snapshot = SwarmSource(edge).snapshot()
-    except DockerUnavailable as exc:
-        print(f"# sites not shown: cannot reach the Docker daemon: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return None
-    return status_report.served_by(reconciled_here(settings, edge, snapshot).desired)
-
-
-def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
-    """The table of certificates; under each one the sites nginx presents it for (a wildcard serves several)."""
-    rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
-    rows += cert_rows(settings, dt.datetime.now(dt.UTC))
-    print_table(rows, served_now(settings) or {})
-    address = service.status_address(settings)
-    if address is not None:
-        try:
-            nodes = service.ask_nodes(address, service.read_credentials(settings.status_credentials))
-        except service.NoService:
-            nodes = []
-        except (service.NoAnswer, service.BadCredentials) as exc:
-            print(f"# Swarm nodes not shown: {printable(str(exc))}", file=sys.stderr)
-            nodes = []
-        if nodes:
-            print(f"\n# Swarm nodes, as the running service at {service.url_of(address, '/')} last heard from them")
-            print_table(
-                [("NODE", "ADDRESS", "GENERATION", "NGINX", "LAST SEEN (UTC)", "LAST ERROR")] + node_rows(nodes)
-            )
-    return 0
-
-
-def node_rows(nodes: list[dict[str, object]]) -> list[tuple[str, ...]]:
-    """One row per node: its agent's address, the generation it serves (and whether current), its last error."""
-    rows = []
-    for node in nodes:
-        generation = str(node.get("generation") or "none") + ("" if node.get("current") else " (behind)")
-        seen = str(node.get("last_seen", "")) + ("" if node.get("up") else " (away)")
-        fields = (node.get("node"), node.get("address"), generation, node.get("nginx_version"), seen)
-        rows.append((*(printable(str(v or "-")) for v in fields), printable(str(node.get("error") or "-"))))
-    return rows
-
-
-def print_table(rows: list[tuple[str, ...]], serves: dict[str, tuple[str, ...]] | None = None) -> None:
-    """Columns padded to their widest cell; under a row whose first cell `serves` names, the sites it serves."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
-        if serves and serves.get(row[0]):
-            print(f"  serves: {', '.join(serves[row[0]])}")
-
-
-def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Renew through the running service when one listens on the control socket: one ordering path (its
-    lock, self-check, backoff and state file), and its watcher reloads nginx. Without one, renew here."""
-    certs_dir = Path(settings.certs_dir)
-    serials = {name: status.serial for name, status in certs.scan(certs_dir).items()}
-    where = Path(settings.control_socket)
-    try:
-        orders = service.ask_renew(where, [args.name] if args.name else [], args.force)
-    except service.NoService:
-        return renew_here(args, settings)
-    except service.NoAnswer as exc:
-        print(f"companion: the service did not answer on {where}: {printable(str(exc))}", file=sys.stderr)
-        return 1
-    print(f"# asked the running service at {where}")
-    failed = 0
-    waiting = []
-    for name, answer in sorted(orders.items()):
-        if answer in ("queued", "in progress"):
-            waiting.append(name)
-        elif answer.startswith("not due"):
-            print(f"{printable(name)}: {printable(answer)}")
-        else:
-            print(f"companion: {printable(answer)}", file=sys.stderr)
-            failed += 1
-    for name, error in sorted(service.wait_for_orders(certs_dir, waiting, serials).items()):
-        if error:
-            print(f"{printable(name)}: renewal failed: {printable(error)}", file=sys.stderr)
-            failed += 1
-        else:
-            print(f"{printable(name)}: renewed")
-    return 1 if failed else 0
-
-
-def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Renew lineages on disk with a certbot of our own, one at a time, when no service runs."""
-    certs_dir = Path(settings.certs_dir)
-    statuses = certs.scan(certs_dir)
-    names = [args.name] if args.name else sorted(n for n in statuses if not n.startswith("companion"))
-    failed = 0
-    now = dt.datetime.now(dt.UTC)
-    for name in names:
-        status = statuses.get(name)
-        if status is None or not status.domains:
-            print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
-            failed += 1
-            continue
-        # The lineage keeps its CA and the account that ordered it (certbot's renewal file).
-        request = lineage_request(settings, name, status.domains, status.server)
-        if not args.force and not due_reason(request, status, now, settings.renew_before_days):
-            print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
-            continue
-        refused = credentials_problem(settings.dns_credentials) if request.challenge is Challenge.DNS01 else ""
-        if refused:
-            print(f"{name}: renewal refused: {refused}", file=sys.stderr)
-            failed += 1
-            continue
-        env = dict(os.environ)
-        if settings.ca_bundle:
-            env["REQUESTS_CA_BUNDLE"] = settings.ca_bundle
-        done = subprocess.run(
-            certbot_command(settings, request, force=True, account=status.account),
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if done.returncode:
-            print(f"{name}: renewal failed: {certbot_reason(done.stdout + done.stderr)}", file=sys.stderr)
-            failed += 1
-        else:
-            certs.tighten(certs_dir, name)
-            print(f"{name}: renewed")
-    return 1 if failed else 0

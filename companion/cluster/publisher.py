@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives import serialization
 from companion.acme.certs import PEM_MAX_BYTES
 from companion.cluster import bundle
 from companion.cluster import secret as cluster
-from companion.core.ports import ApplyResult
+from companion.core.container import ContainerInfo
+from companion.core.ports import ApplyResult, NodeView
 from companion.observe import status
 from companion.settings.config import parse_nginx_version
 from companion.util.httpserve import CappedServer
@@ -71,7 +72,14 @@ class _Node:
 
 
 class ClusterPublisher:
-    """The current bundle and the nodes' reports; safe to use from the loop and the server's threads."""
+    """The current bundle and the nodes' reports; safe to use from the loop and the server's threads.
+
+    The loop's Applier with agents: nginx runs on the nodes, so none is needed here, backends are reached on
+    the controller's own networks, and nginx passes ACME tokens to the agent's relay."""
+
+    nginx_here = False
+    relay = f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}"
+    done = "published to the agents"
 
     def __init__(self, conf_dir: str, certs_dir: str, webroot: str, http_port: int) -> None:
         self.conf_dir = conf_dir
@@ -126,6 +134,12 @@ class ClusterPublisher:
             log.error("cannot save %s: %s", BINDINGS_FILE, exc.strerror or exc)
 
     # -- the applier side (the loop) --------------------------------------------------------------
+
+    def start(self) -> None:
+        """Nothing to tidy: the conf dir here is not nginx's."""
+
+    def locate(self, nginx: Sequence[ContainerInfo]) -> None:
+        """nginx runs on the nodes; the agents find it there."""
 
     def apply(self, files: Mapping[str, str]) -> ApplyResult:
         """Publish `files`; agents test and reload their own nginx, and report how it went."""
@@ -193,12 +207,12 @@ class ClusterPublisher:
         with self._changed:
             return [n for _, n in sorted(self._nodes.items()) if now - n.last_seen <= UP_AFTER]
 
-    def nodes(self) -> tuple[status.NodeView, ...]:
+    def nodes(self) -> tuple[NodeView, ...]:
         now = time.time()
         with self._changed:
             current = self.generation()
             return tuple(
-                status.NodeView(
+                NodeView(
                     node=name,
                     address=n.address,
                     generation=n.generation,
@@ -219,12 +233,13 @@ class ClusterPublisher:
                 versions.append(parse_nginx_version(f"nginx/{node.nginx_version}"))
         return min(versions) if versions else None
 
-    def self_check_bases(self) -> list[str]:
+    def self_check_bases(self, local: str = "") -> list[str]:
         """Where each node that is up answers plain HTTP: HTTP-01 may reach any of them.
 
         Runs on the ACME worker before an order, often right after the pass that published the host: it
         waits (up to SELF_CHECK_WAIT) for a node to be up and for the nodes that are up to serve the current
-        generation, so that a controller just restarted or agents still reloading do not fail the check."""
+        generation, so that a controller just restarted or agents still reloading do not fail the check.
+        `local` (where this process would reach a local nginx) is not one of them."""
         deadline = time.monotonic() + SELF_CHECK_WAIT
         while time.monotonic() < deadline:
             up = self._up()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from companion.core import certificates, plan
+from companion.core import certificates, plan, reach
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import Policy
@@ -24,7 +24,7 @@ class Inputs:
     policy: Policy
     owners: Mapping[str, str] = field(default_factory=dict)
     nginx_networks: tuple[str, ...] | None = None  # None: nginx runs on the host
-    host_address: str = plan.LOOPBACK
+    host_address: str = reach.LOOPBACK
     default_host: str = ""
     http_on_missing_cert: bool = True
     default_cert: CertFiles | None = None

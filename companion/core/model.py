@@ -7,8 +7,9 @@ Templates only ever see what these parsers return, so no character of a label ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
+from enum import StrEnum
 
 from companion.core import trust
 from companion.core.container import ContainerInfo
@@ -106,19 +107,6 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Backend:
-    """One container's answer to a host: where to send the traffic and how."""
-
-    container: str
-    host: str
-    path: str
-    address: str
-    port: int
-    proto: Proto
-    dest: str
-
-
-@dataclass(frozen=True)
 class CertRequest:
     """A certificate the container asks for (ACME_HOST/LETSENCRYPT_HOST), from which CA ('' = the companion's)."""
 
@@ -169,23 +157,66 @@ class Rejection:
 def settings_of(info: ContainerInfo, image_trust: trust.ImageTrust = trust.ImageTrust.ROUTING) -> dict[str, str]:
     """The companion's variables for one container that count: environment first, labels win; a value
     the image set counts only where `image_trust` lets it."""
-    env, labels = info.env, info.labels
-    if info.image_env:
-        env = {k: v for k, v in env.items() if k not in info.image_env or trust.image_may_set(k, image_trust)}
-    if info.image_labels:
-        labels = {k: v for k, v in labels.items() if k not in info.image_labels or trust.image_may_set(k, image_trust)}
+    env = _counted(info.env, info.image_env, image_trust)
+    labels = _counted(info.labels, info.image_labels, image_trust)
     values = {name: env[name] for name in VARIABLES if name in env}
     values.update({name: labels[name] for name in VARIABLES if name in labels})
     return values
 
 
-def ignored_from_image(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[str, ...]:
+def _counted(values: Mapping[str, str], inherited: Set[str], image_trust: trust.ImageTrust) -> Mapping[str, str]:
+    """`values` without those its image set that `image_trust` does not let an image set."""
+    if not inherited:
+        return values
+    return {k: v for k, v in values.items() if k not in inherited or trust.image_may_set(k, image_trust)}
+
+
+class VariableUse(StrEnum):
+    """Whether one value of a variable counts, and if not, which trust rule set it aside."""
+
+    COUNTS = "counts"
+    IMAGE_NOT_TRUSTED = "image not trusted"  # inherited from the image, which TRUST_IMAGE_LABELS does not trust
+    LABEL_WINS = "label wins"  # an environment value under a label that counts
+
+
+@dataclass(frozen=True)
+class VariableSource:
+    """One value of one of the companion's variables on a container: where it came from and its use."""
+
+    name: str
+    value: str
+    source: str  # "label" or "environment"
+    from_image: bool
+    use: VariableUse
+
+
+def variable_sources(info: ContainerInfo, image_trust: trust.ImageTrust) -> tuple[VariableSource, ...]:
+    """Every value of the companion's variables a container carries, in VARIABLES order, label before
+    environment, each with the rule that decides whether it counts (the rules settings_of applies)."""
+    counted_labels = _counted(info.labels, info.image_labels, image_trust)
+    found = []
+    for name in VARIABLES:
+        for source, values, inherited in (
+            ("label", info.labels, info.image_labels),
+            ("environment", info.env, info.image_env),
+        ):
+            if name not in values:
+                continue
+            from_image = name in inherited
+            if from_image and not trust.image_may_set(name, image_trust):
+                use = VariableUse.IMAGE_NOT_TRUSTED
+            elif source == "environment" and name in counted_labels:
+                use = VariableUse.LABEL_WINS
+            else:
+                use = VariableUse.COUNTS
+            found.append(VariableSource(name, values[name], source, from_image, use))
+    return tuple(found)
+
+
+def ignored_from_image(sources: Sequence[VariableSource]) -> tuple[str, ...]:
     """Variables the image sets that do not count and that the container does not set itself."""
-    if not info.image_labels and not info.image_env:
-        return ()
-    counted = settings_of(info, image_trust)
-    inherited = {name for name in VARIABLES if name in info.image_labels or name in info.image_env}
-    return tuple(sorted(name for name in inherited if name not in counted))
+    counted = {source.name for source in sources if source.use is not VariableUse.IMAGE_NOT_TRUSTED}
+    return tuple(sorted({s.name for s in sources if s.use is VariableUse.IMAGE_NOT_TRUSTED and s.name not in counted}))
 
 
 DEFAULT_POLICY = Policy()
@@ -194,78 +225,46 @@ DEFAULT_POLICY = Policy()
 def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | Rejection | None:
     """Turn one container into a validated Site, a Rejection, or None when it asks for nothing."""
     values = settings_of(info, policy.image_trust)
-    allowed_domains = policy.allowed_domains
     asked = [name for name in ("LETSENCRYPT_HOST", "ACME_HOST") if name in values]
     if "VIRTUAL_HOST" not in values and not asked:
         return None
     if "VIRTUAL_HOST" not in values:
         return Rejection(info.name, asked[0], values[asked[0]], "needs VIRTUAL_HOST as well")
-    current = "VIRTUAL_HOST"
-
-    def get(name: str) -> str:
-        nonlocal current
-        current = name
-        return values.get(name, "")
-
+    get = _Reader(values)
     try:
-        for name, value in values.items():
-            if len(value) * 4 > MAX_VALUE_BYTES and len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
-                current = name
-                raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
-        hosts = parse_host_list(get("VIRTUAL_HOST"))
-        _check_allowed(hosts, allowed_domains)
-        _check_owner(info, hosts, policy.owners)
-        if get("VIRTUAL_PORT"):
-            port = parse_port(get("VIRTUAL_PORT"))
-        else:
-            current = "EXPOSE"
-            port = _default_port(info)
-        proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
-        path = parse_path(get("VIRTUAL_PATH") or "/")
-        if path.startswith(ACME_PATH):
-            raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
-        dest = parse_path(get("VIRTUAL_DEST")) if get("VIRTUAL_DEST") else ""
-        method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
-        hsts = parse_hsts(get("HSTS") or DEFAULT_HSTS)
-        access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
-        keepalive = not get("VIRTUAL_KEEPALIVE") or parse_enum(get("VIRTUAL_KEEPALIVE"), Keepalive) is Keepalive.ON
-        tuning = parse_tuning(get)
-        cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
-        if cert_name:
-            # A certificate name is a name too: it may not point outside what the operator allows.
-            _check_allowed((cert_name.lower(),), allowed_domains)
-            _check_owner(info, (cert_name.lower(),), policy.owners)
-        for new, legacy in ALIASES:
-            current = new
-            _check_same(values, new, legacy)
-        host_var = "ACME_HOST" if get("ACME_HOST") else "LETSENCRYPT_HOST"
-        cert = None
-        if get(host_var):
-            challenge = _challenge(get, policy, get(host_var))
-            current = host_var
-            domains = parse_host_list(get(host_var), wildcard=challenge is Challenge.DNS01)
-            # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
-            # so the message says why a certificate will never be ordered for it.
-            _check_allowed(domains, allowed_domains)
-            _check_owner(info, domains, policy.owners)
-            outside = [d for d in domains if d not in hosts and not d.startswith("*.")]
-            if outside:
-                raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
-            idle = [d for d in domains if not any(covers((d,), host) for host in hosts)]
-            if idle:
-                raise InvalidValue(f"{', '.join(idle)} covers none of the VIRTUAL_HOST names")
-            email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
-            email = parse_email(get(email_var)) if get(email_var) else policy.default_email
-            cert = CertRequest(
-                name=cert_name or lineage_of(domains[0]),
-                domains=domains,
-                email=email,
-                server=_server(get, policy),
-                challenge=challenge,
-            )
+        return _read_site(info, policy, get)
     except InvalidValue as exc:
-        shown = ",".join(info.exposed_ports) if current == "EXPOSE" else values.get(current, "")
-        return Rejection(info.name, current, shown, str(exc))
+        shown = ",".join(info.exposed_ports) if get.current == "EXPOSE" else values.get(get.current, "")
+        return Rejection(info.name, get.current, shown, str(exc))
+
+
+class _Reader:
+    """Reads a container's values by name and remembers the last one read: a rejection names that variable."""
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self.values = values
+        self.current = "VIRTUAL_HOST"
+
+    def __call__(self, name: str) -> str:
+        self.current = name
+        return self.values.get(name, "")
+
+
+def _read_site(info: ContainerInfo, policy: Policy, get: _Reader) -> Site:
+    """The staged parse: sizes, names, routing, TLS settings, tuning, certificate; InvalidValue on the first fault."""
+    _check_sizes(get)
+    hosts = parse_host_list(get("VIRTUAL_HOST"))
+    check_names(info, hosts, policy)
+    port = _port(info, get)
+    proto, path, dest = _routing(get)
+    method, hsts = _tls_settings(get)
+    access = parse_enum(get("NETWORK_ACCESS") or "external", NetworkAccess)
+    keepalive = not get("VIRTUAL_KEEPALIVE") or parse_enum(get("VIRTUAL_KEEPALIVE"), Keepalive) is Keepalive.ON
+    tuning = parse_tuning(get)
+    cert_name = _cert_name(info, policy, get)
+    for new, legacy in ALIASES:
+        get.current = new
+        _check_same(get.values, new, legacy)
     return Site(
         container=info.service or info.name,
         hosts=hosts,
@@ -276,11 +275,90 @@ def parse_site(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> Site | R
         https_method=method,
         hsts=hsts,
         cert_name=cert_name,
-        cert=cert,
+        cert=_cert_request(info, policy, get, hosts, cert_name),
         network_access=access,
         keepalive=keepalive,
         tuning=tuning,
     )
+
+
+def _check_sizes(get: _Reader) -> None:
+    """No value may exceed MAX_VALUE_BYTES (the cheap length test first: most values are short)."""
+    for name, value in get.values.items():
+        if len(value) * 4 > MAX_VALUE_BYTES and len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
+            get.current = name
+            raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
+
+
+def check_names(info: ContainerInfo, names: Sequence[str], policy: Policy) -> None:
+    """Every name must be in the allowed domains and, where DOMAIN_OWNERS names an owner, this container's."""
+    _check_allowed(names, policy.allowed_domains)
+    _check_owner(info, names, policy.owners)
+
+
+def _port(info: ContainerInfo, get: _Reader) -> int:
+    if get("VIRTUAL_PORT"):
+        return parse_port(get("VIRTUAL_PORT"))
+    get.current = "EXPOSE"
+    return default_port(info)
+
+
+def _routing(get: _Reader) -> tuple[Proto, str, str]:
+    """VIRTUAL_PROTO, VIRTUAL_PATH (never under the ACME challenge path) and VIRTUAL_DEST."""
+    proto = parse_enum(get("VIRTUAL_PROTO") or "http", Proto)
+    path = parse_path(get("VIRTUAL_PATH") or "/")
+    if path.startswith(ACME_PATH):
+        raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
+    dest = parse_path(get("VIRTUAL_DEST")) if get("VIRTUAL_DEST") else ""
+    return proto, path, dest
+
+
+def _tls_settings(get: _Reader) -> tuple[HttpsMethod, str]:
+    method = parse_enum(get("HTTPS_METHOD") or "redirect", HttpsMethod)
+    return method, parse_hsts(get("HSTS") or DEFAULT_HSTS)
+
+
+def _cert_name(info: ContainerInfo, policy: Policy, get: _Reader) -> str:
+    """CERT_NAME, "" when unset. A certificate name is a name too: it may not point outside what the operator allows."""
+    cert_name = parse_cert_name(get("CERT_NAME")) if get("CERT_NAME") else ""
+    if cert_name:
+        check_names(info, (cert_name.lower(),), policy)
+    return cert_name
+
+
+def _cert_request(
+    info: ContainerInfo, policy: Policy, get: _Reader, hosts: Sequence[str], cert_name: str
+) -> CertRequest | None:
+    """The certificate ACME_HOST (or LETSENCRYPT_HOST) asks for, None when neither is set."""
+    host_var = "ACME_HOST" if get("ACME_HOST") else "LETSENCRYPT_HOST"
+    if not get(host_var):
+        return None
+    challenge = _challenge(get, policy, get(host_var))
+    get.current = host_var
+    domains = parse_host_list(get(host_var), wildcard=challenge is Challenge.DNS01)
+    # A name outside the allow-list is refused as such (not just as "not a VIRTUAL_HOST name"),
+    # so the message says why a certificate will never be ordered for it.
+    check_names(info, domains, policy)
+    _check_within(domains, hosts)
+    email_var = "ACME_EMAIL" if get("ACME_EMAIL") else "LETSENCRYPT_EMAIL"
+    email = parse_email(get(email_var)) if get(email_var) else policy.default_email
+    return CertRequest(
+        name=cert_name or lineage_of(domains[0]),
+        domains=domains,
+        email=email,
+        server=_server(get, policy),
+        challenge=challenge,
+    )
+
+
+def _check_within(domains: Sequence[str], hosts: Sequence[str]) -> None:
+    """A certificate's names must be VIRTUAL_HOST names (or wildcards), and each must cover one of them."""
+    outside = [d for d in domains if d not in hosts and not d.startswith("*.")]
+    if outside:
+        raise InvalidValue(f"{', '.join(outside)} not among the VIRTUAL_HOST names")
+    idle = [d for d in domains if not any(covers((d,), host) for host in hosts)]
+    if idle:
+        raise InvalidValue(f"{', '.join(idle)} covers none of the VIRTUAL_HOST names")
 
 
 def lineage_of(name: str) -> str:
@@ -355,7 +433,7 @@ def _check_owner(info: ContainerInfo, names: Sequence[str], rules: Sequence[trus
             raise InvalidValue(f"{name} belongs to {rule.owner} (DOMAIN_OWNERS)")
 
 
-def _default_port(info: ContainerInfo) -> int:
+def default_port(info: ContainerInfo) -> int:
     """The single exposed TCP port (validated like VIRTUAL_PORT: it comes from the image), else 80, as
     nginx-proxy does. A bare key ("81", as compose sends `expose:`) is TCP, as the Engine treats it."""
     tcp = [spec for spec in info.exposed_ports if spec.partition("/")[2] in ("", "tcp")]

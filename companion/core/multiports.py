@@ -43,6 +43,22 @@ class Route:
 
 def parse_multiports(value: str) -> tuple[Route, ...]:
     """Every route the value describes, in its order; InvalidValue names the first bad part."""
+    tree = _load(value)
+    routes: list[Route] = []
+    seen: set[tuple[str, str]] = set()
+    for raw_host, paths in tree.items():
+        host = parse_hostname(_text(raw_host, "host name"))
+        paths = _paths_of(host, paths)
+        if len(routes) + len(paths) > MAX_HOSTS:
+            raise InvalidValue(f"more than {MAX_HOSTS} routes")
+        for raw_path, spec in paths.items():
+            path = _route_path(host, _text(raw_path, "path"), seen)
+            routes.append(Route(host, path, *_spec(host, path, spec)))
+    return tuple(routes)
+
+
+def _load(value: str) -> Mapping[object, object]:
+    """The value as a non-empty mapping of at most MAX_HOSTS hosts."""
     if len(value.encode("utf-8", "surrogateescape")) > MAX_VALUE_BYTES:
         raise InvalidValue(f"longer than {MAX_VALUE_BYTES} bytes")
     try:
@@ -54,25 +70,27 @@ def parse_multiports(value: str) -> tuple[Route, ...]:
     # Sizes are checked before walking: aliases let a short value name the same mapping many times.
     if len(tree) > MAX_HOSTS:
         raise InvalidValue(f"more than {MAX_HOSTS} host names")
-    routes: list[Route] = []
-    seen: set[tuple[str, str]] = set()
-    for raw_host, paths in tree.items():
-        host = parse_hostname(_text(raw_host, "host name"))
-        if paths is None or paths == {}:
-            paths = {"/": None}
-        if not isinstance(paths, Mapping):
-            raise InvalidValue(f"{host}: must map paths to {{port, dest}}")
-        if len(routes) + len(paths) > MAX_HOSTS:
-            raise InvalidValue(f"more than {MAX_HOSTS} routes")
-        for raw_path, spec in paths.items():
-            path = parse_path(_text(raw_path, "path"))
-            if path.startswith(ACME_PATH):
-                raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
-            if (host, path) in seen:
-                raise InvalidValue(f"{host}{path} given twice")
-            seen.add((host, path))
-            routes.append(Route(host, path, *_spec(host, path, spec)))
-    return tuple(routes)
+    return tree
+
+
+def _paths_of(host: str, paths: object) -> Mapping[object, object]:
+    """A host's paths; nothing (or an empty mapping) means `/` on the default port."""
+    if paths is None or paths == {}:
+        return {"/": None}
+    if not isinstance(paths, Mapping):
+        raise InvalidValue(f"{host}: must map paths to {{port, dest}}")
+    return paths
+
+
+def _route_path(host: str, raw: str, seen: set[tuple[str, str]]) -> str:
+    """A route's path: valid, not the ACME challenge's, and given once per host (recorded in `seen`)."""
+    path = parse_path(raw)
+    if path.startswith(ACME_PATH):
+        raise InvalidValue(f"{ACME_PATH} is reserved for ACME challenges")
+    if (host, path) in seen:
+        raise InvalidValue(f"{host}{path} given twice")
+    seen.add((host, path))
+    return path
 
 
 def _text(value: object, what: str) -> str:
@@ -86,12 +104,21 @@ def _spec(host: str, path: str, spec: object) -> tuple[int | None, str]:
         return None, ""
     if not isinstance(spec, Mapping) or not set(spec) <= _ROUTE_KEYS:
         raise InvalidValue(f"{host}{path}: must be empty or a mapping with port and/or dest")
-    port, dest = spec.get("port"), spec.get("dest")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int | str)):
+    return _spec_port(host, path, spec.get("port")), _spec_dest(host, path, spec.get("dest"))
+
+
+def _spec_port(host: str, path: str, port: object) -> int | None:
+    if port is None:
+        return None
+    if isinstance(port, bool) or not isinstance(port, int | str):
         raise InvalidValue(f"{host}{path}: port must be a number from 1 to 65535")
+    return parse_port(str(port))
+
+
+def _spec_dest(host: str, path: str, dest: object) -> str:
     if dest is not None and not isinstance(dest, str):
         raise InvalidValue(f"{host}{path}: dest must be a path")
-    return (parse_port(str(port)) if port is not None else None), (parse_path(dest) if dest else "")
+    return parse_path(dest) if dest else ""
 
 
 def parse_sites(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> tuple[Site, ...] | Rejection | None:
@@ -105,15 +132,8 @@ def parse_sites(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> tuple[S
     if raw is None:
         site = parse_site(info, policy)
         return (site,) if isinstance(site, Site) else site
-    mixed = [name for name in MULTIPORTS_EXCLUDES if name in values]
     try:
-        if mixed:
-            raise InvalidValue(f"cannot be combined with {', '.join(mixed)} (it sets hosts, paths and ports itself)")
-        routes = parse_multiports(raw)
-        hosts = tuple(dict.fromkeys(route.host for route in routes))
-        model._check_allowed(hosts, policy.allowed_domains)
-        model._check_owner(info, hosts, policy.owners)
-        default_port = model._default_port(info) if any(route.port is None for route in routes) else 80
+        routes, hosts, default_port = _routes_of(info, policy, values, raw)
     except InvalidValue as exc:
         return Rejection(info.name, MULTIPORTS, raw, str(exc))
     stand_in = dataclasses.replace(
@@ -130,3 +150,18 @@ def parse_sites(info: ContainerInfo, policy: Policy = DEFAULT_POLICY) -> tuple[S
         )
         for route in routes
     )
+
+
+def _routes_of(
+    info: ContainerInfo, policy: Policy, values: Mapping[str, str], raw: str
+) -> tuple[tuple[Route, ...], tuple[str, ...], int]:
+    """The routes of VIRTUAL_HOST_MULTIPORTS, their hosts (checked like VIRTUAL_HOST's), and the port of
+    a route that names none."""
+    mixed = [name for name in MULTIPORTS_EXCLUDES if name in values]
+    if mixed:
+        raise InvalidValue(f"cannot be combined with {', '.join(mixed)} (it sets hosts, paths and ports itself)")
+    routes = parse_multiports(raw)
+    hosts = tuple(dict.fromkeys(route.host for route in routes))
+    model.check_names(info, hosts, policy)
+    default_port = model.default_port(info) if any(route.port is None for route in routes) else 80
+    return routes, hosts, default_port

@@ -6,38 +6,32 @@ whose name sorts first; it decides the host's settings (HTTPS_METHOD, HSTS, cert
 path, VIRTUAL_PROTO and VIRTUAL_DEST; every container still joins the upstream as a backend. A
 warning names the containers whose settings were overruled.
 
-Certificates belong to names: a lineage is presented only for hosts its names cover, and an order
-never rewrites a lineage that holds names the request does not (it gets a lineage of its own).
+`build` runs in stages: each container is decided (core/decisions), then each host (its owner, see
+core/owners; its routes; its certificate, see core/certplan), then upstreams are numbered. Every stage's
+decision is kept in the returned record, which the reports render.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
 
 from companion.core.certificates import CertFiles
+from companion.core.certplan import CertChoice, CertWhy, cert_index, requests, select_cert
 from companion.core.container import ContainerInfo
-from companion.core.model import (
-    DEFAULT_POLICY,
-    TUNING_VARIABLES,
-    CertRequest,
-    Policy,
-    Rejection,
-    Site,
-    covers,
-    ignored_from_image,
-)
-from companion.core.multiports import parse_sites
+from companion.core.decisions import ContainerDecision, HostDecision, decide_container
+from companion.core.model import DEFAULT_POLICY, CertRequest, Policy, Site, covers
+from companion.core.owners import conflict_warnings, overruled, why_decides
 from companion.core.problems import Problem
+from companion.core.reach import LOOPBACK
 from companion.core.values import HttpsMethod, NetworkAccess, Proto, Tuning
-from companion.core.variables import container_problems
 from companion.util.logsafe import printable
 
 Backends = tuple[tuple[tuple[str, int], ...], bool]  # (sorted (address, port) pairs, keepalive)
+_Claim = tuple[Site, str | None]  # a site and the address nginx reaches its container at (None: unreachable)
 
 
 @dataclass(frozen=True)
@@ -132,6 +126,9 @@ class Desired:
     owners: tuple[tuple[str, str], ...] = ()  # (host, container that decides for it), sorted
     default_cert: CertFiles | None = None  # the operator's, for unknown names on the HTTPS default server
     left_out: tuple[tuple[str, str], ...] = ()  # (container, why) for containers that route nothing
+    # The decision records, by container name and by host, that reports render (see core/decisions).
+    containers: tuple[ContainerDecision, ...] = field(default=(), compare=False)
+    hosts: tuple[HostDecision, ...] = field(default=(), compare=False)
 
     @property
     def longest_name(self) -> int:
@@ -160,72 +157,6 @@ def upstream_names(sets: Iterable[Backends]) -> dict[Backends, str]:
     return {key: f"{UPSTREAM_PREFIX}{number}" for number, key in enumerate(sorted(set(sets)), 1)}
 
 
-LOOPBACK = "127.0.0.1"
-HOST_NETWORK = "host"
-
-
-def lineage_digest(domains: Sequence[str]) -> str:
-    return hashlib.sha256(",".join(sorted(domains)).encode()).hexdigest()[:8]
-
-
-def pick_address(info: ContainerInfo, nginx_networks: Sequence[str] | None, host_address: str = LOOPBACK) -> str | None:
-    """The container's IP on a network shared with nginx, or its first IP when nginx runs on the host.
-
-    A container on the host's network (`network_mode: host`) has no IP of its own: nginx reaches it at
-    `host_address`, the host as nginx sees it ("" when nginx has no way to the host).
-    """
-    if info.network_mode == HOST_NETWORK:
-        return host_address or None
-    network = chosen_network(info, nginx_networks)
-    return info.networks[network] if network else None
-
-
-def chosen_network(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str | None:
-    """The network pick_address takes the address from: the first by name that nginx shares (any, when
-    nginx runs on the host); None when there is none (or the container is on the host's network)."""
-    if info.network_mode == HOST_NETWORK:
-        return None
-    names = sorted(n for n, ip in info.networks.items() if ip)
-    if nginx_networks is not None:
-        names = [n for n in names if n in nginx_networks]
-    return names[0] if names else None
-
-
-def unreachable_reason(info: ContainerInfo, nginx_networks: Sequence[str] | None) -> str:
-    """Why pick_address found no address, in the words the warning and `explain` both use."""
-    if info.network_mode == HOST_NETWORK:
-        return "on the host's network, and nginx is on no network with a gateway to the host"
-    return f"no IP address on {'a network shared with nginx' if nginx_networks is not None else 'any network'}"
-
-
-SERVED_FIRST, FIRST_BY_NAME = "it served the host first", "first by name"
-
-
-def why_decides(container: str, before: str | None) -> str:
-    """Why `container` decides a host's settings: it decided before (remembered), else its name sorts first."""
-    return SERVED_FIRST if container == before else FIRST_BY_NAME
-
-
-def host_address_from(nginx: Sequence[ContainerInfo]) -> str:
-    """Where nginx in a container reaches the host: loopback when it shares the host's network, else the
-    gateway of its first network by name (the host's address on that network); "" when it has none."""
-    if any(info.network_mode == HOST_NETWORK for info in nginx):
-        return LOOPBACK
-    gateways = sorted((name, gateway) for info in nginx for name, gateway in info.gateways.items() if gateway)
-    return gateways[0][1] if gateways else ""
-
-
-def local_reach(own: ContainerInfo | None) -> tuple[tuple[str, ...] | None, str]:
-    """(networks, host address) for an nginx that runs beside the companion (host mode).
-
-    In a container (the single-container image) nginx shares the companion's networks: a backend is
-    reached on one of those, never on a network the container is not on. On the host (no container of
-    our own, or the host's network) nginx reaches every container: any network, the host on loopback."""
-    if own is None or own.network_mode == HOST_NETWORK or not any(own.networks.values()):
-        return None, LOOPBACK
-    return tuple(sorted(n for n, ip in own.networks.items() if ip)), host_address_from((own,))
-
-
 def build(
     containers: Sequence[ContainerInfo],
     certs: Mapping[str, CertFiles],
@@ -250,100 +181,51 @@ def build(
     cover, because the operator chose it for exactly that. `now` (unix time) lets a valid certificate win
     over an expired one that covers the host too (0: every certificate counts as valid).
     """
-    problems: list[str] = []
-    left_out: list[tuple[str, str]] = []
-    located: list[tuple[Site, str | None]] = []
-    for info in sorted(containers, key=lambda c: (c.name, c.id)):
-        ignored = ignored_from_image(info, policy.image_trust)
-        if ignored:
-            problems.append(
-                Problem(
-                    f"container {info.name}: ignoring values its image sets ({', '.join(ignored)}); "
-                    f"set them on the container, or TRUST_IMAGE_LABELS=all",
-                    container=info.name,
-                )
-            )
-        problems.extend(container_problems(info))
-        sites = parse_sites(info, policy)
-        if sites is None:
-            continue
-        if isinstance(sites, Rejection):
-            problems.append(Problem(sites.message, container=info.name, variable=sites.variable))
-            left_out.append((info.name, sites.message.removeprefix(f"container {info.name}: ")))
-            continue
-        if info.health == "unhealthy":
-            unhealthy = "unhealthy, left out until its health check passes"
-            problems.append(Problem(f"container {info.name}: {unhealthy}", container=info.name))
-            left_out.append((info.name, unhealthy))
-            continue
-        address = pick_address(info, nginx_networks, host_address)
-        if address is None:
-            problems.append(
-                Problem(
-                    f"container {info.name}: not reachable ({unreachable_reason(info, nginx_networks)}); "
-                    "its paths answer 502 without another backend",
-                    container=info.name,
-                )
-            )
-        located.extend((site, address) for site in sites)
+    decided = tuple(
+        decide_container(info, policy, nginx_networks, host_address)
+        for info in sorted(containers, key=lambda c: (c.name, c.id))
+    )
+    located = [(site, decision.address) for decision in decided if decision.routed for site in decision.sites]
+    context = _CertContext(certs, cert_index(certs), placeholder, default_cert, http_on_missing_cert, now)
+    planned = _plan_hosts(located, owners or {}, context)
+    problems = _problems(decided, planned, default_host)
+    ordered = requests([site for site, _ in located], certs, problems)
+    return _desired(decided, planned, ordered, problems, default_host, default_cert)
 
-    # per host: its deciding site, the certificate served, placeholder, HTTP held, and its routes
-    planned: list[tuple[str, Site, CertFiles | None, bool, bool, list[_Route]]] = []
-    index = _cert_index(certs)
-    decided: dict[str, str] = {}
-    for host, claims in _by_host(located).items():
-        before = (owners or {}).get(host)
-        claims.sort(key=lambda claim: claim[0].container != before)  # stable: otherwise by name
-        owner = claims[0][0]
-        decided[host] = owner.container
-        why = why_decides(owner.container, before)
-        _warn_conflicts(host, claims, problems, why)
-        routes = []
-        for path_claims in _by_path(claims).values():
-            backends: set[tuple[str, int]] = set()
-            keepalive = True
-            for site, address in path_claims:
-                if address:
-                    backends.add((address, site.port))
-                    keepalive = keepalive and site.keepalive
-            key = (tuple(sorted(backends)), keepalive) if backends else None
-            claimed = tuple(sorted((site.container, address or "", site.port) for site, address in path_claims))
-            routes.append(_Route(path_claims[0][0], key, claimed))
-        cert = None
-        if owner.https_method is not HttpsMethod.NOHTTPS:
-            cert = _select_cert(host, owner, certs, index, problems, now)
-            if cert is None and default_cert is not None and covers(default_cert.domains, host):
-                cert = default_cert
-        wants_tls = owner.cert is not None or bool(owner.cert_name)
-        is_placeholder = cert is None and wants_tls and owner.https_method is not HttpsMethod.NOHTTPS
-        hold = not http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
-        served = (default_cert or placeholder) if is_placeholder else cert
-        planned.append((host, owner, served, is_placeholder, hold and cert is None, routes))
-    names = upstream_names(route.backends for *_, routes in planned for route in routes if route.backends)
-    servers = [
-        Server(
-            host,
-            owner.https_method,
-            owner.hsts,
-            _locations(routes, names),
-            cert,
-            placeholder_,
-            host == default_host,
-            hold,
-        )
-        for host, owner, cert, placeholder_, hold, routes in planned
-    ]
-    if default_host and default_host not in decided:
+
+def _plan_hosts(located: list[_Claim], owners: Mapping[str, str], context: _CertContext) -> list[_HostPlan]:
+    return [_plan_host(host, claims, owners.get(host), context) for host, claims in _by_host(located).items()]
+
+
+def _problems(decided: Sequence[ContainerDecision], planned: Sequence[_HostPlan], default_host: str) -> list[str]:
+    """The warnings in the order they are logged: per container, per host, then DEFAULT_HOST's."""
+    problems = [problem for decision in decided for problem in decision.problems]
+    problems += [problem for host_plan in planned for problem in host_plan.problems]
+    if default_host and all(host_plan.decision.host != default_host for host_plan in planned):
         problems.append(f"DEFAULT_HOST={default_host}: no container serves this host; unknown names answer 503")
-    requests = _requests([site for site, _ in located], certs, problems)
+    return problems
+
+
+def _desired(
+    decided: tuple[ContainerDecision, ...],
+    planned: Sequence[_HostPlan],
+    ordered: Mapping[str, CertRequest],
+    problems: Sequence[str],
+    default_host: str,
+    default_cert: CertFiles | None,
+) -> Desired:
+    """Number the upstreams and assemble the desired state with its decision records."""
+    names = upstream_names(route.backends for route in _routes(planned) if route.backends)
     return Desired(
-        servers=tuple(servers),
+        servers=tuple(_server(host_plan, names, default_host) for host_plan in planned),
         upstreams=tuple(Upstream(name, servers, keepalive) for (servers, keepalive), name in names.items()),
-        certificates=tuple(requests[k] for k in sorted(requests)),
+        certificates=tuple(ordered[k] for k in sorted(ordered)),
         problems=tuple(problems),
-        owners=tuple(sorted(decided.items())),
+        owners=tuple((host_plan.decision.host, host_plan.decision.owner) for host_plan in planned),
         default_cert=default_cert,
-        left_out=tuple(left_out),
+        left_out=tuple((decision.name, decision.left_out) for decision in decided if decision.left_out),
+        containers=decided,
+        hosts=tuple(host_plan.decision for host_plan in planned),
     )
 
 
@@ -389,6 +271,89 @@ class _Route(NamedTuple):
     claimed: tuple[tuple[str, str, int], ...]
 
 
+def _routes(planned: Sequence[_HostPlan]) -> Iterator[_Route]:
+    for host_plan in planned:
+        yield from host_plan.routes
+
+
+class _CertContext(NamedTuple):
+    """What choosing a host's certificate needs besides the host and its owner."""
+
+    certs: Mapping[str, CertFiles]
+    index: Mapping[str, list[tuple[str, CertFiles]]]
+    placeholder: CertFiles
+    default_cert: CertFiles | None
+    http_on_missing_cert: bool
+    now: float
+
+
+class _HostPlan(NamedTuple):
+    """One host before upstreams are numbered: its decision, owner's site, certificate, routes, warnings."""
+
+    decision: HostDecision
+    owner: Site
+    cert: CertChoice
+    hold_http: bool
+    routes: list[_Route]
+    problems: list[str]
+
+
+def _plan_host(host: str, claims: list[_Claim], before: str | None, context: _CertContext) -> _HostPlan:
+    """Decide one host: its owner (the one that decided before, else first by name), routes and certificate."""
+    claims.sort(key=lambda claim: claim[0].container != before)  # stable: otherwise by name
+    owner = claims[0][0]
+    why = why_decides(owner.container, before)
+    sites = [site for site, _ in claims]
+    problems = conflict_warnings(host, sites, why)
+    routes = [_route(path_claims) for path_claims in _by_path(claims).values()]
+    cert = _choose_cert(host, owner, context, problems)
+    hold = not context.http_on_missing_cert and owner.https_method in (HttpsMethod.REDIRECT, HttpsMethod.NOHTTP)
+    decision = HostDecision(host, owner.container, why, overruled(sites), cert.lineage, cert.why)
+    return _HostPlan(decision, owner, cert, hold and cert.why in _NO_CERT, routes, problems)
+
+
+_NO_CERT = (CertWhy.PLACEHOLDER, CertWhy.NONE)
+
+
+def _choose_cert(host: str, owner: Site, context: _CertContext, problems: list[str]) -> CertChoice:
+    """The certificate the host presents: none for nohttps, a lineage that covers it, the operator's default
+    when it covers it, else a stand-in when it asks for one (the operator's default, else the placeholder)."""
+    if owner.https_method is HttpsMethod.NOHTTPS:
+        return CertChoice(None, "", CertWhy.NOHTTPS)
+    chosen = select_cert(host, owner, context.certs, context.index, problems, context.now)
+    if chosen is not None:
+        return chosen
+    default = context.default_cert
+    if default is not None and covers(default.domains, host):
+        return CertChoice(default, "", CertWhy.DEFAULT)
+    if owner.cert is not None or owner.cert_name:
+        return CertChoice(default or context.placeholder, "", CertWhy.PLACEHOLDER)
+    return CertChoice(None, "", CertWhy.NONE)
+
+
+def _route(path_claims: list[_Claim]) -> _Route:
+    """One path: every reachable claim joins its backend set; keepalive only if all of those keep it."""
+    backends = {(address, site.port) for site, address in path_claims if address}
+    keepalive = all(site.keepalive for site, address in path_claims if address)
+    key = (tuple(sorted(backends)), keepalive) if backends else None
+    claimed = tuple(sorted((site.container, address or "", site.port) for site, address in path_claims))
+    return _Route(path_claims[0][0], key, claimed)
+
+
+def _server(host_plan: _HostPlan, names: Mapping[Backends, str], default_host: str) -> Server:
+    owner, host = host_plan.owner, host_plan.decision.host
+    return Server(
+        host,
+        owner.https_method,
+        owner.hsts,
+        _locations(host_plan.routes, names),
+        host_plan.cert.files,
+        host_plan.cert.why is CertWhy.PLACEHOLDER,
+        host == default_host,
+        host_plan.hold_http,
+    )
+
+
 def _locations(routes: list[_Route], names: Mapping[Backends, str]) -> tuple[Location, ...]:
     located = (
         Location(
@@ -406,121 +371,16 @@ def _locations(routes: list[_Route], names: Mapping[Backends, str]) -> tuple[Loc
     return tuple(sorted(located, key=lambda location: location.path))
 
 
-def _cert_index(certs: Mapping[str, CertFiles]) -> dict[str, list[CertFiles]]:
-    """Lineages by each name they hold, the freshest first, so choosing one per host costs a lookup."""
-    index: dict[str, list[CertFiles]] = {}
-    for name in sorted(certs):
-        for domain in certs[name].domains:
-            index.setdefault(domain, []).append(certs[name])
-    for found in index.values():
-        found.sort(key=lambda files: -files.not_after)
-    return index
-
-
-def _select_cert(
-    host: str,
-    site: Site,
-    certs: Mapping[str, CertFiles],
-    index: Mapping[str, list[CertFiles]],
-    problems: list[str],
-    now: float = 0.0,
-) -> CertFiles | None:
-    """CERT_NAME's lineage when it covers the host, else the most specific valid certificate: the freshest
-    lineage naming the host, else the freshest covering wildcard; an expired one only when no valid one
-    covers the host. Never a certificate that is not valid for the host. (nginx-proxy also serves a
-    parent's certificate, `example.com` for `a.example.com`; clients refuse it, so it is not chosen.)"""
-    if site.cert_name and site.cert_name in certs:
-        named = certs[site.cert_name]
-        if covers(named.domains, host):
-            return named
-        problems.append(
-            Problem(
-                f"container {site.container}: CERT_NAME={site.cert_name}: certificate {site.cert_name} "
-                f"does not cover {host}; not presented for it",
-                container=site.container,
-                variable="CERT_NAME",
-                certificate=site.cert_name,
-            )
-        )
-    found = list(index.get(host, ()))
-    if not host.startswith("*.") and "." in host:
-        found += index.get("*." + host.split(".", 1)[1], ())
-    valid = [files for files in found if files.not_after > now]
-    return (valid or found or [None])[0]
-
-
-def _requests(sites: list[Site], certs: Mapping[str, CertFiles], problems: list[str]) -> dict[str, CertRequest]:
-    """Certificate orders by lineage name. A request takes its own name (CERT_NAME or its first host)
-    unless that lineage holds names the request lacks, or another request took it: then
-    `<name>-<digest of its names>`. Requests named after one of their own hosts choose first."""
-    wanted = sorted(
-        ((site, site.cert) for site in sites if site.cert is not None),
-        key=lambda pair: pair[1].name not in pair[1].domains,
-    )
-    requests: dict[str, CertRequest] = {}
-    for site, request in wanted:
-        for name in (request.name, f"{request.name}-{lineage_digest(request.domains)}"):
-            taken = requests.get(name)
-            held = certs.get(name)
-            if taken is not None and taken.domains == request.domains:
-                break
-            if taken is None and (held is None or set(held.domains) <= set(request.domains)):
-                requests[name] = dataclasses.replace(request, name=name)
-                break
-        else:
-            problems.append(
-                f"container {site.container}: certificate {request.name} holds other names and "
-                f"{request.name}-{lineage_digest(request.domains)} is taken; nothing ordered for "
-                f"{', '.join(request.domains)}"
-            )
-    return requests
-
-
-def _by_host(located: list[tuple[Site, str | None]]) -> dict[str, list[tuple[Site, str | None]]]:
-    grouped: dict[str, list[tuple[Site, str | None]]] = {}
+def _by_host(located: list[_Claim]) -> dict[str, list[_Claim]]:
+    grouped: dict[str, list[_Claim]] = {}
     for site, address in located:
         for host in site.hosts:
             grouped.setdefault(host, []).append((site, address))
     return dict(sorted(grouped.items()))
 
 
-def _by_path(claims: list[tuple[Site, str | None]]) -> dict[str, list[tuple[Site, str | None]]]:
-    grouped: dict[str, list[tuple[Site, str | None]]] = {}
+def _by_path(claims: list[_Claim]) -> dict[str, list[_Claim]]:
+    grouped: dict[str, list[_Claim]] = {}
     for site, address in claims:
         grouped.setdefault(site.path, []).append((site, address))
     return grouped
-
-
-def _warn_conflicts(host: str, claims: list[tuple[Site, str | None]], problems: list[str], why: str) -> None:
-    owner = claims[0][0]
-    for site, _ in claims[1:]:
-        differs = disagreements(owner, site)
-        if differs:
-            problems.append(
-                f"host {host}: containers {owner.container} and {site.container} disagree on "
-                f"{', '.join(differs)}; using {owner.container}'s ({why})"
-            )
-
-
-_TUNING_FIELDS = tuple(f.name for f in dataclasses.fields(Tuning))
-
-
-def disagreements(owner: Site, site: Site) -> list[str]:
-    """The variables on which `site` differs from the host's deciding site (per path: proto, dest, access, PROXY_*)."""
-    pairs = [
-        ("HTTPS_METHOD", owner.https_method, site.https_method),
-        ("HSTS", owner.hsts, site.hsts),
-        ("CERT_NAME", owner.cert_name, site.cert_name),
-        ("LETSENCRYPT_HOST", owner.cert, site.cert),
-    ]
-    if site.path == owner.path:
-        pairs += [
-            ("VIRTUAL_PROTO", owner.proto, site.proto),
-            ("VIRTUAL_DEST", owner.dest, site.dest),
-            ("NETWORK_ACCESS", owner.network_access, site.network_access),
-            *(
-                (name, getattr(owner.tuning, attr), getattr(site.tuning, attr))
-                for name, attr in zip(TUNING_VARIABLES, _TUNING_FIELDS, strict=True)
-            ),
-        ]
-    return [name for name, mine, theirs in pairs if mine != theirs]

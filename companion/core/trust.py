@@ -111,25 +111,24 @@ class OwnerRule:
 
 def parse_owner_rules(raw: str) -> tuple[OwnerRule, ...]:
     """`*.a.example.com=project:shop,*.b.example.com=label:team=b` -> rules; ValueError names the bad entry."""
-    rules = []
-    for entry in (part.strip() for part in raw.split(",")):
-        if not entry:
-            continue
-        pattern, _, owner = entry.partition("=")
-        pattern = pattern.strip().lower()
-        kind, _, rest = owner.strip().partition(":")
-        if not _PATTERN_RE.match(pattern) or kind not in ("project", "label") or not rest or " " in rest:
-            raise ValueError(f"{entry!r} is not PATTERN=project:NAME or PATTERN=label:KEY=VALUE")
-        if kind == "project":
-            if "=" in rest:
-                raise ValueError(f"{entry!r}: a project name has no '='")
-            rules.append(OwnerRule(pattern, kind, PROJECT_LABEL, rest))
-            continue
-        key, sep, value = rest.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{entry!r}: label owners are written label:KEY=VALUE")
-        rules.append(OwnerRule(pattern, kind, key, value))
-    return tuple(rules)
+    return tuple(_owner_rule(entry) for entry in (part.strip() for part in raw.split(",")) if entry)
+
+
+def _owner_rule(entry: str) -> OwnerRule:
+    """One `PATTERN=project:NAME` or `PATTERN=label:KEY=VALUE` entry; ValueError names it."""
+    pattern, _, owner = entry.partition("=")
+    pattern = pattern.strip().lower()
+    kind, _, rest = owner.strip().partition(":")
+    if not _PATTERN_RE.match(pattern) or kind not in ("project", "label") or not rest or " " in rest:
+        raise ValueError(f"{entry!r} is not PATTERN=project:NAME or PATTERN=label:KEY=VALUE")
+    if kind == "project":
+        if "=" in rest:
+            raise ValueError(f"{entry!r}: a project name has no '='")
+        return OwnerRule(pattern, kind, PROJECT_LABEL, rest)
+    key, sep, value = rest.partition("=")
+    if not sep or not key:
+        raise ValueError(f"{entry!r}: label owners are written label:KEY=VALUE")
+    return OwnerRule(pattern, kind, key, value)
 
 
 def name_matches(host: str, pattern: str) -> bool:

@@ -36,7 +36,9 @@ _ROOT_TARGET_RE = re.compile(rf"^(?:/{_ROOT_CHAR}*|(?:https?|\$scheme)://{_ROOT_
 
 MAX_ROOT_TARGET = 2048
 
-REDIRECT_CODES = (301, 302, 303, 307, 308)
+# The codes nginx's `return CODE URL` sends as a redirect (any other code with a URL would send the URL as
+# the body): what DEFAULT_ROOT may pair with a target. Not NON_GET_REDIRECT's set (settings/config.py).
+RETURN_REDIRECT_CODES = (301, 302, 303, 307, 308)
 
 _CERT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
@@ -140,28 +142,39 @@ class InvalidValue(ValueError):
 
 def parse_hostname(value: str, *, wildcard: bool = True) -> str:
     """Return the canonical (lowercase, punycode) form of a hostname or raise InvalidValue."""
-    raw = value.strip()
+    prefix, raw = _split_wildcard(value.strip(), wildcard)
+    raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
+    name = _ascii(raw).lower()
+    if len(prefix + name) > MAX_HOSTNAME:
+        raise InvalidValue(f"hostname longer than {MAX_HOSTNAME} characters")
+    _check_labels(name.split("."))
+    return prefix + name
+
+
+def _split_wildcard(raw: str, wildcard: bool) -> tuple[str, str]:
+    """("*.", the rest) for a leading wildcard (when allowed), else ("", raw); the forms never supported refused."""
     if not raw:
         raise InvalidValue("empty hostname")
     if raw.startswith("~"):
         raise InvalidValue("regular-expression hosts are not supported (no restricted syntax proven safe yet)")
     if raw.endswith(".*"):
         raise InvalidValue("suffix wildcards (name.*) are not supported (no restricted syntax proven safe yet)")
-    prefix = ""
-    if raw.startswith("*."):
-        if not wildcard:
-            raise InvalidValue(WILDCARD_NEEDS_DNS)
-        prefix, raw = "*.", raw[2:]
-    raw = raw.rstrip(".") if raw.endswith(".") and not raw.endswith("..") else raw
+    if not raw.startswith("*."):
+        return "", raw
+    if not wildcard:
+        raise InvalidValue(WILDCARD_NEEDS_DNS)
+    return "*.", raw[2:]
+
+
+def _ascii(raw: str) -> str:
+    """IDNA 2008 with UTS 46 mapping, as browsers resolve names (Python's own codec is IDNA 2003)."""
     try:
-        # IDNA 2008 with UTS 46 mapping, as browsers resolve names (Python's own codec is IDNA 2003).
-        ascii_name = raw if raw.isascii() else idna.encode(raw, uts46=True).decode("ascii")
+        return raw if raw.isascii() else idna.encode(raw, uts46=True).decode("ascii")
     except idna.IDNAError as exc:
         raise InvalidValue(f"not a valid internationalised hostname ({exc})") from None
-    name = ascii_name.lower()
-    if len(prefix + name) > MAX_HOSTNAME:
-        raise InvalidValue(f"hostname longer than {MAX_HOSTNAME} characters")
-    labels = name.split(".")
+
+
+def _check_labels(labels: list[str]) -> None:
     for label in labels:
         if len(label) > MAX_LABEL:
             raise InvalidValue(f"hostname label longer than {MAX_LABEL} characters")
@@ -169,7 +182,6 @@ def parse_hostname(value: str, *, wildcard: bool = True) -> str:
             raise InvalidValue("hostname must be letters, digits and hyphens separated by dots (RFC 1123)")
     if labels[-1].isdigit():
         raise InvalidValue("IP addresses are not hostnames")
-    return prefix + name
 
 
 WILDCARD_NEEDS_DNS = (
@@ -238,8 +250,8 @@ def parse_default_root(value: str) -> RootAnswer | None:
         raise InvalidValue("must be none, a status code from 100 to 599, or a redirect code and target")
     if not target:
         return RootAnswer(int(code))
-    if int(code) not in REDIRECT_CODES:
-        raise InvalidValue(f"a target needs a redirect code ({', '.join(map(str, REDIRECT_CODES))})")
+    if int(code) not in RETURN_REDIRECT_CODES:
+        raise InvalidValue(f"a target needs a redirect code ({', '.join(map(str, RETURN_REDIRECT_CODES))})")
     if len(target) > MAX_ROOT_TARGET or not _ROOT_TARGET_RE.match(target):
         raise InvalidValue(
             "target must be a path or http(s) URL of letters, digits, . _ ~ - / ? & = + , : @ and %XX, "

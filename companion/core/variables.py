@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from companion.core.container import ContainerInfo
-from companion.core.options import OPTIONS
+from companion.core.options import ENV_NAMES
 from companion.core.problems import Problem
 
 
@@ -191,10 +191,7 @@ _READ = tuple(sorted(name for name, v in _ON_APPS.items() if v.status is Status.
 # Names that are never a near-miss: every documented name, the companion's own settings, and
 # variables images set for themselves (Python's venv sets VIRTUAL_ENV, one edit from nothing we read,
 # but close enough to VIRTUAL_DEST/PORT to be worth pinning).
-_NEVER_A_MISS = frozenset(
-    {v.name for v in REGISTRY} | {env for _, env, _, _ in OPTIONS} | {"VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT"}
-)
-_OWN = frozenset(env for _, env, _, _ in OPTIONS)
+_NEVER_A_MISS = frozenset({v.name for v in REGISTRY} | ENV_NAMES | {"VIRTUAL_ENV", "VIRTUAL_ENV_PROMPT"})
 MAX_LINES = 20  # per container: a container with thousands of odd names must not flood the log
 
 
@@ -225,20 +222,22 @@ def near_miss(name: str) -> str | None:
     if name in _NEVER_A_MISS or len(name) > 64:
         return None
     upper = name.upper()
-    best: tuple[int, float, str] | None = None
-    for known in _READ:
-        if upper == known:
-            return known
-        allowed = 0 if len(known) < 9 else 1 if len(known) < 12 else 2
-        if abs(len(upper) - len(known)) > allowed:
-            continue
-        distance = osa_distance(upper, known)
-        if distance > allowed:
-            continue
-        # Ties (VIRTUAL_PROT is one edit from VIRTUAL_PORT and VIRTUAL_PROTO) go to the most similar.
-        candidate = (distance, -difflib.SequenceMatcher(None, upper, known).ratio(), known)
-        best = candidate if best is None else min(best, candidate)
-    return best[2] if best else None
+    if upper in _READ:
+        return upper
+    # Ties (VIRTUAL_PROT is one edit from VIRTUAL_PORT and VIRTUAL_PROTO) go to the most similar.
+    close = [found for known in _READ if (found := _closeness(upper, known)) is not None]
+    return min(close)[2] if close else None
+
+
+def _closeness(upper: str, known: str) -> tuple[int, float, str] | None:
+    """(edits, -similarity, known) when `upper` is within the edits allowed for `known`'s length, else None."""
+    allowed = 0 if len(known) < 9 else 1 if len(known) < 12 else 2
+    if abs(len(upper) - len(known)) > allowed:
+        return None
+    distance = osa_distance(upper, known)
+    if distance > allowed:
+        return None
+    return distance, -difflib.SequenceMatcher(None, upper, known).ratio(), known
 
 
 def _escaped(name: str) -> str:
@@ -281,7 +280,7 @@ def setting_problems(environ: Mapping[str, str]) -> tuple[str, ...]:
     does not apply (kept on the companion's service from the old compose file)."""
     lines = []
     for v in REGISTRY:
-        own = v.name in _OWN  # the companion's own setting of that name (LOG_FORMAT), checked by config
+        own = v.name in ENV_NAMES  # the companion's own setting of that name (LOG_FORMAT), checked by config
         if v.where in (Where.PROXY, Where.ACME) and v.status is not Status.SUPPORTED and v.name in environ and not own:
             why = v.status.value + (f": {v.note}" if v.note else "")
             lines.append(f"setting {v.name} is not supported ({why}); see README")

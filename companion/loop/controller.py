@@ -1,7 +1,7 @@
 """The loop that ties the edges to the pure core: wake (debounced), snapshot, reconcile, apply.
 
-It sees the edges through the protocols of companion/loop/reconcile.py: a Source of snapshots and an Applier
-that tests and reloads nginx (or, with agents, a Publisher).
+It sees the edges through the protocols of companion/core/ports.py: a Source of snapshots and an Applier
+that tests and reloads nginx (or, with agents, publishes to them).
 
 Events only wake the loop; every pass starts from a fresh snapshot, so a missed event or a daemon
 restart costs one pass, never correctness. Problems are logged when they appear and when they go
@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,22 +24,21 @@ from typing import Protocol
 from companion.acme import certs
 from companion.acme.alerts import in_use
 from companion.acme.policy import CertState
-from companion.cluster.publisher import CHALLENGE_RELAY_PORT
-from companion.core import certificates, plan
+from companion.core import certificates, plan, reach
 from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy
 from companion.core.ports import Applier, ApplyResult, Snapshot, Source
 from companion.core.problems import Problem, fields_of
 from companion.core.trust import NGINX_LABEL
-from companion.loop import owners
-from companion.loop.reconcile import policy_of, reconcile, render_options
+from companion.loop import owner_claims
+from companion.loop.reconcile import Reconciled, policy_of, reconcile, render_options
 from companion.nginx import hostfiles
 from companion.nginx.apply import OLDEST_ASSUMED
 from companion.observe import status
 from companion.observe.explain import Explanation, explain, with_nodes
 from companion.observe.metrics import Metrics
 from companion.settings.config import Settings
-from companion.sources.docker import DockerUnavailable, short_reason
+from companion.sources.daemon import DockerUnavailable, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +65,6 @@ class CertificateManager(Protocol):
 
 class ExpiryWatch(Protocol):
     def check_expiry(self, in_use: dict[str, dt.datetime]) -> None: ...
-
-
-class Publisher(Protocol):
-    """Applies each pass's files elsewhere (Swarm: the agents on every node) instead of the local nginx."""
-
-    def apply(self, files: Mapping[str, str]) -> ApplyResult: ...
-
-    def nginx_version(self) -> tuple[int, ...] | None: ...
-
-    def nodes(self) -> tuple[status.NodeView, ...]: ...
 
 
 @dataclass
@@ -116,10 +105,8 @@ class Controller:
         applier: Applier,
         acme: CertificateManager | None = None,
         expiry: ExpiryWatch | None = None,
-        publisher: Publisher | None = None,
     ) -> None:
         self.settings = settings
-        self.publisher = publisher
         self.source = source
         self.applier = applier
         self.acme = acme
@@ -141,7 +128,7 @@ class Controller:
         self._nginx_address = "127.0.0.1"
         self._nginx_names: tuple[str, ...] = ()
         self.policy = policy_of(settings)
-        self.owners = owners.load(self.certs_dir)
+        self.owners = owner_claims.load(self.certs_dir)
         self._owners_saved = 0.0
         self.user_files = hostfiles.UserFiles(self.certs_dir, self.conf_dir)
         self.host_dirs = hostfiles.Dirs(
@@ -165,14 +152,13 @@ class Controller:
         inputs = self.inputs
         if inputs is None:
             return None
-        found = explain(name, inputs, self.acme.states() if self.acme is not None else {})
-        return with_nodes(found, self.publisher.nodes()) if self.publisher is not None else found
+        return with_nodes(
+            explain(name, inputs, self.acme.states() if self.acme is not None else {}), self.applier.nodes()
+        )
 
-    def nginx_version(self) -> tuple[int, ...] | None:
-        """The version to render for (None: unknown). With agents, the oldest nginx among the nodes that are up."""
-        if self.publisher is not None:
-            return self.publisher.nginx_version()
-        return self.applier.nginx_version()
+    def self_check_bases(self) -> str | list[str]:
+        """Where the ACME self-check reaches nginx: as this process reaches it, or the agents' nodes."""
+        return self.applier.self_check_bases(self.self_check_url())
 
     def run_pass(self) -> PassReport:
         """Converge once. Docker being unreachable keeps everything as it is."""
@@ -182,8 +168,26 @@ class Controller:
             reason = short_reason(exc)
             self._report({*self._reported, f"cannot reach the Docker daemon ({reason}); keeping the configuration"})
             return PassReport(skipped="docker unavailable")
+        impostors = self._locate(snapshot)
+        if self.settings.docker_mode and self.applier.nginx_here and not (snapshot.nginx or snapshot.nginx_tasks):
+            self._report({*self._reported, NO_NGINX, *impostors})
+            return PassReport(skipped="no nginx")
+        done, found = self._decide(snapshot)
+        result, file_problems = self._apply(done, found)
+        problems = set(done.problems) | impostors | file_problems
+        if result.error:
+            problems.add(result.error)
+        self._report(problems)
+        if result.ok:
+            self._follow(done)
+        return PassReport(result=result)
+
+    def _locate(self, snapshot: Snapshot) -> set[str]:
+        """Tell the applier where nginx is, keep where the self-check reaches it; the impostors' problems."""
         self.applier.locate(snapshot.nginx)
         self._nginx_names = tuple(info.name for info in snapshot.nginx)
+        if not self.settings.docker_mode:
+            return set()
         # The self-check reaches nginx on a network we share with it, when we run in a container.
         addresses = sorted(
             (name not in snapshot.own_networks, name, ip)
@@ -191,76 +195,69 @@ class Controller:
             for name, ip in info.networks.items()
             if ip
         )
-        if self.settings.docker_mode and addresses:
+        if addresses:
             self._nginx_address = addresses[0][2]
-        impostors = set()
-        if self.settings.docker_mode:
-            impostors = {
-                Problem(
-                    f"container {info.name}: has the label {NGINX_LABEL} but {reason}; not used as nginx",
-                    container=info.name,
-                )
-                for info, reason in snapshot.impostors
-            }
-        if self.settings.docker_mode and not snapshot.nginx and not snapshot.nginx_tasks and self.publisher is None:
-            self._report({*self._reported, NO_NGINX, *impostors})
-            return PassReport(skipped="no nginx")
+        return {
+            Problem(
+                f"container {info.name}: has the label {NGINX_LABEL} but {reason}; not used as nginx",
+                container=info.name,
+            )
+            for info, reason in snapshot.impostors
+        }
+
+    def _decide(self, snapshot: Snapshot) -> tuple[Reconciled, hostfiles.Found]:
+        """Read the inputs and reconcile them (pure), with the operator's per-host files found on disk."""
         certs.ensure_placeholder(self.certs_dir)
         inputs, default_problem = read_inputs(
             self.settings,
             snapshot,
             self.policy,
-            owners.remembered(self.owners),
+            owner_claims.remembered(self.owners),
             self.certs_dir,
-            agents=self.publisher is not None,
+            agents=not self.applier.nginx_here,
         )
-        self._nginx_version = self.nginx_version()
+        self._nginx_version = self.applier.nginx_version()
         if self._nginx_version is None:
             log.debug("nginx's version unknown; rendering for %s", OLDEST_ASSUMED)
-        relay = f"http://127.0.0.1:{CHALLENGE_RELAY_PORT}" if self.publisher is not None else ""
-        options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED, relay)
+        options = render_options(self.settings, self._nginx_version or OLDEST_ASSUMED, self.applier.relay)
         done = reconcile(inputs, options, default_problem)
         found = hostfiles.scan(self.host_dirs, (server.host for server in done.desired.servers))
         done = done.with_client_certs(found.client_certs)
-        desired = done.desired
-        self._desired, self._statuses = desired, dict(inputs.statuses)
+        self._desired, self._statuses = done.desired, dict(inputs.statuses)
         self.inputs = dataclasses.replace(inputs, client_certs=found.client_certs)
+        return done, found
+
+    def _apply(self, done: Reconciled, found: hostfiles.Found) -> tuple[ApplyResult, set[str]]:
+        """Apply the rendered files (timed and counted); the problems of the operator's files."""
         started = time.monotonic()
-        result, file_problems = self.user_files.apply(found, done.files, self._apply, self.conf_dir)
+        result, file_problems = self.user_files.apply(found, done.files, self.applier.apply, self.conf_dir)
         self.metrics.apply_seconds.observe(time.monotonic() - started)
         if result.changed:
             self.metrics.reloads.labels("ok" if result.ok else "failed").inc()
         if result.ok:
             self._last_success = time.time()
         if result.changed and result.ok:
-            how = "nginx reloaded" if self.publisher is None else "published to the agents"
-            log.info("applied %s (%d sites); %s", ", ".join(result.changed), len(desired.servers), how)
-        problems = set(done.problems) | impostors | file_problems
-        if result.error:
-            problems.add(result.error)
-        self._report(problems)
-        if result.ok:
-            self._remember_owners(done.owners)
-        if self.acme is not None and result.ok:
-            self.acme.update(done.certificates, self._statuses)
-        if self.expiry is not None and result.ok:
-            self.expiry.check_expiry(in_use(desired.servers, self._statuses, self.certs_dir))
-        return PassReport(result=result)
+            log.info(
+                "applied %s (%d sites); %s", ", ".join(result.changed), len(done.desired.servers), self.applier.done
+            )
+        return result, file_problems
 
-    def _apply(self, files: Mapping[str, str]) -> ApplyResult:
-        """With agents (Swarm), publish to them; else write, test and reload the local nginx."""
-        if self.publisher is not None:
-            return self.publisher.apply(files)
-        return self.applier.apply(files)
+    def _follow(self, done: Reconciled) -> None:
+        """After nginx runs the files: remember the owners, order the certificates, watch their expiry."""
+        self._remember_owners(done.owners)
+        if self.acme is not None:
+            self.acme.update(done.certificates, self._statuses)
+        if self.expiry is not None:
+            self.expiry.check_expiry(in_use(done.desired.servers, self._statuses, self.certs_dir))
 
     def _remember_owners(self, decided: dict[str, str]) -> None:
         """Saved when an owner changes, and refreshed every OWNER_GRACE/10 while nothing does, so that
         an owner's last-seen time on disk is never far behind."""
         now = time.time()
-        merged = owners.merge(self.owners, decided, now)
-        changed = owners.remembered(merged) != owners.remembered(self.owners)
-        if changed or now - self._owners_saved >= owners.OWNER_GRACE / 10:
-            owners.save(self.certs_dir, merged)
+        merged = owner_claims.merge(self.owners, decided, now)
+        changed = owner_claims.remembered(merged) != owner_claims.remembered(self.owners)
+        if changed or now - self._owners_saved >= owner_claims.OWNER_GRACE / 10:
+            owner_claims.save(self.certs_dir, merged)
             self._owners_saved = now
         self.owners = merged
 
@@ -274,10 +271,7 @@ class Controller:
 
     def report(self) -> status.Report:
         """The latest pass's report; with agents, their nodes as of now (they report between passes)."""
-        latest = self.latest
-        if self.publisher is None:
-            return latest
-        return dataclasses.replace(latest, nodes=self.publisher.nodes())
+        return dataclasses.replace(self.latest, nodes=self.applier.nodes())
 
     def publish(self, report: PassReport | None, started: float, duration: float) -> None:
         """Record the pass and replace the status report (one reference swap: readers never wait)."""
@@ -306,7 +300,7 @@ class Controller:
             nginx_version=self._nginx_version,
             nginx_containers=self._nginx_names,
             last_success=self._last_success,
-            nodes=self.publisher.nodes() if self.publisher is not None else (),
+            nodes=self.applier.nodes(),
         )
 
     # -- the loop --------------------------------------------------------------------------------
@@ -314,8 +308,7 @@ class Controller:
     def run(self, stop: threading.Event) -> None:
         stop_waker = threading.Thread(target=lambda: (stop.wait(), self._wake.set()), daemon=True)
         stop_waker.start()
-        if self.publisher is None:  # with agents, the conf dir here is not nginx's
-            remove_stale_temporaries(self.conf_dir)
+        self.applier.start()
         self.wake("start")
         retry = 0.0
         while not stop.is_set():
@@ -380,9 +373,9 @@ def read_inputs(
     nginx_networks: tuple[str, ...] | None
     if settings.docker_mode and not agents:
         nginx_networks = tuple(sorted({n for info in (*snapshot.nginx, *snapshot.nginx_tasks) for n in info.networks}))
-        host_address = plan.host_address_from(snapshot.nginx)
+        host_address = reach.host_address_from(snapshot.nginx)
     else:
-        nginx_networks, host_address = plan.local_reach(snapshot.own)
+        nginx_networks, host_address = reach.local_reach(snapshot.own)
     default, problem = certs.default_cert(certs_dir)
     inputs = Inputs(
         containers=snapshot.containers,
@@ -408,13 +401,3 @@ def heartbeat_problem(path: Path, now: dt.datetime) -> str:
         return f"no heartbeat at {path}"
     age = (now - stamp).total_seconds()
     return f"last loop pass {age:.0f}s ago" if age > HEARTBEAT_MAX_AGE else ""
-
-
-def remove_stale_temporaries(conf_dir: Path) -> None:
-    """Temporary files left by a killed companion; nginx never included them (no .conf suffix). unlink removes
-    the entry itself (a link, never its target); something it cannot remove is reported, not fatal."""
-    for stale in conf_dir.glob(".companion*.tmp"):
-        try:
-            stale.unlink(missing_ok=True)
-        except OSError as exc:
-            log.warning("cannot remove %s: %s", stale, exc.strerror or exc)

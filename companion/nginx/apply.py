@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from companion.core.container import ContainerInfo
-from companion.core.ports import ApplyResult
+from companion.core.ports import ApplyResult, NodeView
 from companion.nginx.render import MAIN_FILE
 from companion.settings.config import SettingsError, parse_nginx_version
 from companion.util.logsafe import printable
@@ -161,7 +161,7 @@ def apply(conf_dir: Path, files: Mapping[str, str], control: NginxControl) -> Ap
         control.test()
     except NginxError as exc:
         _restore(conf_dir, written)
-        return ApplyResult(changed=(), error=f"nginx rejected the new configuration: {exc}")
+        return ApplyResult.refusal(str(exc))
     try:
         control.reload()
     except NginxError as exc:
@@ -171,13 +171,26 @@ def apply(conf_dir: Path, files: Mapping[str, str], control: NginxControl) -> Ap
 
 class LocalApplier:
     """The Applier for an nginx this process can test and signal: on this host, or in containers of the
-    Docker daemon it reads (docker exec/kill). See companion/loop/reconcile.py for the protocol."""
+    Docker daemon it reads (docker exec/kill). See companion/core/ports.py for the protocol."""
+
+    nginx_here = True
+    relay = ""
+    done = "nginx reloaded"
 
     def __init__(self, conf_dir: Path, control: NginxControl) -> None:
         self.conf_dir = conf_dir
         self.control = control
         self._reload_pending = False
         self._version: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+
+    def start(self) -> None:
+        remove_stale_temporaries(self.conf_dir)
+
+    def nodes(self) -> tuple[NodeView, ...]:
+        return ()
+
+    def self_check_bases(self, local: str) -> str:
+        return local
 
     def locate(self, nginx: Sequence[ContainerInfo]) -> None:
         self.control.containers = [info.id for info in nginx]
@@ -205,3 +218,13 @@ class LocalApplier:
         except Exception as exc:  # noqa: BLE001 - reported, retried on the next pass
             return ApplyResult(changed=("reload",), error=f"nginx reload failed: {exc}")
         return ApplyResult(changed=("reload",))
+
+
+def remove_stale_temporaries(conf_dir: Path) -> None:
+    """Temporary files left by a killed companion; nginx never included them (no .conf suffix). unlink removes
+    the entry itself (a link, never its target); something it cannot remove is reported, not fatal."""
+    for stale in conf_dir.glob(".companion*.tmp"):
+        try:
+            stale.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot remove %s: %s", stale, exc.strerror or exc)

@@ -35,7 +35,6 @@ DEFAULT, LOCATION_SUFFIX = "default", "_location"
 MAX_BYTES = 1024 * 1024
 # Enough for one nginx refusal per file a pass may use, without letting a pathological case spin.
 MAX_ROUNDS = 8
-REFUSED = "nginx rejected the new configuration: "  # how nginx.apply words a refused nginx -t
 GOOD_FILE = "companion/host-files.json"  # in the certs dir: which copy is each file's last good version
 _COPY_RE = re.compile(rf"^{COPY_PREFIX}[0-9a-f]{{24}}\.(?:inc|htpasswd|pem)\Z")
 _HTPASSWD_LINE = re.compile(r"^[^:\s#][^:\s]{0,254}:[!-~]{1,1024}\Z")
@@ -286,8 +285,8 @@ class UserFiles:
 
         result, chosen, problems, files = attempt()
         # Only nginx -t's refusals are the files' doing (not a full disk, nor a failed reload).
-        while not result.ok and result.error.startswith(REFUSED) and rounds < MAX_ROUNDS:
-            reason = _nginx_words(result.error)
+        while not result.ok and result.refused and rounds < MAX_ROUNDS:
+            reason = _nginx_words(result.refused)
             fresh = [file for file in chosen.files.values() if file.digest not in self.refused]
             named = [file for file in fresh if file.copy_name in result.error or file.source in result.error]
             if named:
@@ -360,9 +359,8 @@ def save_good(certs_dir: Path, files: Mapping[Key, UserFile]) -> None:
         log.error("cannot save %s: %s", certs_dir / GOOD_FILE, exc.strerror or exc)
 
 
-def _nginx_words(error: str) -> str:
-    """nginx's refusal without our own preamble, short enough for one log line."""
-    text = error.removeprefix(REFUSED)
+def _nginx_words(text: str) -> str:
+    """nginx's refusal, short enough for one log line."""
     return text if len(text) <= 300 else text[:300] + "..."
 
 

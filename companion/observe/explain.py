@@ -1,8 +1,8 @@
 """`companion explain NAME`: why a container or a host is served or left out, in plain words (pure).
 
-The explanation is computed from the same inputs a pass decides from (`Inputs`), through plan.build and
-the model's own parsers, so it cannot drift from what the service does; the service can later serve the
-same value. Every value from outside (labels, environment, a CA's words) is escaped before it becomes a line.
+The explanation renders the decision record plan.build returns for the same inputs a pass decides from
+(`Inputs`): it re-derives no decision, so it cannot drift from what the service does. Every value from
+outside (labels, environment, a CA's words) is escaped before it becomes a line.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from companion.acme.policy import CertState, describe
-from companion.core import plan, trust
+from companion.core.certplan import CertWhy
 from companion.core.container import ContainerInfo
+from companion.core.decisions import ContainerDecision, HostDecision
 from companion.core.inputs import Inputs
-from companion.core.model import MULTIPORTS, VARIABLES, Policy, Rejection, Site, ignored_from_image, settings_of
-from companion.core.multiports import parse_multiports, parse_sites
-from companion.core.values import Challenge, HttpsMethod, InvalidValue, parse_hostname
-from companion.core.variables import container_problems
+from companion.core.model import MULTIPORTS, Rejection, Site, VariableUse
+from companion.core.multiports import parse_multiports
+from companion.core.values import Challenge, InvalidValue, parse_hostname
 from companion.observe.status import NodeView
 from companion.util.logsafe import printable
 
@@ -97,78 +97,64 @@ def _task_order(info: ContainerInfo) -> tuple[int, str]:
 
 
 class _World:
-    """One desired state and each container's parsed sites, shared by the questions about it."""
+    """One desired state and its decision records, shared by the questions about it."""
 
     def __init__(self, inputs: Inputs, acme_state: Mapping[str, CertState]) -> None:
         self.inputs = inputs
         self.acme_state = acme_state
         self.desired = inputs.desired()
-        self.usable = inputs.usable
         self.servers = {server.host: server for server in self.desired.servers}
-        self.decided = dict(self.desired.owners)
-        self.parsed = {info.name: parse_sites(info, inputs.policy) for info in inputs.containers}
-        self.by_name = {info.name: info for info in inputs.containers}
+        self.decisions = {decision.name: decision for decision in self.desired.containers}
+        self.hosts = {decision.host: decision for decision in self.desired.hosts}
 
     # -- a container ------------------------------------------------------------------------------
 
     def container(self, info: ContainerInfo) -> Explanation:
         lines = [f"container {info.name} (id {info.id[:12]})"]
-        lines += self._variables(info)
-        sites = self.parsed[info.name]
-        hosts = sorted({host for site in sites for host in site.hosts}) if isinstance(sites, tuple) else []
-        reported = self._reported(info, hosts)
+        decision = self.decisions[info.name]
+        lines += self._variables(decision)
+        sites = decision.parsed
+        hosts = sorted({host for site in decision.sites for host in site.hosts})
+        reported = self._reported(decision, hosts)
         if sites is None:
-            return _made(info.name, Verdict.LEFT_OUT, self._asks_nothing(info), lines + reported)
+            return _made(info.name, Verdict.LEFT_OUT, self._asks_nothing(decision), lines + reported)
         if isinstance(sites, Rejection):
             return _made(info.name, Verdict.LEFT_OUT, sites.message, lines + reported)
         lines += _parsed(sites)
-        if info.health == "unhealthy":
+        if decision.unhealthy:
             why = "its health check reports unhealthy; left out until it passes"
             return _made(info.name, Verdict.LEFT_OUT, why, lines + reported)
-        address = plan.pick_address(info, self.inputs.nginx_networks, self.inputs.host_address)
-        lines.append(self._network(info, address))
+        lines.append(self._network(info, decision))
         for site in sites:
             for host in site.hosts:
-                lines += self._host_role(info, site, host)
+                lines += self._host_role(info, site, self.hosts[host])
         lines += reported
-        if address is None:
-            why = f"not reachable ({plan.unreachable_reason(info, self.inputs.nginx_networks)}); its paths answer 502"
+        if decision.address is None:
+            why = f"not reachable ({decision.unreachable}); its paths answer 502"
             return _made(info.name, Verdict.LEFT_OUT, why, lines)
         routes = ", ".join(f"{host}{site.path}" for site in sites for host in site.hosts)
         return _made(info.name, Verdict.SERVED, f"{routes} (port {sites[0].port})", lines)
 
-    def _variables(self, info: ContainerInfo) -> list[str]:
+    def _variables(self, decision: ContainerDecision) -> list[str]:
         """Each variable the companion reads, where it came from and whether it counts (labels win)."""
-        image_trust = self.inputs.policy.image_trust
+        image_trust = self.inputs.policy.image_trust.value
+        verdicts = {
+            VariableUse.IMAGE_NOT_TRUSTED: f"ignored: TRUST_IMAGE_LABELS={image_trust} does not let an image set it",
+            VariableUse.LABEL_WINS: "not used: the label wins",
+        }
         lines = []
-        for name in VARIABLES:
-            label_counts = name in info.labels and trust.trusted_label(info, name, image_trust) is not None
-            for source, values, inherited in (
-                ("label", info.labels, info.image_labels),
-                ("environment", info.env, info.image_env),
-            ):
-                if name not in values:
-                    continue
-                origin = "from its image" if name in inherited else "set on the container"
-                if name in inherited and not trust.image_may_set(name, image_trust):
-                    verdict = f"ignored: TRUST_IMAGE_LABELS={image_trust.value} does not let an image set it"
-                elif source == "environment" and label_counts:
-                    verdict = "not used: the label wins"
-                else:
-                    verdict = "counts" + (
-                        f" (TRUST_IMAGE_LABELS={image_trust.value} lets an image set it)" if name in inherited else ""
-                    )
-                lines.append(f"  {name}={quoted(values[name])}: {source}, {origin}; {verdict}")
+        for variable in decision.variables:
+            origin = "from its image" if variable.from_image else "set on the container"
+            verdict = verdicts.get(variable.use) or "counts" + (
+                f" (TRUST_IMAGE_LABELS={image_trust} lets an image set it)" if variable.from_image else ""
+            )
+            lines.append(f"  {variable.name}={quoted(variable.value)}: {variable.source}, {origin}; {verdict}")
         if not lines:
             return ["variables: none of the companion's variables is set"]
         return ["variables (label or environment; a label wins):", *lines]
 
-    def _asks_nothing(self, info: ContainerInfo) -> str:
-        ignored = [
-            name
-            for name in ignored_from_image(info, self.inputs.policy.image_trust)
-            if name in (*_HOST_VARIABLES, MULTIPORTS)
-        ]
+    def _asks_nothing(self, decision: ContainerDecision) -> str:
+        ignored = [name for name in decision.ignored if name in (*_HOST_VARIABLES, MULTIPORTS)]
         if ignored:
             return (
                 f"its image sets {', '.join(ignored)}, which TRUST_IMAGE_LABELS="
@@ -176,73 +162,60 @@ class _World:
             )
         return "it sets no VIRTUAL_HOST or VIRTUAL_HOST_MULTIPORTS: the companion does not route it"
 
-    def _network(self, info: ContainerInfo, address: str | None) -> str:
-        networks = self.inputs.nginx_networks
+    def _network(self, info: ContainerInfo, decision: ContainerDecision) -> str:
+        address, chosen = decision.address, decision.network
         if address is None:
-            return f"network: none ({plan.unreachable_reason(info, networks)})"
-        if info.network_mode == plan.HOST_NETWORK:
+            return f"network: none ({decision.unreachable})"
+        if chosen is None:
             return f"network: the host's (network_mode: host); nginx reaches it at {address}"
-        chosen = plan.chosen_network(info, networks)
         how = (
             "the first by name that nginx shares"
-            if networks is not None
+            if self.inputs.nginx_networks is not None
             else "nginx runs on the host: the first by name"
         )
         others = sorted(set(info.networks) - {chosen})
         also = f"; also on {', '.join(others)}" if others else ""
         return f"network: {chosen}, address {address} ({how}){also}"
 
-    def _host_role(self, info: ContainerInfo, site: Site, host: str) -> list[str]:
-        owner = self.decided.get(host, "")
-        why = plan.why_decides(owner, self.inputs.owners.get(host))
+    def _host_role(self, info: ContainerInfo, site: Site, decided: HostDecision) -> list[str]:
+        host, owner, why = decided.host, decided.owner, decided.why
         partners = sorted(
-            other
-            for other, parsed in self.parsed.items()
-            if other != info.name
-            and isinstance(parsed, tuple)
-            and any(host in s.hosts and s.path == site.path for s in parsed)
+            other.name
+            for other in self.decisions.values()
+            if other.name != info.name and any(host in s.hosts and s.path == site.path for s in other.sites)
         )
         shared = f"; load-balanced with {', '.join(partners)}" if partners else ""
         if owner == info.name:
             lines = [f"host {host}{site.path}: this container decides the host's settings ({why}){shared}"]
         else:
-            owner_site = self._site_of(owner, host, site.path)
-            differs = plan.disagreements(owner_site, site) if owner_site else []
+            differs = next(
+                (lost for name, path, lost in decided.overruled if (name, path) == (site.container, site.path)), ()
+            )
             lost = f"its {', '.join(differs)} lost" if differs else "they agree"
             lines = [f"host {host}{site.path}: {owner} decides the host's settings ({why}); {lost}{shared}"]
-        server = self.servers.get(host)
-        if server is not None:
-            lines.append(f"  certificate for {host}: {self._presented(server, self._site_of(owner, host, site.path))}")
+        lines.append(f"  certificate for {host}: {self._presented(decided)}")
         if owner == info.name or site.cert is not None:
             lines.append(f"  certificate order: {self._order(site)}")
         return lines
 
-    def _site_of(self, container: str, host: str, path: str) -> Site | None:
-        parsed = self.parsed.get(container)
-        if not isinstance(parsed, tuple):
-            return None
-        mine = [site for site in parsed if host in site.hosts]
-        return next((site for site in mine if site.path == path), mine[0] if mine else None)
-
-    def _presented(self, server: plan.Server, owner: Site | None) -> str:
-        """Which certificate nginx presents for the host, and why that one (plan._select_cert's order)."""
-        if server.https_method is HttpsMethod.NOHTTPS:
-            return "none: HTTPS_METHOD=nohttps"
-        if server.placeholder:
+    def _presented(self, decided: HostDecision) -> str:
+        """Which certificate nginx presents for the host, and why that one, as the plan recorded it."""
+        lineage, host = decided.certificate, decided.host
+        said = {
+            CertWhy.NOHTTPS: "none: HTTPS_METHOD=nohttps",
+            CertWhy.NONE: "none: no certificate covers it and it asks for none "
+            "(ACME_HOST/LETSENCRYPT_HOST or CERT_NAME)",
+            CertWhy.DEFAULT: "the operator's default certificate (default.crt), which covers it",
+            CertWhy.CERT_NAME: "its CERT_NAME",
+            CertWhy.NAMED: "the freshest certificate naming the host",
+            CertWhy.WILDCARD: f"a wildcard certificate (*.{host.partition('.')[2]})",
+        }
+        if decided.cert_why is CertWhy.PLACEHOLDER:
             stand_in = "the operator's default certificate" if self.inputs.default_cert else "a self-signed placeholder"
             return f"none issued yet; {stand_in} stands in"
-        if server.cert is None:
-            return "none: no certificate covers it and it asks for none (ACME_HOST/LETSENCRYPT_HOST or CERT_NAME)"
-        if server.cert == self.inputs.default_cert:
-            return "the operator's default certificate (default.crt), which covers it"
-        lineage = next((name for name, files in self.usable.items() if files == server.cert), "?")
-        if owner is not None and owner.cert_name == lineage:
-            why = "its CERT_NAME"
-        elif server.host in server.cert.domains:
-            why = "the freshest certificate naming the host"
-        else:
-            why = f"a wildcard certificate (*.{server.host.split('.', 1)[1]})"
-        return f"lineage {lineage} ({why}); {self._state(lineage)}"
+        if not lineage:
+            return said[decided.cert_why]
+        return f"lineage {lineage} ({said[decided.cert_why]}); {self._state(lineage)}"
 
     def _order(self, site: Site) -> str:
         if site.cert is None:
@@ -269,12 +242,12 @@ class _World:
             shown = "not issued yet"
         return shown
 
-    def _reported(self, info: ContainerInfo, hosts: Sequence[str]) -> list[str]:
+    def _reported(self, decision: ContainerDecision, hosts: Sequence[str]) -> list[str]:
         """What the service logs about the container and its hosts (unsupported and misspelled variables,
         image values ignored, rejections, conflicts), word for word."""
-        prefixes = (f"container {info.name}: ", *(f"host {host}: " for host in hosts))
+        prefixes = (f"container {decision.name}: ", *(f"host {host}: " for host in hosts))
         found = [p for p in self.desired.problems if p.startswith(prefixes)]
-        found += [p for p in container_problems(info) if p not in found]
+        found += [p for p in decision.problems if p not in found]
         return ["the service reports:", *(f"  {line}" for line in found)] if found else []
 
     # -- a host -----------------------------------------------------------------------------------
@@ -286,15 +259,14 @@ class _World:
             return None
         lines = [f"host {host}"]
         if server is not None:
-            owner = self.decided[host]
-            why = plan.why_decides(owner, self.inputs.owners.get(host))
+            decided = self.hosts[host]
             lines.append(
-                f"settings decided by {owner} ({why}): HTTPS_METHOD={server.https_method.value}, "
+                f"settings decided by {decided.owner} ({decided.why}): HTTPS_METHOD={server.https_method.value}, "
                 f"HSTS={server.hsts or 'off'}"
             )
             for location in server.locations:
                 lines.append(f"path {location.path}: {self._backends(host, location.path)}")
-            lines.append(f"certificate: {self._presented(server, self._site_of(owner, host, '/'))}")
+            lines.append(f"certificate: {self._presented(decided)}")
         lines += [f"container {info.name} claims it but is left out: {why}" for info, why in refused]
         problems = [p for p in self.desired.problems if p.startswith(f"host {host}: ")]
         lines += ["the service reports:", *(f"  {p}" for p in problems)] if problems else []
@@ -307,42 +279,37 @@ class _World:
 
     def _serving(self, host: str) -> list[str]:
         return sorted(
-            name
-            for name, parsed in self.parsed.items()
-            if isinstance(parsed, tuple)
-            and any(host in site.hosts for site in parsed)
-            and self.by_name[name].health != "unhealthy"
-            and plan.pick_address(self.by_name[name], self.inputs.nginx_networks, self.inputs.host_address)
+            decision.name
+            for decision in self.decisions.values()
+            if decision.routed and decision.address and any(host in site.hosts for site in decision.sites)
         )
 
     def _backends(self, host: str, path: str) -> str:
         found = []
-        for name in sorted(self.parsed):
-            parsed = self.parsed[name]
-            if not isinstance(parsed, tuple) or self.by_name[name].health == "unhealthy":
-                continue
-            for site in parsed:
+        for name in sorted(self.decisions):
+            decision = self.decisions[name]
+            for site in decision.sites if decision.routed else ():
                 if host in site.hosts and site.path == path:
-                    info = self.by_name[name]
-                    address = plan.pick_address(info, self.inputs.nginx_networks, self.inputs.host_address)
+                    address = decision.address
                     where = f"{address}:{site.port}" if address else "unreachable: answers 502 unless another serves"
                     found.append(f"{name} ({where})")
         return ", ".join(found)
 
     def _refused_for(self, info: ContainerInfo, host: str) -> str:
         """Why a container that names `host` is not among its backends, or '' (it serves, or names it not)."""
-        parsed = self.parsed[info.name]
+        decision = self.decisions[info.name]
+        parsed = decision.parsed
         if isinstance(parsed, tuple):
             claims = any(host in site.hosts for site in parsed)
-            return "its health check reports unhealthy" if claims and info.health == "unhealthy" else ""
-        if isinstance(parsed, Rejection) and host in _named_hosts(info, self.inputs.policy):
+            return "its health check reports unhealthy" if claims and decision.unhealthy else ""
+        if isinstance(parsed, Rejection) and host in _named_hosts(decision):
             return parsed.message
         return ""
 
 
-def _named_hosts(info: ContainerInfo, policy: Policy) -> set[str]:
+def _named_hosts(decision: ContainerDecision) -> set[str]:
     """The host names a container's values mention, read leniently (for a container that was refused)."""
-    values = settings_of(info, policy.image_trust)
+    values = {variable.name: variable.value for variable in decision.variables if variable.use is VariableUse.COUNTS}
     names: set[str] = set()
     for variable in _HOST_VARIABLES:
         for part in values.get(variable, "").split(","):

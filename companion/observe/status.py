@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from companion.acme.policy import CertState, renew_at
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.plan import Desired
+from companion.core.ports import NodeView
 
 VERSION = 1
 PASSES_KEPT = 20
@@ -66,7 +67,9 @@ class CertView:
 
 
 @dataclass(frozen=True)
-class Problem:
+class ProblemView:
+    """A warning as the status page shows it: its text (core/problems.Problem is the warning itself) and since when."""
+
     text: str
     since: str  # when it appeared, ISO 8601 UTC
 
@@ -88,26 +91,12 @@ class NginxView:
 
 
 @dataclass(frozen=True)
-class NodeView:
-    """A Swarm node's agent as the controller last heard from it."""
-
-    node: str
-    address: str
-    generation: str  # the generation its nginx serves ("" before the first)
-    current: bool  # that is the controller's current generation
-    error: str  # its last error ("" when its last apply succeeded)
-    nginx_version: str
-    last_seen: str
-    up: bool  # heard from within the last LONG_POLL + 10 s
-
-
-@dataclass(frozen=True)
 class Report:
     generated_at: str
     sites: tuple[SiteView, ...]
     left_out: tuple[LeftOut, ...]
     certificates: tuple[CertView, ...]
-    problems: tuple[Problem, ...]
+    problems: tuple[ProblemView, ...]
     passes: tuple[PassView, ...]
     nginx: NginxView
     last_success: str  # when a pass last applied without error, "" before the first
@@ -236,7 +225,9 @@ def build(
             renew_before_days,
             served_by(desired) if desired is not None else None,
         ),
-        problems=tuple(Problem(text, iso(since)) for text, since in sorted(problems.items(), key=lambda p: p[::-1])),
+        problems=tuple(
+            ProblemView(text, iso(since)) for text, since in sorted(problems.items(), key=lambda p: p[::-1])
+        ),
         passes=tuple(passes),
         nginx=NginxView(".".join(map(str, nginx_version)) if nginx_version else "", tuple(nginx_containers)),
         last_success=iso(last_success),

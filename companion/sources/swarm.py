@@ -35,7 +35,7 @@ import docker.errors
 from companion.core.container import ContainerInfo
 from companion.core.ports import Snapshot
 from companion.core.trust import NGINX_LABEL
-from companion.sources.docker import WAKING_EVENTS, DockerEdge, DockerUnavailable, api_client, env_dict
+from companion.sources.daemon import WAKING_EVENTS, DockerEdge, DockerUnavailable, api_client, env_dict
 
 log = logging.getLogger(__name__)
 

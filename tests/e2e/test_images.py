@@ -20,6 +20,7 @@ import urllib3
 from docker.models.containers import Container
 
 from tests.harness.e2e import load_build
+from tests.harness.wait import is_not_none, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -84,8 +85,8 @@ def _exec(container: Container, *cmd: str) -> tuple[int, str]:
 
 def _read_file(container: Container, path: str, timeout: float = 20.0) -> bytes:
     """Copy one file out of a container (like docker cp), waiting for it to appear."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def read() -> bytes | None:
         try:
             stream, _ = container.get_archive(path)
             with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -96,21 +97,24 @@ def _read_file(container: Container, path: str, timeout: float = 20.0) -> bytes:
                 return data.read()
         except Exception:
             container.reload()
-            if time.monotonic() > deadline or container.status == "exited":
+            if container.status == "exited":
                 logs = container.logs().decode(errors="replace")
                 raise AssertionError(f"{path} never appeared in {container.name}; logs:\n{logs}") from None
-            time.sleep(0.2)
+            return None
+
+    logs = [(container.name, lambda: container.logs().decode(errors="replace"))]
+    return wait_until(read, timeout, 0.2, f"{path} in {container.name}", until=is_not_none, errors=(), logs=logs)
 
 
 def _wait_https(pool: urllib3.HTTPSConnectionPool, path: str, timeout: float = 20.0) -> urllib3.BaseHTTPResponse:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return pool.request("GET", path, retries=False)
-        except urllib3.exceptions.NewConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return wait_until(
+        lambda: pool.request("GET", path, retries=False),
+        timeout,
+        0.2,
+        f"https {path} to accept connections",
+        until=lambda _: True,
+        errors=urllib3.exceptions.NewConnectionError,
+    )
 
 
 def test_images_exist_with_expected_config(client: docker.DockerClient, refs: dict[str, str]) -> None:
@@ -178,14 +182,15 @@ def test_nginx_standin_runs_a_bind_mounted_conf_d(
     assert "sites-enabled" not in out
 
     http = urllib3.HTTPConnectionPool(_ip(nginx), 8080, timeout=5)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            response = http.request("GET", "/", headers={"Host": "site.example.test"}, retries=False)
-            break
-        except urllib3.exceptions.NewConnectionError:
-            assert time.monotonic() < deadline, nginx.logs().decode(errors="replace")
-            time.sleep(0.2)
+    response = wait_until(
+        lambda: http.request("GET", "/", headers={"Host": "site.example.test"}, retries=False),
+        20,
+        0.2,
+        "nginx to accept connections",
+        until=lambda _: True,
+        errors=urllib3.exceptions.NewConnectionError,
+        logs=[("nginx", lambda: nginx.logs().decode(errors="replace"))],
+    )
     assert response.status == 200
     assert response.data == b"hello from site\n"
     time.sleep(0.5)
@@ -278,14 +283,15 @@ def test_pebble_image_passes_other_commands_through(refs: dict[str, str], run: C
         ],
     )
     http = urllib3.HTTPConnectionPool(_ip(srv), 8055, timeout=5)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            response = http.request("POST", "/set-default-ipv4", body=json.dumps({"ip": "10.0.0.7"}), retries=False)
-            break
-        except urllib3.exceptions.NewConnectionError:
-            assert time.monotonic() < deadline, srv.logs().decode(errors="replace")
-            time.sleep(0.2)
+    response = wait_until(
+        lambda: http.request("POST", "/set-default-ipv4", body=json.dumps({"ip": "10.0.0.7"}), retries=False),
+        20,
+        0.2,
+        "challtestsrv to accept connections",
+        until=lambda _: True,
+        errors=urllib3.exceptions.NewConnectionError,
+        logs=[("challtestsrv", lambda: srv.logs().decode(errors="replace"))],
+    )
     assert response.status == 200
     code, out = _exec(srv, "sh", "-c", "ls -A /pebble-ca | wc -l")
     assert (code, out.strip()) == (0, "0"), "challtestsrv must not create Pebble's CA"

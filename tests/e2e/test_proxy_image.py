@@ -34,8 +34,9 @@ from docker.models.containers import Container
 
 from tests.harness.acmecompanion import TestCA, write_layout
 from tests.harness.compose import ComposeProject, free_subnet
-from tests.harness.e2e import load_build, wait_for
+from tests.harness.e2e import load_build
 from tests.harness.ports import free_port
+from tests.harness.wait import NETWORK_ERRORS, is_not_none, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -130,7 +131,9 @@ class ProxyStack:
             answer = requests.get(f"https://127.0.0.1:{self.mgmt_port}/roots/0", verify=str(listener_ca), timeout=5)
             return answer.content if answer.status_code == 200 else None
 
-        return wait_for("Pebble's /roots/0", probe, 60, self.diagnose)
+        return wait_until(
+            probe, 60, 0.3, "Pebble's /roots/0", until=is_not_none, logs=self.diagnose, errors=NETWORK_ERRORS
+        )
 
     def http(self, host: str, path: str = "/") -> tuple[int, dict[str, str], str]:
         conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=5)
@@ -180,7 +183,15 @@ class ProxyStack:
                 return None  # the placeholder until the certificate is there
             return serial if status == 200 and text == body else None
 
-        return wait_for(f"https://{host}/ to answer {body!r}", probe, timeout, self.diagnose)
+        return wait_until(
+            probe,
+            timeout,
+            0.3,
+            f"https://{host}/ to answer {body!r}",
+            until=is_not_none,
+            logs=self.diagnose,
+            errors=NETWORK_ERRORS,
+        )
 
     def wait_restarted(self, count: int) -> None:
         """Wait until Docker's restart policy has restarted the proxy `count` times and it runs again."""
@@ -190,7 +201,15 @@ class ProxyStack:
             running = proxy.status == "running" and proxy.attrs["RestartCount"] >= count
             return True if running else None
 
-        wait_for(f"restart #{count} of the proxy", probe, 60, self.diagnose)
+        wait_until(
+            probe,
+            60,
+            0.3,
+            f"restart #{count} of the proxy",
+            until=is_not_none,
+            logs=self.diagnose,
+            errors=NETWORK_ERRORS,
+        )
 
 
 @pytest.fixture(scope="module")

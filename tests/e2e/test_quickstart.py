@@ -37,7 +37,8 @@ from docker.models.containers import Container
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.compose import free_subnet
-from tests.harness.e2e import load_build, wait_for
+from tests.harness.e2e import load_build
+from tests.harness.wait import NETWORK_ERRORS, is_not_none, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -68,14 +69,14 @@ def docker_retry(fn: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(fn)
     def wrapper(*args: object, **kwargs: object) -> T:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except (requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        return wait_until(
+            lambda: fn(*args, **kwargs),
+            30,
+            0.5,
+            f"{fn.__name__} to reach the Docker daemon",
+            until=lambda _: True,
+            errors=(requests.exceptions.ConnectionError, urllib3.exceptions.ProtocolError),
+        )
 
     return wrapper
 
@@ -182,7 +183,15 @@ class Stack:
                 return None  # the placeholder certificate until the real one is issued
             return answer if answer.status == 200 and text in answer.body else None
 
-        return wait_for(f"https://{host}/ to serve {text!r} with a Pebble certificate", probe, timeout, self.diagnose)
+        return wait_until(
+            probe,
+            timeout,
+            0.3,
+            f"https://{host}/ to serve {text!r} with a Pebble certificate",
+            until=is_not_none,
+            logs=self.diagnose,
+            errors=NETWORK_ERRORS,
+        )
 
     @docker_retry
     def nginx_state(self) -> tuple[str, frozenset[str]]:
@@ -230,7 +239,15 @@ class Stack:
                 conn.close()
             return body if answer.status == 200 and b"BEGIN CERTIFICATE" in body else None
 
-        return wait_for("Pebble's /roots/0 on the management port", probe, 60, self.diagnose)
+        return wait_until(
+            probe,
+            60,
+            0.3,
+            "Pebble's /roots/0 on the management port",
+            until=is_not_none,
+            logs=self.diagnose,
+            errors=NETWORK_ERRORS,
+        )
 
     def run_site(self, host: str, greeting: str) -> Container:
         """`docker run` a labelled demo container on the stack's network, as a user would add an app."""
@@ -333,7 +350,15 @@ def test_status_endpoint_of_the_image_shows_the_demo_site_and_its_certificate(st
         site = {site["host"]: site for site in report["sites"]}.get(DEMO_HOST)
         return report if site and not site["placeholder"] and site["certificate"] else None
 
-    report = wait_for("the demo site with its certificate in /status.json", demo_served, 60, stack.diagnose)
+    report = wait_until(
+        demo_served,
+        60,
+        0.3,
+        "the demo site with its certificate in /status.json",
+        until=is_not_none,
+        logs=stack.diagnose,
+        errors=NETWORK_ERRORS,
+    )
     assert report["version"] == 1
     assert {c["name"]: c["state"] for c in report["certificates"]}[DEMO_HOST] == "valid"
     assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
@@ -368,7 +393,15 @@ def test_a_started_container_gets_its_site_and_loses_it_when_stopped(stack: Stac
     def gone() -> bool | None:
         return True if stack.http(host).status == 503 else None
 
-    wait_for(f"{host} to be dropped after its container stopped", gone, 30, stack.diagnose)
+    wait_until(
+        gone,
+        30,
+        0.3,
+        f"{host} to be dropped after its container stopped",
+        until=is_not_none,
+        logs=stack.diagnose,
+        errors=NETWORK_ERRORS,
+    )
     with pytest.raises(ssl.SSLError):
         stack.https(host)
     assert stack.wait_site(DEMO_HOST, DEMO_GREETING).serial == demo.serial  # the others are untouched
@@ -396,7 +429,15 @@ def test_restarting_the_companion_orders_nothing_and_changes_nothing(stack: Stac
         beat = _heartbeat(stack)
         return True if beat is not None and beat > restarted_at else None
 
-    wait_for("the restarted companion's first loop pass", passed, 60, stack.diagnose)
+    wait_until(
+        passed,
+        60,
+        0.3,
+        "the restarted companion's first loop pass",
+        until=is_not_none,
+        logs=stack.diagnose,
+        errors=NETWORK_ERRORS,
+    )
     time.sleep(3)  # room for anything the first pass might have started (an order, a reload)
     logs = docker_retry(lambda: stack.container("companion").logs().decode(errors="replace"))()
     since = logs.rsplit("connected to the Docker daemon", 1)[-1]  # this run's lines only

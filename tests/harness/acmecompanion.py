@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.harness.certs import build_cert
 
 PEM = serialization.Encoding.PEM
 
@@ -49,52 +49,26 @@ class TestCA:
 
     def __init__(self, name: str = "companion test root") -> None:
         now = dt.datetime.now(dt.UTC)
-        self.root_key = ec.generate_private_key(ec.SECP256R1())
-        root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.root = self._ca(root_name, root_name, self.root_key, self.root_key, now)
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} intermediate")])
-        self.intermediate = self._ca(self.name, root_name, self.key, self.root_key, now)
-
-    @staticmethod
-    def _ca(
-        subject: x509.Name,
-        issuer: x509.Name,
-        key: ec.EllipticCurvePrivateKey,
-        signer: ec.EllipticCurvePrivateKey,
-        now: dt.datetime,
-    ) -> x509.Certificate:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(issuer)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=365))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-            .sign(signer, hashes.SHA256())
+        validity = {"not_before": now - dt.timedelta(days=1), "not_after": now + dt.timedelta(days=365)}
+        self.root, self.root_key = build_cert(name, ca=True, **validity)
+        self.intermediate, self.key = build_cert(
+            f"{name} intermediate", issuer=(self.root, self.root_key), ca=True, **validity
         )
+        self.name = self.intermediate.subject
 
     @property
     def root_pem(self) -> bytes:
         return self.root.public_bytes(PEM)
 
     def issue(self, domains: Sequence[str], days: float = 90, age_days: float = 1) -> Issued:
-        now = dt.datetime.now(dt.UTC)
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
-            .issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=age_days))
-            .not_valid_after(now - dt.timedelta(days=age_days) + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(days=age_days)
+        cert, key = build_cert(
+            domains[0],
+            sans=domains,
+            issuer=(self.name, self.key),
+            not_before=start,
+            not_after=start + dt.timedelta(days=days),
+            ca=False,
         )
         return Issued(cert.public_bytes(PEM), self.intermediate.public_bytes(PEM), _key_pem(key), cert.serial_number)
 

@@ -19,11 +19,14 @@ import tarfile
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import docker
 from docker.models.containers import Container
+
+from .locks import file_lock
 
 IMAGE = "companion-test-app:latest"
 RECIPE_LABEL = "companion.test.recipe"
@@ -125,7 +128,14 @@ def _rootfs_tar(busybox: bytes, dest: Path) -> None:
 
 
 def ensure_app_image(client: docker.DockerClient) -> str:
-    """Build ``companion-test-app:latest`` with ``docker import`` unless an image of this recipe exists."""
+    """Build ``companion-test-app:latest`` with ``docker import`` unless an image of this recipe exists.
+
+    Under a file lock: the xdist workers of a run all ask for it at their start."""
+    with file_lock("app-image"):
+        return _ensure_app_image(client)
+
+
+def _ensure_app_image(client: docker.DockerClient) -> str:
     busybox = ensure_busybox().read_bytes()
     recipe = _recipe_hash(busybox)
     cached = client.images.list(filters={"label": f"{RECIPE_LABEL}={recipe}"})
@@ -231,8 +241,17 @@ class AppRunner:
     run = __call__
 
     def cleanup(self) -> None:
-        """Force-remove all containers started through this runner."""
-        for container in self.containers:
+        """Force-remove all containers started through this runner (a few at a time: a test that ran fifty waited
+        for fifty removals one after the other, on the one lane every test of the shared daemon runs in)."""
+
+        def remove(container: Container) -> None:
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)
+
+        if len(self.containers) > 1:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(remove, self.containers))
+        else:
+            for container in self.containers:
+                remove(container)
         self.containers.clear()

@@ -16,10 +16,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from .ports import free_port
+from .wait import wait_until
 
 NAMED = "/usr/sbin/named"
 DIG = "/usr/bin/dig"
@@ -94,14 +94,14 @@ zone "{self.zone}" {{
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"named exited with {self._process.returncode}:\n{self.log()[-3000:]}")
-            if self._dig("SOA", self.zone):
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"named did not answer for {self.zone} within {timeout}s:\n{self.log()[-3000:]}")
+        process = self._process
+
+        def answers() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"named exited with {process.returncode}:\n{self.log()[-3000:]}")
+            return bool(self._dig("SOA", self.zone))
+
+        wait_until(answers, timeout, 0.1, f"named to answer for {self.zone}", errors=(), logs=[("named log", self.log)])
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

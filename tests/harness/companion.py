@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from tests.harness.nginx import HostNginx
+from tests.harness.wait import wait_quiet, wait_until
 
 T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.05, what: str = "condition") -> T:
-    """Poll until probe() returns something truthy; fail with what it last returned or raised."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-            if value:
-                return value
-            last = value
-        except Exception as exc:  # noqa: BLE001 - reported below if it never succeeds
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 class Companion:
@@ -115,18 +99,33 @@ class Companion:
         return len(self.reload_counter.read_text().splitlines()) if self.reload_counter.exists() else 0
 
     def wait_log(self, pattern: str, timeout: float = 15.0) -> str:
-        match = wait_for(lambda: re.search(pattern, self.log()), timeout, what=f"log line /{pattern}/")
+        match = wait_until(
+            lambda: re.search(pattern, self.log()),
+            timeout,
+            what=f"log line /{pattern}/",
+            logs=[("companion log", self.log)],
+        )
         return match.group(0)
 
     def wait_idle(self, quiet: float = 1.0, timeout: float = 20.0) -> None:
         """Wait until the log has not grown for `quiet` seconds (the loop has settled)."""
-        deadline = time.monotonic() + timeout
-        size, since = -1, time.monotonic()
-        while time.monotonic() < deadline:
-            now_size = self.log_path.stat().st_size if self.log_path.exists() else 0
-            if now_size != size:
-                size, since = now_size, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                return
-            time.sleep(0.05)
-        raise AssertionError("companion never settled:\n" + self.log()[-3000:])
+        wait_quiet(
+            lambda: self.log_path.stat().st_size if self.log_path.exists() else 0,
+            quiet,
+            timeout,
+            "the companion's log to stop growing",
+            logs=[("companion log", self.log)],
+        )
+
+
+def status_get(
+    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One plain HTTP request to a companion's status server on 127.0.0.1:`port`: status, headers, body."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(method, path, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, dict(answer.getheaders()), answer.read()
+    finally:
+        connection.close()

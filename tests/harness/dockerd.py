@@ -9,9 +9,12 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import docker
+
+from tests.harness.wait import wait_gone, wait_until
 
 PID_FILE = Path("/var/run/docker.pid")
 LOG_PATH = Path("/tmp/companion-test-dockerd.log")
@@ -40,6 +43,48 @@ def _pid_alive(pid: int) -> bool:
         return False
     # the state letter follows the parenthesised command name
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def start_dockerd(
+    argv: list[str], log_path: Path, ping: Callable[[], bool], timeout: float = START_TIMEOUT, *, wait: bool = True
+) -> subprocess.Popen[bytes]:
+    """The one way the harness starts a dockerd (the host's, or a Swarm node's in its own namespace).
+
+    Runs `argv` in its own session with output appended to `log_path` (after a header line), then, unless
+    `wait` is off, waits until `ping()` answers: fails at once if the process exits, and after `timeout`
+    with the log's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        log.write(f"\n=== {time.strftime('%F %T')} starting {' '.join(argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    if wait:
+        wait_dockerd(proc, log_path, ping, timeout)
+    return proc
+
+
+def wait_dockerd(proc: subprocess.Popen[bytes], log_path: Path, ping: Callable[[], bool], timeout: float) -> None:
+    """Wait until `ping()` answers; fail at once if `proc` exits, and after `timeout` with the log's tail."""
+
+    def answers() -> bool:
+        if ping():
+            return True
+        if proc.poll() is not None:
+            raise RuntimeError(f"dockerd exited with {proc.returncode}; see {log_path}:\n" + _tail(log_path))
+        return False
+
+    wait_until(
+        answers, timeout, 0.1, f"dockerd to answer (pid {proc.pid})", errors=(), logs=[("dockerd log", log_path)]
+    )
+
+
+def _tail(log_path: Path, size: int = 4000) -> str:
+    try:
+        return log_path.read_text(errors="replace")[-size:]
+    except OSError:
+        return ""
 
 
 class DockerDaemon:
@@ -97,25 +142,9 @@ class DockerDaemon:
     def start(self, timeout: float = START_TIMEOUT) -> float:
         """Start dockerd with --live-restore and wait for a ping; return time.time() of the first answer."""
         argv = self._argv_for_start()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-        try:
-            log.write(f"\n=== {time.strftime('%F %T')} starting {' '.join(argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        finally:
-            log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if _ping(timeout=1.0):
-                return time.time()
-            if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"dockerd exited with {self._proc.returncode}; see {self.log_path}:\n" + self.log_tail()
-                )
-            time.sleep(0.1)
-        raise TimeoutError(f"dockerd did not answer within {timeout}s; see {self.log_path}:\n" + self.log_tail())
+        self._proc = start_dockerd(argv, self.log_path, _ping, wait=False)  # kept at once: stopped at exit
+        wait_dockerd(self._proc, self.log_path, _ping, timeout)
+        return time.time()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Send SIGTERM to dockerd and wait for it to exit (containers keep running with live-restore)."""
@@ -125,19 +154,16 @@ class DockerDaemon:
         if self._argv is None and (self._proc is None or self._proc.pid != pid):
             self._remember_argv(pid)
         os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc is not None and self._proc.pid == pid:
-                if self._proc.poll() is not None:
-                    break
-            elif not _pid_alive(pid):
-                break
-            time.sleep(0.05)
+        started = time.monotonic()
+        if self._proc is not None and self._proc.pid == pid:
+            proc = self._proc
+            exited = wait_gone(lambda: proc.poll() is None, timeout)
         else:
+            exited = wait_gone(lambda: _pid_alive(pid), timeout)
+        if not exited:
             raise TimeoutError(f"dockerd (pid {pid}) did not exit within {timeout}s after SIGTERM")
         # the socket may linger for a moment; wait until pings fail so callers see a real outage
-        while _ping(timeout=0.5) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_gone(lambda: _ping(timeout=0.5), max(0.0, timeout - (time.monotonic() - started)))
 
     def restart(self, timeout: float = START_TIMEOUT) -> float:
         """Stop and start again with --live-restore; return time.time() when the daemon answered again."""

@@ -3,6 +3,7 @@ Loaded by the integration and e2e tiers' conftest files."""
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.harness.bind import Bind
 from tests.harness.companion import Companion
 from tests.harness.compose import ComposeProject
 from tests.harness.dockerd import DockerDaemon, ensure_dockerd
+from tests.harness.locks import file_lock
 from tests.harness.nginx import HostNginx
 from tests.harness.nginxcontainer import NginxContainer
 from tests.harness.pebble import Pebble
@@ -60,11 +62,34 @@ def host_nginx(tmp_path: Path) -> Iterator[HostNginx]:
 
 
 @pytest.fixture(scope="session")
-def swarm_nodes(docker_daemon: DockerDaemon) -> Iterator[SwarmNodes]:
-    """A real 3-node Swarm (one dockerd per network namespace), up once per test run and removed after."""
-    nodes = SwarmNodes.from_env(3).up()
+def run_dir(request: pytest.FixtureRequest) -> Path:
+    """A folder shared by every pytest-xdist worker of this run (and only this run): counters, locks."""
+    uid = getattr(request.config, "workerinput", {}).get("testrunuid") or _RUN_UID
+    path = Path(tempfile.gettempdir()) / f"companion-test-run-{uid}"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+_RUN_UID = uuid.uuid4().hex
+
+
+@pytest.fixture(scope="session")
+def swarm_nodes(docker_daemon: DockerDaemon, run_dir: Path) -> Iterator[SwarmNodes]:
+    """A real 3-node Swarm (one dockerd per network namespace), up once per test run and removed after.
+
+    tests/conftest.py keeps every test using it on one xdist worker; should two workers still take it, the
+    second reuses the nodes (``up()`` keeps a set that is up) and the last one to finish takes them down."""
+    nodes = SwarmNodes.from_env(3)
+    users = run_dir / f"swarm-{nodes.prefix}.users"
+    with file_lock(f"swarm-{nodes.prefix}"):
+        nodes.up(owner=run_dir.name)
+        users.write_text(str(int(users.read_text() or 0) + 1 if users.exists() else 1))
     yield nodes
-    nodes.down()
+    with file_lock(f"swarm-{nodes.prefix}"):
+        left = int(users.read_text() or 1) - 1
+        users.write_text(str(left))
+        if left <= 0:
+            nodes.down()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from pathlib import Path
 import docker
 
 from .appimage import CMD, RECIPE_LABEL, _rootfs_tar, ensure_app_image, ensure_busybox
+from .locks import file_lock
 
 DERIVED_REPO = "companion-test-derived"
 DERIVED_LABEL = "companion.test.derived"
@@ -39,6 +40,17 @@ def derived_image(
     imported from the same busybox root filesystem with exactly those ``EXPOSE`` lines.
     """
     base = ensure_app_image(client)
+    with file_lock("derived-images"):  # two workers asking for the same recipe build it once
+        return _derived_image(client, base, labels, env, expose)
+
+
+def _derived_image(
+    client: docker.DockerClient,
+    base: str,
+    labels: Mapping[str, str] | None,
+    env: Mapping[str, str] | None,
+    expose: Sequence[str] | None,
+) -> str:
     base_id = client.images.get(base).id
     recipe = {
         "base": base_id,

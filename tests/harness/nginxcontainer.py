@@ -13,7 +13,6 @@ import importlib.util
 import socket
 import ssl
 import sys
-import time
 import uuid
 from email.message import Message
 from pathlib import Path
@@ -25,6 +24,7 @@ from docker.models.containers import Container
 
 from .appimage import CONTAINER_LABEL, NAME_PREFIX, container_ip
 from .nginx import http_get
+from .wait import wait_until
 
 NGINX_LABEL = "com.github.nginx-proxy.nginx"
 REPO = Path(__file__).resolve().parents[2]
@@ -106,15 +106,15 @@ class NginxContainer:
         self.container = self.client.containers.run(
             image, name=self.name, labels=self.labels, volumes=volumes, detach=True, **self.run_options
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def up() -> bool:
             self.container.reload()
             if self.container.status == "exited":
                 raise RuntimeError(f"{self.name} exited: {self.container.logs().decode(errors='replace')}")
-            if container_ip(self.container) and self.check()[0] == 0:
-                return self
-            time.sleep(0.1)
-        raise TimeoutError(f"{self.name} did not come up: {self.container.logs().decode(errors='replace')}")
+            return bool(container_ip(self.container)) and self.check()[0] == 0
+
+        wait_until(up, timeout, 0.1, f"{self.name} to come up", errors=(), logs=[(self.name, self.logs)])
+        return self
 
     @property
     def address(self) -> str:

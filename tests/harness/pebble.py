@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import os
 import random
@@ -16,17 +15,14 @@ import struct
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from .certs import ExtendedKeyUsageOID, build_cert, cert_pem, write_pair
 from .ports import free_port
+from .wait import wait_until
 
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
@@ -43,50 +39,32 @@ CERTBOT = [sys.executable, "-c", "import sys; from certbot.main import main; sys
 def _write_listener_certs(directory: Path, listen: str = "127.0.0.1") -> tuple[Path, Path, Path]:
     """Create a throwaway CA and a server cert for Pebble's HTTPS listeners (localhost, 127.0.0.1, ``listen``)."""
     now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "companion tests: Pebble listener CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost")]
-                + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in sorted({"127.0.0.1", listen})]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+    validity = {"not_before": now - dt.timedelta(minutes=5), "not_after": now + dt.timedelta(days=30)}
+    ca, ca_key = build_cert("companion tests: Pebble listener CA", ca=True, path_length=0, key_ids=True, **validity)
+    cert, key = build_cert(
+        "localhost",
+        sans=["localhost"],
+        ips=sorted({"127.0.0.1", listen}),
+        issuer=(ca, ca_key),
+        ca=False,
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+        key_ids=True,
+        **validity,
     )
     ca_path, cert_path, key_path = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_path.chmod(0o600)
+    ca_path.write_bytes(cert_pem(ca))
+    write_pair(cert_path, key_path, cert, key)
     return ca_path, cert_path, key_path
+
+
+def acme_env(pebble: Pebble, allowed: str, **extra: str) -> dict[str, str]:
+    """The companion's settings for ordering from `pebble`, limited to the names `allowed` (ALLOWED_DOMAINS)."""
+    return {
+        "ACME_CA_URI": pebble.directory_url,
+        "CA_BUNDLE": str(pebble.ca_bundle_path),
+        "ALLOWED_DOMAINS": allowed,
+        **extra,
+    }
 
 
 class Pebble:
@@ -263,18 +241,13 @@ class Pebble:
 
     @staticmethod
     def _wait(probe: Callable[[], object], proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                probe()
-                return
-            except requests.RequestException as exc:
-                last = exc
-                time.sleep(0.05)
-        raise TimeoutError(f"{proc.args[0]} did not answer within {timeout}s ({last}):\n{_tail(log)}")
+            probe()
+            return True
+
+        wait_until(answers, timeout, 0.05, f"{proc.args[0]} to answer", errors=requests.RequestException, logs=[log])
 
     # -- CA material -------------------------------------------------------------------------------
     def _mgmt_get(self, path: str) -> str:

@@ -16,6 +16,8 @@ import time
 from email.message import Message
 from pathlib import Path
 
+from tests.harness.wait import wait_gone
+
 from .nginx import http_get
 from .swarm import SwarmNodes
 
@@ -119,16 +121,18 @@ class Stack:
         for n in self.nodes.nodes:
             if not self.nodes.alive(n):
                 continue
-            while self.nodes.docker(n, "ps", "-aq", "--filter", label, check=False).stdout.split():
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
+            wait_gone(
+                lambda n=n: self.nodes.docker(n, "ps", "-aq", "--filter", label, check=False).stdout.split(),
+                max(0.0, deadline - time.monotonic()),
+                0.2,
+            )
             volumes = self.nodes.docker(n, "volume", "ls", "-q", "--filter", label, check=False).stdout.split()
             if volumes:
                 self.nodes.docker(n, "volume", "rm", "-f", *volumes, check=False)
         self.nodes.docker(1, "secret", "rm", *SECRETS, check=False)
         network = ["network", "ls", "-q", "--filter", f"name={self.network}"]
-        while self.nodes.docker(1, *network, check=False).stdout.split():
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        wait_gone(
+            lambda: self.nodes.docker(1, *network, check=False).stdout.split(),
+            max(0.0, deadline - time.monotonic()),
+            0.2,
+        )

@@ -26,6 +26,9 @@ from pathlib import Path
 
 import docker
 
+from tests.harness.dockerd import start_dockerd
+from tests.harness.wait import wait_gone, wait_until
+
 TOOLS = {
     "ip": "iproute2",
     "nsenter": "util-linux",
@@ -125,14 +128,19 @@ class SwarmNodes:
         if os.geteuid() != 0:
             raise SwarmUnavailable("a real Swarm needs root (network namespaces, a bridge, iptables, dockerd)")
 
-    def up(self) -> SwarmNodes:
-        """Bring every node up and into one swarm; a set already up is reused, dead daemons restarted."""
+    def up(self, owner: str) -> SwarmNodes:
+        """Bring every node up and into one swarm for `owner` (one test run). A set this owner brought up is
+        reused, dead daemons restarted; any other set (of another size, or left by a run that was killed:
+        its services, tasks and published ports would still be there) is taken down first."""
         self.check_tools()
-        recorded = self.state / "nodes"
-        if recorded.exists() and recorded.read_text().split() != [str(n) for n in self.nodes]:
+        recorded, recorded_owner = self.state / "nodes", self.state / "owner"
+        same_size = recorded.exists() and recorded.read_text().split() == [str(n) for n in self.nodes]
+        ours = recorded_owner.exists() and recorded_owner.read_text().strip() == owner
+        if not (same_size and ours) and self.known():
             self.down()
         self.state.mkdir(parents=True, exist_ok=True)
         recorded.write_text("\n".join(str(n) for n in self.nodes) + "\n")
+        recorded_owner.write_text(owner + "\n")
         self._host_network()
         for n in self.nodes:
             self._node_network(n)
@@ -158,8 +166,8 @@ class SwarmNodes:
         ]
         for position, rule in enumerate(rules, 1):
             tagged = [*rule, "-m", "comment", "--comment", self.comment]
-            if _run("iptables", "-C", "FORWARD", *tagged, check=False).returncode:
-                _run("iptables", "-I", "FORWARD", str(position), *tagged)
+            if _run("iptables", "-w", "-C", "FORWARD", *tagged, check=False).returncode:
+                _run("iptables", "-w", "-I", "FORWARD", str(position), *tagged)
 
     def _node_network(self, n: int) -> None:
         ns, veth = self.ns(n), f"{self.prefix}v{n}"
@@ -200,21 +208,16 @@ class SwarmNodes:
             "--cgroup-parent", f"/{ns}",
             "--userland-proxy=false",
         ]  # fmt: skip
-        with open(f"/run/{ns}/dockerd.log", "ab") as log:
-            subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
+        start_dockerd(command, Path(f"/run/{ns}/dockerd.log"), lambda: self.alive(n), wait=False)
         if wait:
             self._wait_alive(n)
 
     def _wait_alive(self, n: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.alive(n):
-                return
-            time.sleep(0.25)
-        tail = Path(f"/run/{self.ns(n)}/dockerd.log").read_text(errors="replace")[-2000:]
-        raise SwarmUnavailable(f"dockerd of node {n} did not answer within {timeout}s:\n{tail}")
+        log = Path(f"/run/{self.ns(n)}/dockerd.log")
+        try:
+            wait_until(lambda: self.alive(n), timeout, 0.25, f"dockerd of node {n} to answer", logs=[("its log", log)])
+        except AssertionError as exc:
+            raise SwarmUnavailable(str(exc)) from exc
 
     def _swarm_state(self, n: int) -> str:
         return self.docker(n, "info", "--format", "{{.Swarm.LocalNodeState}}", check=False).stdout.strip()
@@ -236,11 +239,10 @@ class SwarmNodes:
         return listed.count("Ready")
 
     def wait_ready(self, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self.ready_nodes() != count:
-            if time.monotonic() > deadline:
-                raise SwarmUnavailable(f"{self.ready_nodes()}/{count} nodes Ready after {timeout}s")
-            time.sleep(0.25)
+        try:
+            wait_until(self.ready_nodes, timeout, 0.25, f"{count} nodes Ready", until=lambda ready: ready == count)
+        except AssertionError as exc:
+            raise SwarmUnavailable(str(exc)) from exc
 
     # -- images, failures ----------------------------------------------------------------------------
 
@@ -277,9 +279,7 @@ class SwarmNodes:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _pid_alive(pid):
-            time.sleep(0.1)
+        wait_gone(lambda: _pid_alive(pid), 30, 0.1)
 
     def power_off(self, n: int) -> None:
         """Node n dies at once, as on a power cut: SIGKILL to its dockerd, containerd, shims and every
@@ -292,9 +292,7 @@ class SwarmNodes:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), 9)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(_pid_alive(int(pid)) for pid in pids):
-            time.sleep(0.05)
+        wait_gone(lambda: any(_pid_alive(int(pid)) for pid in pids), 10)
 
     # -- down ----------------------------------------------------------------------------------------
 
@@ -315,10 +313,12 @@ class SwarmNodes:
         for n in sorted(self.known()):
             self._node_down(n)
         while True:
-            tagged = [line for line in _run("iptables", "-S", "FORWARD").stdout.splitlines() if self.comment in line]
+            tagged = [
+                line for line in _run("iptables", "-w", "-S", "FORWARD").stdout.splitlines() if self.comment in line
+            ]
             if not tagged:
                 break
-            _run("iptables", *shlex.split(tagged[0].replace("-A FORWARD", "-D FORWARD", 1)))
+            _run("iptables", "-w", *shlex.split(tagged[0].replace("-A FORWARD", "-D FORWARD", 1)))
         if (self.state / "bridge").exists() or f"{self.net}.1/24" in _run(
             "ip", "-4", "addr", "show", "dev", self.bridge, check=False
         ).stdout:

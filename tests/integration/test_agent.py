@@ -28,18 +28,19 @@ from typing import Any
 import docker
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from cryptography.x509.oid import NameOID
 
 from companion.cluster import publisher
 from companion.cluster import secret as cluster
 from tests.harness.agent import AgentContainer, NoLocalNginx, ensure_agent_image, wait_serving
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.certs import build_cert, link_into_archive, write_pair
+from tests.harness.companion import Companion
 from tests.harness.nginx import http_get
 from tests.harness.pebble import Pebble
 from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
 
 DOMAIN = f"ag{uuid.uuid4().hex[:6]}.test"  # ALLOWED_DOMAINS: other engineers' companions leave these alone
 
@@ -147,31 +148,14 @@ def apps_on(cluster_setup: Cluster, apps: AppRunner) -> Callable[[str], str]:
 
 def _certificate(certs_dir: Path, name: str, hosts: list[str]) -> None:
     """A self-signed lineage in certbot's layout (live/<name>/ linking into archive/<name>/)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=60))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(h) for h in hosts]), critical=False)
-        .sign(key, hashes.SHA256())
+    cert, key = build_cert(
+        hosts[0], sans=hosts, not_before=now - dt.timedelta(days=1), not_after=now + dt.timedelta(days=60)
     )
-    archive, live = certs_dir / "archive" / name, certs_dir / "live" / name
-    archive.mkdir(parents=True, mode=0o700)
-    live.mkdir(parents=True, mode=0o700)
-    (archive / "fullchain1.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    (archive / "privkey1.pem").write_bytes(key_pem)
-    os.chmod(archive / "privkey1.pem", 0o600)
-    (live / "fullchain.pem").symlink_to("../../archive/site/fullchain1.pem")
-    (live / "privkey.pem").symlink_to("../../archive/site/privkey1.pem")
+    (certs_dir / "archive" / name).mkdir(parents=True, mode=0o700)
+    (certs_dir / "live" / name).mkdir(parents=True, mode=0o700)
+    write_pair(certs_dir / "live" / name / "fullchain.pem", certs_dir / "live" / name / "privkey.pem", cert, key)
+    link_into_archive(certs_dir, name, mkdir=False)
 
 
 def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private(
@@ -201,7 +185,9 @@ def test_both_agents_serve_a_new_site_with_its_certificate_and_keys_stay_private
         assert secret_key not in agent.all_logs()
         assert secret_key not in cluster_setup.controller.log()
     for name in ("node-a", "node-b"):  # each reports right after its reload
-        wait_for(lambda name=name: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name)
+        wait_until(
+            lambda name=name: (n := cluster_setup.node(name))["current"] and not n["error"] and n["up"], what=name
+        )
 
 
 def test_a_new_generation_converges_on_every_agent_fast(cluster_setup: Cluster, apps_on: Callable[[str], str]) -> None:
@@ -224,7 +210,9 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
     try:
         after = apps_on("after")
         wait_serving([good], f"after.{DOMAIN}", after)
-        node = wait_for(lambda: (n := cluster_setup.node("node-b"))["error"] and n, what="node-b's error in the status")
+        node = wait_until(
+            lambda: (n := cluster_setup.node("node-b"))["error"] and n, what="node-b's error in the status"
+        )
         assert "nginx rejected the new configuration" in node["error"] and not node["current"]
         assert cluster_setup.node("node-a")["current"]
         assert bad.body(f"before.{DOMAIN}") == before  # its last good is still served
@@ -244,7 +232,7 @@ def test_an_agent_whose_nginx_refuses_keeps_its_last_good_and_the_controller_sho
     finally:
         broken.unlink()
     wait_serving([bad], f"after.{DOMAIN}", after, timeout=40)  # retried with backoff once the node is fixed
-    wait_for(lambda: not cluster_setup.node("node-b")["error"], what="node-b's error cleared")
+    wait_until(lambda: not cluster_setup.node("node-b")["error"], what="node-b's error cleared")
 
 
 def test_controller_away_agents_keep_serving_across_restarts_and_converge_on_its_return(
@@ -261,7 +249,7 @@ def test_controller_away_agents_keep_serving_across_restarts_and_converge_on_its
     assert all(agent.body(f"late.{DOMAIN}") != late for agent in agents)
     started = time.monotonic()
     cluster_setup.start_controller()
-    port_open = wait_for(
+    port_open = wait_until(
         lambda: _accepts(cluster_setup.gateway, cluster_setup.cluster_port) and time.monotonic(),
         what="the cluster port",
     )
@@ -316,7 +304,7 @@ def test_without_the_cluster_secret_an_agent_gets_nothing(cluster_setup: Cluster
     try:
         assert lacking.exit_code() == 2
         assert "cannot start the agent" in lacking.logs() and "/run/secrets/companion_agent" in lacking.logs()
-        wait_for(lambda: "certificate verify failed" in stranger.logs(), what="the stranger's TLS failure")
+        wait_until(lambda: "certificate verify failed" in stranger.logs(), what="the stranger's TLS failure")
         time.sleep(1)
         for agent in (stranger, lacking):
             assert not any(agent.conf_dir.iterdir()) and not any(agent.certs_dir.iterdir())
@@ -399,7 +387,7 @@ def test_a_tampered_answer_is_refused_and_the_last_good_kept(
         wait_serving([agent], f"prior.{DOMAIN}", kept)
         agent.restart(controller_url=f"https://{cluster_setup.gateway}:{relay_port}")
         fresh = apps_on("tampered")
-        wait_for(lambda: "not the one signed" in agent.logs(), what="the agent refusing the altered bundle")
+        wait_until(lambda: "not the one signed" in agent.logs(), what="the agent refusing the altered bundle")
         assert relay.tampered >= 1
         assert agent.body(f"prior.{DOMAIN}") == kept
         assert agent.body(f"tampered.{DOMAIN}") != fresh
@@ -439,7 +427,7 @@ def test_a_rogue_controller_made_from_the_agent_secret_gets_no_agent_to_apply_an
     try:
         for rogue in rogues:
             victim.restart(controller_url=f"https://{cluster_setup.gateway}:{rogue.server_address[1]}")
-            wait_for(lambda: "certificate verify failed" in victim.logs(), what="the agent refusing the rogue")
+            wait_until(lambda: "certificate verify failed" in victim.logs(), what="the agent refusing the rogue")
             time.sleep(1.5)  # time for a second attempt too
             assert rogue.publisher.nodes() == ()  # no request got past the handshake
             assert "alias /run/secrets" not in (victim.conf_dir / "companion.conf").read_text()
@@ -476,7 +464,7 @@ def test_every_node_answers_http01_and_serves_the_issued_certificate(
             return (status, data.decode().strip()) == (200, answer)
         return False
 
-    wait_for(lambda: all(verified(agent) for agent in agents), timeout=60, what="both nodes serving Pebble's chain")
+    wait_until(lambda: all(verified(agent) for agent in agents), timeout=60, what="both nodes serving Pebble's chain")
     assert pebble.orders_seen() == 1
     for agent in agents:  # the self-check's token went through each node's nginx and relay
         assert "GET /.well-known/acme-challenge/companion-self-check-" in agent.logs()

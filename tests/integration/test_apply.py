@@ -17,12 +17,8 @@ from companion.core.container import ContainerInfo
 from companion.core.ports import ApplyResult
 from companion.nginx.apply import NginxControl, apply
 from companion.nginx.render import MAIN_FILE, render
-from tests.harness.nginxcheck import NginxLayout, make_layout
-
-
-def c(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
-
+from tests.harness.containers import app as c
+from tests.harness.nginx import NginxLayout, make_layout
 
 BASE = [
     c("web", "10.0.0.2", VIRTUAL_HOST="a.example.com", LETSENCRYPT_HOST="a.example.com"),

@@ -17,10 +17,11 @@ import docker
 import pytest
 
 from tests.harness.appimage import CONTAINER_LABEL, IMAGE, AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
 from tests.harness.nginxcontainer import NginxContainer
 from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,13 +57,13 @@ def test_default_host_answers_unknown_names_and_without_it_they_get_503(
     apps("fallback", environment={"VIRTUAL_HOST": fallback, "APP_ID": "fallback"})
     apps("other", environment={"VIRTUAL_HOST": other, "APP_ID": "other"})
     companion = make_companion(ALLOWED_DOMAINS=allowed, DEFAULT_HOST=fallback)
-    wait_for(lambda: body(host_nginx, unknown) == (200, "fallback"), timeout=30, what="unknown name -> DEFAULT_HOST")
+    wait_until(lambda: body(host_nginx, unknown) == (200, "fallback"), timeout=30, what="unknown name -> DEFAULT_HOST")
     assert body(host_nginx, "203.0.113.7") == (200, "fallback")  # a bare IP in Host, as scanners send
     assert body(host_nginx, other) == (200, "other") and body(host_nginx, fallback) == (200, "fallback")
     assert host_nginx.check().returncode == 0, host_nginx.check().stderr
 
     companion = restart(companion, make_companion, ALLOWED_DOMAINS=allowed)
-    wait_for(lambda: status(host_nginx, unknown) == 503, timeout=30, what="unknown name -> 503 without DEFAULT_HOST")
+    wait_until(lambda: status(host_nginx, unknown) == 503, timeout=30, what="unknown name -> 503 without DEFAULT_HOST")
     assert body(host_nginx, other) == (200, "other")
 
     missing = name("missing")
@@ -72,7 +73,7 @@ def test_default_host_answers_unknown_names_and_without_it_they_get_503(
     assert status(host_nginx, unknown) == 503 and body(host_nginx, other) == (200, "other")
     # Another container starting wakes the loop: the warning is not repeated while nothing changed.
     apps("third", environment={"VIRTUAL_HOST": name("third"), "APP_ID": "third"})
-    wait_for(lambda: body(host_nginx, name("third")) == (200, "third"), timeout=30, what="third routed")
+    wait_until(lambda: body(host_nginx, name("third")) == (200, "third"), timeout=30, what="third routed")
     assert companion.count(rf"WARNING [^\n]*DEFAULT_HOST={re.escape(missing)}") == 1
 
 
@@ -87,7 +88,7 @@ def test_default_root_redirects_slash_of_a_host_with_only_sub_paths(
     host = name("paths")
     apps("api", environment={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "APP_ID": "api", "APP_PATHS": "/api"})
     make_companion(ALLOWED_DOMAINS=allowed, DEFAULT_ROOT="302 $scheme://$host/api/?from=root")
-    wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api"), timeout=30, what="api routed")
+    wait_until(lambda: body(host_nginx, host, "/api/") == (200, "api"), timeout=30, what="api routed")
     code, headers, _ = host_nginx.get(host, "/")
     assert (code, headers["Location"]) == (302, f"http://{host}/api/?from=root")
     assert host_nginx.get(host, "/elsewhere")[0] == 302
@@ -102,7 +103,7 @@ def test_default_root_status_code_replaces_the_404(
     host = name("teapot")
     apps("api", environment={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "APP_ID": "api", "APP_PATHS": "/api"})
     make_companion(ALLOWED_DOMAINS=allowed, DEFAULT_ROOT="418")
-    wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api"), timeout=30, what="api routed")
+    wait_until(lambda: body(host_nginx, host, "/api/") == (200, "api"), timeout=30, what="api routed")
     assert status(host_nginx, host) == 418
 
 
@@ -119,7 +120,7 @@ def test_http_is_held_at_503_until_a_certificate_exists_but_the_challenge_is_ser
     apps("plain", environment={"VIRTUAL_HOST": plain, "HTTPS_METHOD": "noredirect", "APP_ID": "plain"})
     # No CA answers (the Companion's default ACME_CA_URI is a closed port): the certificate never comes.
     companion = make_companion(ALLOWED_DOMAINS=allowed, ENABLE_HTTP_ON_MISSING_CERT="false")
-    wait_for(lambda: status(host_nginx, host) == 503, timeout=30, what="pending site held at 503")
+    wait_until(lambda: status(host_nginx, host) == 503, timeout=30, what="pending site held at 503")
     assert body(host_nginx, plain) == (200, "plain")  # noredirect is not held
     challenge = companion.webroot / ".well-known" / "acme-challenge"
     challenge.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def test_http_is_held_at_503_until_a_certificate_exists_but_the_challenge_is_ser
     assert host_nginx.check().returncode == 0, host_nginx.check().stderr
 
     restart(companion, make_companion, ALLOWED_DOMAINS=allowed)  # the default, true: served over HTTP
-    wait_for(lambda: body(host_nginx, host) == (200, "pending"), timeout=30, what="pending site served over HTTP")
+    wait_until(lambda: body(host_nginx, host) == (200, "pending"), timeout=30, what="pending site served over HTTP")
 
 
 # -- network_mode: host ------------------------------------------------------------------------------
@@ -155,7 +156,7 @@ services:
 """
     compose(compose_file)
     make_companion(ALLOWED_DOMAINS=allowed)
-    wait_for(lambda: body(host_nginx, host) == (200, "hostnet"), timeout=30, what="host-network app via 127.0.0.1")
+    wait_until(lambda: body(host_nginx, host) == (200, "hostnet"), timeout=30, what="host-network app via 127.0.0.1")
     conf = (host_nginx.conf_dir / "companion.conf").read_text()
     assert f"server 127.0.0.1:{port};" in conf
     assert host_nginx.check().returncode == 0, host_nginx.check().stderr
@@ -185,7 +186,12 @@ def test_network_mode_host_container_is_reached_at_the_gateway_by_nginx_in_a_con
     )
     apps("bridged", environment={"VIRTUAL_HOST": bridged, "APP_ID": "bridged"})
     docker_companion(ALLOWED_DOMAINS=allowed)
-    wait_for(lambda: docker_nginx.body(host) == (200, "hostnet"), timeout=30, what="host-network app via the gateway")
+    wait_until(
+        lambda: docker_nginx.body(host) == (200, "hostnet"),
+        timeout=30,
+        what="host-network app via the gateway",
+        stable=3,
+    )
     assert docker_nginx.body(bridged) == (200, "bridged")
     conf = (docker_nginx.conf_dir / "companion.conf").read_text()
     assert f"server {gateway}:{port};" in conf
@@ -208,11 +214,13 @@ def test_container_disconnected_from_nginx_network_answers_502_and_comes_back(
     app = apps("leaving", environment={"VIRTUAL_HOST": leaving, "APP_ID": "leaving"})
     apps("staying", environment={"VIRTUAL_HOST": staying, "APP_ID": "staying"})
     companion = docker_companion(ALLOWED_DOMAINS=allowed)
-    wait_for(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="leaving app routed")
+    wait_until(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="leaving app routed", stable=3)
     bridge = docker_client.networks.get("bridge")
     bridge.disconnect(app)
     try:
-        wait_for(lambda: status(docker_nginx, leaving) == 502, timeout=30, what="502 once the app left the network")
+        wait_until(
+            lambda: status(docker_nginx, leaving) == 502, timeout=30, what="502 once the app left the network", stable=3
+        )
         app.reload()
         assert app.status == "running"
         line = companion.wait_log(rf"WARNING [^\n]*container {re.escape(app.name)}: not reachable[^\n]*")
@@ -225,5 +233,10 @@ def test_container_disconnected_from_nginx_network_answers_502_and_comes_back(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             bridge.connect(app)
-    wait_for(lambda: docker_nginx.body(leaving) == (200, "leaving"), timeout=30, what="routed again once reconnected")
+    wait_until(
+        lambda: docker_nginx.body(leaving) == (200, "leaving"),
+        timeout=30,
+        what="routed again once reconnected",
+        stable=3,
+    )
     companion.wait_log(rf"INFO [^\n]*resolved: container {re.escape(app.name)}: not reachable")

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.certs import build_cert, common_name, write_pair
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -72,8 +73,8 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
 
     on_main, on_staging = trusting(main), trusting(staging)
     for host in (one, two):
-        wait_for(lambda h=host: served_cert(host_nginx, h, on_main), timeout=90, interval=0.5, what=host)
-    assert wait_for(lambda: https_body(host_nginx, test, on_staging) == (200, "test"), timeout=90, interval=0.5)
+        wait_until(lambda h=host: served_cert(host_nginx, h, on_main), timeout=90, interval=0.5, what=host)
+    assert wait_until(lambda: https_body(host_nginx, test, on_staging) == (200, "test"), timeout=90, interval=0.5)
     with pytest.raises(ssl.SSLCertVerificationError):
         served_cert(host_nginx, test, on_main)
     companion.wait_idle()
@@ -101,7 +102,7 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
     # own email's account there.
     first.remove(force=True)
     apps("one2", environment={"VIRTUAL_HOST": one, "ACME_HOST": one, "ACME_EMAIL": "one@example.com", "ACME_TEST": "1"})
-    wait_for(lambda: served_cert(host_nginx, one, on_staging), timeout=90, interval=0.5, what="staging lineage")
+    wait_until(lambda: served_cert(host_nginx, one, on_staging), timeout=90, interval=0.5, what="staging lineage")
     companion.wait_idle()
     assert (main.orders_seen(), staging.orders_seen()) == (2, 2)
     assert len(accounts_at(companion.certs_dir, staging)) == 2
@@ -110,7 +111,7 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
     # The renewal keeps its CA: a forced renewal from the command line orders at staging again.
     assert companion.cli("renew", "--force", one).returncode == 0
     assert (main.orders_seen(), staging.orders_seen()) == (2, 3)
-    wait_for(lambda: served_cert(host_nginx, one, on_staging), timeout=20, what="renewed at staging")
+    wait_until(lambda: served_cert(host_nginx, one, on_staging), timeout=20, what="renewed at staging")
 
 
 # -- certificates the operator put there ----------------------------------------------------------
@@ -118,49 +119,22 @@ def test_staging_and_emails_choose_ca_and_account_and_a_switch_to_staging_reorde
 
 def _issue(directory: Path, stem: tuple[str, str], common: str, names: list[str], ca: tuple) -> None:
     """A certificate signed by the local `ca`, written as `stem` (chain file, key file) in `directory`."""
-    ca_cert, ca_key = ca
-    key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)]))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
+    cert, key = build_cert(
+        common, sans=names, issuer=ca, not_before=now - dt.timedelta(hours=1), not_after=now + dt.timedelta(days=30)
     )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
-    cert = builder.sign(ca_key, hashes.SHA256())
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / stem[0]).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / stem[1]).write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    (directory / stem[1]).chmod(0o600)
+    write_pair(directory / stem[0], directory / stem[1], cert, key)
 
 
 def _local_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "companion tests: operator CA")])
     now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
+    return build_cert(
+        "companion tests: operator CA",
+        ca=True,
+        ca_key_usage=False,
+        not_before=now - dt.timedelta(hours=1),
+        not_after=now + dt.timedelta(days=30),
     )
-    return cert, key
-
-
-def _common_name(cert: x509.Certificate) -> str:
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
 def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_unknown_names(
@@ -183,7 +157,7 @@ def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_u
     apps("plain", environment={"VIRTUAL_HOST": plain, "APP_ID": "plain"})
 
     # The parent's wildcard serves the sub-domain, verified against the operator's CA; nothing ordered.
-    assert wait_for(lambda: https_body(host_nginx, sub, context) == (200, "sub"), timeout=30)
+    assert wait_until(lambda: https_body(host_nginx, sub, context) == (200, "sub"), timeout=30)
     assert host_nginx.get(sub)[0] == 301
     # Without a default certificate, unknown names and a host without a certificate are refused.
     for name in (unknown, plain):
@@ -196,8 +170,8 @@ def test_parent_wildcard_serves_a_sub_domain_and_a_default_certificate_answers_u
     _issue(certs_dir, ("default.crt", "default.key"), "operator default", [], ca)
     make_companion(**env)
     for name in (unknown, plain):
-        presented = wait_for(lambda n=name: served_cert(host_nginx, n), timeout=30, what=f"default cert for {name}")
-        assert _common_name(presented) == "operator default"
+        presented = wait_until(lambda n=name: served_cert(host_nginx, n), timeout=30, what=f"default cert for {name}")
+        assert common_name(presented) == "operator default"
     loose = ssl.create_default_context(cadata=ca[0].public_bytes(serialization.Encoding.PEM).decode())
     loose.check_hostname = False
     assert host_nginx.get(unknown, https=True, context=loose)[0] == 503

@@ -8,7 +8,6 @@ import http.client
 import json
 import ssl
 import subprocess
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +16,12 @@ from typing import TypeVar
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
-from tests.harness.nginx import HostNginx, body
-from tests.harness.nginxcheck import self_signed
+from tests.harness.companion import Companion
+from tests.harness.echo import ECHO_COMMAND, echoed
+from tests.harness.nginx import HostNginx, body, self_signed
 from tests.harness.nginxcontainer import NginxContainer
 from tests.harness.tls import client_ca, client_cert
-from tests.integration.test_dropin_proxy import ECHO_COMMAND, echoed
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 T = TypeVar("T")
@@ -68,20 +67,20 @@ def header(nginx: HostNginx, host: str, name: str) -> str | None:
 def wait_stable(probe: Callable[[], T], expected: T, what: str, timeout: float = 30, times: int = 5) -> None:
     """Until `probe()` answers `expected` `times` in a row (old workers answer for a moment after a reload);
     fail with what it last answered (or raised)."""
-    deadline, streak, last = time.monotonic() + timeout, 0, None
-    while streak < times:
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}; last: {last!r}"
-        try:
-            last = probe()
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        streak = streak + 1 if last == expected else 0
-        time.sleep(0.05)
+    wait_until(
+        probe,
+        timeout,
+        0.05,
+        what,
+        until=lambda answer: answer == expected,
+        stable=times,
+        errors=(OSError, http.client.HTTPException),
+    )
 
 
 def settled(nginx: HostNginx) -> None:
     """Wait for older nginx workers to leave, so every later request is answered by the newest config."""
-    wait_for(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
+    wait_until(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
 
 
 def test_vhost_files_reach_only_their_host_a_change_applies_and_a_broken_one_keeps_its_last_good(
@@ -94,20 +93,20 @@ def test_vhost_files_reach_only_their_host_a_change_applies_and_a_broken_one_kee
     a, b = f"a-{tag}.example.test", f"b-{tag}.example.test"
     apps("a", environment={"VIRTUAL_HOST": a, "APP_ID": "a"})
     apps("b", environment={"VIRTUAL_HOST": b, "APP_ID": "b"})
-    wait_for(lambda: (header(host_nginx, a, "X-Custom"), header(host_nginx, b, "X-Custom")) == ("only-a", "default"))
+    wait_until(lambda: (header(host_nginx, a, "X-Custom"), header(host_nginx, b, "X-Custom")) == ("only-a", "default"))
     pid = companion.process.pid if companion.process else None
 
     # a change is picked up by the watch, without a restart
     (vhost / a).write_text("add_header X-Custom a-two;\n")
-    wait_for(lambda: header(host_nginx, a, "X-Custom") == "a-two", what="the changed file applied")
+    wait_until(lambda: header(host_nginx, a, "X-Custom") == "a-two", what="the changed file applied")
 
     # a's file breaks: a keeps its last good version while default's change and a new container still apply
     (vhost / a).write_text("add_header X-Custom broken\n")  # no ";"
     (vhost / "default").write_text("add_header X-Custom default-two;\n")
     c = f"c-{tag}.example.test"
     apps("c", environment={"VIRTUAL_HOST": c, "APP_ID": "c"})
-    wait_for(lambda: body(host_nginx, c) == (200, "c"), what="a new container routed beside the broken file")
-    wait_for(lambda: header(host_nginx, b, "X-Custom") == "default-two", what="default's change applied")
+    wait_until(lambda: body(host_nginx, c) == (200, "c"), what="a new container routed beside the broken file")
+    wait_until(lambda: header(host_nginx, b, "X-Custom") == "default-two", what="default's change applied")
     settled(host_nginx)
     assert header(host_nginx, a, "X-Custom") == "a-two"
     assert header(host_nginx, c, "X-Custom") == "default-two"
@@ -120,13 +119,13 @@ def test_vhost_files_reach_only_their_host_a_change_applies_and_a_broken_one_kee
     companion.stop()
     seen = companion.count("its last good version stays in use")
     companion = make_companion(**settings(folders, tag))
-    wait_for(lambda: companion.count("its last good version stays in use") > seen, what="the restart reports it")
+    wait_until(lambda: companion.count("its last good version stays in use") > seen, what="the restart reports it")
     settled(host_nginx)
     assert header(host_nginx, a, "X-Custom") == "a-two"
 
     # fixed: the new version applies and the problem is resolved
     (vhost / a).write_text("add_header X-Custom a-fixed;\n")
-    wait_for(lambda: header(host_nginx, a, "X-Custom") == "a-fixed", what="the fixed file applied")
+    wait_until(lambda: header(host_nginx, a, "X-Custom") == "a-fixed", what="the fixed file applied")
     companion.wait_log(rf"resolved: {vhost / a}: refused")
     # `companion render --all` shows the same includes and copies, writing nothing
     shown = companion.cli("render", "--all")
@@ -142,7 +141,7 @@ def test_htpasswd_file_asks_for_credentials_but_the_acme_challenge_stays_open(
     guarded, open_ = f"guarded-{tag}.example.test", f"open-{tag}.example.test"
     apps("guarded", environment={"VIRTUAL_HOST": guarded, "APP_ID": "guarded"})
     apps("open", environment={"VIRTUAL_HOST": open_, "APP_ID": "open"})
-    wait_for(lambda: body(host_nginx, guarded) == (200, "guarded"), what="routed before the htpasswd file")
+    wait_until(lambda: body(host_nginx, guarded) == (200, "guarded"), what="routed before the htpasswd file")
     done = subprocess.run(
         ["htpasswd", "-cbB", str(folders["htpasswd"] / guarded), "alice", "s3cret pass"],
         capture_output=True,
@@ -150,7 +149,7 @@ def test_htpasswd_file_asks_for_credentials_but_the_acme_challenge_stays_open(
         check=False,
     )
     assert done.returncode == 0, f"htpasswd (apt-get install apache2-utils) failed: {done.stderr}"
-    wait_for(lambda: host_nginx.get(guarded)[0] == 401, what="401 without credentials")
+    wait_until(lambda: host_nginx.get(guarded)[0] == 401, what="401 without credentials")
     settled(host_nginx)
     status, headers, _ = host_nginx.get(guarded)
     assert status == 401 and headers["WWW-Authenticate"] == f'Basic realm="{guarded}"'
@@ -167,7 +166,7 @@ def test_htpasswd_file_asks_for_credentials_but_the_acme_challenge_stays_open(
     broken = f"broken-{tag}.example.test"
     (folders["htpasswd"] / broken).write_text("alice\n")
     apps("broken", environment={"VIRTUAL_HOST": broken, "APP_ID": "broken"})
-    wait_for(lambda: body(host_nginx, broken)[0] == 403, what="a host with an unusable htpasswd closed")
+    wait_until(lambda: body(host_nginx, broken)[0] == 403, what="a host with an unusable htpasswd closed")
     assert body(host_nginx, broken, "/.well-known/acme-challenge/tok-auth") == (200, "token-body")
     companion.wait_log(rf"{folders['htpasswd'] / broken}: refused \(line 1 is not user:hash\); {broken} answers 403")
 
@@ -202,12 +201,12 @@ def test_a_client_ca_file_requires_a_certificate_it_signed(
     make_companion(**settings(folders, tag))
     apps("mtls", environment={"VIRTUAL_HOST": host, "APP_ID": "mtls"})
     apps("plain", environment={"VIRTUAL_HOST": other, "APP_ID": "plain"})
-    wait_for(lambda: https_status(host_nginx, host) == 200, what="HTTPS before the CA file")
+    wait_until(lambda: https_status(host_nginx, host) == 200, what="HTTPS before the CA file")
     ca = client_ca(tmp_path / "ca")
     signed = client_cert(ca, tmp_path / "ca", "alice")
     stranger = client_cert(client_ca(tmp_path / "other-ca"), tmp_path / "other-ca", "mallory")
     (folders["client_ca"] / host).write_bytes(ca[0].read_bytes())
-    wait_for(lambda: https_status(host_nginx, host) == 400, what="a client without a certificate refused")
+    wait_until(lambda: https_status(host_nginx, host) == 400, what="a client without a certificate refused")
     settled(host_nginx)
     assert https_status(host_nginx, host) == 400  # nginx: "No required SSL certificate was sent"
     assert https_status(host_nginx, host, signed) == 200
@@ -381,7 +380,7 @@ def test_typed_labels_set_the_body_limit_and_the_allow_list(
     host = f"upload-{tag}.example.test"
     command = ["/bin/sh", "-c", UPLOAD]
     first = apps("upload", environment={"VIRTUAL_HOST": host}, command=command)
-    wait_for(lambda: body(host_nginx, host) == (200, "up"), what="upload app routed")
+    wait_until(lambda: body(host_nginx, host) == (200, "up"), what="upload app routed")
     assert host_nginx.get(host)[1]["Server"] == "nginx"  # no version
     logged = [json.loads(line) for line in access.read_text().splitlines()]
     assert {"host": host, "status": 200, "request": "GET / HTTP/1.1"}.items() <= logged[-1].items()
@@ -390,7 +389,9 @@ def test_typed_labels_set_the_body_limit_and_the_allow_list(
     assert post(host_nginx, host, two_mib) == 413  # nginx's default limit is 1m
     first.remove(force=True)
     apps("upload2", environment={"VIRTUAL_HOST": host}, labels={"PROXY_MAX_BODY_SIZE": "10m"}, command=command)
-    wait_for(lambda: post(host_nginx, host, two_mib) == 200, what="a 2 MiB body accepted with PROXY_MAX_BODY_SIZE=10m")
+    wait_until(
+        lambda: post(host_nginx, host, two_mib) == 200, what="a 2 MiB body accepted with PROXY_MAX_BODY_SIZE=10m"
+    )
     settled(host_nginx)
     assert post(host_nginx, host, 11 * 1024 * 1024) == 413
 
@@ -401,8 +402,8 @@ def test_typed_labels_set_the_body_limit_and_the_allow_list(
         environment={"VIRTUAL_HOST": unlisted, "APP_ID": "unlisted"},
         labels={"PROXY_ALLOW_FROM": "192.0.2.0/24, 2001:db8::/32"},
     )
-    wait_for(lambda: body(host_nginx, listed) == (200, "listed"), what="a listed client served")
-    wait_for(lambda: body(host_nginx, unlisted)[0] == 403, what="an unlisted client refused")
+    wait_until(lambda: body(host_nginx, listed) == (200, "listed"), what="a listed client served")
+    wait_until(lambda: body(host_nginx, unlisted)[0] == 403, what="an unlisted client refused")
     token = companion.webroot / ".well-known" / "acme-challenge" / "tok-allow"
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_text("token-body")
@@ -421,7 +422,7 @@ def test_a_proxy_conf_written_for_nginx_proxy_replaces_the_header_snippet(
     host = f"echo-{tag}.example.test"
     apps("echo", environment={"VIRTUAL_HOST": host}, command=ECHO_COMMAND)
     port = host_nginx.http_port
-    before = wait_for(lambda: echoed(port, f"{host}:{port}"), what="echo app routed")
+    before = wait_until(lambda: echoed(port, f"{host}:{port}"), what="echo app routed")
     assert before["host"] == f"{host}:{port}"  # the companion's snippet passes the client's Host, port included
     proxy_conf.write_text(
         "proxy_http_version 1.1;\n"
@@ -433,7 +434,7 @@ def test_a_proxy_conf_written_for_nginx_proxy_replaces_the_header_snippet(
         "proxy_set_header X-Forwarded-Port $proxy_x_forwarded_port;\n"
         "proxy_set_header X-Forwarded-Ssl $proxy_x_forwarded_ssl;\n"
     )
-    after = wait_for(
+    after = wait_until(
         lambda: (got := echoed(port, f"{host}:{port}")) and got["host"] == host and got, what="proxy.conf applied"
     )
     assert (after["proto"], after["fhost"], after["port"], after["ssl"]) == ("http", f"{host}:{port}", str(port), "off")
@@ -460,10 +461,10 @@ def test_with_nginx_in_a_container_only_the_companion_needs_the_folders(
         status, headers, _ = docker_nginx.get(host)
         return headers.get("X-Custom") if status == 200 else None
 
-    wait_for(lambda: (custom(a), custom(b)) == ("only-a", "default"), timeout=30, what="copies served by nginx")
+    wait_until(lambda: (custom(a), custom(b)) == ("only-a", "default"), timeout=30, what="copies served by nginx")
     (vhost / a).write_text("add_header X-Custom broken\n")
     (vhost / "default").write_text("add_header X-Custom default-two;\n")
-    wait_for(lambda: custom(b) == "default-two", timeout=30, what="default's change applied beside a broken file")
+    wait_until(lambda: custom(b) == "default-two", timeout=30, what="default's change applied beside a broken file")
     companion.wait_log(rf"{vhost / a}: refused \([^\n]*companion-user-[0-9a-f]+\.inc[^\n]*\); its last good")
     assert custom(a) == "only-a"
     code, output = docker_nginx.check()

@@ -6,8 +6,6 @@ every assertion is about headers that really crossed nginx.
 
 from __future__ import annotations
 
-import http.client
-import shlex
 import socket
 import ssl
 import uuid
@@ -18,30 +16,14 @@ from typing import TypeVar
 import pytest
 
 from tests.harness.appimage import IMAGE, AppRunner
-from tests.harness.companion import Companion, wait_for
-from tests.harness.nginx import HostNginx
-from tests.harness.nginxcheck import self_signed
+from tests.harness.companion import Companion
+from tests.harness.echo import ECHO_COMMAND, ECHO_PATH, ECHO_SCRIPT, echoed, request, seen
+from tests.harness.nginx import HostNginx, self_signed
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
-ECHO_PATH = "/cgi-bin/headers"
 T = TypeVar("T")
-# name printed by the CGI script -> the CGI variable busybox httpd sets from the request header
-FIELDS = {
-    "host": "HTTP_HOST",
-    "proto": "HTTP_X_FORWARDED_PROTO",
-    "fhost": "HTTP_X_FORWARDED_HOST",
-    "port": "HTTP_X_FORWARDED_PORT",
-    "ssl": "HTTP_X_FORWARDED_SSL",
-    "for": "HTTP_X_FORWARDED_FOR",
-    "method": "REQUEST_METHOD",
-}
-_CGI = ["#!/bin/sh", 'echo "Content-Type: text/plain"', "echo", *(f'echo "{k}=${v}"' for k, v in FIELDS.items())]
-ECHO_SCRIPT = (
-    f"mkdir -p /www/cgi-bin && printf '%s\\n' {' '.join(shlex.quote(line) for line in _CGI)} > /www{ECHO_PATH}"
-    f" && /bin/busybox chmod 755 /www{ECHO_PATH} && exec /bin/busybox httpd -f -v -p 80 -h /www"
-)
-ECHO_COMMAND = ["/bin/sh", "-c", ECHO_SCRIPT]
 
 
 def zone() -> str:
@@ -49,53 +31,10 @@ def zone() -> str:
     return f"dropin-{uuid.uuid4().hex[:10]}.example.test"
 
 
-def request(
-    port: int,
-    host: str,
-    path: str = ECHO_PATH,
-    method: str = "GET",
-    https: bool = False,
-    sni: str | None = None,
-    headers: dict[str, str] | None = None,
-    address: str = "127.0.0.1",
-) -> tuple[int, http.client.HTTPMessage, str]:
-    """One request with exactly the ``Host`` header given (port included if wanted); no redirects followed."""
-    if https:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        raw = socket.create_connection((address, port), timeout=3)
-        conn = http.client.HTTPConnection(address, port, timeout=3)
-        conn.sock = context.wrap_socket(raw, server_hostname=sni or host.split(":")[0])
-    else:
-        conn = http.client.HTTPConnection(address, port, timeout=3)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", host)
-        for name, value in (headers or {}).items():
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read().decode(errors="replace")
-    finally:
-        conn.close()
-
-
-def seen(text: str) -> dict[str, str]:
-    """The echo app's answer as {field: value}."""
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-def echoed(port: int, host: str, **kw: object) -> dict[str, str] | None:
-    """What the echo app received, or None while the site is not routed yet."""
-    status, _, text = request(port, host, **kw)  # type: ignore[arg-type]
-    return seen(text) if status == 200 and "method=" in text else None
-
-
 def routed(nginx: HostNginx, probe: Callable[[], T | None], what: str) -> T:
     """Wait for the first answer, then for the older nginx workers to leave: each later request is new config's."""
-    got = wait_for(probe, timeout=60, what=what)
-    wait_for(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
+    got = wait_until(probe, timeout=60, what=what)
+    wait_until(lambda: len(nginx.worker_pids()) == 1, timeout=30, what="one generation of nginx workers")
     return got
 
 

@@ -13,9 +13,10 @@ import docker
 import pytest
 
 from tests.harness.appimage import IMAGE, AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.images import derived_image
 from tests.harness.nginx import HostNginx, body
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 # Two busybox httpd in one container: / and /svc/ answer "on-80" on port 80, "on-8000" on port 8000.
@@ -59,7 +60,7 @@ def test_multiports_from_compose_routes_two_ports_and_a_path_with_dest(
         got = {key: body(host_nginx, *key) for key in expected}
         return {key: (status, None if expected[key][1] is None else text) for key, (status, text) in got.items()}
 
-    wait_for(lambda: answers() == expected, what="both ports and the path with dest routed")
+    wait_until(lambda: answers() == expected, what="both ports and the path with dest routed")
 
 
 def test_bare_expose_port_from_compose_is_the_default_port(
@@ -81,7 +82,7 @@ def test_bare_expose_port_from_compose_is_the_default_port(
             }
         }
     )
-    assert wait_for(lambda: body(host_nginx, host) == (200, "on-81"), what="routed to the exposed port 81")
+    assert wait_until(lambda: body(host_nginx, host) == (200, "on-81"), what="routed to the exposed port 81")
 
 
 @contextlib.contextmanager
@@ -127,13 +128,13 @@ def test_network_access_internal_denies_a_public_source_but_not_loopback_or_the_
     inside, outside = f"inside-{tag}.example.test", f"outside-{tag}.example.test"
     apps("inside", environment={"VIRTUAL_HOST": inside, "NETWORK_ACCESS": "internal", "APP_ID": "inside"})
     apps("outside", environment={"VIRTUAL_HOST": outside, "APP_ID": "outside"})
-    wait_for(lambda: body(host_nginx, inside) == (200, "inside"), what="internal site answers loopback")
-    wait_for(lambda: body(host_nginx, outside) == (200, "outside"), what="external site answers loopback")
+    wait_until(lambda: body(host_nginx, inside) == (200, "inside"), what="internal site answers loopback")
+    wait_until(lambda: body(host_nginx, outside) == (200, "outside"), what="external site answers loopback")
     (companion.webroot / ".well-known" / "acme-challenge").mkdir(parents=True, exist_ok=True)
     (companion.webroot / ".well-known" / "acme-challenge" / "tok-public").write_text("token-body")
     with public_network(docker_client) as (network, gateway):
         client_box = apps("client", network=network.name, wait=False)
-        wait_for(lambda: client_box.reload() or client_box.status == "running", what="client running")
+        wait_until(lambda: client_box.reload() or client_box.status == "running", what="client running")
         base = f"http://{gateway}:{host_nginx.http_port}"
         assert fetch_from(client_box, f"{base}/", outside) == "outside"
         denied = fetch_from(client_box, f"{base}/", inside)
@@ -153,7 +154,7 @@ def test_unsupported_and_mistyped_variables_are_reported_once_and_routing_goes_o
         "warn",
         environment={"VIRTUAL_HOST": host, "VIRTUAL_ROOT": "/srv", "LETSENCRYPT_HOSTS": host, "APP_ID": "warned"},
     )
-    wait_for(lambda: body(host_nginx, host) == (200, "warned"), what="site routed despite the warnings")
+    wait_until(lambda: body(host_nginx, host) == (200, "warned"), what="site routed despite the warnings")
     mistyped = (
         rf"container {app.name}: LETSENCRYPT_HOSTS is not a variable the companion reads; "
         r"did you mean LETSENCRYPT_HOST\?"
@@ -165,6 +166,6 @@ def test_unsupported_and_mistyped_variables_are_reported_once_and_routing_goes_o
     companion.wait_log(mistyped)
     companion.wait_log(unsupported)
     apps("other", environment={"VIRTUAL_HOST": f"other-{tag}.example.test"})  # a change: another pass
-    wait_for(lambda: body(host_nginx, f"other-{tag}.example.test")[0] == 200, what="second site routed")
+    wait_until(lambda: body(host_nginx, f"other-{tag}.example.test")[0] == 200, what="second site routed")
     companion.wait_idle()
     assert companion.count(mistyped) == 1 and companion.count(unsupported) == 1

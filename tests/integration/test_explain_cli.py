@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
+from tests.harness.companion import status_get as get
 from tests.harness.nginx import HostNginx, body
 from tests.harness.ports import free_port
-from tests.integration.test_status import get
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +66,12 @@ def test_explain_the_container_that_lost_a_conflict_names_the_winner_and_why(
     # The decider starts first, while its name sorts last: only "it served the host first" explains it.
     decider = apps("explain-zz", labels={"VIRTUAL_HOST": host, "HTTPS_METHOD": "nohttps"}, environment={"APP_ID": "z"})
     owners = companion.certs_dir / "companion" / "owners.json"
-    wait_for(lambda: json.loads(owners.read_text()).get(host, {}).get("container") == decider.name, what="owner saved")
+    wait_until(
+        lambda: json.loads(owners.read_text()).get(host, {}).get("container") == decider.name, what="owner saved"
+    )
     newcomer = apps("explain-aa", labels={"VIRTUAL_HOST": host, "HTTPS_METHOD": "noredirect", "HSTS": "off"})
     assert newcomer.name < decider.name
-    assert wait_for(lambda: {body(host_nginx, host)[1] for _ in range(6)} >= {"z"}, what="host served")
+    assert wait_until(lambda: {body(host_nginx, host)[1] for _ in range(6)} >= {"z"}, what="host served")
     result = companion.cli("explain", newcomer.name)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (
@@ -107,7 +110,7 @@ def test_explain_asks_the_running_service_and_falls_back_when_it_is_gone(
     served_host, outside = f"svc.{domain}", unique_host("outside")
     served = apps("explain-svc", environment={"VIRTUAL_HOST": served_host})
     refused = apps("explain-svc-out", environment={"VIRTUAL_HOST": outside})
-    assert wait_for(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
+    assert wait_until(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
     asked = f"# asked the running service at http://127.0.0.1:{port}/explain\n"
 
     result = companion.cli("explain", served.name)
@@ -149,7 +152,7 @@ def test_explain_authenticates_to_a_service_with_status_auth_and_says_why_when_i
     companion = make_companion(STATUS_LISTEN=f"127.0.0.1:{port}", STATUS_AUTH=str(users))
     served_host = unique_host("auth")
     served = apps("explain-auth", environment={"VIRTUAL_HOST": served_host})
-    assert wait_for(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
+    assert wait_until(lambda: body(host_nginx, served_host)[0] == 200, timeout=30, what="site served")
     url = f"http://127.0.0.1:{port}/explain"
 
     result = companion.cli("explain", served.name, env={"STATUS_CREDENTIALS": str(good)})

@@ -20,34 +20,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.certs import PLACEHOLDER_CN, common_name
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
-from tests.harness.pebble import Pebble
+from tests.harness.pebble import Pebble, acme_env
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
-
-PLACEHOLDER_CN = "companion placeholder certificate"
-
-
-def acme_env(pebble: Pebble, allowed: str, **extra: str) -> dict[str, str]:
-    return {
-        "ACME_CA_URI": pebble.directory_url,
-        "CA_BUNDLE": str(pebble.ca_bundle_path),
-        "ALLOWED_DOMAINS": allowed,
-        **extra,
-    }
-
-
-def common_name(cert: x509.Certificate) -> str:
-    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
-
 
 # -- 3. broken certificate files ------------------------------------------------------------------
 
@@ -64,7 +48,7 @@ def test_broken_certificates_fall_back_to_the_placeholder_one_by_one(
     context = ssl.create_default_context(cadata=roots)
     started = time.monotonic()
     originals = {
-        host: wait_for(lambda h=host: served_cert(host_nginx, h, context), timeout=120, interval=0.5, what=host)
+        host: wait_until(lambda h=host: served_cert(host_nginx, h, context), timeout=120, interval=0.5, what=host)
         for host in hosts
     }
     issued = time.monotonic() - started
@@ -96,7 +80,7 @@ def test_broken_certificates_fall_back_to_the_placeholder_one_by_one(
         mismatched: r"private key does not match the certificate",
     }
     for host, reason in expected.items():
-        wait_for(
+        wait_until(
             lambda h=host: common_name(served_cert(host_nginx, h)) == PLACEHOLDER_CN,
             timeout=20,
             what=f"{host} served with the placeholder",
@@ -104,7 +88,7 @@ def test_broken_certificates_fall_back_to_the_placeholder_one_by_one(
         companion.wait_log(rf"WARNING [^\n]*certificate {re.escape(host)}: {reason}[^\n]*fall back to the placeholder")
         assert host_nginx.check().returncode == 0, host_nginx.check().stderr
         # Still served over plain HTTP (no redirect to a certificate that does not exist).
-        assert wait_for(lambda h=host: host_nginx.get(h)[0] == 200, timeout=5)
+        assert wait_until(lambda h=host: host_nginx.get(h)[0] == 200, timeout=5)
     fallen_back = time.monotonic() - broken_at
     companion.wait_idle()
     # The healthy one keeps its real certificate, verified against Pebble's root.
@@ -134,7 +118,7 @@ def test_allow_list_refuses_foreign_names_and_orders_nothing_for_them(
     good = f"x.allowed-{tag}.test"
     apps("allowed", environment={"VIRTUAL_HOST": good, "LETSENCRYPT_HOST": good, "APP_ID": "allowed"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, good, context) == (200, "allowed"), timeout=60)
+    assert wait_until(lambda: https_body(host_nginx, good, context) == (200, "allowed"), timeout=60)
     companion.wait_idle()
     orders = pebble.orders_seen()
     assert orders == 1
@@ -185,7 +169,7 @@ def test_challenge_location_serves_only_tokens_and_secrets_stay_secret(
     host = f"secret.{tag}.hardening.test"
     apps("secret", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "secret-app"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, host, context) == (200, "secret-app"), timeout=60)
+    assert wait_until(lambda: https_body(host_nginx, host, context) == (200, "secret-app"), timeout=60)
     companion.wait_idle()
 
     # (a) the webroot holds nothing but the (now empty) challenge folders

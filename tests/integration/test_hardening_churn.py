@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +179,7 @@ def test_churn_under_traffic_fails_no_request_and_old_workers_stay_bounded(
         ]:
             future.result()
     for host, app_id in sites.items():
-        wait_for(lambda h=host, a=app_id: get(host_nginx.http_port, h) == (200, a), what=f"{host} routed")
+        wait_until(lambda h=host, a=app_id: get(host_nginx.http_port, h) == (200, a), what=f"{host} routed")
     companion.wait_idle()
     reloads_before = companion.reloads()
     log_mark = len(companion.log())
@@ -207,7 +208,7 @@ def test_churn_under_traffic_fails_no_request_and_old_workers_stay_bounded(
         churn_time = time.monotonic() - started
         companion.wait_idle(quiet=1.5, timeout=40)
         # Let the last generation retire while traffic goes on.
-        wait_for(lambda: sampler.old_workers()[0] == 0, timeout=10, what="old workers gone")
+        wait_until(lambda: sampler.old_workers()[0] == 0, timeout=10, what="old workers gone")
         time.sleep(0.5)
     total = time.monotonic() - started
     reloads = companion.reloads() - reloads_before

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +48,7 @@ def test_config_rejected_by_nginx_keeps_last_good_and_logs_once(
     companion = make_companion(NGINX_TEST=f"date +%s.%N >> {tests_log}; {host_nginx.test_command}")
     live = unique_host("live")
     apps("live", environment={"VIRTUAL_HOST": live, "APP_ID": "live"})
-    assert wait_for(lambda: body(host_nginx, live) == (200, "live"), what="first site routed")
+    assert wait_until(lambda: body(host_nginx, live) == (200, "live"), what="first site routed")
     companion.wait_idle()
     good_files = conf_snapshot(conf_dir)
     reloads = companion.reloads()
@@ -63,7 +64,7 @@ def test_config_rejected_by_nginx_keeps_last_good_and_logs_once(
     assert '[emerg] unknown directive "bogus_hardening_directive"' in line and "zz-user.conf" in line, line
     tests_at_error = len(tests_log.read_text().splitlines())
     # Retries come after 1 s, 2 s, 4 s ... (sooner when a Docker event wakes the loop): wait for three.
-    wait_for(
+    wait_until(
         lambda: len(tests_log.read_text().splitlines()) >= tests_at_error + 3,
         timeout=15,
         what="the companion to retry the failed pass",
@@ -75,7 +76,7 @@ def test_config_rejected_by_nginx_keeps_last_good_and_logs_once(
     assert companion.reloads() == reloads, "nginx must not be reloaded while its configuration is refused"
     assert host_nginx.master_pid() == master
     # Each retry writes the new files for the length of one `nginx -t`, then puts the good ones back.
-    wait_for(
+    wait_until(
         lambda: conf_snapshot(conf_dir, skip=("zz-user.conf",)) == good_files,
         timeout=5,
         interval=0.01,
@@ -87,7 +88,7 @@ def test_config_rejected_by_nginx_keeps_last_good_and_logs_once(
     # The user fixes the file: the companion's own retry applies the pending change.
     user.write_text("# fixed by the user\n")
     fixed_at = time.monotonic()
-    assert wait_for(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=40, what="pending change applied")
+    assert wait_until(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=40, what="pending change applied")
     recovered = time.monotonic() - fixed_at
     companion.wait_log(r"resolved: nginx rejected the new configuration")
     assert companion.reloads() >= reloads + 1
@@ -148,7 +149,7 @@ def test_conf_dir_full_or_read_only_keeps_old_files_and_recovers(
     try:
         first = unique_host("first")
         apps("first", environment={"VIRTUAL_HOST": first, "APP_ID": "first"})
-        assert wait_for(lambda: body(nginx, first) == (200, "first"), what="first site routed")
+        assert wait_until(lambda: body(nginx, first) == (200, "first"), what="first site routed")
         companion.wait_idle()
 
         # Disk full.
@@ -167,7 +168,7 @@ def test_conf_dir_full_or_read_only_keeps_old_files_and_recovers(
         assert companion.count(r"cannot write [^\n]*No space left on device") == 1
         filler.unlink()
         freed_at = time.monotonic()
-        assert wait_for(lambda: body(nginx, second) == (200, "second"), timeout=40, what="recovery after freeing")
+        assert wait_until(lambda: body(nginx, second) == (200, "second"), timeout=40, what="recovery after freeing")
         full_recovery = time.monotonic() - freed_at
         companion.wait_log(r"resolved: cannot write [^\n]*No space left on device")
 
@@ -186,7 +187,7 @@ def test_conf_dir_full_or_read_only_keeps_old_files_and_recovers(
         finally:
             subprocess.run(["mount", "-o", "remount,rw", str(conf_dir)], check=True)
         rw_at = time.monotonic()
-        assert wait_for(lambda: body(nginx, third) == (200, "third"), timeout=40, what="recovery after remount rw")
+        assert wait_until(lambda: body(nginx, third) == (200, "third"), timeout=40, what="recovery after remount rw")
         ro_recovery = time.monotonic() - rw_at
         assert body(nginx, first) == (200, "first") and body(nginx, second) == (200, "second")
         assert companion.alive, "recovered without a restart"
@@ -261,7 +262,7 @@ def test_hostile_container_among_fifty_is_reported_once_per_change(
     def missing() -> list[str]:
         return [h for i, h in enumerate(hosts) if body(host_nginx, h) != (200, f"good{i}")]
 
-    wait_for(lambda: not missing(), timeout=60, interval=0.5, what="all 50 good sites served")
+    wait_until(lambda: not missing(), timeout=60, interval=0.5, what="all 50 good sites served")
     routed = time.monotonic() - started
     shown = re.escape(repr(HOSTILE_PATH))
     pattern = rf"WARNING [^\n]*container {re.escape(hostile.name)}: VIRTUAL_PATH={shown} rejected: path must"
@@ -285,7 +286,7 @@ def test_hostile_container_among_fifty_is_reported_once_per_change(
     hostile.stop(timeout=1)
     companion.wait_log(rf"resolved: container {re.escape(hostile.name)}: VIRTUAL_PATH")
     hostile.start()
-    wait_for(lambda: companion.count(pattern) == 2, what="report when the container is back")
+    wait_until(lambda: companion.count(pattern) == 2, what="report when the container is back")
     companion.wait_idle()
     assert companion.count(pattern) == 2
     assert companion.count(rf"resolved: container {re.escape(hostile.name)}") == 1
@@ -335,13 +336,13 @@ def test_conflicting_containers_the_one_serving_first_decides_whatever_the_names
             )
             names[letter] = container.name
             if letter == first:
-                wait_for(lambda h=host: routed(conf_path.read_text(), h) is not None)
+                wait_until(lambda h=host: routed(conf_path.read_text(), h) is not None)
         assert names["a"] < names["b"]
 
         def both_backends(h: str = host) -> bool:
             return {body(host_nginx, h) for _ in range(8)} == {(200, "a"), (200, "b")}
 
-        assert wait_for(both_backends, timeout=20, what=f"{order}: {first} decides and both backends serve")
+        assert wait_until(both_backends, timeout=20, what=f"{order}: {first} decides and both backends serve")
         conf = conf_path.read_text()
         scheme, upstream = routed(conf, host) or ("", "")
         assert scheme == "http" and f"https://{upstream};" not in conf

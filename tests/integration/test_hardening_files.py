@@ -19,12 +19,12 @@ import pytest
 from cryptography import x509
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.certs import PLACEHOLDER_CN, certbot_layout, common_name
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
-from tests.harness.pebble import Pebble
+from tests.harness.pebble import Pebble, acme_env
 from tests.harness.tls import https_body, served_cert
-from tests.integration.test_acme_unit import certbot_layout
-from tests.integration.test_hardening_certs import PLACEHOLDER_CN, acme_env, common_name
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_link_in_place_of_our_conf_file_is_never_read_through(
     companion = make_companion()
     first = unique_host("first")
     apps("first", environment={"VIRTUAL_HOST": first, "APP_ID": "first"})
-    assert wait_for(lambda: body(host_nginx, first) == (200, "first"), timeout=60, what="first site routed")
+    assert wait_until(lambda: body(host_nginx, first) == (200, "first"), timeout=60, what="first site routed")
     companion.wait_idle()
     secret_text = "SECRET-" + uuid.uuid4().hex
     secret = tmp_path / "secret.txt"
@@ -87,7 +87,7 @@ def test_link_in_place_of_our_conf_file_is_never_read_through(
 
     # The user fixes their file: our own regular file takes the link's place and serves both sites.
     user.write_text("# fixed\n")
-    assert wait_for(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=60, what="pending change applied")
+    assert wait_until(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=60, what="pending change applied")
     assert stat.S_ISREG(os.lstat(main).st_mode) and secret_text not in main.read_text()
     assert body(host_nginx, first) == (200, "first")
     assert companion.alive
@@ -110,7 +110,7 @@ def test_placeholder_folder_behind_a_link_is_replaced_not_followed(
     host = unique_host("placeholder")
     apps("placeholder", labels={"VIRTUAL_HOST": host, "CERT_NAME": f"none-{uuid.uuid4().hex[:8]}"})
 
-    served = wait_for(lambda: served_cert(host_nginx, host), timeout=60, what=f"{host} over TLS")
+    served = wait_until(lambda: served_cert(host_nginx, host), timeout=60, what=f"{host} over TLS")
     assert common_name(served) == PLACEHOLDER_CN
     folder = certs_dir / "companion" / "placeholder"
     assert stat.S_ISDIR(os.lstat(folder).st_mode), "a real folder in place of the link"
@@ -139,8 +139,8 @@ def test_fifo_at_a_certificate_does_not_hang_the_loop(
     companion = make_companion()
     apps("good", labels={"VIRTUAL_HOST": good, "CERT_NAME": good_name}, environment={"APP_ID": "good"})
     apps("fifo", labels={"VIRTUAL_HOST": fifo, "CERT_NAME": fifo_name}, environment={"APP_ID": "fifo"})
-    assert wait_for(lambda: served_cert(host_nginx, good).serial_number == good_serial.serial_number, timeout=60)
-    assert wait_for(lambda: common_name(served_cert(host_nginx, fifo)) == PLACEHOLDER_CN, timeout=60)
+    assert wait_until(lambda: served_cert(host_nginx, good).serial_number == good_serial.serial_number, timeout=60)
+    assert wait_until(lambda: common_name(served_cert(host_nginx, fifo)) == PLACEHOLDER_CN, timeout=60)
 
     # The lineage appears with a good key and a FIFO for its chain (the certs watcher wakes the loop).
     certbot_layout(tmp_path / "donor", fifo_name, [fifo])
@@ -158,8 +158,8 @@ def test_fifo_at_a_certificate_does_not_hang_the_loop(
     # The loop keeps running: a later container is routed, and the heartbeat moves on.
     later = unique_host("later")
     apps("later", environment={"VIRTUAL_HOST": later, "APP_ID": "later"})
-    assert wait_for(lambda: body(host_nginx, later) == (200, "later"), timeout=60, what="a later site routed")
-    assert wait_for(lambda: heartbeat.stat().st_mtime > planted_at, timeout=60, what="a heartbeat after the FIFO")
+    assert wait_until(lambda: body(host_nginx, later) == (200, "later"), timeout=60, what="a later site routed")
+    assert wait_until(lambda: heartbeat.stat().st_mtime > planted_at, timeout=60, what="a heartbeat after the FIFO")
     assert common_name(served_cert(host_nginx, fifo)) == PLACEHOLDER_CN
     assert served_cert(host_nginx, good).serial_number == good_serial.serial_number
     assert https_body(host_nginx, good, _unverified()) == (200, "good")
@@ -198,7 +198,7 @@ def test_state_file_of_the_wrong_shape_is_moved_aside_and_orders_go_on(
     companion = make_companion(**acme_env(pebble, f"*.{tag}.hardening.test"))
     apps("state", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "state"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, host, context) == (200, "state"), timeout=120, interval=0.5)
+    assert wait_until(lambda: https_body(host_nginx, host, context) == (200, "state"), timeout=120, interval=0.5)
 
     line = companion.wait_log(r"WARNING [^\n]*ignoring [^\n]*acme-state\.json[^\n]*", 60)
     assert f"ignoring {state} ('{host}': next_try must be a unix time, not 'soon'); moved it aside to {state}.bad-" in (
@@ -206,7 +206,7 @@ def test_state_file_of_the_wrong_shape_is_moved_aside_and_orders_go_on(
     ), line
     [aside] = state.parent.glob("acme-state.json.bad-*")
     assert aside.read_text() == planted, "the bad file is kept for a look"
-    saved = wait_for(lambda: json.loads(state.read_text()), what="the state saved again")
+    saved = wait_until(lambda: json.loads(state.read_text()), what="the state saved again")
     assert saved[host] == {"domains": [host], "failures": 0, "next_try": 0.0, "last_error": "", "in_progress": False}
     assert mode(state) == 0o600
     assert companion.count(r"ignoring [^\n]*acme-state\.json") == 1

@@ -18,8 +18,9 @@ from companion.core.model import CertRequest
 from companion.nginx.render import RenderOptions, render
 from companion.settings.config import Settings
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +42,7 @@ def more_passes(companion: Companion, count: int = 2) -> None:
     for i in range(count):
         stamp = heartbeat.stat().st_mtime_ns
         (companion.certs_dir / "live" / f"nudge-{uuid.uuid4().hex[:6]}-{i}.txt").write_text("wake up\n")
-        wait_for(lambda s=stamp: heartbeat.stat().st_mtime_ns != s, timeout=40, what="another loop pass")
+        wait_until(lambda s=stamp: heartbeat.stat().st_mtime_ns != s, timeout=40, what="another loop pass")
 
 
 # -- 1. the challenge regex is anchored at the true end ------------------------------------------------
@@ -65,7 +66,7 @@ def serve_rendered(nginx: HostNginx, webroot: Path, *, acme_snippet: Callable[[s
     before = set(nginx.worker_pids())
     nginx.reload()
     # A worker of the previous generation may still accept for a moment after the new one started.
-    wait_for(lambda: not before & set(nginx.worker_pids()), timeout=10, what="the old nginx workers to exit")
+    wait_until(lambda: not before & set(nginx.worker_pids()), timeout=10, what="the old nginx workers to exit")
 
 
 def test_challenge_location_does_not_serve_a_file_named_with_a_trailing_newline(
@@ -125,7 +126,7 @@ def test_email_starting_with_a_dash_is_refused_and_the_container_beside_it_serve
         },
     )
     apps("beside", environment={"VIRTUAL_HOST": good_host, "APP_ID": "beside"})
-    assert wait_for(lambda: body(host_nginx, good_host) == (200, "beside"), timeout=60, what="the neighbour served")
+    assert wait_until(lambda: body(host_nginx, good_host) == (200, "beside"), timeout=60, what="the neighbour served")
     warning = (
         rf"WARNING [^\n]*container {re.escape(dash.name)}: LETSENCRYPT_EMAIL='-x@example\.com' rejected: "
         r"must not start with - \(certbot would read it as an option, so no certificate\)\n"
@@ -150,7 +151,7 @@ def test_nginx_refusal_quoting_a_control_character_is_logged_escaped_on_one_line
     companion = make_companion(ALLOWED_DOMAINS=ALLOWED)
     live = unique_host("esc-live")
     apps("esc-live", environment={"VIRTUAL_HOST": live, "APP_ID": "live"})
-    assert wait_for(lambda: body(host_nginx, live) == (200, "live"), timeout=60, what="first site routed")
+    assert wait_until(lambda: body(host_nginx, live) == (200, "live"), timeout=60, what="first site routed")
 
     # A user's file in conf.d whose directive name carries an ANSI colour: the real nginx -t echoes it raw.
     user = host_nginx.conf_dir / "zz-user.conf"
@@ -165,7 +166,7 @@ def test_nginx_refusal_quoting_a_control_character_is_logged_escaped_on_one_line
     assert body(host_nginx, live) == (200, "live"), "the last good configuration keeps serving"
 
     user.unlink()
-    assert wait_for(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=40, what="pending change applied")
+    assert wait_until(lambda: body(host_nginx, blocked) == (200, "blocked"), timeout=40, what="pending change applied")
     companion.wait_log(r"resolved: nginx rejected the new configuration: [^\n]*bogus\\x1b\[31mdirective")
     assert b"\x1b" not in companion.log_path.read_bytes()
     assert companion.count(r"WARNING [^\n]*nginx rejected the new configuration") == 1
@@ -189,7 +190,7 @@ def test_host_with_only_a_sub_path_answers_404_at_root_not_nginx_default_page(
         labels={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "CERT_NAME": f"cert-{uuid.uuid4().hex[:8]}.inputs.test"},
         environment={"APP_ID": "api-app", "APP_PATHS": "/api"},
     )
-    assert wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api-app"), timeout=60, what="/api/ routed")
+    assert wait_until(lambda: body(host_nginx, host, "/api/") == (200, "api-app"), timeout=60, what="/api/ routed")
     for https in (False, True):
         status, _, data = host_nginx.get(host, "/api/", https=https)
         assert (status, data.decode().strip()) == (200, "api-app"), https
@@ -208,5 +209,5 @@ def test_host_with_only_a_sub_path_answers_404_at_root_not_nginx_default_page(
     (host_nginx.conf_dir / "companion.conf").write_text(without)
     before = set(host_nginx.worker_pids())
     host_nginx.reload()
-    wait_for(lambda: not before & set(host_nginx.worker_pids()), timeout=10, what="the old nginx workers to exit")
+    wait_until(lambda: not before & set(host_nginx.worker_pids()), timeout=10, what="the old nginx workers to exit")
     assert body(host_nginx, host, "/") == (200, default_page)

@@ -25,11 +25,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.dockerd import DockerDaemon
 from tests.harness.nginx import HostNginx, body
 from tests.harness.pebble import Pebble
 from tests.harness.socketproxy import DockerSocketProxy, allowlist_from_readme
+from tests.harness.wait import wait_quiet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +52,13 @@ def settle(companion: Companion, quiet: float = 1.0, timeout: float = 20.0) -> i
 
     (Companion.wait_idle watches the log, which other people's containers keep growing here.)
     """
-    deadline = time.monotonic() + timeout
-    count, since = companion.reloads(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-        now = companion.reloads()
-        if now != count:
-            count, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return count
-    raise AssertionError("the companion kept reloading nginx:\n" + companion.log()[-3000:])
+    return wait_quiet(  # type: ignore[return-value]
+        companion.reloads,
+        quiet,
+        timeout,
+        "the companion to stop reloading nginx",
+        logs=[("companion log", companion.log)],
+    )
 
 
 def heartbeat_ns(companion: Companion) -> int:
@@ -108,7 +106,7 @@ def test_docker_daemon_restart_reconnects_without_reload_and_routes_new_containe
     companion = make_companion(ALLOWED_DOMAINS=f"*.{zone}")
     old_host, new_host = f"old.{zone}", f"new.{zone}"
     apps("rst-old", environment={"VIRTUAL_HOST": old_host, "APP_ID": "old"})
-    assert wait_for(lambda: body(host_nginx, old_host) == (200, "old"), what="site routed before the restart")
+    assert wait_until(lambda: body(host_nginx, old_host) == (200, "old"), what="site routed before the restart")
     reloads = settle(companion)
     files = conf_state(host_nginx.conf_dir)
     beat = heartbeat_ns(companion)
@@ -116,16 +114,16 @@ def test_docker_daemon_restart_reconnects_without_reload_and_routes_new_containe
 
     daemon_back = docker_daemon.restart()
     # The companion notices by itself: the event stream comes back, and a full pass follows it.
-    wait_for(lambda: "docker event stream reconnected" in companion.log()[mark:], timeout=5, interval=0.01)
+    wait_until(lambda: "docker event stream reconnected" in companion.log()[mark:], timeout=5, interval=0.01)
     reconnected = time.time() - daemon_back
-    wait_for(lambda: heartbeat_ns(companion) != beat, timeout=3, interval=0.01, what="a pass after reconnecting")
+    wait_until(lambda: heartbeat_ns(companion) != beat, timeout=3, interval=0.01, what="a pass after reconnecting")
     time.sleep(0.2)  # a (spurious) reload would be run right after that pass's writes
     assert companion.reloads() == reloads, "reconnecting to a restarted daemon reloaded nginx with nothing changed"
     assert conf_state(host_nginx.conf_dir) == files, "reconnecting rewrote conf.d with nothing changed"
     assert body(host_nginx, old_host) == (200, "old")
 
     apps("rst-new", environment={"VIRTUAL_HOST": new_host, "APP_ID": "new"}, wait=False)
-    wait_for(lambda: body(host_nginx, new_host) == (200, "new"), timeout=10, interval=0.01, what="new site routed")
+    wait_until(lambda: body(host_nginx, new_host) == (200, "new"), timeout=10, interval=0.01, what="new site routed")
     routed = time.time() - daemon_back
     print(
         f"\ndaemon restart: event stream back after {reconnected:.2f}s, "
@@ -166,9 +164,9 @@ def test_unreachable_daemon_at_start_waits_quietly_then_works_through_an_allowli
         connected = time.monotonic() - started
         host = f"proxied.{zone}"
         app = apps("proxied", environment={"VIRTUAL_HOST": host, "APP_ID": "proxied"})
-        assert wait_for(lambda: body(host_nginx, host) == (200, "proxied"), what="site routed through the proxy")
+        assert wait_until(lambda: body(host_nginx, host) == (200, "proxied"), what="site routed through the proxy")
         app.stop(timeout=1)
-        wait_for(lambda: body(host_nginx, host)[0] == 503, what="site removed after stop")
+        wait_until(lambda: body(host_nginx, host)[0] == 503, what="site removed after stop")
 
         # Then the daemon goes away under the running companion (the proxy drops every connection and
         # its socket) for a few seconds of retries, and comes back: one warning, and it works again.
@@ -180,7 +178,7 @@ def test_unreachable_daemon_at_start_waits_quietly_then_works_through_an_allowli
         companion.wait_log("docker event stream reconnected", timeout=5)
         again = f"again.{zone}"
         apps("again", environment={"VIRTUAL_HOST": again, "APP_ID": "again"})
-        assert wait_for(lambda: body(host_nginx, again) == (200, "again"), what="routed after the outage")
+        assert wait_until(lambda: body(host_nginx, again) == (200, "again"), what="routed after the outage")
         assert companion.alive and companion.process.pid == pid, "the companion was restarted"
         assert companion.stop() == 0
     finally:
@@ -216,16 +214,16 @@ def test_sigkill_during_apply_leaves_nginx_valid_and_a_restart_converges(
     first = make_companion(ALLOWED_DOMAINS=f"*.{zone}")
     old_host, new_host = f"old.{zone}", f"new.{zone}"
     apps("kill-old", environment={"VIRTUAL_HOST": old_host, "APP_ID": "old"})
-    assert wait_for(lambda: body(host_nginx, old_host) == (200, "old"), what="site routed before the kill")
+    assert wait_until(lambda: body(host_nginx, old_host) == (200, "old"), what="site routed before the kill")
     settle(first)
     assert first.stop() == 0
     before = {name: content for name, (content, _) in conf_state(host_nginx.conf_dir).items()}
 
     paused = make_companion(ALLOWED_DOMAINS=f"*.{zone}", COMPANION_TEST_APPLY_PAUSE="2")
     paused.wait_log("connected to the Docker daemon")
-    wait_for(lambda: heartbeat_ns(paused) > 0, what="the paused companion's first pass")
+    wait_until(lambda: heartbeat_ns(paused) > 0, what="the paused companion's first pass")
     apps("kill-new", environment={"VIRTUAL_HOST": new_host, "APP_ID": "new"})
-    temporaries = wait_for(lambda: list(host_nginx.conf_dir.glob(TEMP_GLOB)), timeout=10, interval=0.01)
+    temporaries = wait_until(lambda: list(host_nginx.conf_dir.glob(TEMP_GLOB)), timeout=10, interval=0.01)
     assert paused.stop(sig=signal.SIGKILL) == -signal.SIGKILL
     print(f"\nSIGKILL while {[t.name for t in temporaries]} waited to be renamed")
     assert all(t.exists() for t in temporaries), "the killed companion's temporary file is still there"
@@ -245,7 +243,7 @@ def test_sigkill_during_apply_leaves_nginx_valid_and_a_restart_converges(
 
     started = time.monotonic()
     fresh = make_companion(ALLOWED_DOMAINS=f"*.{zone}")
-    assert wait_for(lambda: body(host_nginx, new_host) == (200, "new"), what="a fresh companion converges")
+    assert wait_until(lambda: body(host_nginx, new_host) == (200, "new"), what="a fresh companion converges")
     print(f"a fresh companion routed the new site {time.monotonic() - started:.2f}s after it was started")
     assert body(host_nginx, old_host) == (200, "old")
     assert not list(host_nginx.conf_dir.glob(TEMP_GLOB)), "stale temporary file left behind"
@@ -272,7 +270,7 @@ def test_sigterm_with_an_order_in_flight_exits_cleanly(
         ACME_CA_URI=pebble.directory_url, CA_BUNDLE=str(pebble.ca_bundle_path), ALLOWED_DOMAINS=f"*.{zone}"
     )
     certs_dir = companion.certs_dir
-    wait_for(
+    wait_until(
         lambda: pebble.orders_seen() >= 1 and certbot_processes(certs_dir),
         timeout=30,
         interval=0.02,

@@ -17,10 +17,11 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from tests.harness.acmecompanion import Issued, snapshot, write_layout
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -41,7 +42,7 @@ def test_an_imported_certificate_is_served_without_an_order_and_renewed_normally
 
     # acme-companion's certificate: one Pebble issued (through a first companion, whose store is then put away).
     first = make_companion(**settings)
-    issued = wait_for(lambda: served_cert(host_nginx, host, trust), timeout=90, interval=0.5, what="first order")
+    issued = wait_until(lambda: served_cert(host_nginx, host, trust), timeout=90, interval=0.5, what="first order")
     first.wait_idle()
     assert first.stop() == 0
     assert pebble.orders_seen() == 1
@@ -65,7 +66,7 @@ def test_an_imported_certificate_is_served_without_an_order_and_renewed_normally
     companion = make_companion(**settings)
     companion.wait_log(rf"certificate {host} \({host}, {www}\): imported from acme-companion's")
     for name in (host, www):
-        served = wait_for(lambda n=name: served_cert(host_nginx, n, trust), timeout=30, interval=0.3, what=name)
+        served = wait_until(lambda n=name: served_cert(host_nginx, n, trust), timeout=30, interval=0.3, what=name)
         assert served.serial_number == pem.serial, "the served certificate is not the imported one"
     assert https_body(host_nginx, host, trust) == (200, "site")
     companion.wait_idle()
@@ -82,7 +83,7 @@ def test_an_imported_certificate_is_served_without_an_order_and_renewed_normally
     renewed = companion.cli("renew", "--force", host)
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
     assert pebble.orders_seen() == 2
-    fresh = wait_for(
+    fresh = wait_until(
         lambda: (c := served_cert(host_nginx, host, trust)).serial_number != pem.serial and c,
         timeout=30,
         interval=0.3,

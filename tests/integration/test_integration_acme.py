@@ -17,10 +17,11 @@ from companion.acme.orders import AcmeManager
 from companion.core.model import CertRequest
 from companion.settings.config import Settings
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -58,11 +59,11 @@ def test_labelled_container_gets_a_verified_certificate_and_redirect(
     host = unique_host("tls")
     apps("tls", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "tls-app"})
     context = verified_context(pebble)
-    assert wait_for(lambda: https_body(host_nginx, host, context) == (200, "tls-app"), timeout=60, what="HTTPS")
+    assert wait_until(lambda: https_body(host_nginx, host, context) == (200, "tls-app"), timeout=60, what="HTTPS")
     # Graceful reload: a worker of the previous generation may still take a connection for a moment.
-    status, headers, _ = wait_for(lambda: (r := host_nginx.get(host, "/some/path?q=1"))[0] == 301 and r, timeout=3)
+    status, headers, _ = wait_until(lambda: (r := host_nginx.get(host, "/some/path?q=1"))[0] == 301 and r, timeout=3)
     assert headers["Location"] == f"https://{host}:{host_nginx.https_port}/some/path?q=1"
-    _, https_headers, _ = wait_for(lambda: host_nginx.get(host, https=True, context=context), timeout=3)
+    _, https_headers, _ = wait_until(lambda: host_nginx.get(host, https=True, context=context), timeout=3)
     assert https_headers["Strict-Transport-Security"] == "max-age=31536000"
 
     live = companion.certs_dir / "live" / host
@@ -96,7 +97,7 @@ def test_forced_renewal_is_served_without_restarting_anything(
     host = unique_host("renew")
     apps("renew", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "renew"})
     context = verified_context(pebble)
-    first = wait_for(lambda: served_cert(host_nginx, host, context), timeout=60, what="first certificate")
+    first = wait_until(lambda: served_cert(host_nginx, host, context), timeout=60, what="first certificate")
     master = host_nginx.master_pid()
     orders = pebble.orders_seen()
     result = companion.cli("renew", "--force", host)
@@ -107,7 +108,7 @@ def test_forced_renewal_is_served_without_restarting_anything(
     # The service's own worker ordered it: one order, and its log says who asked.
     assert pebble.orders_seen() == orders + 1
     assert companion.count(rf"certificate {re.escape(host)} \({re.escape(host)}\): ordering, asked by") == 1
-    renewed = wait_for(
+    renewed = wait_until(
         lambda: (c := served_cert(host_nginx, host, context)).serial_number != first.serial_number and c,
         timeout=20,
         what="renewed certificate served",
@@ -139,9 +140,9 @@ def test_short_lived_certificate_renews_by_itself(
     host = unique_host("short")
     apps("short", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "short"})
     context = verified_context(pebble)
-    first = wait_for(lambda: served_cert(host_nginx, host, context), timeout=60, what="first certificate")
+    first = wait_until(lambda: served_cert(host_nginx, host, context), timeout=60, what="first certificate")
     # Default window: renew when a third of the lifetime is left, i.e. ~16 s after issuance.
-    renewed = wait_for(
+    renewed = wait_until(
         lambda: (c := served_cert(host_nginx, host, context)).serial_number != first.serial_number and c,
         timeout=40,
         interval=0.5,
@@ -165,7 +166,7 @@ def test_certificate_is_obtained_with_pebbles_nonce_rejection_on(
         apps(f"nonce{i}", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": f"n{i}"})
     context = verified_context(pebble)
     for i, host in enumerate(hosts):
-        assert wait_for(lambda h=host, i=i: https_body(host_nginx, h, context) == (200, f"n{i}"), timeout=90)
+        assert wait_until(lambda h=host, i=i: https_body(host_nginx, h, context) == (200, f"n{i}"), timeout=90)
 
 
 def test_failed_validation_backs_off_keeps_other_sites_and_recovers(
@@ -179,7 +180,7 @@ def test_failed_validation_backs_off_keeps_other_sites_and_recovers(
     good, bad = unique_host("good"), unique_host("bad")
     apps("good", environment={"VIRTUAL_HOST": good, "LETSENCRYPT_HOST": good, "APP_ID": "good"})
     context = verified_context(pebble)
-    assert wait_for(lambda: https_body(host_nginx, good, context) == (200, "good"), timeout=60)
+    assert wait_until(lambda: https_body(host_nginx, good, context) == (200, "good"), timeout=60)
     orders_before = pebble.orders_seen()
 
     # The CA's DNS no longer knows the name: every validation of it fails.
@@ -201,7 +202,7 @@ def test_failed_validation_backs_off_keeps_other_sites_and_recovers(
     assert "Traceback" not in companion.log()
     # Meanwhile the good site keeps its certificate; the bad one is served over HTTP.
     assert https_body(host_nginx, good, context) == (200, "good")
-    assert wait_for(lambda: host_nginx.get(bad)[0] == 200)
+    assert wait_until(lambda: host_nginx.get(bad)[0] == 200)
     assert companion.cli("certs").stdout.count("failing") == 1
 
     # The backoff survives a restart: a new companion does not order again straight away.
@@ -214,7 +215,7 @@ def test_failed_validation_backs_off_keeps_other_sites_and_recovers(
 
     # The fault goes away: the companion recovers by itself at its next retry.
     pebble.set_default_ipv4("127.0.0.1")
-    assert wait_for(lambda: https_body(host_nginx, bad, context) == (200, "bad"), timeout=90, interval=0.5)
+    assert wait_until(lambda: https_body(host_nginx, bad, context) == (200, "bad"), timeout=90, interval=0.5)
     assert restarted.alive
 
 
@@ -257,7 +258,7 @@ def test_changed_names_reissue_the_certificate(
     shared = unique_host("shared")  # a certificate name is checked against ALLOWED_DOMAINS too
     app = apps("names", environment={"VIRTUAL_HOST": both, "LETSENCRYPT_HOST": first, "CERT_NAME": shared})
     context = verified_context(pebble)
-    cert = wait_for(lambda: served_cert(host_nginx, first, context), timeout=60, what="first certificate")
+    cert = wait_until(lambda: served_cert(host_nginx, first, context), timeout=60, what="first certificate")
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
         x509.DNSName
     ) == [first]
@@ -269,4 +270,4 @@ def test_changed_names_reissue_the_certificate(
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         return sorted(names.get_values_for_type(x509.DNSName)) == sorted([first, second])
 
-    assert wait_for(covers_both, timeout=60, interval=0.3, what="certificate expanded to both names")
+    assert wait_until(covers_both, timeout=60, interval=0.3, what="certificate expanded to both names")

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.receiver import Receiver
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -61,7 +62,7 @@ def test_failed_order_and_its_recovery_each_send_one_message(
 
     pebble.set_default_ipv4("127.0.0.1")
     companion.wait_log(rf"certificate {re.escape(host)}: issued for", timeout=90)
-    recovered = wait_for(lambda: receiver.delivered(f"certificate {host}: issued"), what="recovery message")
+    recovered = wait_until(lambda: receiver.delivered(f"certificate {host}: issued"), what="recovery message")
     companion.wait_idle(quiet=1.5)
     assert len(receiver.delivered(f"certificate {host}: issued")) == 1
     assert recovered[0]["type"] == "success" and "failed attempts" in recovered[0]["message"]
@@ -81,14 +82,14 @@ def test_near_expiry_alert_is_sent_once_across_passes_and_restarts_and_logs_are_
     companion = make_companion(**env)
     host = unique_host("expiring")
     apps("expiring", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "expiring"})
-    wait_for(lambda: receiver.delivered(f"certificate {host}: expires in"), timeout=60, what="expiry alert")
+    wait_until(lambda: receiver.delivered(f"certificate {host}: expires in"), timeout=60, what="expiry alert")
 
     # More passes: containers come and go, one of them rejected.
     rejected = apps("rejected", environment={"VIRTUAL_HOST": unique_host("rejected"), "VIRTUAL_PORT": "eighty"})
     for n in range(3):
         other = unique_host(f"plain{n}")
         apps(f"plain{n}", environment={"VIRTUAL_HOST": other, "APP_ID": f"p{n}"})
-        wait_for(lambda h=other: host_nginx.get(h)[0] == 200, timeout=20, what=f"{other} routed")
+        wait_until(lambda h=other: host_nginx.get(h)[0] == 200, timeout=20, what=f"{other} routed")
     companion.wait_idle(quiet=1.5)
     assert companion.count(r'"message": "applied ') >= 4  # several passes ran ...
     assert len(receiver.delivered(host)) == 1, receiver.messages  # ... and one alert went out
@@ -99,7 +100,7 @@ def test_near_expiry_alert_is_sent_once_across_passes_and_restarts_and_logs_are_
     restarted.wait_log("connected to the Docker daemon")
     last = unique_host("after")
     apps("after", environment={"VIRTUAL_HOST": last, "APP_ID": "after"})
-    wait_for(lambda: host_nginx.get(last)[0] == 200, timeout=20, what=f"{last} routed")
+    wait_until(lambda: host_nginx.get(last)[0] == 200, timeout=20, what=f"{last} routed")
     restarted.wait_idle(quiet=1.5)
     assert len(receiver.delivered(host)) == 1, receiver.messages
     message = receiver.delivered(host)[0]

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,11 +26,11 @@ def test_container_is_routed_and_removed_when_stopped(
     companion = make_companion()
     host = unique_host("app")
     app = apps("web", environment={"VIRTUAL_HOST": host, "APP_ID": "web-one"})
-    assert wait_for(lambda: body(host_nginx, host) == (200, "web-one"), what="site routed")
+    assert wait_until(lambda: body(host_nginx, host) == (200, "web-one"), what="site routed")
     # The default server answers unknown hosts with 503, not with some other site.
     assert body(host_nginx, unique_host("unknown"))[0] == 503
     app.stop(timeout=1)
-    wait_for(lambda: body(host_nginx, host)[0] == 503, what="site removed after stop")
+    wait_until(lambda: body(host_nginx, host)[0] == 503, what="site removed after stop")
     assert companion.alive
 
 
@@ -43,7 +44,7 @@ def test_labels_win_over_env_and_virtual_port_is_used(
         labels={"VIRTUAL_HOST": host, "VIRTUAL_PORT": "8080"},
         environment={"VIRTUAL_HOST": "ignored.example.test", "APP_PORT": "8080", "APP_ID": "on-8080"},
     )
-    assert wait_for(lambda: body(host_nginx, host) == (200, "on-8080"), what="labelled port routed")
+    assert wait_until(lambda: body(host_nginx, host) == (200, "on-8080"), what="labelled port routed")
     assert body(host_nginx, "ignored.example.test")[0] == 503
 
 
@@ -58,7 +59,7 @@ def test_two_containers_with_one_host_share_the_load(
     def both_seen() -> bool:
         return {body(host_nginx, host)[1] for _ in range(6)} == {"first", "second"}
 
-    assert wait_for(both_seen, what="both backends answering")
+    assert wait_until(both_seen, what="both backends answering")
 
 
 def test_paths_route_to_their_own_containers(
@@ -68,9 +69,9 @@ def test_paths_route_to_their_own_containers(
     host = unique_host("paths")
     apps("root", environment={"VIRTUAL_HOST": host, "APP_ID": "root"})
     apps("api", environment={"VIRTUAL_HOST": host, "VIRTUAL_PATH": "/api/", "APP_ID": "api", "APP_PATHS": "/api"})
-    assert wait_for(lambda: body(host_nginx, host, "/api/") == (200, "api"), what="/api/ routed")
+    assert wait_until(lambda: body(host_nginx, host, "/api/") == (200, "api"), what="/api/ routed")
     # nginx reloads gracefully: a worker of the previous generation may still take one connection.
-    assert wait_for(lambda: body(host_nginx, host, "/") == (200, "root"), timeout=3, what="/ routed")
+    assert wait_until(lambda: body(host_nginx, host, "/") == (200, "root"), timeout=3, what="/ routed")
 
 
 def test_broken_container_is_reported_and_does_not_disturb_a_good_one(
@@ -79,7 +80,7 @@ def test_broken_container_is_reported_and_does_not_disturb_a_good_one(
     companion = make_companion()
     good = unique_host("good")
     apps("good", environment={"VIRTUAL_HOST": good, "APP_ID": "good"})
-    assert wait_for(lambda: body(host_nginx, good) == (200, "good"), what="good site")
+    assert wait_until(lambda: body(host_nginx, good) == (200, "good"), what="good site")
     bad = apps("bad", environment={"VIRTUAL_HOST": "evil.test;\n}\nserver{listen 1", "APP_ID": "bad"})
     line = companion.wait_log(rf"container {bad.name}: VIRTUAL_HOST=.* rejected: [^\n]+")
     assert "hostname" in line
@@ -99,7 +100,7 @@ def test_unchanged_world_writes_nothing_and_reloads_nothing(
     # Only this test's container counts: other runs' containers on the daemon would change the world.
     first = make_companion(ALLOWED_DOMAINS=host)
     apps("idem", environment={"VIRTUAL_HOST": host, "APP_ID": "idem"})
-    assert wait_for(lambda: body(host_nginx, host) == (200, "idem"), what="site routed")
+    assert wait_until(lambda: body(host_nginx, host) == (200, "idem"), what="site routed")
     first.wait_idle()
     reloads = first.reloads()
     stamps = {p.name: os.stat(p).st_mtime_ns for p in host_nginx.conf_dir.iterdir()}

@@ -16,11 +16,12 @@ from cryptography import x509
 
 from tests.harness.appimage import AppRunner
 from tests.harness.bind import Bind
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
 from tests.harness.ports import free_port
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -69,9 +70,9 @@ def test_one_wildcard_serves_two_sites_and_a_host_pebble_cannot_reach_gets_its_o
     apps("dns-two", environment={"VIRTUAL_HOST": second, "LETSENCRYPT_HOST": wildcard, "APP_ID": "two"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())  # Pebble's root only: no -k
     for host, body in ((first, "one"), (second, "two")):
-        assert wait_for(lambda h=host, b=body: https_body(host_nginx, h, context) == (200, b), timeout=90, what=host)
+        assert wait_until(lambda h=host, b=body: https_body(host_nginx, h, context) == (200, b), timeout=90, what=host)
         # a worker of the previous nginx generation may still hand out the placeholder for a moment
-        assert wait_for(lambda h=host: sans(served_cert(host_nginx, h, context)) == [wildcard], timeout=5)
+        assert wait_until(lambda h=host: sans(served_cert(host_nginx, h, context)) == [wildcard], timeout=5)
     assert pebble.orders_seen() == 1  # one wildcard order for both sites, none per host
     assert bind9.challenge_records() == {}  # certbot removed its TXT record from the zone
     lineage = f"_wildcard_.{zone}"
@@ -83,7 +84,7 @@ def test_one_wildcard_serves_two_sites_and_a_host_pebble_cannot_reach_gets_its_o
     # specific than the wildcard that covers it meanwhile) is the one served once issued.
     third = f"lan-{tag}.{zone}"
     apps("dns-lan", environment={"VIRTUAL_HOST": third, "LETSENCRYPT_HOST": third, "ACME_CHALLENGE": "dns-01"})
-    assert wait_for(lambda: sans(served_cert(host_nginx, third, context)) == [third], timeout=90, what="own cert")
+    assert wait_until(lambda: sans(served_cert(host_nginx, third, context)) == [third], timeout=90, what="own cert")
     assert pebble.orders_seen() == 2
     assert bind9.challenge_records() == {}
     assert sans(served_cert(host_nginx, first, context)) == [wildcard]
@@ -92,7 +93,7 @@ def test_one_wildcard_serves_two_sites_and_a_host_pebble_cannot_reach_gets_its_o
     before = served_cert(host_nginx, second, context).serial_number
     asked = companion.cli("renew", "--force", lineage)
     assert asked.returncode == 0 and asked.stdout.endswith(f"{lineage}: renewed\n"), asked.stdout + asked.stderr
-    assert wait_for(lambda: served_cert(host_nginx, second, context).serial_number != before, timeout=20)
+    assert wait_until(lambda: served_cert(host_nginx, second, context).serial_number != before, timeout=20)
     assert pebble.orders_seen() == 3
     companion.wait_idle()
     assert companion.stop() == 0

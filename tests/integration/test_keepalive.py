@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from tests.harness.appimage import AppRunner, container_ip
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx, body
 from tests.harness.ports import free_port
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,7 @@ def test_a_backend_replaced_under_traffic_with_keepalive_fails_no_request(
             seen.add(text)
         return want <= seen
 
-    assert wait_for(lambda: both({"old", "steady"}), timeout=30, what="both backends answering")
+    assert wait_until(lambda: both({"old", "steady"}), timeout=30, what="both backends answering")
     assert "keepalive 32;" in upstream_block(host_nginx, old_ip)
     results: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -95,11 +96,11 @@ def test_a_backend_replaced_under_traffic_with_keepalive_fails_no_request(
     time.sleep(1)
     new = apps("new", environment={"VIRTUAL_HOST": host, "APP_ID": "new"})
     assert container_ip(new) != old_ip
-    wait_for(lambda: any(text == "new" for _, text in results[-50:]), timeout=30, what="new backend serving")
+    wait_until(lambda: any(text == "new" for _, text in results[-50:]), timeout=30, what="new backend serving")
     old.stop(timeout=1)
-    wait_for(lambda: upstream_block(host_nginx, old_ip) == "", timeout=30, what="old address out of the config")
+    wait_until(lambda: upstream_block(host_nginx, old_ip) == "", timeout=30, what="old address out of the config")
     mark = len(results)
-    wait_for(lambda: len(results) > mark + 50, timeout=30, what="50 more requests")
+    wait_until(lambda: len(results) > mark + 50, timeout=30, what="50 more requests")
     stop.set()
     poller.join(30)
     failed = [r for r in results if r[0] != 200]
@@ -126,7 +127,7 @@ def test_the_app_gets_connection_upgrade_for_websockets_and_close_only_without_k
     host = f"ws.{zone()}"
     make_companion(ALLOWED_DOMAINS=host)
     app = apps("echo", environment={"VIRTUAL_HOST": host, "VIRTUAL_KEEPALIVE": keepalive}, command=ECHO_COMMAND)
-    plain = wait_for(lambda: connection_seen(host_nginx, host), timeout=30, what="echo app routed")
+    plain = wait_until(lambda: connection_seen(host_nginx, host), timeout=30, what="echo app routed")
     assert plain == (("", "") if keepalive == "on" else ("close", ""))
     upgrade = connection_seen(host_nginx, host, Upgrade="websocket", Connection="Upgrade")
     assert upgrade == ("upgrade", "websocket")
@@ -178,15 +179,15 @@ def test_nginx_reuses_backend_connections_with_keepalive_and_opens_one_per_reque
             network_mode="host",
             command=["/bin/sleep", "600"],
         )
-        wait_for(lambda: body(host_nginx, host) == (200, "backend"), timeout=30, what="backend routed")
+        wait_until(lambda: body(host_nginx, host) == (200, "backend"), timeout=30, what="backend routed")
         # Until the reload's old worker has left, it may still take a request, with the config before.
-        wait_for(lambda: len(host_nginx.worker_pids()) == 1, timeout=30, what="old nginx worker gone")
+        wait_until(lambda: len(host_nginx.worker_pids()) == 1, timeout=30, what="old nginx worker gone")
         assert ("keepalive 32;" in upstream_block_at(host_nginx, f"127.0.0.1:{port}")) == (keepalive == "on")
         requests = 40
         answers = [body(host_nginx, host, "/counted") for _ in range(requests)]
         assert answers == [(200, "backend")] * requests
         # The backend writes its log line just after answering: wait for the last one.
-        wait_for(lambda: len(counted(tmp_path / "backend" / "conns.log")) == requests, timeout=10, what="log lines")
+        wait_until(lambda: len(counted(tmp_path / "backend" / "conns.log")) == requests, timeout=10, what="log lines")
         logged = counted(tmp_path / "backend" / "conns.log")
     finally:
         backend.stop()

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from companion.core import model, plan
+from companion.core import model, plan, reach
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Rejection, Site
 from companion.core.multiports import parse_sites
 from companion.nginx.render import MAIN_FILE, render
-from tests.harness.nginxcheck import NginxLayout, make_layout, parse_conf, walk
+from tests.harness.nginx import NginxLayout, make_layout, parse_conf, walk
 
 BAD = [
     "~^foo\\..*$",
@@ -399,7 +399,7 @@ def routes_from_sites(containers: list[ContainerInfo]) -> Routes:
         sites = parse_sites(info)
         if not isinstance(sites, tuple) or info.health == "unhealthy":
             continue
-        address = plan.LOOPBACK if info.network_mode == "host" else info.networks.get("proxy")
+        address = reach.LOOPBACK if info.network_mode == "host" else info.networks.get("proxy")
         for site in sites:
             for host in site.hosts:
                 found = backends.setdefault((host, site.path), set())

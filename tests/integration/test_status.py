@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.client
 import json
 import shutil
 import socket
@@ -22,11 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from companion.serve.statusserver import MAX_REQUEST_BYTES
 from tests.harness.appimage import AppRunner
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
+from tests.harness.companion import status_get as get
 from tests.harness.nginx import HostNginx, body
 from tests.harness.pebble import Pebble
 from tests.harness.ports import free_port, wait_tcp
 from tests.harness.tls import https_body
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -37,18 +38,6 @@ HOSTILE = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>.t
 
 def unique_host(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}.{DOMAIN}"
-
-
-def get(
-    port: int, path: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        connection.request(method, path, headers=headers or {})
-        answer = connection.getresponse()
-        return answer.status, dict(answer.getheaders()), answer.read()
-    finally:
-        connection.close()
 
 
 def status_json(port: int) -> dict[str, Any]:
@@ -69,7 +58,7 @@ def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def report_when(port: int, check: Callable[[dict[str, Any]], object]) -> Callable[[], dict[str, Any] | None]:
-    """A probe for wait_for: the report once `check` holds for it."""
+    """A probe for wait_until: the report once `check` holds for it."""
 
     def probe() -> dict[str, Any] | None:
         report = status_json(port)
@@ -111,21 +100,21 @@ def test_report_and_metrics_follow_sites_left_out_containers_and_certificates(
     apps("pending", environment={"VIRTUAL_HOST": failing, "LETSENCRYPT_HOST": failing, "LETSENCRYPT_TEST": "true"})
     hostile = apps("hostile", environment={"VIRTUAL_HOST": HOSTILE})
 
-    assert wait_for(lambda: body(host_nginx, valid)[0] == 200, timeout=30, what="site routed")
+    assert wait_until(lambda: body(host_nginx, valid)[0] == 200, timeout=30, what="site routed")
     # The report is replaced by the very pass that applied the site.
-    report = wait_for(report_when(port, lambda r: site(r, valid)), timeout=2, what="site reported")
+    report = wait_until(report_when(port, lambda r: site(r, valid)), timeout=2, what="site reported")
     assert report["version"] == 1
     shown = site(report, valid)
     assert shown is not None and [p["path"] for p in shown["paths"]] == ["/"]
     [backend] = shown["paths"][0]["backends"]
     assert backend["container"] == served.name and backend["address"] and backend["port"] == 80
-    assert {"container": hostile.name, "reason": wait_for(lambda: reason_of(port, hostile.name))} in (
+    assert {"container": hostile.name, "reason": wait_until(lambda: reason_of(port, hostile.name))} in (
         status_json(port)["left_out"]
     )
 
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, valid, context) == (200, "served"), timeout=60, what="HTTPS")
-    report = wait_for(
+    assert wait_until(lambda: https_body(host_nginx, valid, context) == (200, "served"), timeout=60, what="HTTPS")
+    report = wait_until(
         report_when(
             port, lambda r: (cert(r, valid) or {}).get("state") == "valid" and not site(r, valid)["placeholder"]
         ),
@@ -137,7 +126,7 @@ def test_report_and_metrics_follow_sites_left_out_containers_and_certificates(
     assert 89 <= valid_cert["days_left"] <= 90 and valid_cert["renew_at"] < valid_cert["not_after"]
     assert site(report, valid)["certificate"] == valid  # type: ignore[index]
 
-    report = wait_for(
+    report = wait_until(
         report_when(port, lambda r: (cert(r, failing) or {}).get("state") == "failing"),
         timeout=30,
         what="failing order reported",
@@ -169,8 +158,8 @@ def test_report_and_metrics_follow_sites_left_out_containers_and_certificates(
 
     # Gone within the pass that follows the change.
     served.stop(timeout=1)
-    wait_for(lambda: body(host_nginx, valid)[0] == 503, what="site removed")
-    wait_for(lambda: site(status_json(port), valid) is None, timeout=2, what="site gone from the report")
+    wait_until(lambda: body(host_nginx, valid)[0] == 503, what="site removed")
+    wait_until(lambda: site(status_json(port), valid) is None, timeout=2, what="site gone from the report")
     assert companion.alive
 
 
@@ -183,7 +172,7 @@ def test_routes_methods_and_hostile_clients(
 ) -> None:
     companion, port = status_companion()
     hostile = apps("hostile", environment={"VIRTUAL_HOST": HOSTILE})
-    wait_for(lambda: reason_of(port, hostile.name), what="left-out container reported")
+    wait_until(lambda: reason_of(port, hostile.name), what="left-out container reported")
     code, headers, html = get(port, "/")
     assert code == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
     assert (
@@ -193,7 +182,7 @@ def test_routes_methods_and_hostile_clients(
     page = html.decode()
     assert "<script" not in page and "<img" not in page
     assert "&lt;script&gt;window.pwned=2&lt;/script&gt;" in page
-    assert wait_for(lambda: get(port, "/healthz")[0] == 200, what="healthz once the loop ran")
+    assert wait_until(lambda: get(port, "/healthz")[0] == 200, what="healthz once the loop ran")
     assert get(port, "/healthz")[2] == b"ok\n"
     assert get(port, "/nothing")[0] == 404
     code, headers, data = get(port, "/status.json", "HEAD")
@@ -224,7 +213,7 @@ def test_sixty_clients_trickling_bytes_never_make_healthz_fail(
     Every /healthz probe meanwhile must answer 200, and every slow connection is ended by the whole-request
     deadline (5 s from the connect), which a per-read timeout never reached."""
     companion, port = status_companion()
-    wait_for(lambda: get(port, "/healthz")[0] == 200, what="alive")
+    wait_until(lambda: get(port, "/healthz")[0] == 200, what="alive")
     stop = threading.Event()
     lifetimes: list[float] = []  # seconds each slow connection lasted until the server closed it
     lock = threading.Lock()
@@ -273,7 +262,7 @@ def test_healthz_follows_the_loop_like_companion_check(
     host_nginx: HostNginx, status_companion: Callable[..., tuple[Companion, int]]
 ) -> None:
     companion, port = status_companion()
-    wait_for(lambda: get(port, "/healthz")[0] == 200, what="alive")
+    wait_until(lambda: get(port, "/healthz")[0] == 200, what="alive")
     heartbeat = Path(companion.env["HEARTBEAT_FILE"])
     heartbeat.write_text("2000-01-01T00:00:00+00:00\n")  # what a loop stuck since then leaves behind
     code, _, text = get(port, "/healthz")
@@ -293,7 +282,7 @@ def test_status_auth_asks_every_route_but_healthz_for_an_htpasswd_password(
     )
     assert made.returncode == 0, made.stderr
     companion, port = status_companion(STATUS_AUTH=str(users))
-    wait_for(lambda: get(port, "/healthz")[0] == 200, what="/healthz open without a password")
+    wait_until(lambda: get(port, "/healthz")[0] == 200, what="/healthz open without a password")
 
     def basic(user: str, password: str) -> dict[str, str]:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
@@ -363,7 +352,7 @@ def test_status_page_in_a_real_browser_shows_hostile_values_as_text(
     host = unique_host("shown")
     app = apps("shown", environment={"VIRTUAL_HOST": host, "APP_ID": "shown"})
     hostile = apps("hostile", environment={"VIRTUAL_HOST": HOSTILE})
-    wait_for(lambda: site(status_json(port), host) and reason_of(port, hostile.name), what="both reported")
+    wait_until(lambda: site(status_json(port), host) and reason_of(port, hostile.name), what="both reported")
 
     browser.get(f"http://127.0.0.1:{port}/")
     assert browser.title == "companion status"

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,10 +20,11 @@ import pytest
 
 from companion.sources.swarm import task_addresses
 from tests.harness.appimage import ensure_app_image
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.nginx import http_get
 from tests.harness.nginxcontainer import NginxContainer, ensure_nginx_image
 from tests.harness.swarm import SwarmNodes
+from tests.harness.wait import wait_until
 
 SUFFIX = uuid.uuid4().hex[:6]
 DOMAIN = f"swarm-{SUFFIX}.test"
@@ -63,6 +64,32 @@ class Stage:
 
     def answers(self, name: str, count: int) -> Counter[str]:
         return Counter(body for status, body in (self.answer(name) for _ in range(count)) if status == 200)
+
+    def logs(self, name: str) -> list[tuple[str, Callable[[], str]]]:
+        """What explains a wait on service `name` that timed out: its tasks (state, node, error), the upstream
+        the companion wrote, nginx's log, the companion's log (without DEBUG) and the nodes' dockerd logs."""
+        service = f"{name}-{SUFFIX}"
+
+        def tasks() -> str:
+            done = self.nodes.docker(
+                1, "service", "ps", "--no-trunc", "--format",
+                "{{.Name}} {{.Node}} {{.DesiredState}} {{.CurrentState}} {{.Error}}", service, check=False,
+            )  # fmt: skip
+            return done.stdout + done.stderr
+
+        def companion() -> str:
+            return "\n".join(line for line in self.companion.log().splitlines() if " DEBUG " not in line)
+
+        def dockerd(n: int) -> Callable[[], str]:
+            return lambda: Path(f"/run/{self.nodes.ns(n)}/dockerd.log").read_text(errors="replace")
+
+        return [
+            (f"tasks of {service}", tasks),
+            ("companion.conf", lambda: (self.nginx.conf_dir / "companion.conf").read_text()),
+            ("nginx", self.nginx.logs),
+            ("companion", companion),
+            *((f"dockerd of {self.nodes.ns(n)}", dockerd(n)) for n in self.nodes.nodes),
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +170,11 @@ class Traffic:
 
 
 def wait_served(stage: Stage, name: str, timeout: float = 30) -> str:
-    return wait_for(
+    return wait_until(
         lambda: (lambda got: got[1] if got[0] == 200 else "")(stage.answer(name)),
         timeout,
         what=f"{stage.host(name)} served",
+        logs=stage.logs(name),
     )
 
 
@@ -157,7 +185,7 @@ def wait_tasks(stage: Stage, name: str, count: int, timeout: float = 45) -> Coun
         got = stage.answers(name, 4 * count)
         return got if len(got) == count else None
 
-    return wait_for(distinct, timeout, interval=0.2, what=f"{count} tasks of {name} answering")
+    return wait_until(distinct, timeout, interval=0.2, what=f"{count} tasks of {name} answering", logs=stage.logs(name))
 
 
 def task_address_on(stage: Stage, service: str, node: int) -> str:
@@ -190,15 +218,22 @@ def test_rolling_update_under_traffic_fails_no_request(stage: Stage) -> None:
             1, "service", "update", "-d", "--quiet",
             "--env-add", "APP_ID={{.Service.Name}} {{.Task.Slot}} {{.Node.Hostname}} g2", service,
         )  # fmt: skip
-        wait_for(
+        wait_until(
             lambda: (
                 stage.nodes.docker(1, "service", "inspect", "-f", "{{.UpdateStatus.State}}", service).stdout.strip()
                 == "completed"
             ),
             90,
             what="the rolling update to complete",
+            logs=stage.logs("roll"),
         )
-        wait_for(lambda: set(stage.answers("roll", 9)) and all(b.endswith(" g2") for b in stage.answers("roll", 9)), 20)
+        wait_until(
+            lambda: stage.answers("roll", 9),
+            20,
+            what="only g2 tasks answering",
+            until=lambda answers: answers and all(body.endswith(" g2") for body in answers),
+            logs=stage.logs("roll"),
+        )
         time.sleep(1)
     generations = Counter(body.split()[-1] for body in traffic.bodies.elements())
     print(f"rolling update: {traffic.sent} requests sent, {len(traffic.failures)} failed; answers {dict(generations)}")
@@ -225,7 +260,13 @@ def test_a_dead_worker_drops_out_and_the_others_keep_serving(stage: Stage, how: 
             def dropped() -> bool:
                 return f"server {address}:80;" not in (stage.nginx.conf_dir / "companion.conf").read_text()
 
-            wait_for(dropped, 60, interval=0.1, what=f"the task on {stage.nodes.ns(victim)} to leave the upstream")
+            wait_until(
+                dropped,
+                60,
+                interval=0.1,
+                what=f"the task on {stage.nodes.ns(victim)} to leave the upstream",
+                logs=stage.logs(name),
+            )
             gone_after = time.monotonic() - killed
             time.sleep(1)
         print(

@@ -26,11 +26,11 @@ from cryptography.hazmat.primitives import serialization
 from companion.cluster import secret as cluster
 from tests.harness.agent import ensure_agent_image, ensure_companion_image
 from tests.harness.appimage import ensure_app_image
-from tests.harness.companion import wait_for
 from tests.harness.pebble import Pebble
 from tests.harness.stack import REPO, Stack
 from tests.harness.swarm import SwarmNodes
 from tests.harness.tls import served_cert
+from tests.harness.wait import wait_until
 
 SUFFIX = uuid.uuid4().hex[:6]
 DOMAIN = f"stack-{SUFFIX}.test"
@@ -113,7 +113,12 @@ def stage(swarm_nodes: SwarmNodes, docker_client, tmp_path_factory: pytest.TempP
         t = time.monotonic()
         stack.deploy()
         for n in nodes.nodes:
-            wait_for(lambda n=n: _answers(stack, n), 60, what=f"node {n}'s nginx answering on port 80")
+            wait_until(
+                lambda n=n: _answers(stack, n),
+                60,
+                what=f"node {n}'s nginx answering on port 80",
+                logs=[("stage", stage.diagnose)],
+            )
         print(f"stack deployed, nginx answering on every node in {time.monotonic() - t:.1f}s")
         yield stage
     except subprocess.CalledProcessError as error:
@@ -149,14 +154,22 @@ def _answers(stack: Stack, n: int) -> bool:
 def wait_all(stage: Stage, probe, expected: str, timeout: float, what: str) -> dict[int, float]:  # noqa: ANN001
     """time.time() at which each node first gave `expected` from probe(n), polled every 20 ms."""
     seen: dict[int, float] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < stage.nodes.count:
+
+    def answered() -> dict[int, float]:
         for n in stage.nodes.nodes:
             if n not in seen and probe(n) == expected:
                 seen[n] = time.time()
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: only nodes {sorted(seen)} within {timeout}s\n{stage.diagnose()}")
-        time.sleep(0.02)
+        return seen
+
+    wait_until(
+        answered,
+        timeout,
+        0.02,
+        f"{what} (nodes that answered so far: last)",
+        until=lambda done: len(done) >= stage.nodes.count,
+        errors=(),
+        logs=[("stage", stage.diagnose)],
+    )
     return seen
 
 
@@ -181,7 +194,12 @@ def test_https_on_every_node_one_certificate_one_order(stage: Stage) -> None:
     assert relayed[VALIDATED_NODE] >= 1 and sum(relayed.values()) == relayed[VALIDATED_NODE], relayed
     print(f"one certificate {fingerprints[1]} on every node, {stage.pebble.orders_seen()} order; validations {relayed}")
     # `companion certs` in the controller's container: the certificate, and each node serving the current generation.
-    table = wait_for(lambda: _current_nodes(stage), 15, what="every node current in `companion certs`")
+    table = wait_until(
+        lambda: _current_nodes(stage),
+        15,
+        what="every node current in `companion certs`",
+        logs=[("stage", stage.diagnose)],
+    )
     assert stage.host("web") in table, table
 
 
@@ -205,7 +223,12 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
         wait_all(stage, lambda n: stage.https_body(n, "web"), expected, 120, "HTTPS before the controller stops")
     before = stage.fingerprint(1, "web")
     stage.stack.scale("companion", 0)
-    wait_for(lambda: not stage.stack.containers(1, "companion"), 30, what="controller container gone")
+    wait_until(
+        lambda: not stage.stack.containers(1, "companion"),
+        30,
+        what="controller container gone",
+        logs=[("stage", stage.diagnose)],
+    )
     wait_all(stage, lambda n: stage.https_body(n, "web"), expected, 5, "HTTPS with the controller away")
 
     # One node's agent and its nginx die; Swarm starts a new task on the node's volumes.
@@ -213,13 +236,25 @@ def test_controller_away_nodes_keep_serving_and_converge_on_return(stage: Stage)
     assert old, "no nginx task on node 2"
     t = time.monotonic()
     stage.nodes.docker(2, "rm", "-f", *old)
-    wait_for(lambda: set(stage.stack.containers(2, "nginx")) - set(old), 30, what="a new nginx task on node 2")
-    wait_for(lambda: stage.https_body(2, "web") == expected, 30, what="node 2 serving its last good again")
+    wait_until(
+        lambda: set(stage.stack.containers(2, "nginx")) - set(old),
+        30,
+        what="a new nginx task on node 2",
+        logs=[("stage", stage.diagnose)],
+    )
+    wait_until(
+        lambda: stage.https_body(2, "web") == expected,
+        30,
+        what="node 2 serving its last good again",
+        logs=[("stage", stage.diagnose)],
+    )
     print(f"node 2: agent+nginx killed -> serving the last good again in {time.monotonic() - t:.2f}s")
     assert all(stage.fingerprint(n, "web") == before for n in stage.nodes.nodes)
 
     late = stage.create("late")
-    wait_for(lambda: _running(stage, late), 30, what="the late service's task running")
+    wait_until(
+        lambda: _running(stage, late), 30, what="the late service's task running", logs=[("stage", stage.diagnose)]
+    )
     assert all(stage.stack.body(n, stage.host("late")) != late for n in stage.nodes.nodes)
 
     t_scale = time.time()
@@ -254,10 +289,14 @@ def test_an_agent_with_another_clusters_secret_gets_nothing_from_the_deployed_co
         "-e", "CONTROLLER_URL=https://companion:8443", "-e", "NODE_NAME=stranger", image, "agent",
     )  # fmt: skip
     try:
-        wait_for(
+        wait_until(
             lambda: "certificate verify failed" in _output(stage.nodes.docker(1, "logs", name, check=False)),
             30,
             what="the stranger's TLS failure",
+            logs=[
+                ("stranger", lambda: _output(stage.nodes.docker(1, "logs", name, check=False))),
+                ("stage", stage.diagnose),
+            ],
         )
         files = stage.nodes.docker(1, "exec", name, "find", "/etc/nginx/conf.d", "/etc/letsencrypt", "-type", "f")
         assert files.stdout.split() == []
@@ -341,13 +380,14 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
         "--entrypoint", "python3", image, "/loot/attack.py",
     )  # fmt: skip
     try:
-        logs = wait_for(
+        logs = wait_until(
             lambda: (
                 "ROGUE LISTENING" in (text := _output(stage.nodes.docker(worker, "logs", attacker, check=False)))
                 and text
             ),
             60,
             what="the attacker's results",
+            logs=[("stage", stage.diagnose)],
         )
         results = json.loads(next(line for line in logs.splitlines() if line.startswith("RESULTS "))[8:])
         print("attacker with worker 2's credential:", {k: v[0] for k, v in results.items()})
@@ -368,12 +408,16 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
             "-v", f"{loot / 'companion_agent'}:/run/secrets/companion_agent:ro",
             "-e", f"CONTROLLER_URL=https://{attacker}:8443", "-e", "NODE_NAME=victim", image, "agent",
         )  # fmt: skip
-        wait_for(
+        wait_until(
             lambda: (
                 "certificate verify failed" in _output(stage.nodes.docker(victim_node, "logs", victim, check=False))
             ),
             30,
             what="the victim refusing the rogue controller",
+            logs=[
+                ("victim", lambda: _output(stage.nodes.docker(victim_node, "logs", victim, check=False))),
+                ("attacker", lambda: _output(stage.nodes.docker(worker, "logs", attacker, check=False))),
+            ],
         )
         time.sleep(1)
         files = stage.nodes.docker(
@@ -381,7 +425,12 @@ def test_a_container_holding_a_workers_credential_cannot_push_pose_or_take_the_c
         )
         assert files.stdout.split() == []
         # The controller's view: each node is itself, none carries the forged error, no other name appeared.
-        table = wait_for(lambda: _current_nodes(stage), 30, what="every node current in `companion certs`")
+        table = wait_until(
+            lambda: _current_nodes(stage),
+            30,
+            what="every node current in `companion certs`",
+            logs=[("stage", stage.diagnose)],
+        )
         assert "forged" not in table and "victim" not in table, table
     finally:
         stage.nodes.docker(worker, "rm", "-fv", attacker, check=False)

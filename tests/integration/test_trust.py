@@ -25,12 +25,13 @@ from cryptography.x509.oid import NameOID
 from docker.models.containers import Container
 
 from tests.harness.appimage import CONTAINER_LABEL, NAME_PREFIX, AppRunner, wait_app
-from tests.harness.companion import Companion, wait_for
+from tests.harness.companion import Companion
 from tests.harness.images import derived_image
 from tests.harness.nginx import HostNginx, body
 from tests.harness.nginxcontainer import NGINX_LABEL, NginxContainer
 from tests.harness.pebble import Pebble
 from tests.harness.tls import https_body, served_cert
+from tests.harness.wait import wait_quiet, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,16 +105,7 @@ def settle(companion: Companion, quiet: float = 1.5, timeout: float = 60.0, sinc
     def relevant() -> int:
         return sum(1 for line in companion.log()[since:].splitlines() if not NOISE.search(line))
 
-    deadline = time.monotonic() + timeout
-    count, since_change = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        now = relevant()
-        if now != count:
-            count, since_change = now, time.monotonic()
-        elif time.monotonic() - since_change >= quiet:
-            return
-        time.sleep(0.1)
-    raise AssertionError("companion never settled:\n" + companion.log()[-3000:])
+    wait_quiet(relevant, quiet, timeout, "the companion to settle", 0.1, logs=[("companion log", companion.log)])
 
 
 def warning(companion: Companion, pattern: str, timeout: float = 20.0) -> str:
@@ -186,7 +178,9 @@ def test_cert_name_cannot_take_over_another_containers_lineage(
         "zz-victim", environment={"VIRTUAL_HOST": victim_host, "LETSENCRYPT_HOST": victim_host, "APP_ID": "victim"}
     )
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    original = wait_for(lambda: served_cert(host_nginx, victim_host, context), timeout=120, interval=0.5, what="victim")
+    original = wait_until(
+        lambda: served_cert(host_nginx, victim_host, context), timeout=120, interval=0.5, what="victim"
+    )
     assert san(original) == [victim_host]
     settle(companion)
     certs_dir = companion.certs_dir
@@ -203,7 +197,7 @@ def test_cert_name_cannot_take_over_another_containers_lineage(
     )
     assert attacker.name < victim.name
     new_lineage = re.compile(rf"{re.escape(victim_host)}-[0-9a-f]{{8}}")
-    found = wait_for(
+    found = wait_until(
         lambda: {n: names for n, names in lineages(certs_dir).items() if attacker_host in names},
         timeout=120,
         interval=0.5,
@@ -292,7 +286,9 @@ def test_only_the_labelled_nginx_that_mounts_the_conf_dir_is_used(
             ALLOWED_DOMAINS=allowed,
         ).start()
         t0 = time.monotonic()
-        assert wait_for(lambda: nginx.body(site_host) == (200, "site"), timeout=30, what="site through real nginx")
+        assert wait_until(
+            lambda: nginx.body(site_host) == (200, "site"), timeout=30, what="site through real nginx", stable=3
+        )
         served_after = time.monotonic() - t0
         for impostor in (fake, from_image):
             line = warning(
@@ -352,13 +348,15 @@ def test_wildcard_with_cert_name_does_not_present_the_victims_certificate(
         "zz-victim", environment={"VIRTUAL_HOST": victim_host, "LETSENCRYPT_HOST": victim_host, "APP_ID": "victim"}
     )
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    original = wait_for(lambda: served_cert(host_nginx, victim_host, context), timeout=120, interval=0.5, what="victim")
+    original = wait_until(
+        lambda: served_cert(host_nginx, victim_host, context), timeout=120, interval=0.5, what="victim"
+    )
     settle(companion)
 
     wildcard = f"*.{tag}.trust.test"
     apps("aa-attacker", environment={"VIRTUAL_HOST": wildcard, "CERT_NAME": victim_host, "APP_ID": "attacker"})
     other = f"other.{tag}.trust.test"
-    assert wait_for(lambda: body(host_nginx, other)[1] == "attacker", what="the wildcard routed")
+    assert wait_until(lambda: body(host_nginx, other)[1] == "attacker", what="the wildcard routed")
     # While the victim runs, its own server block keeps its certificate.
     assert served_cert(host_nginx, victim_host, context).serial_number == original.serial_number
     victim.stop(timeout=1)
@@ -368,7 +366,7 @@ def test_wildcard_with_cert_name_does_not_present_the_victims_certificate(
         cert = served_cert(host_nginx, victim_host)
         return cert if cert.serial_number != original.serial_number else None
 
-    cert = wait_for(presented, timeout=20, what="the victim's certificate gone from SNI victim")
+    cert = wait_until(presented, timeout=20, what="the victim's certificate gone from SNI victim")
     line = warning(companion, "does not cover")
     assert victim_host in line and wildcard in line, line
     switched = time.monotonic() - stopped_at
@@ -403,10 +401,10 @@ def test_a_host_named_like_a_path_upstream_cannot_replace_its_backends(
         "zz-victim",
         environment={"VIRTUAL_HOST": shop, "VIRTUAL_PATH": "/api/", "APP_PATHS": "/api", "APP_ID": "victim-api"},
     )
-    assert wait_for(lambda: body(host_nginx, shop, "/api/") == (200, "victim-api"), what="victim routed")
+    assert wait_until(lambda: body(host_nginx, shop, "/api/") == (200, "victim-api"), what="victim routed")
     settle(companion)
     apps("aa-attacker", environment={"VIRTUAL_HOST": lookalike, "APP_PATHS": "/api", "APP_ID": "attacker"})
-    assert wait_for(lambda: body(host_nginx, lookalike) == (200, "attacker"), what="look-alike routed")
+    assert wait_until(lambda: body(host_nginx, lookalike) == (200, "attacker"), what="look-alike routed")
     settle(companion)
     answers = [body(host_nginx, shop, "/api/") for _ in range(20)]
     assert set(answers) == {(200, "victim-api")}, answers
@@ -431,7 +429,7 @@ def test_oversized_and_invalid_values_are_refused_alone_and_others_keep_applying
     tag = new_tag()
     companion = make_companion(ALLOWED_DOMAINS=domain(tag))
     before = apps("before", environment={"VIRTUAL_HOST": f"before.{tag}.trust.test", "APP_ID": "before"})
-    assert before and wait_for(lambda: body(host_nginx, f"before.{tag}.trust.test") == (200, "before"))
+    assert before and wait_until(lambda: body(host_nginx, f"before.{tag}.trust.test") == (200, "before"))
     settle(companion)
 
     huge_value = ",".join(f"n{i}.{tag}.trust.test" for i in range(30_000))
@@ -461,10 +459,10 @@ def test_oversized_and_invalid_values_are_refused_alone_and_others_keep_applying
         env={"VIRTUAL_HOST": bare_host, "APP_ID": "bare", "APP_PORT": "81"},
     )
     assert list(bare.attrs["Config"]["ExposedPorts"]) == ["81"]
-    assert wait_for(lambda: body(host_nginx, normal_host) == (200, "normal"), timeout=10, what="normal served")
+    assert wait_until(lambda: body(host_nginx, normal_host) == (200, "normal"), timeout=10, what="normal served")
     normal_after = time.monotonic() - t0
     assert normal_after < 5, f"a normal container took {normal_after:.1f}s"
-    assert wait_for(lambda: body(host_nginx, bare_host) == (200, "bare"), timeout=10, what="bare port 81 served")
+    assert wait_until(lambda: body(host_nginx, bare_host) == (200, "bare"), timeout=10, what="bare port 81 served")
     line = warning(companion, rf"container {re.escape(huge.name)}: VIRTUAL_HOST=", timeout=30)
     assert re.search(r"rejected: (more than 100 host names|[^\n]*longer than 32768 bytes)", line), line
     line = warning(companion, rf"container {re.escape(many.name)}: VIRTUAL_HOST=")
@@ -507,7 +505,7 @@ def test_blue_green_both_serve_and_stopping_one_fails_no_request(
             seen.add(text)
         return seen == {"blue", "green"}
 
-    assert wait_for(both, timeout=20, what="both colours answering")
+    assert wait_until(both, timeout=20, what="both colours answering")
     results: list[tuple[int, str, float]] = []
     stop = threading.Event()
 
@@ -526,7 +524,7 @@ def test_blue_green_both_serve_and_stopping_one_fails_no_request(
     time.sleep(1)
     blue.stop(timeout=1)
     stopped_at = time.monotonic()
-    wait_for(lambda: all(text == "green" for _, text, _ in results[-20:]) and len(results) > 40, timeout=20)
+    wait_until(lambda: all(text == "green" for _, text, _ in results[-20:]) and len(results) > 40, timeout=20)
     time.sleep(1)
     stop.set()
     poller.join(20)
@@ -555,8 +553,8 @@ def test_cert_name_shares_one_lineage_between_a_containers_hosts(
         environment={"VIRTUAL_HOST": f"{a},{b}", "LETSENCRYPT_HOST": f"{a},{b}", "CERT_NAME": name, "APP_ID": "shared"},
     )
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    cert_a = wait_for(lambda: served_cert(host_nginx, a, context), timeout=120, interval=0.5, what=a)
-    cert_b = wait_for(lambda: served_cert(host_nginx, b, context), timeout=30, interval=0.5, what=b)
+    cert_a = wait_until(lambda: served_cert(host_nginx, a, context), timeout=120, interval=0.5, what=a)
+    cert_b = wait_until(lambda: served_cert(host_nginx, b, context), timeout=30, interval=0.5, what=b)
     settle(companion)
     assert cert_a.serial_number == cert_b.serial_number
     assert san(cert_a) == sorted([a, b])
@@ -587,7 +585,7 @@ def test_image_routing_values_count_and_image_certificate_values_need_trust_all(
         "image-port", image=port_image, environment={"VIRTUAL_HOST": port_host, "APP_ID": "port"}, wait=False
     )
     assert wait_app(port_app, port=8080)
-    assert wait_for(lambda: body(host_nginx, port_host) == (200, "port"), what="image VIRTUAL_PORT honoured")
+    assert wait_until(lambda: body(host_nginx, port_host) == (200, "port"), what="image VIRTUAL_PORT honoured")
     # (b) LETSENCRYPT_HOST and HSTS from the image are ignored and reported once; nothing is ordered.
     cert_host = f"cert.{tag}.trust.test"
     cert_image = derived_image(docker_client, env={"LETSENCRYPT_HOST": cert_host, "HSTS": "off"})
@@ -596,7 +594,7 @@ def test_image_routing_values_count_and_image_certificate_values_need_trust_all(
     line, variables = image_ignored_line(companion, cert_app.name)
     assert {"LETSENCRYPT_HOST", "HSTS"} <= set(variables), line
     assert "VIRTUAL_PORT" not in variables
-    assert wait_for(lambda: body(host_nginx, cert_host) == (200, "cert"), what="image-cert served over HTTP")
+    assert wait_until(lambda: body(host_nginx, cert_host) == (200, "cert"), what="image-cert served over HTTP")
     settle(companion, quiet=2)
     assert pebble.orders_seen() == 0
     assert not (companion.certs_dir / "live" / cert_host).exists()
@@ -609,7 +607,7 @@ def test_image_routing_values_count_and_image_certificate_values_need_trust_all(
     offset = len(companion.log())
     trusting = make_companion(**acme_env(pebble, allowed, TRUST_IMAGE_LABELS="all"))
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    cert = wait_for(lambda: served_cert(host_nginx, cert_host, context), timeout=120, interval=0.5, what="ordered")
+    cert = wait_until(lambda: served_cert(host_nginx, cert_host, context), timeout=120, interval=0.5, what="ordered")
     assert san(cert) == [cert_host]
     assert https_body(host_nginx, cert_host, context) == (200, "cert")
     settle(trusting)
@@ -622,7 +620,7 @@ def test_image_routing_values_count_and_image_certificate_values_need_trust_all(
     trusting.stop()
     offset = len(trusting.log())
     distrusting = make_companion(**acme_env(pebble, allowed, TRUST_IMAGE_LABELS="none"))
-    assert wait_for(lambda: body(host_nginx, port_host)[0] == 502, what="image VIRTUAL_PORT ignored under none")
+    assert wait_until(lambda: body(host_nginx, port_host)[0] == 502, what="image VIRTUAL_PORT ignored under none")
     line, variables = image_ignored_line(distrusting, port_app.name)
     assert "VIRTUAL_PORT" in variables, line
     assert distrusting.log()[offset:].count(f"container {port_app.name}: ignoring values its image sets") == 1
@@ -656,7 +654,7 @@ def test_domain_owners_serve_the_owner_and_refuse_outsiders(
     )
     apps("team-b", labels={"team": team}, environment={"VIRTUAL_HOST": team_host, "APP_ID": "team-b"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, www, context) == (200, "owner"), timeout=120, interval=0.5)
+    assert wait_until(lambda: https_body(host_nginx, www, context) == (200, "owner"), timeout=120, interval=0.5)
     assert body(host_nginx, team_host) == (200, "team-b")
     settle(companion)
     orders = pebble.orders_seen()
@@ -715,8 +713,8 @@ def test_the_container_that_served_a_host_first_keeps_deciding_across_a_restart(
     host = f"conflict.{tag}.trust.test"
     owner = apps("zz-owner", environment={"VIRTUAL_HOST": host, "LETSENCRYPT_HOST": host, "APP_ID": "owner"})
     context = ssl.create_default_context(cadata=pebble.roots_pem())
-    assert wait_for(lambda: https_body(host_nginx, host, context) == (200, "owner"), timeout=120, interval=0.5)
-    assert wait_for(lambda: host_nginx.get(host)[0] == 301, what="HTTP redirect")
+    assert wait_until(lambda: https_body(host_nginx, host, context) == (200, "owner"), timeout=120, interval=0.5)
+    assert wait_until(lambda: host_nginx.get(host)[0] == 301, what="HTTP redirect")
     assert _hsts(host_nginx, host, context) == "max-age=31536000"
     settle(companion)
 
@@ -743,7 +741,7 @@ def test_the_container_that_served_a_host_first_keeps_deciding_across_a_restart(
     companion.stop()
     offset = len(companion.log())
     restarted = make_companion(**settings)
-    line = wait_for(
+    line = wait_until(
         lambda: re.search(rf"WARNING [^\n]*{pattern}[^\n]*", restarted.log()[offset:]),
         timeout=20,
         what="the conflict reported again after the restart",

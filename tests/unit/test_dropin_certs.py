@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 
 from companion.acme.certs import default_cert, renewal_params
-from companion.acme.policy import account_key, certbot_command, due_reason, parse_accounts, register_command
+from companion.acme.policy import (
+    account_key,
+    certbot_command,
+    due_reason,
+    parse_accounts,
+    register_command,
+)
 from companion.core import plan
 from companion.core.certificates import CertFiles, CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
 from companion.nginx.render import MAIN_FILE, RenderOptions, render
 from companion.settings.config import LETSENCRYPT_STAGING, Settings, SettingsError, load
+from tests.harness.containers import container
 
 MAIN, STAGING, OTHER = "https://ca.test/dir", "https://staging.test/dir", "https://other.test/acme/directory"
 POLICY = Policy(default_email="ops@x.io", acme_server=MAIN, staging_server=STAGING)
@@ -228,7 +235,7 @@ def test_renewal_file_gives_the_lineages_ca_and_account(tmp_path: Path) -> None:
 
 
 def c(name: str, **env: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, env=env, networks={"proxy": "10.0.0.2"})
+    return container(name, env=env, networks={"proxy": "10.0.0.2"})
 
 
 def test_selection_order_cert_name_own_wildcard_default_placeholder() -> None:

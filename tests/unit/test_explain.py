@@ -13,13 +13,14 @@ from companion.core.container import ContainerInfo
 from companion.core.inputs import Inputs
 from companion.core.model import Policy
 from companion.observe.explain import Explanation, Verdict, explain
+from tests.harness.containers import container
 
 CERTS = Path("/certs")
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
 def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"{abs(hash(name)):x}0000000000", name=name, labels=labels, networks={network: ip})
+    return container(name, id=f"{abs(hash(name)):x}0000000000", labels=labels, networks={network: ip})
 
 
 def valid(name: str, *domains: str) -> CertStatus:

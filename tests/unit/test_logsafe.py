@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from companion.nginx.apply import NginxError, _docker, _nginx_error
-from companion.sources.docker import short_reason
+from companion.sources.daemon import short_reason
 from companion.util.logsafe import printable
 
 UNSAFE = (

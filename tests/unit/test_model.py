@@ -11,6 +11,7 @@ from companion.core import model, values
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
 from companion.core.values import HttpsMethod, InvalidValue, Proto, RootAnswer, parse_default_root
+from tests.harness.containers import container
 
 LABEL63 = "a" * 63
 HOST253 = ".".join([LABEL63, LABEL63, LABEL63, "b" * 61])
@@ -19,7 +20,7 @@ assert len(HOST253) == 253
 
 def info(labels: dict[str, str] | None = None, env: dict[str, str] | None = None, **kw: object) -> ContainerInfo:
     kw.setdefault("networks", {"proxy": "172.18.0.2"})
-    return ContainerInfo(id="id-web", name="web", labels=labels or {}, env=env or {}, **kw)  # type: ignore[arg-type]
+    return container("web", labels=labels, env=env, **kw)
 
 
 def site_of(labels: dict[str, str], **kw: object) -> Site:

@@ -7,12 +7,13 @@ import random
 
 import pytest
 
-from companion.core import plan
+from companion.core import certplan, plan, reach
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import CertRequest, Policy
 from companion.core.plan import Location, Server, Upstream
 from companion.core.values import HttpsMethod, Proto
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 REAL = CertFiles(
@@ -21,10 +22,6 @@ REAL = CertFiles(
 
 
 U1, U2, U3 = "companion_u1", "companion_u2", "companion_u3"  # numbered over sorted backend sets
-
-
-def c(name: str, ip: str = "10.0.0.2", network: str = "proxy", health: str = "", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={network: ip} if ip else {}, health=health)
 
 
 def build(*containers: ContainerInfo, certs: dict[str, CertFiles] | None = None, **kw: object) -> plan.Desired:
@@ -245,10 +242,10 @@ def test_host_network_container_without_virtual_port_uses_its_exposed_port() -> 
 
 def test_pick_address_prefers_shared_network_sorted_by_name() -> None:
     info = ContainerInfo(id="x", name="x", networks={"zz": "10.9.0.2", "bb": "10.8.0.2", "aa": ""})
-    assert plan.pick_address(info, None) == "10.8.0.2"
-    assert plan.pick_address(info, ["zz"]) == "10.9.0.2"
-    assert plan.pick_address(info, ["aa"]) is None
-    assert plan.pick_address(info, []) is None
+    assert reach.pick_address(info, None) == "10.8.0.2"
+    assert reach.pick_address(info, ["zz"]) == "10.9.0.2"
+    assert reach.pick_address(info, ["aa"]) is None
+    assert reach.pick_address(info, []) is None
 
 
 def test_unhealthy_container_left_out() -> None:
@@ -302,7 +299,7 @@ def test_same_certificate_name_with_different_names_gets_a_lineage_of_its_own() 
     )
     assert desired.certificates == (
         CertRequest("shared", ("a.com",), ""),
-        CertRequest(f"shared-{plan.lineage_digest(('b.com',))}", ("b.com",), ""),
+        CertRequest(f"shared-{certplan.lineage_digest(('b.com',))}", ("b.com",), ""),
     )
     assert desired.problems == ()
 
@@ -422,7 +419,45 @@ def test_host_address_from_the_nginx_containers() -> None:
             id=name, name=name, networks=dict.fromkeys(gateways, "10.0.0.9"), gateways=gateways, network_mode=mode
         )
 
-    assert plan.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
-    assert plan.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
-    assert plan.host_address_from([nginx("n")]) == ""
-    assert plan.host_address_from([]) == ""
+    assert reach.host_address_from([nginx("n", zz="172.20.0.1", proxy="172.18.0.1")]) == "172.18.0.1"
+    assert reach.host_address_from([nginx("n", mode="host")]) == "127.0.0.1"
+    assert reach.host_address_from([nginx("n")]) == ""
+    assert reach.host_address_from([]) == ""
+
+
+def test_the_plan_records_each_container_decision() -> None:
+    desired = build(
+        c("ok", VIRTUAL_HOST="a.com"),
+        c("far", network="other", VIRTUAL_HOST="b.com"),
+        c("sick", health="unhealthy", VIRTUAL_HOST="c.com"),
+        c("bad", VIRTUAL_HOST="a.com", VIRTUAL_PORT="x"),
+        c("db"),
+        nginx_networks=["proxy"],
+    )
+    decided = {decision.name: decision for decision in desired.containers}
+    assert (decided["ok"].address, decided["ok"].network, decided["ok"].unreachable) == ("10.0.0.2", "proxy", "")
+    assert decided["far"].routed and decided["far"].address is None
+    assert decided["far"].unreachable == reach.unreachable_reason(c("far", network="other"), ["proxy"])
+    assert decided["sick"].unhealthy and not decided["sick"].routed
+    assert decided["bad"].left_out.startswith("VIRTUAL_PORT=") and not decided["bad"].routed
+    assert decided["db"].parsed is None and decided["db"].left_out == ""
+    assert desired.left_out == tuple((d.name, d.left_out) for d in desired.containers if d.left_out)
+    assert [p for d in desired.containers for p in d.problems] == list(desired.problems)
+
+
+def test_the_plan_records_each_host_decision() -> None:
+    desired = build(
+        c("a", VIRTUAL_HOST="a.com", HTTPS_METHOD="noredirect"),
+        c("b", ip="10.0.0.3", VIRTUAL_HOST="a.com"),
+        c("w", VIRTUAL_HOST="w.b.com", LETSENCRYPT_HOST="w.b.com"),
+        c("n", VIRTUAL_HOST="n.com", HTTPS_METHOD="nohttps"),
+        certs={"a.com": REAL},
+        owners={"a.com": "b"},
+    )
+    hosts = {decision.host: decision for decision in desired.hosts}
+    assert (hosts["a.com"].owner, hosts["a.com"].why) == ("b", "it served the host first")
+    assert hosts["a.com"].overruled == (("a", "/", ("HTTPS_METHOD",)),)
+    assert (hosts["a.com"].certificate, hosts["a.com"].cert_why) == ("a.com", certplan.CertWhy.NAMED)
+    assert (hosts["w.b.com"].certificate, hosts["w.b.com"].cert_why) == ("", certplan.CertWhy.PLACEHOLDER)
+    assert hosts["n.com"].cert_why is certplan.CertWhy.NOHTTPS
+    assert desired.owners == tuple((d.host, d.owner) for d in desired.hosts)

@@ -9,7 +9,7 @@ from companion.core.variables import readme_table
 from companion.settings.config import environment_table
 
 ROOT = Path(__file__).resolve().parents[2]
-TEST_COMMAND = ".venv/bin/python -m pytest -q"
+TEST_COMMAND = ".venv/bin/python -m tests -q"
 
 
 def test_settings_table_matches_the_code() -> None:

@@ -15,17 +15,15 @@ from companion.core.certificates import CertStatus
 from companion.core.container import ContainerInfo
 from companion.core.inputs import Inputs
 from companion.core.model import Policy
-from companion.core.ports import Applier, ApplyResult, Snapshot, Source
+from companion.core.ports import Applier, ApplyResult, NodeView, Snapshot, Source
 from companion.loop.controller import Controller, read_inputs
-from companion.loop.reconcile import reconcile, render_options
+from companion.loop.reconcile import reconcile
 from companion.nginx.render import MAIN_FILE
 from companion.settings.config import Settings
+from tests.harness.containers import app
+from tests.harness.fleet import LOOP_OPTIONS
 
 NGINX = ContainerInfo(id="nginx-id", name="nginx", networks={"proxy": "10.0.0.1"}, gateways={"proxy": "10.0.0.254"})
-
-
-def app(name: str, ip: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 class FakeSource:
@@ -47,6 +45,10 @@ class FakeSource:
 class FakeApplier:
     """Keeps the files it was given as nginx's; refuses when told to, like a failed `nginx -t`."""
 
+    nginx_here = True
+    relay = ""
+    done = "nginx reloaded"
+
     def __init__(self) -> None:
         self.running: dict[str, str] = {}
         self.located: list[str] = []
@@ -59,13 +61,22 @@ class FakeApplier:
     def nginx_version(self) -> tuple[int, ...] | None:
         return (1, 26, 3)
 
+    def start(self) -> None:
+        pass
+
+    def nodes(self) -> tuple[NodeView, ...]:
+        return ()
+
+    def self_check_bases(self, local: str) -> str:
+        return local
+
     def apply(self, files: Mapping[str, str]) -> ApplyResult:
         self.applied += 1
         changed = tuple(name for name, content in files.items() if self.running.get(name) != content)
         if not changed:
             return ApplyResult(changed=())
         if self.refuse:
-            return ApplyResult(changed=(), error=f"nginx rejected the new configuration: {self.refuse}")
+            return ApplyResult.refusal(self.refuse)
         self.running.update(files)
         return ApplyResult(changed=changed)
 
@@ -87,7 +98,7 @@ def inputs(*containers: ContainerInfo, statuses: Mapping[str, CertStatus] | None
     )
 
 
-OPTIONS = render_options(Settings(conf_dir="/conf", webroot="/webroot"), (1, 26, 3))
+OPTIONS = LOOP_OPTIONS
 
 
 def test_fakes_satisfy_the_protocols() -> None:

@@ -20,7 +20,7 @@ from companion.acme.policy import _STATE_FIELDS, CertState
 from companion.core import certificates
 from companion.nginx.apply import read_current
 from companion.util import safefiles
-from tests.integration.test_acme_unit import certbot_layout
+from tests.harness.certs import certbot_layout
 
 pytestmark = pytest.mark.timeout(30)  # a FIFO opened by mistake would block for ever
 

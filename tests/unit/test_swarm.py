@@ -25,7 +25,7 @@ from companion.core.ports import Snapshot
 from companion.loop.reconcile import reconcile
 from companion.sources.swarm import TASK_LABEL, SwarmSource, fingerprint, is_manager, task_addresses, task_entries
 from tests.harness import swarm
-from tests.unit.test_reconcile import OPTIONS
+from tests.harness.fleet import LOOP_OPTIONS as OPTIONS
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "swarm_api.json").read_text())
 SERVICES, TASKS = RECORDED["services"], RECORDED["tasks"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.core import plan, trust
+from companion.core import certplan, plan, trust
 from companion.core.certificates import CertFiles
 from companion.core.container import ContainerInfo
 from companion.core.model import (
@@ -18,14 +18,17 @@ from companion.core.model import (
     Policy,
     Rejection,
     Site,
+    VariableUse,
     ignored_from_image,
     parse_site,
     settings_of,
+    variable_sources,
 )
 from companion.core.trust import ImageTrust, OwnerRule
 from companion.core.values import MAX_HOSTS, HttpsMethod
-from companion.loop import owners
+from companion.loop import owner_claims
 from companion.settings.config import SettingsError, load
+from tests.harness.containers import app as c
 
 PLACEHOLDER = CertFiles("/certs/placeholder/fullchain.pem", "/certs/placeholder/privkey.pem")
 
@@ -34,10 +37,6 @@ def lineage(name: str, *domains: str, not_after: float = 1000.0) -> CertFiles:
     return CertFiles(
         f"/certs/live/{name}/fullchain.pem", f"/certs/live/{name}/privkey.pem", domains=domains, not_after=not_after
     )
-
-
-def c(name: str, ip: str = "10.0.0.2", **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": ip})
 
 
 def server(desired: plan.Desired, host: str) -> plan.Server:
@@ -76,7 +75,7 @@ IMAGE_VALUES = {"VIRTUAL_HOST": "a.com", "VIRTUAL_PORT": "3000", "LETSENCRYPT_HO
 def test_image_values_count_only_as_far_as_trusted(level: ImageTrust, counted: set[str], ignored: tuple) -> None:
     for info in (from_image(IMAGE_VALUES), from_image({}, IMAGE_VALUES)):
         assert set(settings_of(info, level)) == counted
-        assert ignored_from_image(info, level) == ignored
+        assert ignored_from_image(variable_sources(info, level)) == ignored
 
 
 def test_a_value_set_on_the_container_overrides_the_image_and_is_not_reported() -> None:
@@ -88,7 +87,36 @@ def test_a_value_set_on_the_container_overrides_the_image_and_is_not_reported() 
         image_labels=frozenset({"LETSENCRYPT_HOST"}),
     )
     assert settings_of(info)["LETSENCRYPT_HOST"] == "a.com"
-    assert ignored_from_image(info, ImageTrust.ROUTING) == ()
+    assert ignored_from_image(variable_sources(info, ImageTrust.ROUTING)) == ()
+
+
+@pytest.mark.parametrize("level", list(ImageTrust))
+def test_each_value_says_where_it_came_from_and_the_rule_that_decides_it(level: ImageTrust) -> None:
+    info = ContainerInfo(
+        id="x",
+        name="x",
+        labels={"VIRTUAL_HOST": "a.com", "CERT_NAME": "img"},
+        env={"VIRTUAL_HOST": "b.com", "VIRTUAL_PORT": "81", "CERT_NAME": "own"},
+        image_labels=frozenset({"CERT_NAME"}),
+        image_env=frozenset({"VIRTUAL_PORT"}),
+    )
+    uses = {(v.name, v.source): (v.value, v.from_image, v.use) for v in variable_sources(info, level)}
+    trusted_cert = level is ImageTrust.ALL
+    trusted_port = level is not ImageTrust.NONE
+    assert uses == {
+        ("VIRTUAL_HOST", "label"): ("a.com", False, VariableUse.COUNTS),
+        ("VIRTUAL_HOST", "environment"): ("b.com", False, VariableUse.LABEL_WINS),
+        ("VIRTUAL_PORT", "environment"): (
+            "81",
+            True,
+            VariableUse.COUNTS if trusted_port else VariableUse.IMAGE_NOT_TRUSTED,
+        ),
+        ("CERT_NAME", "label"): ("img", True, VariableUse.COUNTS if trusted_cert else VariableUse.IMAGE_NOT_TRUSTED),
+        ("CERT_NAME", "environment"): ("own", False, VariableUse.LABEL_WINS if trusted_cert else VariableUse.COUNTS),
+    }
+    # the values that count are exactly those settings_of passes on: the two read the same rules
+    counted = {v.name: v.value for v in variable_sources(info, level) if v.use is VariableUse.COUNTS}
+    assert counted == settings_of(info, level)
 
 
 def test_an_image_cannot_ask_for_a_certificate_by_default_and_is_reported() -> None:
@@ -260,7 +288,7 @@ def test_an_order_never_rewrites_a_lineage_that_holds_other_names() -> None:
         desired = plan.build(containers, certs, PLACEHOLDER)
         names = {r.name: r.domains for r in desired.certificates}
         assert names.get("victim.example.com", ("victim.example.com",)) == ("victim.example.com",)
-        digest = plan.lineage_digest(("attacker.example.com",))
+        digest = certplan.lineage_digest(("attacker.example.com",))
         assert names[f"victim.example.com-{digest}"] == ("attacker.example.com",)
     # Before the victim's lineage exists, the request named after one of its own hosts gets the name.
     fresh = plan.build([attacker, victim], {}, PLACEHOLDER)
@@ -274,7 +302,7 @@ def test_adding_a_name_reuses_the_lineage_and_dropping_one_gets_a_new_one() -> N
     )
     assert [r.name for r in grow.certificates] == ["a.com"]
     shrink = plan.build([c("w", VIRTUAL_HOST="a.com", LETSENCRYPT_HOST="a.com")], certs, PLACEHOLDER)
-    assert [r.name for r in shrink.certificates] == [f"a.com-{plan.lineage_digest(('a.com',))}"]
+    assert [r.name for r in shrink.certificates] == [f"a.com-{certplan.lineage_digest(('a.com',))}"]
     assert server(shrink, "a.com").cert == certs["a.com"]  # still valid for a.com until the new one exists
 
 
@@ -354,29 +382,29 @@ def test_generated_upstream_names_cannot_collide() -> None:
 
 
 def test_an_owner_away_for_a_redeploy_keeps_its_claim_for_the_grace_period() -> None:
-    claims = owners.merge({}, {"a.com": "zz-owner"}, now=1000.0)
+    claims = owner_claims.merge({}, {"a.com": "zz-owner"}, now=1000.0)
     # compose recreates the owner: for a moment only the newcomer claims the host
-    during = owners.merge(claims, {"a.com": "aa-newcomer"}, now=1010.0)
-    assert owners.remembered(during) == {"a.com": "zz-owner"} and during["a.com"].seen == 1000.0
-    back = owners.merge(during, {"a.com": "zz-owner"}, now=1020.0)
-    assert back["a.com"] == owners.Claim("zz-owner", 1020.0)
-    later = owners.merge(during, {"a.com": "aa-newcomer"}, now=1000.0 + owners.OWNER_GRACE)
-    assert owners.remembered(later) == {"a.com": "aa-newcomer"}
-    assert owners.merge(claims, {}, now=1000.0 + owners.OWNER_GRACE) == {}
+    during = owner_claims.merge(claims, {"a.com": "aa-newcomer"}, now=1010.0)
+    assert owner_claims.remembered(during) == {"a.com": "zz-owner"} and during["a.com"].seen == 1000.0
+    back = owner_claims.merge(during, {"a.com": "zz-owner"}, now=1020.0)
+    assert back["a.com"] == owner_claims.Claim("zz-owner", 1020.0)
+    later = owner_claims.merge(during, {"a.com": "aa-newcomer"}, now=1000.0 + owner_claims.OWNER_GRACE)
+    assert owner_claims.remembered(later) == {"a.com": "aa-newcomer"}
+    assert owner_claims.merge(claims, {}, now=1000.0 + owner_claims.OWNER_GRACE) == {}
 
 
 def test_owners_file_round_trips_and_a_broken_one_is_ignored(tmp_path: Path) -> None:
-    claims = {"a.com": owners.Claim("web", 12.5)}
-    owners.save(tmp_path, claims)
-    assert owners.load(tmp_path) == claims
-    assert oct((tmp_path / owners.OWNERS_FILE).stat().st_mode & 0o777) == "0o600"
+    claims = {"a.com": owner_claims.Claim("web", 12.5)}
+    owner_claims.save(tmp_path, claims)
+    assert owner_claims.load(tmp_path) == claims
+    assert oct((tmp_path / owner_claims.OWNERS_FILE).stat().st_mode & 0o777) == "0o600"
     for broken in ("[1, 2]", '{"a.com": "web"}', '{"a.com": {"container": 1, "seen": 2}}', "{", ""):
-        (tmp_path / owners.OWNERS_FILE).write_text(broken)
-        assert owners.load(tmp_path) == {}
+        (tmp_path / owner_claims.OWNERS_FILE).write_text(broken)
+        assert owner_claims.load(tmp_path) == {}
     secret = tmp_path / "secret.json"
     secret.write_text('{"a.com": {"container": "evil", "seen": 1}}')
-    (tmp_path / owners.OWNERS_FILE).unlink()
-    (tmp_path / owners.OWNERS_FILE).symlink_to(secret)
-    assert owners.load(tmp_path) == {}  # never read through a link
-    owners.save(tmp_path, claims)
-    assert not (tmp_path / owners.OWNERS_FILE).is_symlink() and "evil" in secret.read_text()
+    (tmp_path / owner_claims.OWNERS_FILE).unlink()
+    (tmp_path / owner_claims.OWNERS_FILE).symlink_to(secret)
+    assert owner_claims.load(tmp_path) == {}  # never read through a link
+    owner_claims.save(tmp_path, claims)
+    assert not (tmp_path / owner_claims.OWNERS_FILE).is_symlink() and "evil" in secret.read_text()

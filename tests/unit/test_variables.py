@@ -10,11 +10,11 @@ from hypothesis import strategies as st
 
 from companion.core import model, plan, trust, values
 from companion.core.certificates import CertFiles
-from companion.core.container import ContainerInfo
 from companion.core.model import MULTIPORTS, Policy, Rejection, Site
 from companion.core.multiports import Route, parse_multiports, parse_sites
 from companion.core.values import InvalidValue
 from companion.core.variables import REGISTRY, Status, Where, container_problems, near_miss, setting_problems
+from tests.harness.containers import container
 
 PLACEHOLDER = CertFiles("/p/fullchain.pem", "/p/privkey.pem")
 # Variables images set for themselves: none of them may ever warn.
@@ -27,7 +27,7 @@ IMAGE_ENV = (
 
 
 def info(name: str = "app", labels: dict[str, str] | None = None, env: dict[str, str] | None = None, **kw: object):
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels or {}, env=env or {}, **kw)  # type: ignore[arg-type]
+    return container(name, labels=labels, env=env, **kw)
 
 
 # -- registry -------------------------------------------------------------------------------------------

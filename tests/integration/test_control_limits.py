@@ -1,9 +1,9 @@
-"""The control socket without Docker, nginx or ports: the rate limit (pure, clock injected), the peer check,
-and the cap, deadline and limit of a real unix socket in front of a real AcmeManager."""
+"""The control socket's cap, deadline and limit on a real unix socket in front of a real AcmeManager: sockets,
+so integration. The pure rate limit and peer check are tests/unit/test_control.py.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 import threading
 from collections.abc import Iterator
@@ -11,79 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from companion.acme.orderlimit import OrderLimit
 from companion.acme.orders import AcmeManager
 from companion.serve import client as service
-from companion.serve.control import peer_problem, start_control_server
+from companion.serve.control import start_control_server
 from companion.settings.config import Settings
-from tests.harness.companion import wait_for
-from tests.integration.test_acme_unit import make_lineage
-
-NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-# -- the rate limit, pure --------------------------------------------------------------------------
-
-
-def test_one_order_per_certificate_per_interval_and_the_refusal_says_when() -> None:
-    clock = Clock()
-    limit = OrderLimit(interval=3600, per_hour=20, clock=clock)
-    assert limit.next_allowed("a.test") is None
-    limit.record("a.test")
-    assert limit.next_allowed("a.test") == NOW + 3600
-    assert limit.next_allowed("b.test") is None  # another certificate has its own turn
-    assert limit.refusal("a.test") == (
-        "refused: next order of a.test allowed at 2030-01-01 01:00:00 UTC (`companion renew` may order each "
-        "certificate once every 60 min, 20 in all per hour)"
-    )
-    clock.now += 3599
-    assert limit.next_allowed("a.test") == NOW + 3600
-    clock.now += 1
-    assert limit.next_allowed("a.test") is None and limit.refusal("a.test") == ""
-
-
-def test_orders_in_all_are_capped_per_sliding_hour() -> None:
-    clock = Clock()
-    limit = OrderLimit(interval=60, per_hour=3, clock=clock)
-    for minute, name in enumerate(("a", "b", "c")):
-        clock.now = NOW + 600 * minute  # at 0, 10 and 20 minutes
-        assert limit.next_allowed(name) is None
-        limit.record(name)
-    clock.now = NOW + 1800
-    assert limit.next_allowed("d") == NOW + 3600  # the first of the three leaves the hour
-    assert limit.next_allowed("a") == NOW + 3600  # both limits hold; the later one is the answer
-    clock.now = NOW + 3600
-    assert limit.next_allowed("d") is None
-    limit.record("d")
-    assert limit.next_allowed("e") == NOW + 600 + 3600
-
-
-# -- the peer check, pure --------------------------------------------------------------------------
-
-
-def test_a_peer_must_be_the_services_user_or_root_in_its_pid_namespace() -> None:
-    def same(_pid: int) -> bool:
-        return True
-
-    def other(_pid: int) -> bool:
-        return False
-
-    assert peer_problem(123, 1000, 1000, same) == ""
-    assert peer_problem(123, 0, 1000, same) == ""
-    assert "another PID namespace" in peer_problem(0, 0, 0, same)  # the kernel's answer for another container
-    assert "another PID namespace" in peer_problem(123, 0, 0, other)  # a container below the service's namespace
-    assert peer_problem(123, 1001, 1000, same) == "refused: uid 1001 is neither the service's (1000) nor root"
-
+from tests.harness.certs import make_lineage
+from tests.harness.clock import Clock
+from tests.harness.wait import wait_until
 
 # -- the real control socket -----------------------------------------------------------------------
 
@@ -114,7 +48,7 @@ def test_forced_orders_through_the_socket_are_rate_limited_and_say_when_the_next
     assert server is not None
     try:
         assert service.ask_renew(path, ["site.test"], True) == {"site.test": "queued"}
-        wait_for(lambda: settled(acme, "site.test"), what="the first order to finish")
+        wait_until(lambda: settled(acme, "site.test"), what="the first order to finish")
         answers = [service.ask_renew(path, ["site.test"], True)["site.test"] for _ in range(12)]
         assert answers == [answers[0]] * 12
         assert answers[0].startswith("refused: next order of site.test allowed at 2030-01-01 01:00:00 UTC")
@@ -166,7 +100,7 @@ def test_slow_connections_are_capped_and_cost_no_thread_and_a_quick_one_is_answe
             slow.append(_slow(path))
         assert service.ask_renew(path, ["gone.test"], False)["gone.test"].startswith("no usable certificate")
         assert threading.active_count() <= before + 2, threading.enumerate()
-        wait_for(lambda: len(server.reading) <= 16, what=f"at most 16 open (open: {len(server.reading)})")
+        wait_until(lambda: len(server.reading) <= 16, what=f"at most 16 open (open: {len(server.reading)})")
     finally:
         for client in slow:
             client.close()

@@ -1,68 +1,24 @@
-"""Hosts that require a client certificate, and access files named for a host in another case or IDN form:
-the pure decisions (plan, hostfiles.scan) and the rendered config, proved by the real `nginx -t` (no daemon)."""
+"""Client certificates (mTLS) as rendered: what plain HTTP answers for a client-cert host and which host files
+count, decided without nginx. The `nginx -t` proofs are tests/integration/test_client_certs.py.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from companion.core import certificates, plan
-from companion.core.container import ContainerInfo
 from companion.core.inputs import Inputs
 from companion.core.model import Policy
 from companion.core.plan import HttpAnswer
 from companion.core.problems import Problem
 from companion.nginx import hostfiles
-from companion.nginx.hostfiles import CLIENT_CA, HTPASSWD, VHOST, Dirs, UserFiles
-from companion.nginx.render import MAIN_FILE, render
+from companion.nginx.hostfiles import CLIENT_CA, HTPASSWD, VHOST, UserFiles
 from companion.observe.explain import explain
-from tests.harness.nginxcheck import Directive, make_layout, parse_conf
-from tests.harness.tls import client_ca
-
-HOST = "a.example.com"
-METHODS = ("redirect", "noredirect", "nohttp", "nohttps")
-# how the host stands with certificates: served, wanted but not issued yet, neither
-CERT_STATES = ("issued", "missing", "unwanted")
-
-
-def c(name: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": "10.0.0.2"})
-
-
-def dirs_in(root: Path) -> Dirs:
-    for name in ("vhost.d", "htpasswd", "client_ca"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    return Dirs(str(root / "vhost.d"), str(root / "htpasswd"), str(root / "client_ca"), str(root / "proxy.conf"))
-
-
-def desired_for(method: str, state: str, placeholder: certificates.CertFiles) -> plan.Desired:
-    labels = {"VIRTUAL_HOST": HOST, "HTTPS_METHOD": method}
-    if state != "unwanted":
-        labels["LETSENCRYPT_HOST"] = HOST
-    certs = {HOST: replace(placeholder, domains=(HOST,))} if state == "issued" else {}
-    return plan.build([c("web", **labels)], certs, placeholder)
-
-
-# -- the decision (pure) --------------------------------------------------------------------------------
-
-# (method, certificate state) -> what plain HTTP answers, and the variable a warning names ("" for none)
-EXPECTED = {
-    ("redirect", "issued"): (HttpAnswer.REDIRECT, ""),
-    ("redirect", "missing"): (HttpAnswer.REFUSED, ""),
-    ("redirect", "unwanted"): (HttpAnswer.REFUSED, "LETSENCRYPT_HOST"),
-    ("noredirect", "issued"): (HttpAnswer.REDIRECT, "HTTPS_METHOD"),
-    ("noredirect", "missing"): (HttpAnswer.REFUSED, "HTTPS_METHOD"),
-    ("noredirect", "unwanted"): (HttpAnswer.REFUSED, "HTTPS_METHOD"),
-    ("nohttp", "issued"): (None, ""),  # no HTTP server for the host at all: the catch-all answers 503
-    ("nohttp", "missing"): (HttpAnswer.REFUSED, ""),
-    ("nohttp", "unwanted"): (HttpAnswer.REFUSED, "LETSENCRYPT_HOST"),
-    ("nohttps", "issued"): (HttpAnswer.REFUSED, "HTTPS_METHOD"),
-    ("nohttps", "missing"): (HttpAnswer.REFUSED, "HTTPS_METHOD"),
-    ("nohttps", "unwanted"): (HttpAnswer.REFUSED, "HTTPS_METHOD"),
-}
+from tests.harness.containers import app as c
+from tests.harness.hostfiles import EXPECTED, HOST, desired_for, dirs_in
 
 
 @pytest.mark.parametrize(("method", "state"), sorted(EXPECTED))
@@ -99,55 +55,6 @@ def test_the_warning_shows_control_characters_escaped() -> None:
     before = desired_for("noredirect", "issued", certificates.CertFiles("/certs/f.pem", "/certs/k.pem"))
     (line,) = plan.require_client_certs(before, {HOST: "/ca\x1b[31m\n/a.example.com"}).problems
     assert "\\x1b[31m\\x0a/a.example.com" in line and "\n" not in line and "\x1b" not in line
-
-
-# -- the rendered config, as the real nginx -t reads it ----------------------------------------------------
-
-
-def server_of(text: str, host: str, https: bool) -> Directive | None:
-    found = [
-        d
-        for d in parse_conf(text)
-        if d.name == "server"
-        and d.find("server_name")[0].args == (host,)
-        and any("ssl" in listen.args for listen in d.find("listen")) == https
-    ]
-    return found[0] if found else None
-
-
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("state", CERT_STATES)
-def test_plain_http_of_a_client_cert_host_renders_only_redirect_or_403_beside_the_challenge(
-    tmp_path: Path, method: str, state: str
-) -> None:
-    layout = make_layout(tmp_path / "nginx")
-    dirs = dirs_in(tmp_path / "user")
-    ca, _ = client_ca(tmp_path / "ca")
-    (Path(dirs.client_ca) / HOST).write_bytes(ca.read_bytes())
-    before = desired_for(method, state, layout.cert())
-    found = hostfiles.scan(dirs, [HOST])
-    assert found.client_certs == {HOST: str(Path(dirs.client_ca) / HOST)}
-    desired = plan.require_client_certs(before, found.client_certs)
-    chosen, problems = UserFiles().choose(found)
-    assert not problems
-    files = render(desired, layout.options(), chosen)
-    ok, output = layout.check(files)
-    assert ok, output
-    http = server_of(files[MAIN_FILE], HOST, False)
-    answer, _ = EXPECTED[(method, state)]
-    if answer is None:
-        assert http is None
-    else:
-        assert http is not None
-        assert [d.args for d in http.find("include")] == [(str(layout.conf_dir / "companion-acme.inc"),)]
-        (root,) = http.find("location")
-        assert root.args == ("/",)
-        expected = "301" if answer is HttpAnswer.REDIRECT else "403"
-        assert [d.args[0] for d in root.find("return")] == [expected]
-        assert "proxy_pass" not in str(http)
-    https = server_of(files[MAIN_FILE], HOST, True)
-    if https is not None:
-        assert https.find("ssl_verify_client")[0].args == ("on",)
 
 
 # -- which files make a host require a client certificate -----------------------------------------------
@@ -233,31 +140,6 @@ def test_two_names_for_one_host_use_the_exact_one_else_the_first_and_name_the_ot
             f"{htpasswd / 'A.example.com'}: not used ({htpasswd / 'a.example.com'} is the file for a.example.com)",
             f"{htpasswd / 'b.EXAMPLE.com'}: not used ({htpasswd / 'B.example.com'} is the file for b.example.com)",
         ]
-
-
-def test_a_link_or_fifo_named_in_another_case_closes_its_host(tmp_path: Path) -> None:
-    """Read with the same no-follow, size-capped rule as an exactly named file: never followed or opened."""
-    layout = make_layout(tmp_path / "nginx")
-    dirs = dirs_in(tmp_path / "user")
-    secret = tmp_path / "secret"
-    secret.write_text("secret:$apr1$x$y\n")
-    (Path(dirs.htpasswd) / "A.example.com").symlink_to(secret)
-    os.mkfifo(Path(dirs.htpasswd) / "B.example.com")
-    (Path(dirs.htpasswd) / "C.example.com").write_bytes(b"u:" + b"x" * hostfiles.MAX_BYTES)
-    hosts = ["a.example.com", "b.example.com", "c.example.com"]
-    found = hostfiles.scan(dirs, hosts)
-    assert found.files == {}
-    assert found.unusable == {(HTPASSWD, h) for h in hosts}
-    chosen, problems = UserFiles().choose(found)
-    assert chosen.closed == set(hosts)
-    assert any("A.example.com: not used" in p and "symbolic link" in p for p in problems)
-    desired = plan.build([c(h.split(".")[0], VIRTUAL_HOST=h) for h in hosts], {}, layout.cert())
-    files = render(desired, layout.options(), chosen)
-    ok, output = layout.check(files)
-    assert ok, output
-    for host in hosts:
-        (location,) = server_of(files[MAIN_FILE], host, False).find("location")
-        assert location.find("return") == [Directive("return", ("403",))]
 
 
 def test_explain_shows_what_overrules_a_container_for_its_client_ca() -> None:

@@ -1,5 +1,6 @@
-"""Pure decisions of the certificate side: when to order, backoff, certbot's command and reason, and
-reading certificates from disk with cryptography (made here, so nothing is mocked)."""
+"""Pure decisions of the certificate side: when to order, backoff, certbot's command and reason, and reading
+certificates from disk with cryptography (made here, so nothing is mocked). No process, no socket: the unit tier.
+"""
 
 from __future__ import annotations
 
@@ -9,70 +10,26 @@ import threading
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 
 from companion.acme import certs
 from companion.acme.orders import AcmeManager, load_state, save_state
-from companion.acme.policy import BACKOFF_CAP, CertState, backoff, certbot_command, certbot_reason, due_reason
+from companion.acme.policy import (
+    BACKOFF_CAP,
+    CertState,
+    backoff,
+    certbot_command,
+    certbot_reason,
+    due_reason,
+)
 from companion.core import certificates
 from companion.core.model import CertRequest
 from companion.serve.control import parse_renew
 from companion.settings.config import Settings
+from tests.harness.certs import LINEAGE_NOW, make_lineage
 
-NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
-
-
-def make_lineage(
-    certs_dir: Path,
-    name: str,
-    domains: list[str],
-    *,
-    days: int = 90,
-    age_days: int = 0,
-    ocsp: bool = False,
-    key: ec.EllipticCurvePrivateKey | None = None,
-) -> ec.EllipticCurvePrivateKey:
-    """A live/<name> lineage with a real certificate and key."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    start = NOW - dt.timedelta(days=age_days)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Issuer")]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
-    )
-    if ocsp:
-        builder = builder.add_extension(
-            x509.AuthorityInformationAccess(
-                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier("http://o"))]
-            ),
-            critical=False,
-        )
-    cert = builder.sign(key, hashes.SHA256())
-    live = certs_dir / "live" / name
-    live.mkdir(parents=True, exist_ok=True)
-    (live / "fullchain.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (live / "privkey.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return key
-
-
-def certbot_layout(certs_dir: Path, name: str, domains: list[str] | None = None) -> None:
-    """Move a lineage's files into archive/<name>/ and link them from live/<name>/, as certbot does."""
-    make_lineage(certs_dir, name, domains or [name])
-    archive = certs_dir / "archive" / name
-    archive.mkdir(parents=True)
-    for pem in ("fullchain", "privkey"):
-        (certs_dir / "live" / name / f"{pem}.pem").rename(archive / f"{pem}1.pem")
-        (certs_dir / "live" / name / f"{pem}.pem").symlink_to(f"../../archive/{name}/{pem}1.pem")
+NOW = LINEAGE_NOW
 
 
 def request(name: str = "a.test", *domains: str) -> CertRequest:
@@ -244,36 +201,6 @@ def test_state_survives_a_round_trip_and_bad_files(tmp_path: Path) -> None:
     assert load_state(tmp_path) == {}
     path.write_text(json.dumps({"a.test": {"unknown": 1}}))
     assert load_state(tmp_path) == {}
-
-
-def test_order_now_queues_what_an_operator_asks_for_once(tmp_path: Path) -> None:
-    """Not due unless forced, a backoff does not hold it, an order in progress is not queued twice; the
-    worker is held before its self-check, so nothing here reaches a CA."""
-    make_lineage(tmp_path, "fresh.test", ["fresh.test"])
-    make_lineage(tmp_path, "old.test", ["old.test"], age_days=80)
-    make_lineage(tmp_path, "companion-default", ["default.test"], age_days=80)
-    release = threading.Event()
-    settings = Settings(certs_dir=str(tmp_path), webroot=str(tmp_path / "webroot"))
-    manager = AcmeManager(
-        settings, lambda _reason: None, lambda: release.wait() and "http://127.0.0.1:9", clock=NOW.timestamp
-    )
-    try:
-        manager.state["old.test"] = CertState(["old.test"], failures=3, next_try=NOW.timestamp() + 3600, last_error="x")
-        assert manager.order_now(["fresh.test", "gone.test"], False) == {
-            "fresh.test": "not due (expires 2027-02-25)",
-            "gone.test": f"no usable certificate 'gone.test' in {tmp_path / 'live'}",
-        }
-        assert load_state(tmp_path) == {}  # nothing queued, nothing saved
-        assert manager.order_now(["fresh.test"], True) == {"fresh.test": "queued"}
-        assert manager.order_now(["fresh.test"], True) == {"fresh.test": "in progress"}
-        # All lineages on disk but the companion's own; the failing one is due and ordered despite its backoff.
-        assert manager.order_now([], False) == {"fresh.test": "in progress", "old.test": "queued"}
-        saved = load_state(tmp_path)
-        assert saved["fresh.test"].in_progress and saved["old.test"].in_progress
-        assert saved["old.test"].failures == 3
-    finally:
-        release.set()
-        manager.stop()
 
 
 @pytest.mark.parametrize(

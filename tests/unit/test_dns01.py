@@ -1,22 +1,20 @@
 """DNS-01's pure rules: which settings fit, which wildcard requests pass, certbot's arguments, which certificate
-a site gets, what the status shows. The real run (BIND 9, Pebble,
-certbot) is tests/integration/test_integration_dns01.py."""
+a site gets, what the status shows. The real run (BIND 9, Pebble, certbot) is
+tests/integration/test_integration_dns01.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from companion.acme import dns
-from companion.acme.orders import AcmeManager
 from companion.acme.policy import certbot_command, lineage_request
 from companion.core import plan
 from companion.core.certificates import CertFiles
-from companion.core.container import ContainerInfo
 from companion.core.inputs import Inputs
 from companion.core.model import CertRequest, Policy, Rejection, parse_site
 from companion.core.values import Challenge
@@ -25,13 +23,10 @@ from companion.observe.explain import explain
 from companion.observe.status import served_by
 from companion.serve.statusserver import page
 from companion.settings.config import Settings, SettingsError, load
+from tests.harness.containers import app as c
 
 DNS = Policy(dns_plugin="dns-rfc2136")
 PLACEHOLDER = CertFiles("/c/placeholder/fullchain.pem", "/c/placeholder/privkey.pem")
-
-
-def c(name: str, **labels: str) -> ContainerInfo:
-    return ContainerInfo(id=f"id-{name}", name=name, labels=labels, networks={"proxy": "10.0.0.2"})
 
 
 def lineage(name: str, *domains: str, not_after: float = 1.0) -> CertFiles:
@@ -163,24 +158,6 @@ def test_credentials_file_readable_by_everyone_is_refused(tmp_path: Path) -> Non
     assert dns.credentials_problem(str(path)) == ""
     assert "No such file" in dns.credentials_problem(str(tmp_path / "missing.ini"))
     assert "not a regular file" in dns.credentials_problem(str(tmp_path))
-
-
-def test_dns01_order_skips_the_http_self_check_and_checks_the_credentials(tmp_path: Path) -> None:
-    credentials = tmp_path / "dns.ini"
-    credentials.write_text("x")
-    os.chmod(credentials, 0o604)
-    settings = Settings(certs_dir=str(tmp_path / "certs"), dns_plugin="dns-rfc2136", dns_credentials=str(credentials))
-    manager = AcmeManager(settings, wake=lambda _r: None, self_check_url=lambda: "http://127.0.0.1:9")
-    try:
-        request = CertRequest("a.com", ("a.com",), "", challenge=Challenge.DNS01)
-        assert "can be read by every user" in manager.orderer.authenticator(request).precheck(request)
-        credentials.chmod(0o600)
-        # no nginx answers at :9: the HTTP self-check was not run
-        assert manager.orderer.authenticator(request).precheck(request) == ""
-        http = CertRequest("a.com", ("a.com",), "")
-        assert "self-check" in manager.orderer.authenticator(http).precheck(http)
-    finally:
-        manager.stop()
 
 
 # -- which certificate a site gets, and what the status says ------------------------------------------------

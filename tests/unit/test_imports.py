@@ -1,13 +1,12 @@
-"""acme-companion certificates taken into certbot's layout (companion/acme/imports.py), the supervisor's exit
-codes and the host-mode network choice of the single-container image: pure parts and file-level runs."""
+"""acme-companion certificates taken into certbot's layout (companion/imports.py), the supervisor's exit codes
+and the host-mode network choice of the single-container image: the pure parts and file-level runs.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import os
-import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,9 @@ import pytest
 from companion import cli
 from companion.acme import certs, imports
 from companion.acme.imports import Candidate, candidates, check_pair, import_all
-from companion.core import plan
+from companion.core import reach
 from companion.core.container import ContainerInfo
-from companion.serve.supervisor import Child, Supervisor, final_code, settings_flags, status_code
+from companion.serve.supervisor import final_code, settings_flags, status_code
 from tests.harness.acmecompanion import TestCA, snapshot, write_layout
 
 NOW = dt.datetime.now(dt.UTC)
@@ -185,13 +184,13 @@ def _own(networks: dict[str, str], mode: str = "default", gateways: dict[str, st
 
 def test_beside_nginx_in_a_container_backends_are_reached_on_its_own_networks() -> None:
     own = _own({"front": "10.0.1.2", "back": "10.0.2.2"}, gateways={"back": "10.0.2.1", "front": "10.0.1.1"})
-    networks, host = plan.local_reach(own)
+    networks, host = reach.local_reach(own)
     assert networks == ("back", "front") and host == "10.0.2.1"
     app = ContainerInfo(id="a", name="app", labels={}, networks={"aaa": "10.9.0.5", "front": "10.0.1.7"})
-    assert plan.pick_address(app, networks, host) == "10.0.1.7"  # not aaa, first by name but not shared
+    assert reach.pick_address(app, networks, host) == "10.0.1.7"  # not aaa, first by name but not shared
     # On the host (no container of our own, or the host's network): any network, the host on loopback.
-    assert plan.local_reach(None) == (None, plan.LOOPBACK)
-    assert plan.local_reach(_own({"host": ""}, mode="host")) == (None, plan.LOOPBACK)
+    assert reach.local_reach(None) == (None, reach.LOOPBACK)
+    assert reach.local_reach(_own({"host": ""}, mode="host")) == (None, reach.LOOPBACK)
 
 
 @pytest.mark.parametrize(
@@ -221,28 +220,6 @@ def test_settings_flags_reach_companion_run_without_the_command_word() -> None:
 def test_exit_status_of_a_signalled_child_counts_as_128_plus_the_signal() -> None:
     assert status_code(9) == 128 + 9  # os.wait's status for death by SIGKILL
     assert status_code(3 << 8) == 3
-
-
-def test_supervisor_stops_the_other_child_and_fails_when_one_exits(tmp_path: Path) -> None:
-    """Real processes: the first child writes the pid file and exits 3; the second must be stopped."""
-    pid_file = tmp_path / "nginx.pid"
-    first = Child(
-        "nginx",
-        (sys.executable, "-c", f"open({str(pid_file)!r}, 'w'); import time; time.sleep(0.3); exit(3)"),
-        signal.SIGQUIT,
-    )
-    second = Child("companion", (sys.executable, "-c", "import time; time.sleep(60)"), signal.SIGTERM)
-    supervisor = Supervisor((first, second), pid_file)
-    previous = {
-        sig: signal.getsignal(sig)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM)
-    }
-    try:
-        assert supervisor.run() == 3
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    assert supervisor.running == {}
 
 
 def test_proxy_refuses_a_bad_setting_before_starting_anything(capsys: pytest.CaptureFixture[str]) -> None:

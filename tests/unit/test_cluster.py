@@ -1,5 +1,4 @@
-"""Fast checks of the Swarm channel's pure parts: bundles, signatures, the publisher's state, an agent's apply.
-
+"""Fast checks of the Swarm channel's pure parts: bundles, signatures, the publisher's state.
 The real proof (controller process, agent containers, real nginx and TLS) is tests/integration/test_agent.py.
 """
 
@@ -11,7 +10,6 @@ import http.client
 import json
 import socket
 import ssl
-import stat
 import threading
 import time
 from pathlib import Path
@@ -21,22 +19,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from companion.cluster import agent, bundle, publisher
+from companion.cluster import bundle, publisher
 from companion.cluster import secret as cluster
-from companion.nginx.apply import NginxControl, NginxError
-from companion.settings.config import Settings
+from tests.harness.cluster import CONTROLLER, SECRET, _agent, _files, _Server
 
-CONTROLLER = cluster.new_secrets()
-SECRET = CONTROLLER.agent
 CONF = "/etc/nginx/conf.d"
-
-
-def _files(certs_dir: str) -> dict[str, str]:
-    return {
-        "companion.conf": f"server {{\n    ssl_certificate {certs_dir}/live/a/fullchain.pem;\n"
-        f"    ssl_certificate_key {certs_dir}/live/a/privkey.pem;\n}}\n",
-        "companion-tls.inc": "ssl_protocols TLSv1.2;\n",
-    }
 
 
 def test_a_bundle_carries_exactly_the_certificates_its_files_name_and_round_trips() -> None:
@@ -170,44 +157,6 @@ def test_nodes_report_errors_and_the_oldest_nginx_decides_the_rendering(tmp_path
         publisher.SELF_CHECK_WAIT = saved
 
 
-class _Refusing(NginxControl):
-    def __init__(self, refuse: bool) -> None:
-        super().__init__("true", "true")
-        self.refuse = refuse
-
-    def test(self) -> None:
-        if self.refuse:
-            raise NginxError("[emerg] refused")
-
-
-def _agent(tmp_path: Path, certs_dir: Path, node: str = "n1") -> agent.Agent:
-    settings = Settings(
-        conf_dir=str(tmp_path / "conf"), certs_dir=str(certs_dir), agent_state_dir=str(tmp_path / f"s-{node}")
-    )
-    return agent.Agent(settings, SECRET, node, agent.ChildNginx())
-
-
-def test_an_agent_writes_keys_0600_and_puts_certificates_back_when_nginx_refuses(tmp_path: Path) -> None:
-    certs_dir = tmp_path / "certs"
-    node = _agent(tmp_path, certs_dir)
-    files = _files(str(certs_dir))
-    first = bundle.build(files, str(tmp_path / "conf"), str(certs_dir), lambda path: f"one {path}")
-    node.nginx = _Refusing(False)  # type: ignore[assignment]
-    assert node.apply(first).error == ""
-    key = certs_dir / "live/a/privkey.pem"
-    assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    assert stat.S_IMODE((certs_dir / "live/a").stat().st_mode) == 0o700
-    second = bundle.build(
-        {**files, "companion-tls.inc": "x"}, str(tmp_path / "conf"), str(certs_dir), lambda path: f"two {path}"
-    )
-    node.nginx = _Refusing(True)  # type: ignore[assignment]
-    node.generation = first.generation
-    outcome = node.apply(second)
-    assert outcome.generation == first.generation and "refused" in outcome.error
-    assert key.read_text() == "one live/a/privkey.pem"  # the last good certificate, not the refused one
-    assert (tmp_path / "conf/companion-tls.inc").read_text() == files["companion-tls.inc"]
-
-
 def test_an_agent_refuses_a_bundle_for_other_paths(tmp_path: Path) -> None:
     node = _agent(tmp_path, tmp_path / "certs")
     other = bundle.build({"companion.conf": "#\n"}, "/elsewhere", str(tmp_path / "certs"), lambda path: "")
@@ -291,13 +240,6 @@ def test_the_agent_secret_cannot_serve_an_agent_only_the_pinned_controller_can()
     )
     for cert, key in ((SECRET.enroll_cert, SECRET.enroll_key), (node_cert, node_key), (minted, other_key)):
         assert "certificate verify failed" in _handshake(_leaf_server(cert, key), agent_side)
-
-
-class _Server:
-    """What publisher._Handler needs of its ClusterServer."""
-
-    def __init__(self, pub: publisher.ClusterPublisher) -> None:
-        self.publisher, self.secret, self.long_poll = pub, CONTROLLER, 0.2
 
 
 def _ask(
@@ -426,36 +368,3 @@ def test_an_agent_reads_no_more_of_an_answer_than_the_controller_signed(tmp_path
     assert sent < 8 * 1024 * 1024, f"{sent} bytes of an unsigned {size}-byte answer were sent before the refusal"
     sent, result = answer(sign=True, announced=0)
     assert result == made
-
-
-def test_an_agent_enrols_its_own_key_and_then_speaks_only_as_its_node(tmp_path: Path) -> None:
-    certs_dir = tmp_path / "certs"
-    pub = publisher.ClusterPublisher(str(tmp_path / "conf"), str(certs_dir), str(tmp_path), 80)  # the agent's paths
-    pub.apply({"companion.conf": "# for node-a\n"})
-    node = _agent(tmp_path, certs_dir, "node-a")
-    node.nginx = _Refusing(False)  # type: ignore[assignment]
-
-    def connection(timeout: float, context: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
-        near, far = socket.socketpair()
-        served = cluster.server_context(CONTROLLER).wrap_socket(far, server_side=True, do_handshake_on_connect=False)
-        threading.Thread(target=publisher._Handler, args=(served, ("10.0.0.7", 1), _Server(pub)), daemon=True).start()
-        made = http.client.HTTPConnection("controller")
-        chosen = context or node.context
-        assert chosen is not None
-        made.sock = chosen.wrap_socket(near)
-        return made
-
-    node._connection = connection  # type: ignore[method-assign,assignment]
-    assert node.context is None
-    node._enrolled()
-    assert node.context is not None and (tmp_path / "s-node-a" / agent.NODE_KEY_FILE).stat().st_mode & 0o777 == 0o600
-    received = node.fetch("", 0)
-    assert received is not None and received.files == {"companion.conf": "# for node-a\n"}
-    assert node.apply(received).error == ""
-    node.generation = received.generation
-    node.report()
-    (seen,) = pub.nodes()
-    assert (seen.node, seen.current, seen.address) == ("node-a", True, "10.0.0.7")
-    # A restart keeps the key and the certificate: no new enrolment, the same binding.
-    again = _agent(tmp_path, certs_dir, "node-a")
-    assert again.context is not None and again.key.private_numbers() == node.key.private_numbers()
