@@ -1,9 +1,10 @@
 """How certbot proves control of the names: HTTP-01 (a file in the webroot nginx serves) or DNS-01 (a TXT record
 set by one of certbot's DNS plugins).
 
-Modelled on certbot's own `Authenticator` interface: each authenticator says which arguments it adds to the
-certbot command line and what it checks before an order reaches the CA, and removes whatever its check left
-behind. `authenticator` picks one per request, so nothing else branches on the challenge.
+Modelled on certbot's own `Authenticator` interface (perform, then cleanup): each authenticator says which
+arguments it adds to the certbot command line, what it checks before an order reaches the CA, and removes
+whatever its check left behind once the order is over. `authenticator` picks one per request, so nothing else
+branches on the challenge.
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ class Authenticator(Protocol):
         ...
 
     def precheck(self, request: CertRequest) -> str:
-        """Why an order would fail before the CA is asked, or ''. Leaves nothing behind."""
+        """Why an order would fail before the CA is asked, or ''."""
+        ...
+
+    def cleanup(self) -> None:
+        """Remove what precheck left behind; called once the order is over, whatever its outcome."""
         ...
 
 
@@ -56,6 +61,9 @@ class Dns01:
             return "DNS-01 needs a DNS plugin on the companion (ACME_DNS_PLUGIN)"
         return credentials_problem(self.settings.dns_credentials)
 
+    def cleanup(self) -> None:
+        """The check only looked at a file: nothing to remove (the plugin removes its own TXT records)."""
+
 
 class Http01:
     """Files in the webroot nginx serves. With a `self_check_url` (the running service) each name is first
@@ -66,6 +74,7 @@ class Http01:
         self.settings = settings
         self.self_check_url = self_check_url
         self.stopping = stopping  # a stopping companion gives up waiting for nginx
+        self.tokens: list[Path] = []  # the self-check's files in the webroot, until cleanup
 
     def certbot_args(self) -> list[str]:
         return ["--webroot", "--webroot-path", self.settings.webroot, "--preferred-challenges", "http"]
@@ -81,27 +90,30 @@ class Http01:
         body = secrets.token_urlsafe(24)
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            self.tokens.append(folder / token)
             write_atomic(folder / token, body)
         except OSError as exc:
             return f"self-check: cannot write to the webroot {self.settings.webroot}: {exc.strerror or exc}"
-        try:
-            bases = self.self_check_url()
-            if isinstance(bases, str):
-                bases = [bases]
-            if not bases:
-                return "self-check: no node's agent is up to serve the token"
-            # The order is queued by the pass that just reloaded nginx, and a reload is asynchronous
-            # (`nginx -s reload` returns before the new listeners and workers exist): right after a
-            # first apply the port was still closed. Ask again for a moment before calling it failed.
-            deadline = time.monotonic() + SELF_CHECK_SETTLE
-            while True:
-                # Swarm: HTTP-01 may reach any node, so every node that is up must serve the token.
-                error = next((e for base in bases if (e := self._fetch_token(base, token, body, request.domains))), "")
-                if not error or time.monotonic() >= deadline or self.stopping.is_set():
-                    return error
-                time.sleep(0.1)
-        finally:
-            (folder / token).unlink(missing_ok=True)
+        bases = self.self_check_url()
+        if isinstance(bases, str):
+            bases = [bases]
+        if not bases:
+            return "self-check: no node's agent is up to serve the token"
+        # The order is queued by the pass that just reloaded nginx, and a reload is asynchronous
+        # (`nginx -s reload` returns before the new listeners and workers exist): right after a
+        # first apply the port was still closed. Ask again for a moment before calling it failed.
+        deadline = time.monotonic() + SELF_CHECK_SETTLE
+        while True:
+            # Swarm: HTTP-01 may reach any node, so every node that is up must serve the token.
+            error = next((e for base in bases if (e := self._fetch_token(base, token, body, request.domains))), "")
+            if not error or time.monotonic() >= deadline or self.stopping.is_set():
+                return error
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        """Remove the self-check's tokens, so the webroot holds only what certbot puts there."""
+        while self.tokens:
+            self.tokens.pop().unlink(missing_ok=True)
 
     def _fetch_token(self, base: str, token: str, body: str, domains: tuple[str, ...]) -> str:
         for domain in domains:

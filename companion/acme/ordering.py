@@ -78,15 +78,20 @@ class Orderer:
 
     def order(self, request: CertRequest, *, force: bool, account: str | None = None) -> Outcome:
         """Order one certificate. `account` is the certbot account id to use (a lineage's own, from its renewal
-        file); None uses the one registered for the request's (CA, email), registering it first if needed."""
-        refused = self.authenticator(request).precheck(request)
-        if refused:
-            return Outcome(refused=refused)
-        if account is None:
-            error, account = self.account_for(request)
-            if error:
-                return Outcome(failed=error)
-        failed = self.run(certbot_command(self.settings, request, force=force, account=account))
+        file; '' lets certbot pick the only account it has); None uses the one registered for the request's
+        (CA, email), registering it first if needed."""
+        checked = self.authenticator(request)
+        try:
+            refused = checked.precheck(request)
+            if refused:
+                return Outcome(refused=refused)
+            if account is None:
+                error, account = self.account_for(request)
+                if error:
+                    return Outcome(failed=error)
+            failed = self.run(certbot_command(self.settings, request, force=force, account=account))
+        finally:
+            checked.cleanup()
         if not failed:
             tighten(self.certs_dir, request.name)
         return Outcome(failed=failed)
@@ -150,6 +155,12 @@ class Orderer:
             return f"certbot did not finish within {CERTBOT_TIMEOUT}s"
         except OSError as exc:
             return f"cannot run certbot: {exc}"
+        except BaseException:
+            # Ctrl-C in `companion renew`: certbot runs in a session of its own, so the terminal's
+            # interrupt never reaches it; kill it rather than leave it running.
+            if self.process is not None:
+                self.process.kill()
+            raise
         finally:
             self.process = None
         return certbot_reason(output) if code != 0 else ""
