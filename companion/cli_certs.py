@@ -155,7 +155,7 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
 def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
     """Renew lineages on disk when no service runs, through the worker's own Orderer.order (its checks,
     certbot command and folder permissions), one at a time. There is no nginx of ours to ask, so HTTP-01 is
-    not self-checked; each lineage keeps its CA and the account that ordered it (certbot's renewal file)."""
+    not self-checked; each lineage keeps its CA, profile and the account that ordered it (certbot's renewal file)."""
     certs_dir = Path(settings.certs_dir)
     statuses = certs.scan(certs_dir)
     names = [args.name] if args.name else sorted(n for n in statuses if not n.startswith("companion"))
@@ -169,7 +169,7 @@ def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
                 print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
                 failed += 1
                 continue
-            request = lineage_request(settings, name, status.domains, status.server)
+            request = lineage_request(settings, name, status.domains, status.server, status.profile)
             if not args.force and not due_reason(request, status, now, settings.renew_before_days):
                 print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
                 continue

@@ -1,5 +1,6 @@
 """One certificate order, as the worker and `companion renew` (with no service running) both place it: the
-authenticator's check, the ACME account, one certbot run, then the new lineage's folders made private.
+authenticator's check, the profile's check against the CA's directory, the ACME account, one certbot run,
+then the new lineage's folders made private.
 
 One certbot process at a time (certbot locks its directories); `stop` ends a running one and starts no more.
 """
@@ -15,6 +16,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 from companion.acme.authenticators import Authenticator, SelfCheckUrl, authenticator
 from companion.acme.certs import tighten
 from companion.acme.policy import (
@@ -23,7 +26,9 @@ from companion.acme.policy import (
     account_key,
     certbot_command,
     certbot_reason,
+    eab_key_config,
     parse_accounts,
+    profile_refusal,
     register_command,
 )
 from companion.core.model import CertRequest
@@ -35,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # -- ACME accounts: one per (CA, email) ----------------------------------------------------------
 
+DIRECTORY_TIMEOUT = 10.0
+DIRECTORY_MAX_BYTES = 256 * 1024
 ACCOUNTS_FILE = "companion/accounts.json"
 ACCOUNTS_MAX_BYTES = 1024 * 1024
 # certbot keeps an account in accounts/<server host[:port]>/<server path>/<id>, its id 32 hex digits.
@@ -82,7 +89,7 @@ class Orderer:
         (CA, email), registering it first if needed."""
         checked = self.authenticator(request)
         try:
-            refused = checked.precheck(request)
+            refused = checked.precheck(request) or self.profile_check(request)
             if refused:
                 return Outcome(refused=refused)
             if account is None:
@@ -100,20 +107,45 @@ class Orderer:
         """The request's challenge, checked through our nginx when there is one to ask."""
         return authenticator(self.settings, request.challenge, self.self_check_url, self.stopping)
 
+    def profile_check(self, request: CertRequest) -> str:
+        """Why the request's profile cannot be ordered, '' when the CA's directory offers it (or none is named).
+        A directory that cannot be read is left to certbot, which reads it too and says why it failed."""
+        if not request.profile:
+            return ""
+        server = request.server or self.settings.acme_server
+        try:
+            answer = requests.get(server, timeout=DIRECTORY_TIMEOUT, verify=self.settings.ca_bundle or True)
+            answer.raise_for_status()
+            if len(answer.content) > DIRECTORY_MAX_BYTES:
+                raise ValueError(f"directory over {DIRECTORY_MAX_BYTES} bytes")
+            directory = answer.json()
+        except (requests.RequestException, ValueError) as exc:
+            log.warning("cannot read the ACME directory %s to check profile %s: %s", server, request.profile, exc)
+            return ""
+        return profile_refusal(request.profile, server, directory)
+
     def account_for(self, request: CertRequest) -> tuple[str, str]:
-        """(error, account id) for the request's (CA, email): the one registered before, else a new one.
+        """(error, account id) for the request's (CA, email, EAB key id): the one registered before, else a new
+        one.
 
         certbot registers in a scratch config dir and the account folder is moved into the certs dir,
-        where `--account` finds it; the pair is remembered in ACCOUNTS_FILE."""
+        where `--account` finds it; the key is remembered in ACCOUNTS_FILE. The EAB HMAC key reaches certbot
+        in a config file outside the certs volume, removed once certbot has read it."""
         server = request.server or self.settings.acme_server
-        key = account_key(server, request.email)
+        key = account_key(server, request.email, self.settings.acme_eab_kid)
         known = self.accounts.get(key)
         if known is not None and (self.certs_dir / known / "regr.json").is_file():
             return "", Path(known).name
         scratch_root = real_dir(self.certs_dir, "companion/register")
         scratch = Path(tempfile.mkdtemp(dir=scratch_root))
+        secret = Path(tempfile.mkdtemp(prefix="companion-eab-"))  # the system's temp dir: not the certs volume
         try:
-            error = self.run(register_command(self.settings, server, request.email, scratch))
+            eab_file = None
+            if self.settings.acme_eab_kid:
+                eab_file = secret / "eab.ini"
+                eab_file.touch(mode=0o600)
+                eab_file.write_text(eab_key_config(self.settings))
+            error = self.run(register_command(self.settings, server, request.email, scratch, eab_file))
             if error:
                 return f"registering an account at {server}: {error}", ""
             found = sorted(meta.parent.relative_to(scratch) for meta in scratch.glob("accounts/**/meta.json"))
@@ -128,7 +160,9 @@ class Orderer:
             return f"registering an account at {server}: {exc.strerror or exc}", ""
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-        log.info("registered an ACME account at %s for %s", server, request.email or "no email")
+            shutil.rmtree(secret, ignore_errors=True)
+        binding = f" bound to EAB key id {self.settings.acme_eab_kid}" if self.settings.acme_eab_kid else ""
+        log.info("registered an ACME account at %s for %s%s", server, request.email or "no email", binding)
         return "", relative.name
 
     def run(self, command: list[str]) -> str:

@@ -170,7 +170,7 @@ class AcmeManager:
                     continue
                 if request is None:  # on disk but no container asks for it: it keeps its CA
                     assert status is not None
-                    request = lineage_request(self.settings, name, status.domains, status.server)
+                    request = lineage_request(self.settings, name, status.domains, status.server, status.profile)
                 entry = self.state.setdefault(name, CertState(domains=list(request.domains)))
                 if entry.in_progress:
                     answers[name] = "in progress"

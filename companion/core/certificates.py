@@ -49,8 +49,9 @@ class CertStatus:
     ocsp: bool = False
     serial: str = ""
     problem: str = ""
-    server: str = ""  # the CA it came from and the account that ordered it (certbot's renewal file)
-    account: str = ""
+    server: str = ""  # the CA it came from, the account that ordered it and the profile it was ordered
+    account: str = ""  # under (certbot's renewal file)
+    profile: str = ""
 
     def files(self, certs_dir: Path) -> CertFiles:
         live = certs_dir / "live" / self.name
