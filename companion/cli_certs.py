@@ -47,7 +47,7 @@ def nginx_problem(port: int) -> str:
 
 
 def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:
-    """One row per certificate on disk or ordered: name, names, issuer, not-after, days left, state."""
+    """One row per certificate on disk or ordered: name, names, issuer, profile, not-after, days left, state."""
     certs_dir = Path(settings.certs_dir)
     statuses = certs.scan(certs_dir)
     state = load_state(certs_dir)
@@ -62,7 +62,8 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
             names = ",".join(status.domains)
         else:
             expiry, days, names = "-", "-", ",".join(entry.domains)
-        rows.append((name, names, status.issuer if status and status.issuer else "-", expiry, days, shown))
+        issuer = status.issuer if status and status.issuer else "-"
+        rows.append((name, names, issuer, status.profile if status and status.profile else "-", expiry, days, shown))
     return rows
 
 
@@ -79,7 +80,7 @@ def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
 
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
     """The table of certificates; under each one the sites nginx presents it for (a wildcard serves several)."""
-    rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
+    rows = [("NAME", "NAMES", "ISSUER", "PROFILE", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
     print_table(rows, served_now(settings) or {})
     address = service.status_address(settings)

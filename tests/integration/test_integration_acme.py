@@ -73,7 +73,7 @@ def test_labelled_container_gets_a_verified_certificate_and_redirect(
     assert stat.S_IMODE(live.stat().st_mode) == 0o700
     assert pebble.orders_seen() == 1
     table = companion.cli("certs")
-    row = rf"{re.escape(host)}\s+{re.escape(host)}\s+Pebble Intermediate CA \S+\s+\S+ \S+\s+(89|90)\.\d\s+valid"
+    row = rf"{re.escape(host)}\s+{re.escape(host)}\s+Pebble Intermediate CA \S+\s+-\s+\S+ \S+\s+(89|90)\.\d\s+valid"
     assert re.search(row, table.stdout), table.stdout
 
     # A second start finds the certificate on disk and orders nothing.

@@ -1,0 +1,96 @@
+"""ACME profiles against a real CA: Pebble 2.10 offering two profiles, real certbot, real nginx serving the
+webroot. Orders go through the Orderer the worker and `companion renew` use. The pure rules are in
+tests/unit/test_profiles_eab.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from companion.acme.certs import scan
+from companion.acme.ordering import Orderer
+from companion.acme.policy import due_reason
+from companion.core.certificates import CertStatus
+from companion.core.model import CertRequest
+from companion.settings.config import Settings
+from tests.harness.nginx import HostNginx
+from tests.harness.pebble import Pebble
+
+pytestmark = [pytest.mark.integration, pytest.mark.acme]
+
+DAY = 24 * 3600
+PROFILES = {"default": 90 * DAY, "shortlived": 6 * DAY}
+
+
+@pytest.fixture
+def orderer(
+    tmp_path: Path, host_nginx: HostNginx, make_pebble: Callable[..., Pebble]
+) -> Iterator[tuple[Orderer, Pebble]]:
+    pebble = make_pebble(host_nginx.http_port, profiles=PROFILES)
+    (tmp_path / "webroot").mkdir()
+    (host_nginx.conf_dir / "webroot.conf").write_text(
+        f"server {{ listen {host_nginx.http_port}; location /.well-known/acme-challenge/ "
+        f"{{ root {tmp_path / 'webroot'}; }} }}\n"
+    )
+    host_nginx.reload()
+    settings = Settings(
+        certs_dir=str(tmp_path / "certs"),
+        webroot=str(tmp_path / "webroot"),
+        acme_server=pebble.directory_url,
+        ca_bundle=str(pebble.ca_bundle_path),
+    )
+    made = Orderer(settings)
+    yield made, pebble
+    made.stop(3.0)
+
+
+def lineage(tmp_path: Path, name: str) -> CertStatus:
+    status = scan(tmp_path / "certs")[name]
+    assert not status.problem, status.problem
+    return status
+
+
+def test_each_certificate_gets_its_profile_and_a_change_of_profile_reorders(
+    tmp_path: Path, orderer: tuple[Orderer, Pebble]
+) -> None:
+    place, pebble = orderer
+    short = CertRequest("short.example.test", ("short.example.test",), "", profile="shortlived")
+    normal = CertRequest("normal.example.test", ("normal.example.test",), "", profile="default")
+    for request in (short, normal):
+        assert place.order(request, force=False).error == ""
+    # The lifetime is the CA's profile's (validity read from the issued certificate), side by side.
+    assert lineage(tmp_path, "short.example.test").lifetime == dt.timedelta(seconds=PROFILES["shortlived"])
+    assert lineage(tmp_path, "normal.example.test").lifetime == dt.timedelta(seconds=PROFILES["default"])
+    # certbot recorded the profile; asking for another one makes the certificate due, and it is reordered.
+    status = lineage(tmp_path, "short.example.test")
+    assert status.profile == "shortlived"
+    now = dt.datetime.now(dt.UTC)
+    assert due_reason(short, status, now, 0) == ""
+    moved = CertRequest("short.example.test", ("short.example.test",), "", profile="default")
+    assert due_reason(moved, status, now, 0) == "profile changed from shortlived to default"
+    assert place.order(moved, force=True).error == ""
+    again = lineage(tmp_path, "short.example.test")
+    assert (again.profile, again.lifetime) == ("default", dt.timedelta(seconds=PROFILES["default"]))
+    assert again.serial != status.serial
+    assert pebble.orders_seen() == 3
+
+
+def test_a_profile_the_ca_does_not_offer_is_refused_before_any_order(
+    tmp_path: Path, orderer: tuple[Orderer, Pebble]
+) -> None:
+    place, pebble = orderer
+    asked = CertRequest("classic.example.test", ("classic.example.test",), "", profile="classic")
+    outcome = place.order(asked, force=False)
+    assert (
+        outcome.refused
+        == f"ACME_CERT_PROFILE=classic: the CA at {pebble.directory_url} offers only default, shortlived"
+    )
+    assert pebble.orders_seen() == 0
+    assert not (tmp_path / "certs" / "live" / "classic.example.test").exists()
+    # Another certificate from the same CA is not affected.
+    fine = CertRequest("fine.example.test", ("fine.example.test",), "", profile="shortlived")
+    assert place.order(fine, force=False).error == ""
+    assert pebble.orders_seen() == 1
