@@ -59,8 +59,8 @@ def load_accounts(certs_dir: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How an order ended: refused by the authenticator's check before the CA was asked, failed (account or
-    certbot), or neither (issued)."""
+    """How an order ended: refused before an order reached the CA (the authenticator's check, or a profile
+    the CA does not offer), failed (account or certbot), or neither (issued)."""
 
     refused: str = ""
     failed: str = ""
@@ -86,7 +86,7 @@ class Orderer:
     def order(self, request: CertRequest, *, force: bool, account: str | None = None) -> Outcome:
         """Order one certificate. `account` is the certbot account id to use (a lineage's own, from its renewal
         file; '' lets certbot pick the only account it has); None uses the one registered for the request's
-        (CA, email), registering it first if needed."""
+        (CA, email, EAB key id), registering it first if needed."""
         checked = self.authenticator(request)
         try:
             refused = checked.precheck(request) or self.profile_check(request)
