@@ -5,6 +5,9 @@ tests/unit/test_profiles_eab.py."""
 from __future__ import annotations
 
 import datetime as dt
+import re
+import ssl
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,8 +19,12 @@ from companion.acme.policy import due_reason
 from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest
 from companion.settings.config import Settings
+from tests.harness.appimage import AppRunner
+from tests.harness.companion import Companion
 from tests.harness.nginx import HostNginx
 from tests.harness.pebble import Pebble
+from tests.harness.tls import served_cert
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.acme]
 
@@ -94,3 +101,39 @@ def test_a_profile_the_ca_does_not_offer_is_refused_before_any_order(
     fine = CertRequest("fine.example.test", ("fine.example.test",), "", profile="shortlived")
     assert place.order(fine, force=False).error == ""
     assert pebble.orders_seen() == 1
+
+
+def test_a_containers_profile_and_the_companions_default_reach_the_served_certificates(
+    apps: AppRunner, host_nginx: HostNginx, make_pebble: Callable[..., Pebble], make_companion: Callable[..., Companion]
+) -> None:
+    """Through the running service: ACME_CERT_PROFILE on one container, the companion's default for the other;
+    the lifetimes are read from what nginx serves, its chain verified against Pebble's root."""
+    pebble = make_pebble(host_nginx.http_port, profiles=PROFILES)
+    domain = f"{uuid.uuid4().hex[:8]}.example.test"
+    companion = make_companion(
+        ACME_CA_URI=pebble.directory_url,
+        CA_BUNDLE=str(pebble.ca_bundle_path),
+        ALLOWED_DOMAINS=f"*.{domain}",
+        ACME_CERT_PROFILE="default",
+    )
+    short, normal = f"short.{domain}", f"normal.{domain}"
+    apps("short", environment={"VIRTUAL_HOST": short, "LETSENCRYPT_HOST": short, "ACME_CERT_PROFILE": "shortlived"})
+    apps("normal", environment={"VIRTUAL_HOST": normal, "LETSENCRYPT_HOST": normal})
+    context = ssl.create_default_context(cadata=pebble.roots_pem())
+    lifetimes = {}
+    for host in (short, normal):
+        cert = wait_until(
+            lambda h=host: served_cert(host_nginx, h, context),
+            timeout=60,
+            what=f"a certificate from Pebble served for {host}",
+            logs=[("companion", companion.log), ("pebble", pebble.log_text)],
+        )
+        lifetimes[host] = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetimes == {
+        short: dt.timedelta(seconds=PROFILES["shortlived"]),
+        normal: dt.timedelta(seconds=PROFILES["default"]),
+    }
+    table = companion.cli("certs").stdout
+    for host, profile in ((short, "shortlived"), (normal, "default")):
+        row = rf"^{re.escape(host)}\s+{re.escape(host)}\s+Pebble Intermediate CA \S+\s+{profile}\s"
+        assert re.search(row, table, re.MULTILINE), table

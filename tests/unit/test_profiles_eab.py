@@ -23,6 +23,7 @@ from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest, Policy, Rejection, Site, parse_site
 from companion.core.values import InvalidValue, parse_eab_hmac_key, parse_eab_kid, parse_profile
 from companion.core.variables import container_problems, setting_problems
+from companion.loop.reconcile import policy_of
 from companion.settings import config
 from companion.settings.config import Settings, SettingsError
 from tests.harness.containers import container
@@ -207,3 +208,7 @@ def test_accounts_are_kept_per_ca_email_and_key_id() -> None:
     )
     folder = "accounts/ca.test/dir/" + "a" * 32
     assert parse_accounts({account_key(MAIN, "", "kid-1"): folder}) == {f"{MAIN}  kid-1": folder}
+
+
+def test_the_companions_profile_reaches_the_containers_rules() -> None:
+    assert policy_of(load({"ACME_CERT_PROFILE": "shortlived"})).default_profile == "shortlived"
