@@ -44,6 +44,7 @@ def test_an_eab_only_ca_issues_with_the_key_and_refuses_without_it(
 ) -> None:
     pebble = make_pebble(host_nginx.http_port, eab_keys={KID: KEY})
     (tmp_path / "webroot").mkdir()
+    (tmp_path / "certs").mkdir()  # the certs volume: the operator's, there before the companion
     (host_nginx.conf_dir / "webroot.conf").write_text(
         f"server {{ listen {host_nginx.http_port}; location /.well-known/acme-challenge/ "
         f"{{ root {tmp_path / 'webroot'}; }} }}\n"
