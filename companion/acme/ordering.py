@@ -138,10 +138,11 @@ class Orderer:
             return "", Path(known).name
         scratch_root = real_dir(self.certs_dir, "companion/register")
         scratch = Path(tempfile.mkdtemp(dir=scratch_root))
-        secret = Path(tempfile.mkdtemp(prefix="companion-eab-"))  # the system's temp dir: not the certs volume
+        secret: Path | None = None  # a private folder in the system's temp dir: not the certs volume
         try:
             eab_file = None
             if self.settings.acme_eab_kid:
+                secret = Path(tempfile.mkdtemp(prefix="companion-eab-"))
                 eab_file = secret / "eab.ini"
                 eab_file.touch(mode=0o600)
                 eab_file.write_text(eab_key_config(self.settings))
@@ -160,7 +161,8 @@ class Orderer:
             return f"registering an account at {server}: {exc.strerror or exc}", ""
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(secret, ignore_errors=True)
+            if secret is not None:
+                shutil.rmtree(secret, ignore_errors=True)
         binding = f" bound to EAB key id {self.settings.acme_eab_kid}" if self.settings.acme_eab_kid else ""
         log.info("registered an ACME account at %s for %s%s", server, request.email or "no email", binding)
         return "", relative.name
