@@ -1,21 +1,18 @@
 """The commands an operator runs about certificates and health: check, certs and renew (through the
-control socket, or certbot directly when no service runs)."""
+control socket, or through the worker's own Orderer when no service runs)."""
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import http.client
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from companion.acme import certs
-from companion.acme.dns import credentials_problem
+from companion.acme.ordering import Orderer
 from companion.acme.orders import load_state
-from companion.acme.policy import CertState, certbot_command, certbot_reason, describe, due_reason, lineage_request
-from companion.core.values import Challenge
+from companion.acme.policy import CertState, describe, due_reason, lineage_request
 from companion.loop.controller import heartbeat_problem
 from companion.observe import status as status_report
 from companion.serve import client as service
@@ -50,7 +47,7 @@ def nginx_problem(port: int) -> str:
 
 
 def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ...]]:
-    """One row per certificate on disk or ordered: name, names, issuer, not-after, days left, state."""
+    """One row per certificate on disk or ordered: name, names, issuer, profile, not-after, days left, state."""
     certs_dir = Path(settings.certs_dir)
     statuses = certs.scan(certs_dir)
     state = load_state(certs_dir)
@@ -65,7 +62,8 @@ def cert_rows(settings: config.Settings, now: dt.datetime) -> list[tuple[str, ..
             names = ",".join(status.domains)
         else:
             expiry, days, names = "-", "-", ",".join(entry.domains)
-        rows.append((name, names, status.issuer if status and status.issuer else "-", expiry, days, shown))
+        issuer = status.issuer if status and status.issuer else "-"
+        rows.append((name, names, issuer, status.profile if status and status.profile else "-", expiry, days, shown))
     return rows
 
 
@@ -82,7 +80,7 @@ def served_now(settings: config.Settings) -> dict[str, tuple[str, ...]] | None:
 
 def cmd_certs(args: argparse.Namespace, settings: config.Settings) -> int:
     """The table of certificates; under each one the sites nginx presents it for (a wildcard serves several)."""
-    rows = [("NAME", "NAMES", "ISSUER", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
+    rows = [("NAME", "NAMES", "ISSUER", "PROFILE", "NOT AFTER (UTC)", "DAYS LEFT", "STATE")]
     rows += cert_rows(settings, dt.datetime.now(dt.UTC))
     print_table(rows, served_now(settings) or {})
     address = service.status_address(settings)
@@ -156,42 +154,34 @@ def cmd_renew(args: argparse.Namespace, settings: config.Settings) -> int:
 
 
 def renew_here(args: argparse.Namespace, settings: config.Settings) -> int:
-    """Renew lineages on disk with a certbot of our own, one at a time, when no service runs."""
+    """Renew lineages on disk when no service runs, through the worker's own Orderer.order (its checks,
+    certbot command and folder permissions), one at a time. There is no nginx of ours to ask, so HTTP-01 is
+    not self-checked; each lineage keeps its CA, profile and the account that ordered it (certbot's renewal file)."""
     certs_dir = Path(settings.certs_dir)
     statuses = certs.scan(certs_dir)
     names = [args.name] if args.name else sorted(n for n in statuses if not n.startswith("companion"))
     failed = 0
     now = dt.datetime.now(dt.UTC)
-    for name in names:
-        status = statuses.get(name)
-        if status is None or not status.domains:
-            print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
-            failed += 1
-            continue
-        # The lineage keeps its CA and the account that ordered it (certbot's renewal file).
-        request = lineage_request(settings, name, status.domains, status.server)
-        if not args.force and not due_reason(request, status, now, settings.renew_before_days):
-            print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
-            continue
-        refused = credentials_problem(settings.dns_credentials) if request.challenge is Challenge.DNS01 else ""
-        if refused:
-            print(f"{name}: renewal refused: {refused}", file=sys.stderr)
-            failed += 1
-            continue
-        env = dict(os.environ)
-        if settings.ca_bundle:
-            env["REQUESTS_CA_BUNDLE"] = settings.ca_bundle
-        done = subprocess.run(
-            certbot_command(settings, request, force=True, account=status.account),
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if done.returncode:
-            print(f"{name}: renewal failed: {certbot_reason(done.stdout + done.stderr)}", file=sys.stderr)
-            failed += 1
-        else:
-            certs.tighten(certs_dir, name)
-            print(f"{name}: renewed")
+    orderer = Orderer(settings)
+    try:
+        for name in names:
+            status = statuses.get(name)
+            if status is None or not status.domains:
+                print(f"companion: no usable certificate {name!r} in {certs_dir / 'live'}", file=sys.stderr)
+                failed += 1
+                continue
+            request = lineage_request(settings, name, status.domains, status.server, status.profile)
+            if not args.force and not due_reason(request, status, now, settings.renew_before_days):
+                print(f"{name}: not due (expires {status.not_after:%Y-%m-%d})")
+                continue
+            outcome = orderer.order(request, force=True, account=status.account)
+            if outcome.refused:
+                print(f"{name}: renewal refused: {outcome.refused}", file=sys.stderr)
+            elif outcome.failed:
+                print(f"{name}: renewal failed: {outcome.failed}", file=sys.stderr)
+            else:
+                print(f"{name}: renewed")
+            failed += bool(outcome.error)
+    finally:
+        orderer.stop(timeout=3.0)
     return 1 if failed else 0

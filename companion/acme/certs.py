@@ -14,6 +14,7 @@ import os
 import re
 import ssl
 from pathlib import Path
+from typing import NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,19 +37,27 @@ def read_lineage(certs_dir: Path, name: str) -> CertStatus:
     # certbot's live/<name>/*.pem are links into archive/<name>/; nothing may lead anywhere else.
     folders = (real / "live" / name, real / "archive" / name)
     status = _read_pair(name, live / "fullchain.pem", live / "privkey.pem", folders)
-    server, account = renewal_params(certs_dir, name)
-    if (server, account) != (status.server, status.account):
-        status = dataclasses.replace(status, server=server, account=account)
+    params = renewal_params(certs_dir, name)
+    if params != (status.server, status.account, status.profile):
+        status = dataclasses.replace(status, server=params.server, account=params.account, profile=params.profile)
     return status
 
 
-_RENEWAL_RE = re.compile(r"^(server|account) = (\S+)$", re.MULTILINE)
-_renewal_cache: dict[str, tuple[tuple[int, int, int], tuple[str, str]]] = {}
+class RenewalParams(NamedTuple):
+    """What certbot recorded about how a lineage was ordered; "" for what it did not record."""
+
+    server: str  # the CA's directory URL
+    account: str  # the account id
+    profile: str  # --preferred-profile
 
 
-def renewal_params(certs_dir: Path, name: str) -> tuple[str, str]:
-    """(CA directory URL, account id) certbot recorded for a lineage, ('', '') when it has no renewal file
-    (a certificate copied in by hand): read without following links, again only when the file changed."""
+_RENEWAL_RE = re.compile(r"^(server|account|preferred_profile) = (\S+)$", re.MULTILINE)
+_renewal_cache: dict[str, tuple[tuple[int, int, int], RenewalParams]] = {}
+
+
+def renewal_params(certs_dir: Path, name: str) -> RenewalParams:
+    """What certbot recorded for a lineage, all "" when it has no renewal file (a certificate copied in by
+    hand): read without following links, again only when the file changed."""
     path = certs_dir / "renewal" / f"{name}.conf"
     try:
         st = safefiles.regular_lstat(path)
@@ -58,8 +67,8 @@ def renewal_params(certs_dir: Path, name: str) -> tuple[str, str]:
             return cached[1]
         found = dict(_RENEWAL_RE.findall(safefiles.read_regular(path, PEM_MAX_BYTES).decode("utf-8", "replace")))
     except OSError:
-        return "", ""
-    params = (found.get("server", ""), found.get("account", ""))
+        return RenewalParams("", "", "")
+    params = RenewalParams(found.get("server", ""), found.get("account", ""), found.get("preferred_profile", ""))
     _renewal_cache[str(path)] = (stamp, params)
     return params
 

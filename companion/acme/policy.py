@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from companion.acme.dns import certbot_args as dns_args
+from companion.acme.authenticators import authenticator
 from companion.core.certificates import CertStatus
 from companion.core.model import CertRequest
 from companion.core.values import Challenge
@@ -44,6 +44,8 @@ def due_reason(request: CertRequest, status: CertStatus | None, now: dt.datetime
         return "names changed"
     if status.server and request.server and status.server != request.server:
         return f"CA changed from {status.server} to {request.server}"
+    if status.server and status.profile != request.profile:  # "" on both sides: the CA's default profile
+        return f"profile changed from {status.profile or 'the default'} to {request.profile or 'the default'}"
     if status.remaining(now) <= renew_window(status, renew_before_days):
         return f"expires {status.not_after:%Y-%m-%d %H:%M} UTC"
     return ""
@@ -107,30 +109,55 @@ def _email_args(email: str) -> list[str]:
     return ["--email", email] if email else ["--register-unsafely-without-email"]
 
 
-def register_command(settings: Settings, server: str, email: str, config_dir: Path) -> list[str]:
+def register_command(
+    settings: Settings, server: str, email: str, config_dir: Path, eab_key_file: Path | None = None
+) -> list[str]:
     """Register one account in a config dir of its own: `certbot register` refuses a second account for a
-    server, and with two accounts `certonly` cannot choose without `--account`."""
-    return [*_certbot_base(settings, "register", config_dir, server), *_email_args(email)]
+    server, and with two accounts `certonly` cannot choose without `--account`.
+
+    With external account binding the key id is an argument, but the HMAC key is read from `eab_key_file`
+    (certbot's config file syntax): certbot logs its arguments, and its log is in the certs volume."""
+    command = [*_certbot_base(settings, "register", config_dir, server), *_email_args(email)]
+    if settings.acme_eab_kid:
+        assert eab_key_file is not None
+        command += ["--config", str(eab_key_file), "--eab-kid", settings.acme_eab_kid]
+    return command
 
 
-def challenge_args(settings: Settings, challenge: Challenge) -> list[str]:
-    """How certbot proves the names: files in the webroot nginx serves, or TXT records set by the DNS plugin."""
-    if challenge is Challenge.DNS01:
-        return dns_args(settings.dns_plugin, settings.dns_credentials, settings.dns_propagation_seconds)
-    return ["--webroot", "--webroot-path", settings.webroot, "--preferred-challenges", "http"]
+def eab_key_config(settings: Settings) -> str:
+    """The certbot config file text that hands it the HMAC key (see register_command)."""
+    return f"eab-hmac-key = {settings.acme_eab_hmac_key}\n"
 
 
-def lineage_request(settings: Settings, name: str, domains: tuple[str, ...], server: str) -> CertRequest:
-    """An order for a lineage on disk that no container asks for: a wildcard can only be renewed over DNS-01."""
+def lineage_request(
+    settings: Settings, name: str, domains: tuple[str, ...], server: str, profile: str = ""
+) -> CertRequest:
+    """An order for a lineage on disk that no container asks for: it keeps its CA and profile, and a wildcard
+    can only be renewed over DNS-01."""
     wildcard = any(domain.startswith("*.") for domain in domains)
     challenge = Challenge.DNS01 if wildcard else settings.acme_challenge
-    return CertRequest(name, domains, settings.default_email, server=server, challenge=challenge)
+    return CertRequest(name, domains, settings.default_email, server=server, challenge=challenge, profile=profile)
+
+
+def profile_refusal(profile: str, server: str, directory: object) -> str:
+    """Why the CA at `server` cannot issue under `profile`, '' when its directory offers it (or none is asked
+    for). certbot would silently order the CA's default profile instead."""
+    if not profile:
+        return ""
+    meta = directory.get("meta") if isinstance(directory, dict) else None
+    offered = meta.get("profiles") if isinstance(meta, dict) else None
+    names = sorted(str(name) for name in offered) if isinstance(offered, dict) else []
+    if profile in names:
+        return ""
+    if not names:
+        return f"ACME_CERT_PROFILE={profile}: the CA at {server} offers no profiles; remove ACME_CERT_PROFILE"
+    return f"ACME_CERT_PROFILE={profile}: the CA at {server} offers only {', '.join(printable(n) for n in names)}"
 
 
 def certbot_command(settings: Settings, request: CertRequest, *, force: bool, account: str = "") -> list[str]:
     cmd = [
         *_certbot_base(settings, "certonly", Path(settings.certs_dir), request.server or settings.acme_server),
-        *challenge_args(settings, request.challenge),
+        *authenticator(settings, request.challenge).certbot_args(),
         "--cert-name",
         request.name,
         "--no-random-sleep-on-renew",
@@ -144,6 +171,8 @@ def certbot_command(settings: Settings, request: CertRequest, *, force: bool, ac
     else:
         cmd += ["--elliptic-curve", "secp256r1"]
     cmd += _email_args(request.email)
+    if request.profile:
+        cmd += ["--preferred-profile", request.profile]
     if account:
         cmd += ["--account", account]
     if force:
@@ -209,9 +238,10 @@ def parse_state(raw: object) -> dict[str, CertState]:
 ACCOUNT_PATH_RE = re.compile(r"^accounts/[A-Za-z0-9.:\[\]_~%/-]+/[0-9a-f]{32}\Z")
 
 
-def account_key(server: str, email: str) -> str:
-    """One JSON key per (CA, email): a URL holds no space, so the pair splits back unambiguously."""
-    return f"{server} {email}"
+def account_key(server: str, email: str, eab_kid: str = "") -> str:
+    """One JSON key per (CA, email, EAB key id): a URL, an email and a key id hold no space, so the key splits
+    back unambiguously; without a key id it is the (CA, email) key of the accounts registered before EAB."""
+    return f"{server} {email} {eab_kid}" if eab_kid else f"{server} {email}"
 
 
 def parse_accounts(raw: object) -> dict[str, str]:

@@ -1,5 +1,17 @@
-"""The certificate vocabulary the core decides with: CertFiles (what nginx loads) and CertStatus (what is on
-disk, as the certificate store read it). Pure data: reading and ordering live in acme/."""
+"""The certificate vocabulary. Each type answers one question, and each lives in exactly one place:
+
+* CertRequest (core/model.py): which certificate a container asks for: lineage name, names, email, CA and
+  challenge. The plan's orders are CertRequests; the worker and `companion renew` order them.
+* CertStatus (here): what a lineage on disk is, as acme/certs.scan read it: names, issuer, validity,
+  serial, why it is unusable, and the CA and account that ordered it. Decides whether an order is due.
+* CertFiles (here): what nginx loads for a host: the file paths, plus what makes a renewal visible (serial)
+  and which of two covering lineages wins (not_after). Derived from a CertStatus, or the placeholder.
+* CertChoice and CertWhy (core/certplan.py): the CertFiles a host presents, its lineage and why.
+* CertState (acme/policy.py): the worker's order record per lineage (failures, backoff, last error,
+  in progress), kept across restarts in the certs volume.
+* CertView (observe/status.py): one certificate as /status.json shows it, from a CertStatus and a CertState.
+
+Pure data: reading the store and ordering live in acme/."""
 
 from __future__ import annotations
 
@@ -37,8 +49,9 @@ class CertStatus:
     ocsp: bool = False
     serial: str = ""
     problem: str = ""
-    server: str = ""  # the CA it came from and the account that ordered it (certbot's renewal file)
-    account: str = ""
+    server: str = ""  # the CA it came from, the account that ordered it and the profile it was ordered
+    account: str = ""  # under (certbot's renewal file)
+    profile: str = ""
 
     def files(self, certs_dir: Path) -> CertFiles:
         live = certs_dir / "live" / self.name

@@ -35,6 +35,7 @@ from companion.core.values import (
     parse_hsts,
     parse_path,
     parse_port,
+    parse_profile,
     parse_size,
 )
 
@@ -71,6 +72,7 @@ VARIABLES = (
     "VIRTUAL_KEEPALIVE",
     *TUNING_VARIABLES,
     "ACME_CHALLENGE",
+    "ACME_CERT_PROFILE",
 )
 # acme-companion's current names beside the legacy LETSENCRYPT_* ones: either may be set, or both alike.
 ALIASES = (("ACME_HOST", "LETSENCRYPT_HOST"), ("ACME_EMAIL", "LETSENCRYPT_EMAIL"), ("ACME_TEST", "LETSENCRYPT_TEST"))
@@ -101,6 +103,7 @@ class Policy:
     allowed_servers: tuple[str, ...] = ()
     default_challenge: Challenge = Challenge.HTTP01  # the companion's ACME_CHALLENGE
     dns_plugin: str = ""  # ACME_DNS_PLUGIN: DNS-01 (and so wildcards) only with one
+    default_profile: str = ""  # the companion's ACME_CERT_PROFILE; "" for the CA's default
 
     def may_use(self, server: str) -> bool:
         return server in (self.acme_server, self.staging_server, *self.allowed_servers)
@@ -115,6 +118,7 @@ class CertRequest:
     email: str
     server: str = ""
     challenge: Challenge = Challenge.HTTP01
+    profile: str = ""  # the CA's profile to issue under (ACME_CERT_PROFILE); "" for the CA's default
 
 
 @dataclass(frozen=True)
@@ -348,6 +352,7 @@ def _cert_request(
         email=email,
         server=_server(get, policy),
         challenge=challenge,
+        profile=parse_profile(get("ACME_CERT_PROFILE")) if get("ACME_CERT_PROFILE") else policy.default_profile,
     )
 
 

@@ -19,6 +19,9 @@ CaUrls = tuple[str, ...]  # ACME directory URLs, kept exactly as written (their 
 NotifyUrls = tuple[str, ...]  # Apprise URLs; they hold tokens and passwords, so never shown
 Resolvers = tuple[str, ...]  # nginx `resolver` addresses: an IP, an IP:port or [IPv6]:port, normalised
 HostName = str  # one host name, lower case and IDNA-encoded; "" for none
+Profile = str  # an ACME profile name as the CA spells it; "" for the CA's default
+EabKid = str  # an external account binding key id; "" for none
+EabHmacKey = str  # an external account binding HMAC key (base64url); "" for none; never shown
 
 
 class SslPolicy(StrEnum):
@@ -107,6 +110,32 @@ class Options:
         "--acme-challenge",
         "ACME_CHALLENGE",
         "http-01, or dns-01 (needs --dns-plugin); a container's ACME_CHALLENGE overrides it",
+    )
+    acme_cert_profile: Profile = option(
+        "",
+        "--acme-cert-profile",
+        "ACME_CERT_PROFILE",
+        "ACME profile certificates are ordered under (classic, tlsserver, shortlived at Let's Encrypt; the CA's "
+        "directory lists its own); a container's ACME_CERT_PROFILE overrides it; empty: the CA's default",
+    )
+    acme_eab_kid: EabKid = option(
+        "",
+        "--acme-eab-kid",
+        "ACME_EAB_KID",
+        "external account binding key id, for CAs that require one (ZeroSSL, Google); needs the HMAC key",
+    )
+    acme_eab_hmac_key: EabHmacKey = option(
+        "",
+        "--acme-eab-hmac-key",
+        "ACME_EAB_HMAC_KEY",
+        "the key id's HMAC key (base64url); prefer ACME_EAB_HMAC_KEY_FILE: never shown, logged or stored",
+        secret=True,
+    )
+    acme_eab_hmac_key_file: str = option(
+        "",
+        "--acme-eab-hmac-key-file",
+        "ACME_EAB_HMAC_KEY_FILE",
+        "a file holding the HMAC key (a Docker secret), read at start instead of ACME_EAB_HMAC_KEY",
     )
     dns_plugin: str = option(
         "",

@@ -286,6 +286,40 @@ def parse_cert_name(value: str) -> str:
     return text
 
 
+# An ACME profile name (draft-aaron-acme-profiles: the keys of the directory's meta.profiles), as certbot's
+# --preferred-profile takes it: Let's Encrypt's are classic, tlsserver and shortlived.
+_PROFILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# An EAB key id, as CAs hand them out (ZeroSSL, Google: letters, digits, - and _); it goes on certbot's
+# command line and into the accounts file's keys, so no space and no leading -.
+_EAB_KID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._~+/=-]{0,255}\Z")
+# An EAB HMAC key: base64url (RFC 8555 section 7.3.4), padded or not.
+_EAB_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{16,1024}={0,2}\Z")
+
+
+def parse_profile(value: str) -> str:
+    """An ACME profile name, exactly as the CA spells it (profile names are case-sensitive)."""
+    text = value.strip()
+    if not _PROFILE_RE.match(text):
+        raise InvalidValue("must be an ACME profile name: letters, digits, . _ - (at most 64, not starting with . _ -)")
+    return text
+
+
+def parse_eab_kid(value: str) -> str:
+    """An external account binding key id; "" for none."""
+    text = value.strip()
+    if text and not _EAB_KID_RE.match(text):
+        raise InvalidValue("must be the CA's key id: letters, digits, . _ ~ + / = - (at most 256, no spaces)")
+    return text
+
+
+def parse_eab_hmac_key(value: str) -> str:
+    """An external account binding HMAC key (base64url); "" for none. The message never quotes the key."""
+    text = value.strip()
+    if text and not _EAB_KEY_RE.match(text):
+        raise InvalidValue("must be the CA's HMAC key in base64url (letters, digits, - and _; 16 to 1024 characters)")
+    return text
+
+
 def is_email(text: str) -> bool:
     """True for an email address certbot takes as the value of --email, exactly as given."""
     return bool(_EMAIL_RE.match(text)) and ".." not in text

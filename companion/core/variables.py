@@ -48,6 +48,7 @@ _DNS_PLUGINS = "DNS-01 runs through certbot's DNS plugins: ACME_DNS_PLUGIN and A
 _ONE_KEY = "one key type for all certificates: the companion's KEY_TYPE and RSA_KEY_SIZE"
 _RENEW = "the companion's RENEW_BEFORE_DAYS, for all certificates"
 _HOOKS = "no shell commands run around orders"
+_EAB = "one binding for all certificates: ACME_EAB_KID and ACME_EAB_HMAC_KEY on the companion"
 
 REGISTRY: tuple[Variable, ...] = (
     # -- on the app containers (nginx-proxy) -------------------------------------------------------
@@ -113,11 +114,17 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("ACME_PRE_HOOK", _A, _R, "a label may not run commands in the companion"),
     Variable("ACME_POST_HOOK", _A, _R, "a label may not run commands in the companion"),
     Variable("ACME_PREFERRED_CHAIN", _A, _N),
-    Variable("ACME_CERT_PROFILE", _A, _N),
+    Variable(
+        "ACME_CERT_PROFILE",
+        _A,
+        _S,
+        "a profile the CA's directory does not offer refuses the certificate, naming those it offers; "
+        "a change reorders",
+    ),
     Variable("ACME_CHALLENGE", _A, _S, "`http-01` or `dns-01` (needs a DNS plugin on the companion)"),
     Variable("ACMESH_DNS_API_CONFIG", _A, _D, _DNS_PLUGINS),
-    Variable("ACME_EAB_KID", _A, _N),
-    Variable("ACME_EAB_HMAC_KEY", _A, _N),
+    Variable("ACME_EAB_KID", _A, _N, _EAB),
+    Variable("ACME_EAB_HMAC_KEY", _A, _N, _EAB),
     Variable("ZEROSSL_API_KEY", _A, _N),
     # -- on the nginx-proxy container: set them on the companion -----------------------------------
     Variable("DEFAULT_HOST", _P, _S),
@@ -179,9 +186,14 @@ REGISTRY: tuple[Variable, ...] = (
     Variable("ACME_POST_HOOK", _C, _N, _HOOKS),
     Variable("ACME_CHALLENGE", _C, _S, "`http-01` or `dns-01` (with ACME_DNS_PLUGIN)"),
     Variable("ACMESH_DNS_API_CONFIG", _C, _D, _DNS_PLUGINS),
-    Variable("ACME_CERT_PROFILE", _C, _N),
-    Variable("ACME_EAB_KID", _C, _N),
-    Variable("ACME_EAB_HMAC_KEY", _C, _N),
+    Variable("ACME_CERT_PROFILE", _C, _S, "the default for containers that set none"),
+    Variable("ACME_EAB_KID", _C, _S, "accounts are kept per CA, email and key id"),
+    Variable(
+        "ACME_EAB_HMAC_KEY",
+        _C,
+        _S,
+        "or ACME_EAB_HMAC_KEY_FILE (a Docker secret); never logged, shown or written to the certs volume",
+    ),
     Variable("ZEROSSL_API_KEY", _C, _N),
 )
 

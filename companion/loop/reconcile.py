@@ -98,6 +98,7 @@ def policy_of(settings: Settings) -> Policy:
         allowed_servers=settings.allowed_acme_servers,
         default_challenge=settings.acme_challenge,
         dns_plugin=settings.dns_plugin,
+        default_profile=settings.acme_cert_profile,
     )
 
 

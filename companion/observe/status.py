@@ -64,6 +64,7 @@ class CertView:
     next_try: str  # ISO 8601 UTC of the next attempt while failing
     renew_at: str  # ISO 8601 UTC of the planned renewal while valid
     serves: tuple[str, ...] = ()  # the sites (hosts) nginx presents it for: a wildcard serves several
+    profile: str = ""  # the CA profile it was ordered under (certbot's renewal file); "" for the CA's default
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,7 @@ def certificates(
                 if usable and status is not None and status.not_before is not None
                 else "",
                 serves=(served or {}).get(name, ()),
+                profile=status.profile if status is not None else "",
             )
         )
     return tuple(views)

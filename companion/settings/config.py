@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from companion.core.options import LETSENCRYPT_STAGING, OPTIONS, Option, Options, SslPolicy
 from companion.core.values import EMAIL_RULE, InvalidValue, is_email, parse_ca_url
 from companion.settings import dns
-from companion.settings.parsers import PARSERS, TRUE, Refused
+from companion.settings.parsers import PARSERS, TRUE, Refused, parse_hmac_key
 
 SERVER_TOKENS = ("on", "off", "build")
 OWN_LOG_FORMATS = ("text", "json")  # LOG_FORMAT's values for the companion's own log; others are nginx-proxy's
@@ -91,9 +91,34 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             values[option.name] = _convert(option, raw)
     if "acme_server" not in values and env.get("LETSENCRYPT_TEST", "").lower() in TRUE:
         values["acme_server"] = values.get("acme_staging_server", LETSENCRYPT_STAGING)
+    if values.get("acme_eab_hmac_key_file"):
+        values["acme_eab_hmac_key"] = _hmac_key_from_file(str(values["acme_eab_hmac_key_file"]), values)
     settings = Settings(**values)  # type: ignore[arg-type]
     _validate(settings)
     return settings
+
+
+EAB_KEY_FILE_MAX_BYTES = 4096
+
+
+def _hmac_key_from_file(path: str, values: Mapping[str, object]) -> str:
+    """ACME_EAB_HMAC_KEY_FILE's key (a Docker secret), read once at start; errors name the file, never its text."""
+    if values.get("acme_eab_hmac_key"):
+        raise SettingsError("acme_eab_hmac_key_file: set ACME_EAB_HMAC_KEY or ACME_EAB_HMAC_KEY_FILE, not both")
+    if not path.startswith("/"):
+        raise SettingsError(f"acme_eab_hmac_key_file: {_escaped(path)!r} must be an absolute path")
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(EAB_KEY_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise SettingsError(f"acme_eab_hmac_key_file: cannot read {_escaped(path)!r}: {exc.strerror or exc}") from None
+    if len(raw) > EAB_KEY_FILE_MAX_BYTES:
+        raise SettingsError(f"acme_eab_hmac_key_file: {_escaped(path)!r} is over {EAB_KEY_FILE_MAX_BYTES} bytes")
+    try:
+        return parse_hmac_key(raw.decode("ascii"))
+    except (Refused, UnicodeDecodeError) as exc:
+        reason = str(exc) if isinstance(exc, Refused) else "must be the CA's HMAC key in base64url"
+        raise SettingsError(f"acme_eab_hmac_key_file: {_escaped(path)!r}: the key {reason}") from None
 
 
 def _escaped(text: str) -> str:
@@ -167,6 +192,14 @@ def _check_account(s: Settings) -> None:
         raise SettingsError(f"default email {_escaped(s.default_email)!r} {EMAIL_RULE}")
 
 
+def _check_eab(s: Settings) -> None:
+    """External account binding needs both halves: a key id alone (or a key alone) could never register."""
+    if s.acme_eab_kid and not s.acme_eab_hmac_key:
+        raise SettingsError("ACME_EAB_KID needs its HMAC key: set ACME_EAB_HMAC_KEY or ACME_EAB_HMAC_KEY_FILE")
+    if s.acme_eab_hmac_key and not s.acme_eab_kid:
+        raise SettingsError("ACME_EAB_HMAC_KEY needs its key id: set ACME_EAB_KID")
+
+
 def _check_listeners(s: Settings) -> None:
     """The companion's own endpoints: an IP address and port each, never a name to resolve."""
     if s.status_listen:
@@ -235,6 +268,7 @@ _CHECKS: tuple[Callable[[Settings], None], ...] = (
     _check_days,
     _check_log_formats,
     _check_account,
+    _check_eab,
     _check_listeners,
     _check_controller_url,
     _check_dns,

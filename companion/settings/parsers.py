@@ -14,8 +14,11 @@ from companion.core.values import (
     InvalidValue,
     parse_ca_url,
     parse_default_root,
+    parse_eab_hmac_key,
+    parse_eab_kid,
     parse_enum,
     parse_hostname,
+    parse_profile,
 )
 from companion.settings.notify import BadNotifyUrl, parse_notify_urls
 
@@ -56,6 +59,14 @@ def parse_ca_urls(raw: str) -> tuple[str, ...]:
 def parse_default_host(raw: str) -> str:
     """One host name, or empty for none."""
     return parse_hostname(raw) if raw.strip() else ""
+
+
+def parse_hmac_key(raw: str) -> str:
+    """ACME_EAB_HMAC_KEY: refused with the rule alone, never the text (it is a secret)."""
+    try:
+        return parse_eab_hmac_key(raw)
+    except InvalidValue as exc:
+        raise Refused(str(exc)) from None
 
 
 def parse_image_trust(raw: str) -> ImageTrust:
@@ -139,4 +150,7 @@ PARSERS: dict[str, Callable[[str], object]] = {
     "SslPolicy": parse_ssl_policy,
     "NotifyUrls": parse_notify,
     "Resolvers": parse_resolvers,
+    "Profile": lambda raw: parse_profile(raw) if raw.strip() else "",
+    "EabKid": parse_eab_kid,
+    "EabHmacKey": parse_hmac_key,
 }

@@ -25,6 +25,13 @@ from .ports import free_port
 from .wait import wait_until
 
 PEBBLE = "/usr/bin/pebble"
+# Pebble 2.10 (ACME profiles): Debian forky's package, unpacked by .ci/run (its binaries need only libc).
+PEBBLE_PROFILES = "/opt/pebble-2.10/usr/bin/pebble"
+PEBBLE_PROFILES_MISSING = (
+    f"{PEBBLE_PROFILES} is missing: ACME profiles need Pebble 2.10. .ci/run installs it: download "
+    "pool/main/p/pebble/pebble_2.10.0+ds1-2_amd64.deb from Debian's mirror (suite forky) and "
+    "`dpkg-deb -x` it into /opt/pebble-2.10"
+)
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 NINETY_DAYS = 90 * 24 * 3600
 # What Pebble 2.4 logs for newOrder: every request first logs "POST /order-plz -> calling handler()"
@@ -80,6 +87,9 @@ class Pebble:
     same ports (a fresh Pebble has a new issuing root and forgets accounts and orders).
     ``dnsserver`` ("127.0.0.1:PORT", e.g. tests/harness/bind.py's) replaces challtestsrv as the DNS Pebble's VA
     asks: then DNS-01 is validated against the TXT records that server holds, and challtestsrv is not started.
+    ``eab_keys`` (key id -> base64url HMAC key) makes Pebble require external account binding with those keys.
+    ``profiles`` (name -> validity in seconds) runs Pebble 2.10 offering those ACME profiles (an order naming
+    none gets a random one of them, on purpose: name the profile in tests).
     """
 
     def __init__(
@@ -94,7 +104,12 @@ class Pebble:
         va_sleep: bool = False,
         dnsserver: str | None = None,
         listen: str = "127.0.0.1",
+        eab_keys: dict[str, str] | None = None,
+        profiles: dict[str, int] | None = None,
     ) -> None:
+        self.exe = PEBBLE_PROFILES if profiles else PEBBLE
+        if profiles and not Path(PEBBLE_PROFILES).exists():
+            raise RuntimeError(PEBBLE_PROFILES_MISSING)
         for exe in (PEBBLE,) if dnsserver else (PEBBLE, CHALLTESTSRV):
             if not Path(exe).exists():
                 raise RuntimeError(f"{exe} is missing: apt-get install pebble")
@@ -125,8 +140,14 @@ class Pebble:
                         "httpPort": http_port,
                         "tlsPort": self.tls_port,
                         "ocspResponderURL": "",
-                        "externalAccountBindingRequired": False,
+                        "externalAccountBindingRequired": bool(eab_keys),
+                        "externalAccountMACKeys": eab_keys or {},
                         "certificateValidityPeriod": validity,
+                        **(
+                            {"profiles": {n: {"description": n, "validityPeriod": s} for n, s in profiles.items()}}
+                            if profiles
+                            else {}
+                        ),
                     }
                 },
                 indent=2,
@@ -193,7 +214,7 @@ class Pebble:
         if self.nonce_reject is not None:
             env["PEBBLE_WFE_NONCEREJECT"] = str(self.nonce_reject)
         self._pebble = self._spawn(
-            [PEBBLE, "-config", str(self.config_path), "-dnsserver", self.dnsserver or f"127.0.0.1:{self.dns_port}"],
+            [self.exe, "-config", str(self.config_path), "-dnsserver", self.dnsserver or f"127.0.0.1:{self.dns_port}"],
             self.log_path,
             env,
         )

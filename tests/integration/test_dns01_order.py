@@ -21,9 +21,11 @@ def test_dns01_order_skips_the_http_self_check_and_checks_the_credentials(tmp_pa
     manager = AcmeManager(settings, wake=lambda _r: None, self_check_url=lambda: "http://127.0.0.1:9")
     try:
         request = CertRequest("a.com", ("a.com",), "", challenge=Challenge.DNS01)
-        assert "can be read by every user" in manager.precheck(request)
+        assert "can be read by every user" in manager.orderer.authenticator(request).precheck(request)
         credentials.chmod(0o600)
-        assert manager.precheck(request) == ""  # no nginx answers at :9: the HTTP self-check was not run
-        assert "self-check" in manager.precheck(CertRequest("a.com", ("a.com",), ""))
+        # no nginx answers at :9: the HTTP self-check was not run
+        assert manager.orderer.authenticator(request).precheck(request) == ""
+        http = CertRequest("a.com", ("a.com",), "")
+        assert "self-check" in manager.orderer.authenticator(http).precheck(http)
     finally:
         manager.stop()

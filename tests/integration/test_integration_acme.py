@@ -73,7 +73,7 @@ def test_labelled_container_gets_a_verified_certificate_and_redirect(
     assert stat.S_IMODE(live.stat().st_mode) == 0o700
     assert pebble.orders_seen() == 1
     table = companion.cli("certs")
-    row = rf"{re.escape(host)}\s+{re.escape(host)}\s+Pebble Intermediate CA \S+\s+\S+ \S+\s+(89|90)\.\d\s+valid"
+    row = rf"{re.escape(host)}\s+{re.escape(host)}\s+Pebble Intermediate CA \S+\s+-\s+\S+ \S+\s+(89|90)\.\d\s+valid"
     assert re.search(row, table.stdout), table.stdout
 
     # A second start finds the certificate on disk and orders nothing.
@@ -230,20 +230,24 @@ def test_self_check_failure_orders_nothing(tmp_path: Path, host_nginx: HostNginx
     )
     manager = AcmeManager(settings, woken.append, lambda: f"http://127.0.0.1:{host_nginx.http_port}")
     request = CertRequest("nowhere.example.test", ("nowhere.example.test",), "")
+    tokens = tmp_path / "webroot" / ".well-known" / "acme-challenge"
     try:
         # nginx not listening at all ...
-        assert "did not answer for nowhere.example.test" in manager.self_check(request)
+        assert "did not answer for nowhere.example.test" in manager.orderer.order(request, force=False).refused
         # ... and nginx answering without serving the companion's webroot.
         (host_nginx.conf_dir / "other.conf").write_text(
             f"server {{ listen {host_nginx.http_port}; root {tmp_path / 'elsewhere'}; }}\n"
         )
         host_nginx.reload()
-        error = manager.self_check(request)
+        checked = manager.orderer.authenticator(request)
+        error = checked.precheck(request)
+        assert len(list(tokens.iterdir())) == 1  # the token stays until the order is over ...
+        checked.cleanup()
     finally:
         manager.stop()
     assert "did not serve the webroot for nowhere.example.test (HTTP 404)" in error
     assert pebble.orders_seen() == 0
-    assert list((tmp_path / "webroot" / ".well-known" / "acme-challenge").iterdir()) == []
+    assert list(tokens.iterdir()) == []  # ... and cleanup removes it
 
 
 def test_changed_names_reissue_the_certificate(

@@ -220,15 +220,19 @@ def test_a_lineage_from_another_ca_is_due() -> None:
     assert due_reason(CertRequest("a.com", ("a.com",), "", STAGING), unknown, now, 0) == ""  # copied in by hand
 
 
-def test_renewal_file_gives_the_lineages_ca_and_account(tmp_path: Path) -> None:
+def test_renewal_file_gives_the_lineages_ca_account_and_profile(tmp_path: Path) -> None:
     (tmp_path / "renewal").mkdir()
     (tmp_path / "renewal" / "a.com.conf").write_text(
         f"version = 5.0\n[renewalparams]\naccount = {'b' * 32}\nserver = {STAGING}\nkey_type = ecdsa\n"
     )
-    assert renewal_params(tmp_path, "a.com") == (STAGING, "b" * 32)
-    assert renewal_params(tmp_path, "missing") == ("", "")
+    assert renewal_params(tmp_path, "a.com") == (STAGING, "b" * 32, "")
+    assert renewal_params(tmp_path, "missing") == ("", "", "")
     (tmp_path / "renewal" / "link.conf").symlink_to(tmp_path / "renewal" / "a.com.conf")
-    assert renewal_params(tmp_path, "link") == ("", "")
+    assert renewal_params(tmp_path, "link") == ("", "", "")
+    (tmp_path / "renewal" / "b.com.conf").write_text(
+        f"version = 5.8.0\n[renewalparams]\naccount = {'c' * 32}\nserver = {MAIN}\npreferred_profile = shortlived\n"
+    )
+    assert renewal_params(tmp_path, "b.com") == (MAIN, "c" * 32, "shortlived")
 
 
 # -- the default certificate ----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -74,6 +75,13 @@ def test_certificate_states_and_renewal_times() -> None:
     assert views["ok.test"].days_left == 60.0 and views["ok.test"].renew_at == "2030-01-31T00:00:00+00:00"
     assert views["broken.test"].not_after == "" and views["broken.test"].problem == "key does not match"
     assert views["new.test"].next_try == "2030-01-01T00:10:00+00:00" and views["new.test"].names == ("new.test",)
+    assert views["ok.test"].profile == ""
+
+
+def test_a_certificate_shows_the_profile_it_was_ordered_under() -> None:
+    short = dataclasses.replace(lineage("short.test"), profile="shortlived")
+    (view,) = status.certificates({"short.test": short}, {}, [], NOW, 0.0)
+    assert view.profile == "shortlived"
 
 
 def test_report_carries_backends_left_out_containers_and_problem_times() -> None:
