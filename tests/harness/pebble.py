@@ -25,12 +25,12 @@ from .ports import free_port
 from .wait import wait_until
 
 PEBBLE = "/usr/bin/pebble"
-# Pebble 2.10 (ACME profiles): Debian forky's package, unpacked by .ci/run (its binaries need only libc).
-PEBBLE_PROFILES = "/opt/pebble-2.10/usr/bin/pebble"
+# Pebble >= 2.10 (ACME profiles): the package of Debian's newest suite, unpacked by .ci/run (binaries need only libc).
+PEBBLE_PROFILES = "/opt/pebble-profiles/usr/bin/pebble"
 PEBBLE_PROFILES_MISSING = (
-    f"{PEBBLE_PROFILES} is missing: ACME profiles need Pebble 2.10. .ci/run installs it: download "
-    "pool/main/p/pebble/pebble_2.10.0+ds1-2_amd64.deb from Debian's mirror (suite forky) and "
-    "`dpkg-deb -x` it into /opt/pebble-2.10"
+    f"{PEBBLE_PROFILES} is missing: ACME profiles need Pebble >= 2.10, which Debian 12 and 13 do not ship. "
+    ".ci/run installs it: the pebble package of Debian forky (or sid) from the mirror apt uses, checked "
+    "against the SHA256 in that suite's Packages index and unpacked with `dpkg-deb -x` into /opt/pebble-profiles"
 )
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 NINETY_DAYS = 90 * 24 * 3600
