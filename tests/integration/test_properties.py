@@ -174,7 +174,8 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> NginxLayout:
 
 ALLOWED = {
     (): {"server_names_hash_bucket_size", "server_names_hash_max_size", "map", "server", "upstream"},
-    ("map",): {"default", "", "https"},
+    # the last: the ACME token regex (as the harness's parser reads it, without the backslashes nginx keeps)
+    ("map",): {"default", "", "https", "~^/.well-known/acme-challenge/[A-Za-z0-9_-]+z"},
     ("upstream",): {"server", "keepalive"},
     ("server",): {
         "listen",
@@ -424,7 +425,8 @@ def routes_from_desired(desired: plan.Desired) -> Routes:
 
 def routes_from_text(text: str, layout: NginxLayout) -> Routes:
     """The same table read back from the rendered nginx config: server_name, location, proxy_pass or 502,
-    the upstream block's servers and keepalive, and which proxy snippet (Connection header) it includes."""
+    the upstream block's servers and keepalive, and which proxy snippet (Connection header) it includes or,
+    without one of its own, inherits from its server."""
     top = parse_conf(text)
     upstreams = {
         d.args[0]: (
@@ -457,7 +459,12 @@ def routes_from_text(text: str, layout: NginxLayout) -> Routes:
             name = re.match(r"https?://(companion_u[0-9]+)", loc.find("proxy_pass")[0].args[0])
             assert name, loc
             servers, keepalive = upstreams[name.group(1)]
-            assert loc.find("include")[-1].args == (snippet[keepalive],), loc
+            # keepalive: the server's proxy snippet, which its locations inherit unless one includes its own
+            # (VIRTUAL_KEEPALIVE=off: the snippet that says `Connection: close`)
+            own = [d.args for d in loc.find("include")]
+            shared = [d.args for d in block.find("include") if d.args == (snippet[True],)]
+            assert own[-1:] == [(snippet[keepalive],)] or (keepalive and not own and shared), loc
+            assert (snippet[False],) not in [d.args for d in block.find("include")], host
             routes[host, loc.args[0]] = (servers, keepalive)
     return routes
 

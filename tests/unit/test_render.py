@@ -280,8 +280,13 @@ def test_a_renewed_certificate_changes_the_rendered_file() -> None:
 def test_challenge_regex_ends_at_the_true_end() -> None:
     """PCRE's "$" also matches before a final newline; "\\z" only at the end (tok%0a must not match)."""
 
-    snippet = render(plan.build([], {}, PLACEHOLDER), OPTIONS)["companion-acme.inc"]
-    (pattern,) = re.findall(r'location ~ "([^"]+)"', snippet)
+    files = render(plan.build([], {}, PLACEHOLDER), OPTIONS)
+    # The snippet looks up only what the main file's map lets through; any other URI maps to "" (404).
+    assert "try_files $companion_acme_token =404;" in files["companion-acme.inc"]
+    # (read as text: the harness's parser drops the backslashes nginx keeps)
+    (block,) = re.findall(r"(?ms)^map \$uri \$companion_acme_token \{\n(.*?)^\}", files[MAIN_FILE])
+    (pattern,) = re.findall(r'^    "~([^"]+)" \$uri;$', block, re.M)
+    assert block == f'    default "";\n    "~{pattern}" $uri;\n'
     assert pattern == r"^/\.well-known/acme-challenge/[A-Za-z0-9_-]+\z"
     assert "$" not in pattern
     python_pattern = re.compile(pattern.replace(r"\z", r"\Z"))  # Python spells PCRE's \z as \Z
