@@ -236,7 +236,7 @@ def check_typed(
         if d.name == "server" and parents == ("upstream",):
             assert len(args) == 1 and args[0] in backends, d
         elif d.name == "server_name":
-            assert len(args) == 1 and args[0] in hosts, d
+            assert len(args) >= 1 and set(args) <= hosts, d
         elif d.name == "listen":
             assert args[0] in ("80", "443") and set(args[1:]) <= {"ssl", "http2", "default_server"}, d
         elif d.name == "location":
@@ -445,11 +445,11 @@ def routes_from_text(text: str, layout: NginxLayout) -> Routes:
     for block in top:
         if block.name != "server" or any("ssl" in d.args for d in block.find("listen")):
             continue
-        (host,) = block.find("server_name")[0].args
-        assert ("include", (acme,)) in [(d.name, d.args) for d in block.block or ()], host  # ACME on every server
-        if host == "_":
+        (names,) = block.find("server_name")  # hosts whose blocks would read the same share one
+        assert ("include", (acme,)) in [(d.name, d.args) for d in block.block or ()], names  # ACME on every server
+        if names.args == ("_",):
             continue
-        for loc in block.find("location"):
+        for host, loc in ((host, loc) for host in names.args for loc in block.find("location")):
             if loc.find("return") and loc.find("return")[0].args == ("404",):
                 continue  # DEFAULT_ROOT's `/` beside a sub-path: no container claims it
             if loc.find("return"):

@@ -224,7 +224,8 @@ def test_non_get_redirect_code_for_other_methods_only(code: int) -> None:
         assert condition.args == ("($companion_non_get)",)
         assert condition.find("return")[0].args == (str(code), "https://$host$request_uri")
         assert location.find("return")[0].args == ("301", "https://$host$request_uri")
-    assert text.count("if ($companion_non_get)") == len(redirects)
+    # the redirecting hosts share one block (it reads the same for all of them but for the server_name)
+    assert text.count("if ($companion_non_get)") == 1 < len(redirects)
 
 
 def test_default_301_renders_no_method_map_at_all() -> None:
