@@ -318,3 +318,30 @@ def test_one_connect_timeout_per_location_the_containers_or_the_short_default() 
         (location,) = block_of(files[MAIN_FILE], host, False).find("location")
         assert [d.args for d in location.find("proxy_connect_timeout")] == [expected], host
     assert "proxy_connect_timeout" not in files[SNIPPETS["proxy"][0]]
+
+
+def test_hosts_whose_blocks_read_the_same_share_one_block_and_no_others() -> None:
+    """One container's hosts (and every redirecting host) share a server block under one server_name;
+    a host with other locations, the default host and a LOG_FORMAT naming $server_name keep their own."""
+    containers = [
+        c("multi", "10.0.0.2", VIRTUAL_HOST="a.com,b.com,d.com", LETSENCRYPT_HOST="a.com,b.com,d.com"),
+        c("other", "10.0.0.3", VIRTUAL_HOST="c.com"),
+    ]
+    cert = replace(REAL, domains=("a.com", "b.com", "d.com"))
+    certs = {"a.com": cert, "b.com": cert, "d.com": cert}
+
+    def blocks(desired: plan.Desired, options: RenderOptions = OPTIONS) -> dict[tuple[str, bool], int]:
+        """(host, https) -> which block (numbered in order) serves it."""
+        found = server_blocks(render(desired, options)[MAIN_FILE])
+        ids = {id(b): n for n, b in enumerate(dict.fromkeys(b for _, _, b in found))}
+        return {(name, https): ids[id(b)] for name, https, b in found}
+
+    shared = blocks(plan.build(containers, certs, PLACEHOLDER))
+    assert shared[("a.com", True)] == shared[("b.com", True)] == shared[("d.com", True)]
+    assert shared[("a.com", False)] == shared[("b.com", False)] == shared[("d.com", False)]  # all redirect
+    assert shared[("c.com", False)] != shared[("a.com", False)]
+    defaulted = blocks(plan.build(containers, certs, PLACEHOLDER, default_host="b.com"))
+    assert defaulted[("b.com", True)] != defaulted[("a.com", True)] == defaulted[("d.com", True)]
+    logged = replace(OPTIONS, access_log="/var/log/x.log", access_log_format="$server_name $status")
+    apart = blocks(plan.build(containers, certs, PLACEHOLDER), logged)
+    assert len(set(apart.values())) == len(apart)
