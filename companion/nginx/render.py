@@ -66,6 +66,9 @@ class HostIncludes:
     client_ca: str = ""  # mTLS, in the HTTPS server
 
 
+NO_FILES = HostIncludes()
+
+
 def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str, closed: bool) -> HostIncludes:
     """The lines for the copies at these paths ("" for none). `closed` (an access file cannot be used): every
     proxied location answers 403, while the ACME challenge, a location of its own, stays served."""
@@ -126,13 +129,20 @@ class Block:
     https: bool
     server: Server
     names: list[str]
+    # The proxy headers set once in the server, which its locations inherit (nginx builds them per level that
+    # sets any: once per location cost 0.9 MB per 100 locations, bench/memory.py). Not under PROXY_CONF, nor
+    # for a host with files of its own: a proxy_set_header in them would stop the inheritance, so each of its
+    # locations includes the snippet as before.
+    shared: bool
 
     @property
     def server_name(self) -> str:
         return "\n                ".join(self.names)  # one name a line, under the first
 
 
-def _blocks(servers: tuple[Server, ...], merge: bool, own_files: set[str]) -> list[Block]:
+def _blocks(
+    servers: tuple[Server, ...], includes: dict[str, HostIncludes], merge: bool, proxy_conf: bool
+) -> list[Block]:
     """The server blocks, in the servers' order. With `merge`, hosts whose block would read the same but for
     its server_name share one block (the hosts of one container, every host that redirects to HTTPS): nginx
     allocates the settings of a server and of each of its locations once per block (bench/memory.py).
@@ -142,13 +152,13 @@ def _blocks(servers: tuple[Server, ...], merge: bool, own_files: set[str]) -> li
     seen: dict[tuple, Block] = {}
 
     def add(https: bool, server: Server, key: tuple | None) -> None:
-        if merge and key is not None and server.host not in own_files:
+        own = includes.get(server.host, NO_FILES)
+        block = Block(https, server, [server.host], shared=not proxy_conf and not (own.server or own.location))
+        if merge and key is not None and own == NO_FILES:
             if key in seen:
                 seen[key].names.append(server.host)
                 return
-            seen[key] = block = Block(https, server, [server.host])
-        else:
-            block = Block(https, server, [server.host])
+            seen[key] = block
         blocks.append(block)
 
     for server in servers:
@@ -219,8 +229,9 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         # Without merging when a custom LOG_FORMAT or PROXY_CONF may name $server_name (a block's first name).
         "blocks": _blocks(
             desired.servers,
+            includes,
             merge=not proxy_conf and "server_name" not in options.access_log_format,
-            own_files={host for host, lines in includes.items() if lines != HostIncludes()},
+            proxy_conf=bool(proxy_conf),
         ),
         "upstreams": desired.upstreams,
         "default_cert": desired.default_cert,
