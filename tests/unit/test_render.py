@@ -345,3 +345,29 @@ def test_hosts_whose_blocks_read_the_same_share_one_block_and_no_others() -> Non
     logged = replace(OPTIONS, access_log="/var/log/x.log", access_log_format="$server_name $status")
     apart = blocks(plan.build(containers, certs, PLACEHOLDER), logged)
     assert len(set(apart.values())) == len(apart)
+
+
+def test_a_host_with_a_file_of_its_own_keeps_its_blocks_and_its_headers_per_location() -> None:
+    """A client CA (or any file) of one host of a container: that host's blocks are its own; a vhost.d file
+    (which may set proxy_set_header, stopping nginx's inheritance) also keeps the headers in each location."""
+    from companion.nginx.hostfiles import CLIENT_CA, VHOST, Chosen, UserFile
+
+    cert = replace(REAL, domains=("a.com", "b.com", "d.com"))
+    containers = [c("multi", "10.0.0.2", VIRTUAL_HOST="a.com,b.com,d.com", LETSENCRYPT_HOST="a.com,b.com,d.com")]
+    desired = plan.build(containers, dict.fromkeys(("a.com", "b.com", "d.com"), cert), PLACEHOLDER)
+    user = Chosen(
+        {
+            (CLIENT_CA, "b.com"): UserFile(CLIENT_CA, "b.com", "/ca/b.com", "CA"),
+            (VHOST, "d.com"): UserFile(VHOST, "d.com", "/vhost.d/d.com", "proxy_set_header X-Own d;\n"),
+        }
+    )
+    text = render(desired, OPTIONS, user)[MAIN_FILE]
+    https = {name: b for name, ssl, b in server_blocks(text) if ssl}
+    assert https["b.com"] is not https["a.com"] and https["d.com"] is not https["a.com"]
+    assert https["b.com"].find("ssl_verify_client") and not https["a.com"].find("ssl_verify_client")
+    proxy = "/etc/nginx/conf.d/companion-proxy.inc"
+    for host, server_level, location_level in (("a.com", [(proxy,)], []), ("d.com", [], [(proxy,)])):
+        block = https[host]
+        assert [d.args for d in block.find("include") if d.args == (proxy,)] == server_level, host
+        (location,) = block.find("location")
+        assert [d.args for d in location.find("include") if d.args == (proxy,)] == location_level, host
