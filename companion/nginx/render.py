@@ -8,7 +8,7 @@ from pathlib import PurePosixPath
 
 import jinja2
 
-from companion.core.plan import Desired
+from companion.core.plan import Desired, HttpAnswer, Server
 from companion.core.values import RootAnswer
 from companion.nginx.hostfiles import NONE, Chosen, UserFile
 from companion.settings.config import SslPolicy
@@ -66,6 +66,9 @@ class HostIncludes:
     client_ca: str = ""  # mTLS, in the HTTPS server
 
 
+NO_FILES = HostIncludes()
+
+
 def _host_includes(server: str, location: str, htpasswd: str, client_ca: str, host: str, closed: bool) -> HostIncludes:
     """The lines for the copies at these paths ("" for none). `closed` (an access file cannot be used): every
     proxied location answers 403, while the ACME challenge, a location of its own, stays served."""
@@ -117,6 +120,56 @@ def _quoted(text: str) -> str:
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
+
+
+@dataclass
+class Block:
+    """One server block: the first of its servers renders it, for every name in `names`."""
+
+    https: bool
+    server: Server
+    names: list[str]
+    # The proxy headers set once in the server, which its locations inherit (nginx builds them per level that
+    # sets any: once per location cost 0.9 MB per 100 locations, bench/memory.py). Not under PROXY_CONF, nor
+    # for a host with files of its own: a proxy_set_header in them would stop the inheritance, so each of its
+    # locations includes the snippet as before.
+    shared: bool
+
+    @property
+    def server_name(self) -> str:
+        return "\n                ".join(self.names)  # one name a line, under the first
+
+
+def _blocks(
+    servers: tuple[Server, ...], includes: dict[str, HostIncludes], merge: bool, proxy_conf: bool
+) -> list[Block]:
+    """The server blocks, in the servers' order. With `merge`, hosts whose block would read the same but for
+    its server_name share one block (the hosts of one container, every host that redirects to HTTPS): nginx
+    allocates the settings of a server and of each of its locations once per block (bench/memory.py).
+    Never merged: default servers, and hosts with files of their own (the realm of their basic auth and
+    their includes are theirs)."""
+    blocks: list[Block] = []
+    seen: dict[tuple, Block] = {}
+
+    def add(https: bool, server: Server, key: tuple | None) -> None:
+        own = includes.get(server.host, NO_FILES)
+        block = Block(https, server, [server.host], shared=not proxy_conf and not (own.server or own.location))
+        if merge and key is not None and own == NO_FILES:
+            if key in seen:
+                seen[key].names.append(server.host)
+                return
+            seen[key] = block
+        blocks.append(block)
+
+    for server in servers:
+        if server.serves_http:
+            answer = server.http
+            locations = server.locations if answer is HttpAnswer.PROXY else ()
+            add(False, server, None if server.default_http else (False, answer, locations))
+        if server.cert:
+            hsts = server.hsts if server.https_method.value in ("redirect", "nohttp") and not server.placeholder else ""
+            add(True, server, None if server.default_https else (True, server.cert, hsts, server.locations))
+    return blocks
 
 
 def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dict[str, str]:
@@ -173,7 +226,13 @@ def render(desired: Desired, options: RenderOptions, user: Chosen = NONE) -> dic
         "default_root": options.default_root,
         "default_http_taken": desired.default_http_taken,
         "default_https_taken": desired.default_https_taken,
-        "servers": desired.servers,
+        # Without merging when a custom LOG_FORMAT or PROXY_CONF may name $server_name (a block's first name).
+        "blocks": _blocks(
+            desired.servers,
+            includes,
+            merge=not proxy_conf and "server_name" not in options.access_log_format,
+            proxy_conf=bool(proxy_conf),
+        ),
         "upstreams": desired.upstreams,
         "default_cert": desired.default_cert,
         "keepalive": KEEPALIVE,

@@ -82,13 +82,14 @@ def upstream_of(desired: plan.Desired, host: str, path: str = "/") -> str:
 
 
 def server_blocks(text: str) -> list[tuple[str, bool, Directive]]:
-    """(server_name, listens with ssl, block) for every server block in the main file."""
+    """(server_name, listens with ssl, block) for every name of every server block in the main file (hosts
+    whose blocks would read the same share one, under one server_name directive)."""
     out = []
     for directive in parse_conf(text):
         if directive.name == "server":
-            (name,) = directive.find("server_name")
+            (names,) = directive.find("server_name")
             https = any("ssl" in listen.args for listen in directive.find("listen"))
-            out.append((name.args[0], https, directive))
+            out += [(name, https, directive) for name in names.args]
     return out
 
 

@@ -34,7 +34,7 @@ def server_of(text: str, host: str, https: bool) -> Directive | None:
         d
         for d in parse_conf(text)
         if d.name == "server"
-        and d.find("server_name")[0].args == (host,)
+        and host in d.find("server_name")[0].args
         and any("ssl" in listen.args for listen in d.find("listen")) == https
     ]
     return found[0] if found else None

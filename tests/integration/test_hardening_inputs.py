@@ -15,7 +15,7 @@ import pytest
 from companion.acme.policy import certbot_command
 from companion.core import certificates, plan
 from companion.core.model import CertRequest
-from companion.nginx.render import RenderOptions, render
+from companion.nginx.render import MAIN_FILE, RenderOptions, render
 from companion.settings.config import Settings
 from tests.harness.appimage import AppRunner
 from tests.harness.companion import Companion
@@ -48,7 +48,7 @@ def more_passes(companion: Companion, count: int = 2) -> None:
 # -- 1. the challenge regex is anchored at the true end ------------------------------------------------
 
 
-def serve_rendered(nginx: HostNginx, webroot: Path, *, acme_snippet: Callable[[str], str] = lambda text: text) -> None:
+def serve_rendered(nginx: HostNginx, webroot: Path, *, main_file: Callable[[str], str] = lambda text: text) -> None:
     """Render the empty state (default servers with the challenge snippet) into nginx and reload it."""
     options = RenderOptions(
         conf_dir=str(nginx.conf_dir),
@@ -58,7 +58,7 @@ def serve_rendered(nginx: HostNginx, webroot: Path, *, acme_snippet: Callable[[s
         nginx_version=(1, 22, 1),
     )
     files = render(plan.build([], {}, certificates.CertFiles("/unused/fullchain.pem", "/unused/privkey.pem")), options)
-    files["companion-acme.inc"] = acme_snippet(files["companion-acme.inc"])
+    files[MAIN_FILE] = main_file(files[MAIN_FILE])  # its map picks the token names the snippet serves
     for name, text in files.items():
         (nginx.conf_dir / name).write_text(text)
     check = nginx.check()
@@ -81,12 +81,12 @@ def test_challenge_location_does_not_serve_a_file_named_with_a_trailing_newline(
     (folder / token).write_text(token_body)
 
     # The hole, with the real nginx: the regex ending in "$" matches "/…/tok\n" (nginx decodes %0a).
-    serve_rendered(host_nginx, webroot, acme_snippet=lambda text: text.replace('+\\z"', '+$"'))
+    serve_rendered(host_nginx, webroot, main_file=lambda text: text.replace('+\\z"', '+$"'))
     assert body(host_nginx, "any.inputs.test", CHALLENGE + "tok%0a") == (200, secret), "the probe must reach tok\\n"
 
     # What the companion renders: only token names are served.
     serve_rendered(host_nginx, webroot)
-    assert '[A-Za-z0-9_-]+\\z"' in (host_nginx.conf_dir / "companion-acme.inc").read_text()
+    assert '[A-Za-z0-9_-]+\\z" $uri;' in (host_nginx.conf_dir / MAIN_FILE).read_text()
     for path in ("tok%0a", "tok%0A", "tok%0d%0a", token + "%0a"):
         status, _, data = host_nginx.get("any.inputs.test", CHALLENGE + path)
         assert status == 404 and secret.encode() not in data, (path, status)

@@ -27,9 +27,7 @@ from tests.harness.tls import client_ca
 
 def servers(tree: tuple[Directive, ...], host: str) -> list[Directive]:
     return [
-        d
-        for _, d in walk(tree)
-        if d.name == "server" and d.block is not None and d.find("server_name")[0].args == (host,)
+        d for _, d in walk(tree) if d.name == "server" and d.block is not None and host in d.find("server_name")[0].args
     ]
 
 

@@ -174,7 +174,8 @@ def layout(tmp_path_factory: pytest.TempPathFactory) -> NginxLayout:
 
 ALLOWED = {
     (): {"server_names_hash_bucket_size", "server_names_hash_max_size", "map", "server", "upstream"},
-    ("map",): {"default", "", "https"},
+    # the last: the ACME token regex (as the harness's parser reads it, without the backslashes nginx keeps)
+    ("map",): {"default", "", "https", "~^/.well-known/acme-challenge/[A-Za-z0-9_-]+z"},
     ("upstream",): {"server", "keepalive"},
     ("server",): {
         "listen",
@@ -235,7 +236,7 @@ def check_typed(
         if d.name == "server" and parents == ("upstream",):
             assert len(args) == 1 and args[0] in backends, d
         elif d.name == "server_name":
-            assert len(args) == 1 and args[0] in hosts, d
+            assert len(args) >= 1 and set(args) <= hosts, d
         elif d.name == "listen":
             assert args[0] in ("80", "443") and set(args[1:]) <= {"ssl", "http2", "default_server"}, d
         elif d.name == "location":
@@ -424,7 +425,8 @@ def routes_from_desired(desired: plan.Desired) -> Routes:
 
 def routes_from_text(text: str, layout: NginxLayout) -> Routes:
     """The same table read back from the rendered nginx config: server_name, location, proxy_pass or 502,
-    the upstream block's servers and keepalive, and which proxy snippet (Connection header) it includes."""
+    the upstream block's servers and keepalive, and which proxy snippet (Connection header) it includes or,
+    without one of its own, inherits from its server."""
     top = parse_conf(text)
     upstreams = {
         d.args[0]: (
@@ -443,11 +445,11 @@ def routes_from_text(text: str, layout: NginxLayout) -> Routes:
     for block in top:
         if block.name != "server" or any("ssl" in d.args for d in block.find("listen")):
             continue
-        (host,) = block.find("server_name")[0].args
-        assert ("include", (acme,)) in [(d.name, d.args) for d in block.block or ()], host  # ACME on every server
-        if host == "_":
+        (names,) = block.find("server_name")  # hosts whose blocks would read the same share one
+        assert ("include", (acme,)) in [(d.name, d.args) for d in block.block or ()], names  # ACME on every server
+        if names.args == ("_",):
             continue
-        for loc in block.find("location"):
+        for host, loc in ((host, loc) for host in names.args for loc in block.find("location")):
             if loc.find("return") and loc.find("return")[0].args == ("404",):
                 continue  # DEFAULT_ROOT's `/` beside a sub-path: no container claims it
             if loc.find("return"):
@@ -457,7 +459,12 @@ def routes_from_text(text: str, layout: NginxLayout) -> Routes:
             name = re.match(r"https?://(companion_u[0-9]+)", loc.find("proxy_pass")[0].args[0])
             assert name, loc
             servers, keepalive = upstreams[name.group(1)]
-            assert loc.find("include")[-1].args == (snippet[keepalive],), loc
+            # keepalive: the server's proxy snippet, which its locations inherit unless one includes its own
+            # (VIRTUAL_KEEPALIVE=off: the snippet that says `Connection: close`)
+            own = [d.args for d in loc.find("include")]
+            shared = [d.args for d in block.find("include") if d.args == (snippet[True],)]
+            assert own[-1:] == [(snippet[keepalive],)] or (keepalive and not own and shared), loc
+            assert (snippet[False],) not in [d.args for d in block.find("include")], host
             routes[host, loc.args[0]] = (servers, keepalive)
     return routes
 

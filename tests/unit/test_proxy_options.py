@@ -146,7 +146,14 @@ def test_defaults_send_the_clients_host_with_its_port_and_our_own_forwarded_head
         d.args[0]: d.args[1] for d in parse_conf(files["companion-proxy-close.inc"]) if d.name == "proxy_set_header"
     }
     assert close == {**headers(files), "Connection": "$companion_connection_close"}
-    assert set(found) == {"$companion_connection", "$companion_connection_close", "$companion_host", "$companion_ssl"}
+    # (and the ACME token map, which has nothing to do with headers)
+    assert set(found) == {
+        "$companion_connection",
+        "$companion_connection_close",
+        "$companion_host",
+        "$companion_ssl",
+        "$companion_acme_token",
+    }
     assert "$http_x_forwarded" not in files[MAIN_FILE] + files["companion-proxy.inc"]
 
 
@@ -217,7 +224,8 @@ def test_non_get_redirect_code_for_other_methods_only(code: int) -> None:
         assert condition.args == ("($companion_non_get)",)
         assert condition.find("return")[0].args == (str(code), "https://$host$request_uri")
         assert location.find("return")[0].args == ("301", "https://$host$request_uri")
-    assert text.count("if ($companion_non_get)") == len(redirects)
+    # the redirecting hosts share one block (it reads the same for all of them but for the server_name)
+    assert text.count("if ($companion_non_get)") == 1 < len(redirects)
 
 
 def test_default_301_renders_no_method_map_at_all() -> None:

@@ -91,9 +91,13 @@ def test_redirect_carries_https_port(https_port: int, target: str) -> None:
     (location,) = block.find("location")
     assert location.find("return")[0].args == ("301", target)
     assert block_of(text, "a.example.com", https=True).find("listen")[0].args[0] == str(https_port)
-    assert text.count("return 301 ") == sum(
-        1 for s in plan.build(fleet(), fleet_certs(), PLACEHOLDER).servers if s.redirect
+    # every redirecting host is served by the one block that redirects (the blocks read the same but for the name)
+    redirecting = [s.host for s in plan.build(fleet(), fleet_certs(), PLACEHOLDER).servers if s.redirect]
+    assert len(redirecting) > 1
+    assert [name for name, https, b in server_blocks(text) if not https and b.find("location")[0] == location] == (
+        redirecting
     )
+    assert text.count("return 301 ") == 1
 
 
 def test_hsts_only_on_https_with_real_cert_and_redirect_or_nohttp() -> None:
@@ -280,8 +284,13 @@ def test_a_renewed_certificate_changes_the_rendered_file() -> None:
 def test_challenge_regex_ends_at_the_true_end() -> None:
     """PCRE's "$" also matches before a final newline; "\\z" only at the end (tok%0a must not match)."""
 
-    snippet = render(plan.build([], {}, PLACEHOLDER), OPTIONS)["companion-acme.inc"]
-    (pattern,) = re.findall(r'location ~ "([^"]+)"', snippet)
+    files = render(plan.build([], {}, PLACEHOLDER), OPTIONS)
+    # The snippet looks up only what the main file's map lets through; any other URI maps to "" (404).
+    assert "try_files $companion_acme_token =404;" in files["companion-acme.inc"]
+    # (read as text: the harness's parser drops the backslashes nginx keeps)
+    (block,) = re.findall(r"(?ms)^map \$uri \$companion_acme_token \{\n(.*?)^\}", files[MAIN_FILE])
+    (pattern,) = re.findall(r'^    "~([^"]+)" \$uri;$', block, re.M)
+    assert block == f'    default "";\n    "~{pattern}" $uri;\n'
     assert pattern == r"^/\.well-known/acme-challenge/[A-Za-z0-9_-]+\z"
     assert "$" not in pattern
     python_pattern = re.compile(pattern.replace(r"\z", r"\Z"))  # Python spells PCRE's \z as \Z
@@ -309,3 +318,56 @@ def test_one_connect_timeout_per_location_the_containers_or_the_short_default() 
         (location,) = block_of(files[MAIN_FILE], host, False).find("location")
         assert [d.args for d in location.find("proxy_connect_timeout")] == [expected], host
     assert "proxy_connect_timeout" not in files[SNIPPETS["proxy"][0]]
+
+
+def test_hosts_whose_blocks_read_the_same_share_one_block_and_no_others() -> None:
+    """One container's hosts (and every redirecting host) share a server block under one server_name;
+    a host with other locations, the default host and a LOG_FORMAT naming $server_name keep their own."""
+    containers = [
+        c("multi", "10.0.0.2", VIRTUAL_HOST="a.com,b.com,d.com", LETSENCRYPT_HOST="a.com,b.com,d.com"),
+        c("other", "10.0.0.3", VIRTUAL_HOST="c.com"),
+    ]
+    cert = replace(REAL, domains=("a.com", "b.com", "d.com"))
+    certs = {"a.com": cert, "b.com": cert, "d.com": cert}
+
+    def blocks(desired: plan.Desired, options: RenderOptions = OPTIONS) -> dict[tuple[str, bool], int]:
+        """(host, https) -> which block (numbered in order) serves it."""
+        found = server_blocks(render(desired, options)[MAIN_FILE])
+        ids = {id(b): n for n, b in enumerate(dict.fromkeys(b for _, _, b in found))}
+        return {(name, https): ids[id(b)] for name, https, b in found}
+
+    shared = blocks(plan.build(containers, certs, PLACEHOLDER))
+    assert shared[("a.com", True)] == shared[("b.com", True)] == shared[("d.com", True)]
+    assert shared[("a.com", False)] == shared[("b.com", False)] == shared[("d.com", False)]  # all redirect
+    assert shared[("c.com", False)] != shared[("a.com", False)]
+    defaulted = blocks(plan.build(containers, certs, PLACEHOLDER, default_host="b.com"))
+    assert defaulted[("b.com", True)] != defaulted[("a.com", True)] == defaulted[("d.com", True)]
+    logged = replace(OPTIONS, access_log="/var/log/x.log", access_log_format="$server_name $status")
+    apart = blocks(plan.build(containers, certs, PLACEHOLDER), logged)
+    assert len(set(apart.values())) == len(apart)
+
+
+def test_a_host_with_a_file_of_its_own_keeps_its_blocks_and_its_headers_per_location() -> None:
+    """A client CA (or any file) of one host of a container: that host's blocks are its own; a vhost.d file
+    (which may set proxy_set_header, stopping nginx's inheritance) also keeps the headers in each location."""
+    from companion.nginx.hostfiles import CLIENT_CA, VHOST, Chosen, UserFile
+
+    cert = replace(REAL, domains=("a.com", "b.com", "d.com"))
+    containers = [c("multi", "10.0.0.2", VIRTUAL_HOST="a.com,b.com,d.com", LETSENCRYPT_HOST="a.com,b.com,d.com")]
+    desired = plan.build(containers, dict.fromkeys(("a.com", "b.com", "d.com"), cert), PLACEHOLDER)
+    user = Chosen(
+        {
+            (CLIENT_CA, "b.com"): UserFile(CLIENT_CA, "b.com", "/ca/b.com", "CA"),
+            (VHOST, "d.com"): UserFile(VHOST, "d.com", "/vhost.d/d.com", "proxy_set_header X-Own d;\n"),
+        }
+    )
+    text = render(desired, OPTIONS, user)[MAIN_FILE]
+    https = {name: b for name, ssl, b in server_blocks(text) if ssl}
+    assert https["b.com"] is not https["a.com"] and https["d.com"] is not https["a.com"]
+    assert https["b.com"].find("ssl_verify_client") and not https["a.com"].find("ssl_verify_client")
+    proxy = "/etc/nginx/conf.d/companion-proxy.inc"
+    for host, server_level, location_level in (("a.com", [(proxy,)], []), ("d.com", [], [(proxy,)])):
+        block = https[host]
+        assert [d.args for d in block.find("include") if d.args == (proxy,)] == server_level, host
+        (location,) = block.find("location")
+        assert [d.args for d in location.find("include") if d.args == (proxy,)] == location_level, host
