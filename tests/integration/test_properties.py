@@ -90,6 +90,7 @@ GOOD = {
     "HTTPS_METHOD": ["redirect", "noredirect", "nohttp", "nohttps", "NoHttp"],
     "HSTS": ["off", "max-age=1", "max-age=31536000; includeSubDomains; preload", "max-age=5;preload"],
     "CERT_NAME": ["shared", "a.example.com", "even-cert"],
+    "ACME_CERT_PROFILE": ["shortlived", "classic", "tlsserver"],
     "LETSENCRYPT_HOST": ["a.example.com", "A.example.com.", "a.example.com,b.example.com", "bücher.example.com"],
     "LETSENCRYPT_EMAIL": ["me@example.com", "a+b@x.io"],
     "ACME_HOST": ["a.example.com", "a.example.com,b.example.com"],
