@@ -120,6 +120,7 @@ ONLY_WITH_A_CERTIFICATE = {
     "LETSENCRYPT_TEST",
     "ACME_TEST",
     "ACME_CHALLENGE",
+    "ACME_CERT_PROFILE",
 }
 SPECIAL = set(" ;{}\"'$#\\\n\r\t\x00")
 
@@ -286,6 +287,7 @@ OUTCOMES: list[bool] = []
 @example(labels={"VIRTUAL_HOST": "evil\n.a.example.com"}, env={})  # "$" matched before "\n"
 @example(labels={"VIRTUAL_HOST": "a.example.com", "LETSENCRYPT_HOST": "x\n.a.example.com"}, env={})
 @example(labels={"VIRTUAL_HOST": "a.example.com", "VIRTUAL_PATH": "/.well-known/acme-challenge/"}, env={})
+@example(labels={"VIRTUAL_HOST": "a.example.com", "ACME_CERT_PROFILE": "~^foo\\..*$"}, env={})
 @example(labels={"VIRTUAL_HOST": "a.example.com"}, env={"VIRTUAL_PATH": "/{", "HSTS": "max-age=1\n; preload"})
 def test_labels_are_rejected_or_render_a_valid_typed_config(
     layout: NginxLayout, labels: dict[str, str], env: dict[str, str]
